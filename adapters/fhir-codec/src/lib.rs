@@ -1,0 +1,178 @@
+//! The one place that calls fhirbolt.
+//!
+//! fhirbolt's (de)serialisation is generic and is monomorphised in whichever crate calls it; a
+//! crate calling it directly takes minutes to rebuild in release. Keeping every call here, behind
+//! functions that take and return `serde_json::Value`, means the server crate around it rebuilds
+//! in seconds (see LIBRARIES.md, "Build cost").
+//!
+//! fhirbolt is also unsafe on untrusted input in ways this module guards against:
+//! - it spins forever on unknown array elements in its lenient modes, so only Strict mode is used;
+//! - it panics on empty arrays, so the input is checked for empty arrays, objects and strings
+//!   first (FHIR forbids all three), and any panic that remains is contained and turned into an
+//!   error for that one resource;
+//! - parsing straight into a concrete type fails on real bundles, so input always goes through
+//!   the `Resource` enum.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fhirbolt::model::r4::Resource;
+use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
+use serde_json::Value;
+
+/// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).
+pub const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    /// The JSON breaks a FHIR JSON rule that fhirbolt does not check (or would crash on).
+    #[error("{path}: {message}")]
+    Structure { path: String, message: String },
+    /// fhirbolt rejected the content (unknown element, wrong type, missing required element).
+    #[error("{0}")]
+    Model(String),
+}
+
+/// Checks one resource against the R4 model and returns it in canonical form: elements in
+/// specification order, as fhirbolt writes them. Decimals keep their text (serde_json runs with
+/// `arbitrary_precision` in this workspace).
+pub fn canonicalize(value: Value) -> Result<Value, CodecError> {
+    let root = root_name(&value)?;
+    check_structure(&value, &mut root.clone(), 0)?;
+    let parsed = catch_unwind(AssertUnwindSafe(|| parse_strict(value)))
+        .map_err(|_| CodecError::Model("the resource could not be read".into()))??;
+    catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::json::to_json_value(parsed, None)
+    }))
+    .map_err(|_| CodecError::Model("the resource could not be written".into()))?
+    .map_err(|e| CodecError::Model(e.to_string()))
+}
+
+fn parse_strict(value: Value) -> Result<Resource, CodecError> {
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    fhirbolt::json::from_json_value::<Resource>(value, Some(config))
+        .map_err(|e| CodecError::Model(e.to_string()))
+}
+
+fn root_name(value: &Value) -> Result<String, CodecError> {
+    match value.get("resourceType") {
+        Some(Value::String(t)) if !t.is_empty() => Ok(t.clone()),
+        _ => Err(structure("", "resourceType is missing or not a string")),
+    }
+}
+
+/// FHIR JSON forbids empty arrays, objects and strings; `null` is allowed only inside the
+/// arrays that align primitive extensions (`"_given": [null, {...}]`).
+fn check_structure(value: &Value, path: &mut String, depth: usize) -> Result<(), CodecError> {
+    if depth > MAX_DEPTH {
+        return Err(structure(path, "nested too deeply"));
+    }
+    match value {
+        Value::String(s) if s.is_empty() => Err(structure(path, "empty string")),
+        Value::Array(items) => check_array(items, path, depth),
+        Value::Object(map) if map.is_empty() => Err(structure(path, "empty object")),
+        Value::Object(map) => {
+            for (key, child) in map {
+                let len = path.len();
+                push_segment(path, key);
+                check_structure(child, path, depth + 1)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_array(items: &[Value], path: &mut String, depth: usize) -> Result<(), CodecError> {
+    if items.is_empty() {
+        return Err(structure(path, "empty array"));
+    }
+    if items.iter().all(Value::is_null) {
+        return Err(structure(path, "array of nulls"));
+    }
+    for (index, item) in items.iter().enumerate() {
+        if item.is_array() {
+            return Err(structure(path, "array inside an array"));
+        }
+        let len = path.len();
+        path.push_str(&format!("[{index}]"));
+        if !item.is_null() {
+            check_structure(item, path, depth + 1)?;
+        }
+        path.truncate(len);
+    }
+    Ok(())
+}
+
+fn push_segment(path: &mut String, key: &str) {
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+}
+
+fn structure(path: &str, message: &str) -> CodecError {
+    CodecError::Structure {
+        path: path.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_valid_patient_comes_back_in_canonical_order() {
+        let input = json!({"gender": "female", "id": "p1", "resourceType": "Patient"});
+        let out = canonicalize(input).unwrap();
+        let keys: Vec<_> = out.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["resourceType", "id", "gender"]);
+    }
+
+    #[test]
+    fn decimals_keep_their_text() {
+        let input: Value = serde_json::from_str(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},
+                "valueQuantity":{"value":72.40}}"#,
+        )
+        .unwrap();
+        let out = serde_json::to_string(&canonicalize(input).unwrap()).unwrap();
+        assert!(out.contains("72.40"), "{out}");
+    }
+
+    #[test]
+    fn an_empty_array_is_refused_with_its_path_instead_of_panicking() {
+        let err = canonicalize(json!({"resourceType": "Patient", "name": []})).unwrap_err();
+        assert_eq!(err, structure("Patient.name", "empty array"));
+    }
+
+    #[test]
+    fn an_unknown_array_element_is_refused_and_returns() {
+        let err = canonicalize(json!({"resourceType": "Patient", "foo": ["x"]})).unwrap_err();
+        assert!(matches!(err, CodecError::Model(_)));
+    }
+
+    #[test]
+    fn empty_strings_and_objects_are_refused() {
+        let err = canonicalize(json!({"resourceType": "Patient", "gender": ""})).unwrap_err();
+        assert_eq!(err, structure("Patient.gender", "empty string"));
+        let err = canonicalize(json!({"resourceType": "Patient", "meta": {}})).unwrap_err();
+        assert_eq!(err, structure("Patient.meta", "empty object"));
+    }
+
+    #[test]
+    fn a_missing_resource_type_is_refused() {
+        assert!(canonicalize(json!({"id": "x"})).is_err());
+    }
+
+    #[test]
+    fn primitive_extension_alignment_with_nulls_is_accepted() {
+        let input = json!({"resourceType": "Patient", "name": [{"given": ["A", "B"],
+            "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}]});
+        assert!(canonicalize(input).is_ok());
+    }
+}

@@ -1,0 +1,20 @@
+//! The hl7bridge schema: sea-orm entities and the migrations that create them. Nothing else.
+//!
+//! - `resource`: the current version of every FHIR resource, its canonical JSON kept as text so
+//!   Bundles can be assembled by splicing stored bytes.
+//! - `resource_version`: every version ever written, for vread and history.
+//! - `compartment`: which patient compartments a resource belongs to (`$everything`).
+//! - `resource_ref`: the references a resource holds, for one-hop includes.
+//! - `token_index`: identifiers, for `identifier=` search and conditional references.
+//! - `hl7_message`: every inbound HL7v2 message, accepted or not, kept raw with its ACK.
+
+pub mod compartment;
+pub mod hl7_message;
+pub mod migration;
+pub mod resource;
+pub mod resource_ref;
+pub mod resource_version;
+pub mod token_index;
+
+pub use migration::Migrator;
+pub use sea_orm_migration::MigratorTrait;

@@ -1,0 +1,127 @@
+//! What a resource contributes to the search indexes, computed from its JSON at write time:
+//! the references it holds, the patient compartments it belongs to, and its identifiers.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::compartment::is_membership_path;
+use crate::fhir::id::{parse_relative_reference, RelativeRef};
+
+/// Index rows for one resource, deduplicated.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct IndexRows {
+    /// (element path, target type, target id)
+    pub refs: BTreeSet<(String, String, String)>,
+    /// Patient ids whose compartment holds this resource.
+    pub patients: BTreeSet<String>,
+    /// (system, value) of each identifier; system empty when absent.
+    pub identifiers: BTreeSet<(String, String)>,
+}
+
+pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
+    let mut rows = IndexRows::default();
+    collect_refs(content, &mut String::new(), &mut rows.refs);
+    for (path, target_type, target_id) in &rows.refs {
+        if target_type == "Patient" && is_membership_path(resource_type, path) {
+            rows.patients.insert(target_id.clone());
+        }
+    }
+    if resource_type == "Patient" {
+        rows.patients.insert(id.to_string());
+    }
+    collect_identifiers(content.get("identifier"), &mut rows.identifiers);
+    rows
+}
+
+fn collect_refs(value: &Value, path: &mut String, out: &mut BTreeSet<(String, String, String)>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| collect_refs(item, path, out)),
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference") {
+                if let Some(RelativeRef {
+                    resource_type, id, ..
+                }) = parse_relative_reference(reference)
+                {
+                    out.insert((path.clone(), resource_type.to_string(), id.to_string()));
+                }
+            }
+            for (key, child) in map {
+                // Contained resources are indexed as part of their container only by their
+                // own references, which is what searching on the container needs.
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                collect_refs(child, path, out);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn collect_identifiers(value: Option<&Value>, out: &mut BTreeSet<(String, String)>) {
+    let items: Vec<&Value> = match value {
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(single @ Value::Object(_)) => vec![single],
+        _ => return,
+    };
+    for item in items {
+        if let Some(Value::String(v)) = item.get("value") {
+            let system = item.get("system").and_then(Value::as_str).unwrap_or("");
+            out.insert((system.to_string(), v.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_observation_joins_its_subjects_compartment_and_records_its_references() {
+        let obs = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"},
+            "encounter": {"reference": "Encounter/e1"},
+            "performer": [{"reference": "Practitioner/d1"}]});
+        let rows = extract("Observation", "o1", &obs);
+        assert_eq!(rows.patients, BTreeSet::from(["p1".to_string()]));
+        assert!(rows
+            .refs
+            .contains(&("encounter".into(), "Encounter".into(), "e1".into())));
+        assert!(rows
+            .refs
+            .contains(&("performer".into(), "Practitioner".into(), "d1".into())));
+    }
+
+    #[test]
+    fn nested_reference_paths_are_dotted_without_indices() {
+        let enc = json!({"resourceType": "Encounter",
+            "participant": [{"individual": {"reference": "Practitioner/d1"}}]});
+        let rows = extract("Encounter", "e1", &enc);
+        let expected = (
+            "participant.individual".into(),
+            "Practitioner".into(),
+            "d1".into(),
+        );
+        assert!(rows.refs.contains(&expected));
+    }
+
+    #[test]
+    fn a_patient_is_in_its_own_compartment_and_its_identifiers_are_indexed() {
+        let p = json!({"resourceType": "Patient", "identifier": [
+            {"system": "urn:mrn", "value": "123"}, {"value": "456"}]});
+        let rows = extract("Patient", "p1", &p);
+        assert!(rows.patients.contains("p1"));
+        assert!(rows.identifiers.contains(&("urn:mrn".into(), "123".into())));
+        assert!(rows.identifiers.contains(&("".into(), "456".into())));
+    }
+
+    #[test]
+    fn a_reference_to_a_patient_outside_a_membership_path_does_not_join() {
+        let enc = json!({"resourceType": "Claim", "provider": {"reference": "Patient/p9"}});
+        assert!(extract("Claim", "c1", &enc).patients.is_empty());
+    }
+}

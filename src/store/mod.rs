@@ -1,0 +1,155 @@
+//! The data layer over sea-orm: one code path for SQLite (the embedded default, a file created
+//! and migrated on start) and PostgreSQL.
+//!
+//! Writes go through [`Store::write`]: one transaction per batch, bulk upserts chunked under the
+//! bind-parameter limit, index rows replaced in bulk. Reads return stored canonical JSON as text
+//! so that Bundles are assembled by splicing, not by re-serialising.
+
+pub mod compartment;
+pub mod index;
+mod read;
+mod write;
+
+use std::time::Duration;
+
+use hl7bridge_entities::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+
+pub use read::{IdentifierLookup, StoredResource, SupportingMode};
+pub use write::{
+    payload_hash, Hl7MessageRow, Outcome, ResourceWrite, WriteBatch, WriteOp, Written,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the work; the caller may retry later.
+    #[error("database unavailable")]
+    Unavailable(#[source] DbErr),
+    /// The database rejected the statement for a reason retrying will not fix.
+    #[error("database error")]
+    Database(#[source] DbErr),
+    /// The same resource appears twice in one batch.
+    #[error("{0} appears more than once in the batch")]
+    DuplicateInBatch(String),
+    #[error("unsupported database URL (expected sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+impl From<DbErr> for StoreError {
+    fn from(err: DbErr) -> Self {
+        match err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StoreError::Unavailable(err),
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite allows one writer; a transaction that reads and then writes would fail with
+    /// SQLITE_BUSY under contention instead of waiting, so writers queue here instead.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Store {
+    /// Connects, creating the SQLite file if needed, and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let options = connect_options(url)?;
+        let db = Database::connect(options).await?;
+        Migrator::up(&db, None).await?;
+        Ok(Store {
+            db,
+            write_gate: Default::default(),
+        })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend() {
+            DbBackend::Postgres => "postgres",
+            _ => "sqlite",
+        }
+    }
+
+    pub async fn close(self) {
+        if let Err(err) = self.db.close().await {
+            tracing::warn!(error = %err, "closing the database pool failed");
+        }
+    }
+}
+
+fn connect_options(url: &str) -> Result<ConnectOptions, StoreError> {
+    let mut options = if url.starts_with("sqlite:") {
+        let mut options = ConnectOptions::new(sqlite_url(url));
+        // WAL lets readers run beside the writer; FULL makes every acknowledged commit survive
+        // power loss, not only a process crash.
+        options.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(false)
+        });
+        options.max_connections(4);
+        options
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let mut options = ConnectOptions::new(url.to_string());
+        options.max_connections(16);
+        options
+    } else {
+        return Err(StoreError::UnsupportedUrl);
+    };
+    options
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Ok(options)
+}
+
+/// `sqlite://file.db` must create the file when it is missing.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// `meta.lastUpdated` text for a stored timestamp.
+pub fn instant_text(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_sqlite_url_creates_the_file() {
+        assert_eq!(sqlite_url("sqlite://x.db"), "sqlite://x.db?mode=rwc");
+        assert_eq!(sqlite_url("sqlite://x.db?mode=ro"), "sqlite://x.db?mode=ro");
+    }
+
+    #[test]
+    fn instants_are_utc_with_microseconds() {
+        assert_eq!(
+            instant_text(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123456Z"
+        );
+    }
+}

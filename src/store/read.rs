@@ -1,0 +1,250 @@
+//! The read path. Every read is a bounded number of statements, whatever the result size, and
+//! returns stored JSON text untouched.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+
+use super::compartment::SUPPORTING_TYPES;
+use super::{Store, StoreError};
+
+/// One stored resource: its current version and canonical JSON.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    pub content: String,
+}
+
+/// How a resource came into a `$everything` result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupportingMode {
+    Match,
+    Include,
+}
+
+const COLUMNS: &str =
+    "r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content";
+const MAX_IN: usize = 500;
+
+impl Store {
+    /// The current version, deleted or not; `None` when the id was never written.
+    pub async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM resource r WHERE r.resource_type = ? AND r.id = ?");
+        let rows = self
+            .query(&sql, vec![resource_type.into(), id.into()])
+            .await?;
+        rows.first().map(stored).transpose()
+    }
+
+    /// Ids of live resources of `resource_type` with an identifier of that value (and system,
+    /// when given). Several lookups at once, one statement per chunk.
+    pub async fn ids_by_identifier(
+        &self,
+        lookups: &[IdentifierLookup],
+    ) -> Result<HashMap<IdentifierLookup, Vec<String>>, StoreError> {
+        let mut found: HashMap<IdentifierLookup, Vec<String>> = HashMap::new();
+        let values: Vec<&str> = unique(lookups.iter().map(|l| l.value.as_str()));
+        for chunk in values.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT t.resource_type, t.resource_id, t.system, t.value FROM token_index t \
+                 WHERE t.param = 'identifier' AND t.value IN ({})",
+                placeholders(chunk.len())
+            );
+            let params = chunk.iter().map(|v| Value::from(*v)).collect();
+            for row in self.query(&sql, params).await? {
+                let (t, id, system, value) = token_row(&row)?;
+                for lookup in lookups.iter().filter(|l| l.matches(&t, &system, &value)) {
+                    let ids = found.entry(lookup.clone()).or_default();
+                    if !ids.contains(&id) {
+                        ids.push(id.clone());
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Live resources of one type by id, in one statement per chunk.
+    pub async fn read_many(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM resource r WHERE r.resource_type = ? AND r.deleted = ? \
+                 AND r.id IN ({}) ORDER BY r.id",
+                placeholders(chunk.len())
+            );
+            let mut params = vec![Value::from(resource_type), Value::from(false)];
+            params.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+            for row in self.query(&sql, params).await? {
+                out.push(stored(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The patient's compartment (the Patient first), then the supporting resources its
+    /// members reference, each once. Two statements, whatever the size.
+    pub async fn everything(
+        &self,
+        patient_id: &str,
+    ) -> Result<Vec<(SupportingMode, StoredResource)>, StoreError> {
+        let members = self.compartment_members(patient_id).await?;
+        let seen: HashSet<(String, String)> = members
+            .iter()
+            .map(|r| (r.resource_type.clone(), r.id.clone()))
+            .collect();
+        let mut out: Vec<_> = members
+            .into_iter()
+            .map(|r| (SupportingMode::Match, r))
+            .collect();
+        out.sort_by_key(|(_, r)| r.resource_type != "Patient");
+        for r in self.supporting(patient_id).await? {
+            if !seen.contains(&(r.resource_type.clone(), r.id.clone())) {
+                out.push((SupportingMode::Include, r));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn compartment_members(
+        &self,
+        patient_id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM compartment c JOIN resource r \
+             ON r.resource_type = c.resource_type AND r.id = c.resource_id \
+             WHERE c.patient_id = ? AND r.deleted = ? ORDER BY r.resource_type, r.id"
+        );
+        let rows = self
+            .query(&sql, vec![patient_id.into(), false.into()])
+            .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn supporting(&self, patient_id: &str) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM resource r JOIN (SELECT DISTINCT rr.target_type, rr.target_id \
+             FROM compartment c JOIN resource_ref rr \
+             ON rr.source_type = c.resource_type AND rr.source_id = c.resource_id \
+             WHERE c.patient_id = ? AND rr.target_type IN ({})) t \
+             ON r.resource_type = t.target_type AND r.id = t.target_id \
+             WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
+            placeholders(SUPPORTING_TYPES.len())
+        );
+        let mut params = vec![Value::from(patient_id)];
+        params.extend(SUPPORTING_TYPES.iter().map(|t| Value::from(*t)));
+        params.push(false.into());
+        let rows = self.query(&sql, params).await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// Runs `sql` written with `?` placeholders on whichever backend this store has.
+    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<QueryResult>, StoreError> {
+        let backend = self.backend();
+        let statement = Statement::from_sql_and_values(backend, dialect(backend, sql), params);
+        Ok(self.db.query_all_raw(statement).await?)
+    }
+}
+
+/// One `identifier=[system|]value` lookup, restricted to a type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdentifierLookup {
+    pub resource_type: String,
+    pub system: Option<String>,
+    pub value: String,
+}
+
+impl IdentifierLookup {
+    fn matches(&self, t: &str, system: &str, value: &str) -> bool {
+        self.resource_type == t
+            && self.value == value
+            && self.system.as_deref().is_none_or(|s| s == system)
+    }
+}
+
+fn stored(row: &QueryResult) -> Result<StoredResource, StoreError> {
+    Ok(StoredResource {
+        resource_type: row.try_get_by_index(0)?,
+        id: row.try_get_by_index(1)?,
+        version_id: row.try_get_by_index(2)?,
+        last_updated_us: row.try_get_by_index(3)?,
+        deleted: row.try_get_by_index(4)?,
+        content: row.try_get_by_index(5)?,
+    })
+}
+
+fn token_row(row: &QueryResult) -> Result<(String, String, String, String), StoreError> {
+    Ok((
+        row.try_get_by_index(0)?,
+        row.try_get_by_index(1)?,
+        row.try_get_by_index(2)?,
+        row.try_get_by_index(3)?,
+    ))
+}
+
+fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    items.filter(|i| seen.insert(*i)).collect()
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// PostgreSQL numbers its placeholders; SQLite takes `?` as written. The SQL here holds no
+/// string literals containing `?`, so a plain rewrite is safe.
+fn dialect(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_string();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let sql = "a = ? AND b IN (?, ?)";
+        assert_eq!(
+            dialect(DbBackend::Postgres, sql),
+            "a = $1 AND b IN ($2, $3)"
+        );
+        assert_eq!(dialect(DbBackend::Sqlite, sql), sql);
+    }
+
+    #[test]
+    fn an_identifier_lookup_without_system_matches_any_system() {
+        let lookup = IdentifierLookup {
+            resource_type: "Patient".into(),
+            system: None,
+            value: "7".into(),
+        };
+        assert!(lookup.matches("Patient", "urn:a", "7"));
+        assert!(!lookup.matches("Organization", "urn:a", "7"));
+    }
+}

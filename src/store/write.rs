@@ -1,0 +1,600 @@
+//! The write path: one transaction per batch, every statement a bulk statement.
+//!
+//! A batch is planned in memory first (versions, meta, index rows) against the current rows,
+//! which are read in one query per type and chunk; then it is applied with multi-row
+//! `INSERT … ON CONFLICT` statements. On PostgreSQL the current rows are locked while the batch
+//! is planned, and a batch that loses a race on a brand-new resource is retried.
+
+use std::collections::{HashMap, HashSet};
+
+use hl7bridge_entities::token_index;
+use hl7bridge_entities::{compartment, hl7_message, resource, resource_ref, resource_version};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, SqlErr, TransactionTrait,
+};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::index::{extract, IndexRows};
+use super::{instant_text, now_us, Store, StoreError};
+
+pub type Hl7MessageRow = hl7_message::Model;
+
+/// A resource to create or update under a known id. `content` is canonical JSON; any
+/// `meta.versionId` and `meta.lastUpdated` in it are replaced.
+#[derive(Debug, Clone)]
+pub struct ResourceWrite {
+    pub resource_type: String,
+    pub id: String,
+    pub content: Value,
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Upsert(ResourceWrite),
+    Delete { resource_type: String, id: String },
+}
+
+impl WriteOp {
+    fn key(&self) -> (&str, &str) {
+        match self {
+            WriteOp::Upsert(w) => (&w.resource_type, &w.id),
+            WriteOp::Delete { resource_type, id } => (resource_type, id),
+        }
+    }
+}
+
+/// Everything that must become durable together.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+    pub hl7_messages: Vec<Hl7MessageRow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    /// Identical content was written again; the version did not change.
+    Unchanged,
+    Deleted,
+    /// A delete of something absent or already deleted: nothing was written.
+    NothingToDelete,
+}
+
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    pub last_updated_us: i64,
+    pub outcome: Outcome,
+    /// The stored JSON, for creates and updates.
+    pub content: Option<String>,
+}
+
+/// What the database holds now for one key.
+struct Current {
+    version_id: i64,
+    last_updated_us: i64,
+    deleted: bool,
+    content_hash: String,
+}
+
+type Key = (String, String);
+
+/// The rows one batch writes.
+#[derive(Default)]
+struct Plan {
+    resources: Vec<resource::Model>,
+    versions: Vec<resource_version::Model>,
+    /// Keys whose old index rows must go.
+    reindexed: Vec<Key>,
+    compartments: Vec<compartment::Model>,
+    refs: Vec<resource_ref::Model>,
+    tokens: Vec<token_index::Model>,
+    written: Vec<Written>,
+}
+
+const MAX_ATTEMPTS: usize = 3;
+/// Stays far under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
+const MAX_BINDS: usize = 16_000;
+const MAX_ROWS: usize = 500;
+
+impl Store {
+    /// Writes the batch in one transaction and reports what happened to each op, in order.
+    pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Written>, StoreError> {
+        reject_duplicates(&batch.ops)?;
+        let _gate = match self.backend() {
+            DbBackend::Sqlite => Some(self.write_gate.lock().await),
+            _ => None,
+        };
+        let mut attempt = 1;
+        loop {
+            match self.write_once(&batch).await {
+                Err(StoreError::Database(err))
+                    if attempt < MAX_ATTEMPTS
+                        && matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>
+                {
+                    tracing::debug!(attempt, "write lost a race on a new resource; retrying");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once(&self, batch: &WriteBatch) -> Result<Vec<Written>, StoreError> {
+        let txn = self.db.begin().await?;
+        let current = load_current(&txn, &batch.ops).await?;
+        let plan = plan(&batch.ops, &current, now_us());
+        apply(&txn, &plan).await?;
+        insert_chunked(&txn, batch.hl7_messages.clone(), 12, |rows| {
+            hl7_message::Entity::insert_many(rows)
+        })
+        .await?;
+        txn.commit().await?;
+        Ok(plan.written)
+    }
+}
+
+fn reject_duplicates(ops: &[WriteOp]) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    for op in ops {
+        let (t, id) = op.key();
+        if !seen.insert((t, id)) {
+            return Err(StoreError::DuplicateInBatch(format!("{t}/{id}")));
+        }
+    }
+    Ok(())
+}
+
+async fn load_current(
+    txn: &DatabaseTransaction,
+    ops: &[WriteOp],
+) -> Result<HashMap<Key, Current>, StoreError> {
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for op in ops {
+        let (t, id) = op.key();
+        by_type.entry(t).or_default().push(id);
+    }
+    let lock = txn.get_database_backend() == DbBackend::Postgres;
+    let mut current = HashMap::new();
+    for (resource_type, ids) in by_type {
+        for chunk in ids.chunks(MAX_ROWS) {
+            let mut query = resource::Entity::find()
+                .select_only()
+                .columns([
+                    resource::Column::Id,
+                    resource::Column::VersionId,
+                    resource::Column::LastUpdatedUs,
+                    resource::Column::Deleted,
+                    resource::Column::ContentHash,
+                ])
+                .filter(resource::Column::ResourceType.eq(resource_type))
+                .filter(resource::Column::Id.is_in(chunk.iter().copied()));
+            if lock {
+                query = query.lock_exclusive();
+            }
+            let rows: Vec<(String, i64, i64, bool, String)> = query.into_tuple().all(txn).await?;
+            for (id, version_id, last_updated_us, deleted, content_hash) in rows {
+                let key = (resource_type.to_string(), id);
+                let row = Current {
+                    version_id,
+                    last_updated_us,
+                    deleted,
+                    content_hash,
+                };
+                current.insert(key, row);
+            }
+        }
+    }
+    Ok(current)
+}
+
+fn plan(ops: &[WriteOp], current: &HashMap<Key, Current>, now: i64) -> Plan {
+    let mut plan = Plan::default();
+    for op in ops {
+        let (t, id) = op.key();
+        let existing = current.get(&(t.to_string(), id.to_string()));
+        match op {
+            WriteOp::Upsert(w) => plan_upsert(&mut plan, w, existing, now),
+            WriteOp::Delete { .. } => plan_delete(&mut plan, t, id, existing, now),
+        }
+    }
+    plan
+}
+
+fn plan_upsert(plan: &mut Plan, w: &ResourceWrite, existing: Option<&Current>, now: i64) {
+    let body = without_version_meta(w.content.clone());
+    let hash = sha256_hex(body.to_string().as_bytes());
+    let live = existing.filter(|c| !c.deleted);
+    if let Some(c) = live.filter(|c| c.content_hash == hash) {
+        plan.written.push(written(
+            w,
+            c.version_id,
+            c.last_updated_us,
+            Outcome::Unchanged,
+            None,
+        ));
+        return;
+    }
+    let version_id = existing.map_or(1, |c| c.version_id + 1);
+    let content = with_version_meta(body, version_id, &instant_text(now)).to_string();
+    let outcome = if live.is_some() {
+        Outcome::Updated
+    } else {
+        Outcome::Created
+    };
+    if existing.is_some() {
+        plan.reindexed.push((w.resource_type.clone(), w.id.clone()));
+    }
+    let index = extract(&w.resource_type, &w.id, &w.content);
+    add_index_rows(plan, &w.resource_type, &w.id, index);
+    plan.resources.push(resource::Model {
+        resource_type: w.resource_type.clone(),
+        id: w.id.clone(),
+        version_id,
+        last_updated_us: now,
+        deleted: false,
+        content_hash: hash,
+        content: content.clone(),
+    });
+    plan.versions.push(version_row(
+        &w.resource_type,
+        &w.id,
+        version_id,
+        now,
+        &content,
+    ));
+    plan.written
+        .push(written(w, version_id, now, outcome, Some(content)));
+}
+
+fn plan_delete(plan: &mut Plan, t: &str, id: &str, existing: Option<&Current>, now: i64) {
+    let Some(c) = existing.filter(|c| !c.deleted) else {
+        let (version_id, at) = existing.map_or((0, 0), |c| (c.version_id, c.last_updated_us));
+        plan.written.push(Written {
+            resource_type: t.to_string(),
+            id: id.to_string(),
+            version_id,
+            last_updated_us: at,
+            outcome: Outcome::NothingToDelete,
+            content: None,
+        });
+        return;
+    };
+    let version_id = c.version_id + 1;
+    plan.reindexed.push((t.to_string(), id.to_string()));
+    plan.resources.push(resource::Model {
+        resource_type: t.to_string(),
+        id: id.to_string(),
+        version_id,
+        last_updated_us: now,
+        deleted: true,
+        content_hash: String::new(),
+        content: String::new(),
+    });
+    plan.versions.push(version_row(t, id, version_id, now, ""));
+    plan.written.push(Written {
+        resource_type: t.to_string(),
+        id: id.to_string(),
+        version_id,
+        last_updated_us: now,
+        outcome: Outcome::Deleted,
+        content: None,
+    });
+}
+
+fn written(
+    w: &ResourceWrite,
+    v: i64,
+    at: i64,
+    outcome: Outcome,
+    content: Option<String>,
+) -> Written {
+    Written {
+        resource_type: w.resource_type.clone(),
+        id: w.id.clone(),
+        version_id: v,
+        last_updated_us: at,
+        outcome,
+        content,
+    }
+}
+
+fn version_row(t: &str, id: &str, v: i64, at: i64, content: &str) -> resource_version::Model {
+    resource_version::Model {
+        resource_type: t.to_string(),
+        id: id.to_string(),
+        version_id: v,
+        last_updated_us: at,
+        deleted: content.is_empty(),
+        content: content.to_string(),
+    }
+}
+
+fn add_index_rows(plan: &mut Plan, t: &str, id: &str, index: IndexRows) {
+    for patient_id in index.patients {
+        plan.compartments.push(compartment::Model {
+            patient_id,
+            resource_type: t.to_string(),
+            resource_id: id.to_string(),
+        });
+    }
+    for (path, target_type, target_id) in index.refs {
+        plan.refs.push(resource_ref::Model {
+            source_type: t.to_string(),
+            source_id: id.to_string(),
+            path,
+            target_type,
+            target_id,
+        });
+    }
+    for (system, value) in index.identifiers {
+        plan.tokens.push(token_index::Model {
+            resource_type: t.to_string(),
+            resource_id: id.to_string(),
+            param: "identifier".to_string(),
+            system,
+            value,
+        });
+    }
+}
+
+async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError> {
+    upsert_resources(txn, plan.resources.clone()).await?;
+    insert_chunked(txn, plan.versions.clone(), 6, |rows| {
+        resource_version::Entity::insert_many(rows)
+    })
+    .await?;
+    remove_index_rows(txn, &plan.reindexed).await?;
+    insert_chunked(txn, plan.compartments.clone(), 3, |rows| {
+        compartment::Entity::insert_many(rows)
+            .on_conflict(do_nothing_on_pk::<compartment::Entity>())
+    })
+    .await?;
+    insert_chunked(txn, plan.refs.clone(), 5, |rows| {
+        resource_ref::Entity::insert_many(rows)
+            .on_conflict(do_nothing_on_pk::<resource_ref::Entity>())
+    })
+    .await?;
+    insert_chunked(txn, plan.tokens.clone(), 5, |rows| {
+        token_index::Entity::insert_many(rows)
+            .on_conflict(do_nothing_on_pk::<token_index::Entity>())
+    })
+    .await
+}
+
+async fn upsert_resources(
+    txn: &DatabaseTransaction,
+    rows: Vec<resource::Model>,
+) -> Result<(), StoreError> {
+    use resource::Column as C;
+    insert_chunked(txn, rows, 7, |rows| {
+        let on_conflict = OnConflict::columns([C::ResourceType, C::Id])
+            .update_columns([
+                C::VersionId,
+                C::LastUpdatedUs,
+                C::Deleted,
+                C::ContentHash,
+                C::Content,
+            ])
+            .to_owned();
+        resource::Entity::insert_many(rows).on_conflict(on_conflict)
+    })
+    .await
+}
+
+fn do_nothing_on_pk<E: EntityTrait>() -> OnConflict {
+    use sea_orm::{Iterable, PrimaryKeyToColumn};
+    let columns: Vec<E::Column> = E::PrimaryKey::iter().map(|k| k.into_column()).collect();
+    OnConflict::columns(columns).do_nothing().to_owned()
+}
+
+/// Inserts `rows` with as many rows per statement as the bind limit allows.
+async fn insert_chunked<M, A, F>(
+    txn: &DatabaseTransaction,
+    rows: Vec<M>,
+    columns: usize,
+    statement: F,
+) -> Result<(), StoreError>
+where
+    M: IntoActiveModel<A>,
+    A: ActiveModelTrait,
+    F: Fn(Vec<A>) -> sea_orm::InsertMany<A>,
+{
+    let per_statement = (MAX_BINDS / columns).min(MAX_ROWS);
+    let mut rows = rows
+        .into_iter()
+        .map(IntoActiveModel::into_active_model)
+        .peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<A> = rows.by_ref().take(per_statement).collect();
+        statement(chunk).exec_without_returning(txn).await?;
+    }
+    Ok(())
+}
+
+async fn remove_index_rows(txn: &DatabaseTransaction, keys: &[Key]) -> Result<(), StoreError> {
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (t, id) in keys {
+        by_type.entry(t).or_default().push(id);
+    }
+    for (t, ids) in by_type {
+        for chunk in ids.chunks(MAX_ROWS) {
+            let ids = || chunk.iter().copied();
+            compartment::Entity::delete_many()
+                .filter(compartment::Column::ResourceType.eq(t))
+                .filter(compartment::Column::ResourceId.is_in(ids()))
+                .exec(txn)
+                .await?;
+            resource_ref::Entity::delete_many()
+                .filter(resource_ref::Column::SourceType.eq(t))
+                .filter(resource_ref::Column::SourceId.is_in(ids()))
+                .exec(txn)
+                .await?;
+            token_index::Entity::delete_many()
+                .filter(token_index::Column::ResourceType.eq(t))
+                .filter(token_index::Column::ResourceId.is_in(ids()))
+                .exec(txn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The content with `meta.versionId` and `meta.lastUpdated` removed (and `meta` too if that
+/// empties it): what the version hash is computed over.
+fn without_version_meta(mut content: Value) -> Value {
+    if let Some(obj) = content.as_object_mut() {
+        if let Some(Value::Object(meta)) = obj.get_mut("meta") {
+            meta.shift_remove("versionId");
+            meta.shift_remove("lastUpdated");
+            if meta.is_empty() {
+                obj.shift_remove("meta");
+            }
+        }
+    }
+    content
+}
+
+/// Puts `meta.versionId` and `meta.lastUpdated` in, keeping the canonical element order
+/// (`resourceType`, `id`, `meta` first; within `meta`, `id` and `extension` before them).
+fn with_version_meta(content: Value, version_id: i64, last_updated: &str) -> Value {
+    let Value::Object(mut obj) = content else {
+        return content;
+    };
+    let old_meta = match obj.shift_remove("meta") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let mut meta = Map::new();
+    let mut rest = old_meta.into_iter().peekable();
+    while let Some((key, _)) = rest.peek() {
+        if key != "id" && key != "extension" {
+            break;
+        }
+        let (key, value) = rest.next().expect("peeked");
+        meta.insert(key, value);
+    }
+    meta.insert("versionId".into(), Value::String(version_id.to_string()));
+    meta.insert(
+        "lastUpdated".into(),
+        Value::String(last_updated.to_string()),
+    );
+    meta.extend(rest);
+    let mut out = Map::new();
+    for key in ["resourceType", "id"] {
+        if let Some(v) = obj.shift_remove(key) {
+            out.insert(key.to_string(), v);
+        }
+    }
+    out.insert("meta".into(), Value::Object(meta));
+    out.extend(obj);
+    Value::Object(out)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash of raw bytes as lowercase hex (for raw HL7v2 payloads).
+pub fn payload_hash(bytes: &[u8]) -> String {
+    sha256_hex(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn keys(rows: &[resource::Model]) -> std::collections::BTreeSet<Key> {
+        rows.iter()
+            .map(|r| (r.resource_type.clone(), r.id.clone()))
+            .collect()
+    }
+
+    fn upsert(t: &str, id: &str, content: Value) -> WriteOp {
+        WriteOp::Upsert(ResourceWrite {
+            resource_type: t.into(),
+            id: id.into(),
+            content,
+        })
+    }
+
+    #[test]
+    fn meta_goes_after_id_and_keeps_other_meta_elements() {
+        let c = json!({"resourceType": "Patient", "id": "p", "gender": "male",
+            "meta": {"profile": ["http://x"], "versionId": "9"}});
+        let out = with_version_meta(without_version_meta(c), 2, "2024-01-01T00:00:00Z");
+        assert_eq!(
+            out.to_string(),
+            r#"{"resourceType":"Patient","id":"p","meta":{"versionId":"2","lastUpdated":"2024-01-01T00:00:00Z","profile":["http://x"]},"gender":"male"}"#
+        );
+    }
+
+    #[test]
+    fn writing_identical_content_again_keeps_the_version() {
+        let content = json!({"resourceType": "Patient", "id": "p"});
+        let hash = sha256_hex(without_version_meta(content.clone()).to_string().as_bytes());
+        let current = HashMap::from([(
+            ("Patient".to_string(), "p".to_string()),
+            Current {
+                version_id: 3,
+                last_updated_us: 5,
+                deleted: false,
+                content_hash: hash,
+            },
+        )]);
+        let plan = plan(&[upsert("Patient", "p", content)], &current, 10);
+        assert_eq!(plan.written[0].outcome, Outcome::Unchanged);
+        assert_eq!(plan.written[0].version_id, 3);
+        assert!(plan.resources.is_empty());
+    }
+
+    #[test]
+    fn changed_content_gets_the_next_version_and_is_reindexed() {
+        let current = HashMap::from([(
+            ("Patient".to_string(), "p".to_string()),
+            Current {
+                version_id: 3,
+                last_updated_us: 5,
+                deleted: false,
+                content_hash: "x".into(),
+            },
+        )]);
+        let content = json!({"resourceType": "Patient", "id": "p", "gender": "female"});
+        let plan = plan(&[upsert("Patient", "p", content)], &current, 10);
+        assert_eq!(plan.written[0].outcome, Outcome::Updated);
+        assert_eq!(plan.written[0].version_id, 4);
+        assert_eq!(plan.reindexed.len(), 1);
+        assert_eq!(keys(&plan.resources).len(), 1);
+    }
+
+    #[test]
+    fn deleting_something_absent_writes_nothing() {
+        let op = WriteOp::Delete {
+            resource_type: "Patient".into(),
+            id: "p".into(),
+        };
+        let plan = plan(&[op], &HashMap::new(), 10);
+        assert_eq!(plan.written[0].outcome, Outcome::NothingToDelete);
+        assert!(plan.resources.is_empty());
+    }
+
+    #[test]
+    fn a_batch_naming_one_resource_twice_is_refused() {
+        let ops = [
+            upsert("Patient", "p", json!({})),
+            upsert("Patient", "p", json!({})),
+        ];
+        assert!(matches!(
+            reject_duplicates(&ops),
+            Err(StoreError::DuplicateInBatch(_))
+        ));
+    }
+}
