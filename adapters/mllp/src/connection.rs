@@ -1,0 +1,254 @@
+//! One MLLP connection: read, decode, hand each frame to the handler, write its answer, repeat.
+//!
+//! The connection never reads ahead of an unanswered frame's response, so answers go out in
+//! frame order. It closes on peer EOF, on an oversized frame (after answering it), on the idle
+//! and frame timeouts, on a failed or slow write, and at shutdown once no frame is half-received.
+//!
+//! Closes the server starts while the peer may still be sending are "lingering": the write side
+//! is shut, then input is read and dropped for a moment. Dropping a socket with unread input
+//! makes the kernel reset the connection, which can destroy the answer just written.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{debug, warn};
+
+use crate::codec::{encode, FrameDecoder, FrameError};
+use crate::config::MllpConfig;
+use crate::server::{FrameMeta, MessageHandler};
+
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// How long a lingering close waits for the peer to stop sending.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    PeerClosed,
+    PeerClosedMidFrame { buffered_bytes: usize },
+    Idle,
+    FrameStalled,
+    Oversized,
+    Shutdown,
+    ReadFailed(io::Error),
+    WriteFailed(io::Error),
+    WriteTimedOut,
+}
+
+/// What waiting for input produced.
+enum Input {
+    Bytes(usize),
+    Eof,
+    DeadlinePassed,
+    StopRequested,
+    Failed(io::Error),
+}
+
+pub(crate) struct Connection<H> {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    meta: FrameMeta,
+    handler: Arc<H>,
+    stop: watch::Receiver<bool>,
+    read_buf: Vec<u8>,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+    write_timeout: Duration,
+    frames_answered: u64,
+}
+
+impl<H: MessageHandler> Connection<H> {
+    pub(crate) fn new(
+        stream: TcpStream,
+        meta: FrameMeta,
+        handler: Arc<H>,
+        config: &MllpConfig,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(config.max_frame_bytes),
+            meta,
+            handler,
+            stop,
+            read_buf: vec![0; READ_CHUNK_BYTES],
+            idle_timeout: config.idle_timeout(),
+            frame_timeout: config.frame_timeout(),
+            write_timeout: config.write_timeout(),
+            frames_answered: 0,
+        }
+    }
+
+    pub(crate) async fn serve(mut self) {
+        debug!("MLLP connection opened");
+        let reason = self.serve_frames().await;
+        self.close(reason).await;
+    }
+
+    async fn serve_frames(&mut self) -> Close {
+        let mut idle_since = Instant::now();
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            // Answer everything already complete, then note whether a frame is half-received.
+            match self.answer_complete_frames().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    idle_since = Instant::now();
+                    frame_started = None;
+                }
+                Err(close) => return close,
+            }
+            if self.decoder.is_mid_frame() {
+                frame_started.get_or_insert_with(Instant::now);
+            } else {
+                frame_started = None;
+            }
+
+            let stopping = *self.stop.borrow();
+            if stopping && frame_started.is_none() {
+                return Close::Shutdown;
+            }
+            let deadline = match frame_started {
+                Some(started) => started + self.frame_timeout,
+                None => idle_since + self.idle_timeout,
+            };
+            match self.read_input(deadline, stopping).await {
+                Input::Bytes(n) => self.decoder.push(&self.read_buf[..n]),
+                Input::StopRequested => {}
+                Input::Eof => return self.peer_closed(),
+                Input::DeadlinePassed if frame_started.is_some() => return Close::FrameStalled,
+                Input::DeadlinePassed => return Close::Idle,
+                Input::Failed(e) => return Close::ReadFailed(e),
+            }
+        }
+    }
+
+    /// Answers every buffered complete frame in order; returns how many, or why to close.
+    async fn answer_complete_frames(&mut self) -> Result<u64, Close> {
+        let mut answered = 0;
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => self.answer(frame).await?,
+                Ok(None) => return Ok(answered),
+                Err(FrameError::Oversized { prefix, limit }) => {
+                    return Err(self.answer_oversized(prefix, limit).await)
+                }
+            }
+            answered += 1;
+        }
+    }
+
+    async fn answer(&mut self, frame: Bytes) -> Result<(), Close> {
+        debug!(frame_bytes = frame.len(), "MLLP frame received");
+        let response = self.handler.handle(frame, self.meta).await;
+        self.write_frame(&response).await?;
+        self.frames_answered += 1;
+        Ok(())
+    }
+
+    async fn answer_oversized(&mut self, prefix: Bytes, limit: usize) -> Close {
+        warn!(
+            limit,
+            "MLLP frame exceeds max_frame_bytes; answering and closing"
+        );
+        let Some(response) = self.handler.oversized(prefix, self.meta).await else {
+            return Close::Oversized;
+        };
+        match self.write_frame(&response).await {
+            Ok(()) => Close::Oversized,
+            Err(close) => close,
+        }
+    }
+
+    async fn write_frame(&mut self, payload: &[u8]) -> Result<(), Close> {
+        let framed = encode(payload);
+        match timeout(self.write_timeout, self.stream.write_all(&framed)).await {
+            Ok(Ok(())) => {
+                debug!(response_bytes = payload.len(), "MLLP response written");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(Close::WriteFailed(e)),
+            Err(_) => Err(Close::WriteTimedOut),
+        }
+    }
+
+    /// Waits for input until `deadline`, or until a stop is requested (unless already `stopping`).
+    async fn read_input(&mut self, deadline: Instant, stopping: bool) -> Input {
+        let read = timeout_at(deadline, self.stream.read(&mut self.read_buf));
+        tokio::select! {
+            biased;
+            read = read => match read {
+                Ok(Ok(0)) => Input::Eof,
+                Ok(Ok(n)) => Input::Bytes(n),
+                Ok(Err(e)) => Input::Failed(e),
+                Err(_) => Input::DeadlinePassed,
+            },
+            () = stop_requested(&mut self.stop), if !stopping => Input::StopRequested,
+        }
+    }
+
+    fn peer_closed(&self) -> Close {
+        match self.decoder.finish() {
+            Ok(()) => Close::PeerClosed,
+            Err(truncated) => Close::PeerClosedMidFrame {
+                buffered_bytes: truncated.buffered_bytes,
+            },
+        }
+    }
+
+    async fn close(mut self, reason: Close) {
+        log_close(&reason);
+        if matches!(reason, Close::Oversized | Close::Shutdown) {
+            self.linger().await;
+        }
+        debug!(
+            frames_answered = self.frames_answered,
+            junk_bytes = self.decoder.junk_bytes(),
+            "MLLP connection closed"
+        );
+    }
+
+    /// Sends FIN after the last answer, then drops input until the peer closes or time runs out.
+    async fn linger(&mut self) {
+        if self.stream.shutdown().await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + CLOSE_LINGER;
+        while let Ok(Ok(n)) = timeout_at(deadline, self.stream.read(&mut self.read_buf)).await {
+            if n == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// Completes once the server asks connections to stop. A dropped sender means the server is gone,
+/// which is a stop too.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&stopping| stopping).await;
+}
+
+fn log_close(reason: &Close) {
+    match reason {
+        Close::PeerClosed => debug!("MLLP peer closed the connection"),
+        Close::PeerClosedMidFrame { buffered_bytes } => warn!(
+            buffered_bytes,
+            "MLLP peer closed the connection mid-frame; the partial frame is dropped"
+        ),
+        Close::Idle => debug!("MLLP connection idle past idle_timeout_ms; closing"),
+        Close::FrameStalled => debug!("MLLP frame not finished within frame_timeout_ms; closing"),
+        Close::Oversized => debug!("MLLP connection closing after an oversized frame"),
+        Close::Shutdown => debug!("MLLP connection closing for shutdown"),
+        Close::ReadFailed(e) => debug!(error = %e, "MLLP read failed; closing"),
+        Close::WriteFailed(e) => warn!(error = %e, "MLLP response could not be written; closing"),
+        Close::WriteTimedOut => {
+            warn!("MLLP peer did not take the response within write_timeout_ms; closing")
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The MLLP listener: accepting connections, capping how many are served, and shutting down.
+//!
+//! Each accepted connection runs as its own task (see `connection.rs`) with its own decoder.
+//! The accept loop owns those tasks in a `JoinSet`, which is both the connection count for the
+//! cap and the handle for draining at shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::config::MllpConfig;
+use crate::connection::Connection;
+
+/// Pending connections the kernel holds while the server is at its connection cap.
+const LISTEN_BACKLOG: u32 = 1024;
+/// Pause after a failed accept, which is usually file-descriptor exhaustion and needs time to clear.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Where a frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
+    pub peer: SocketAddr,
+    /// Unique per server run, in accept order; the same for every frame of one connection.
+    pub connection_id: u64,
+}
+
+/// What the application does with frames. Frames of one connection are handled one at a time,
+/// in order; different connections are handled concurrently.
+pub trait MessageHandler: Send + Sync + 'static {
+    /// Handles one payload and returns the response payload (an ACK), which the server frames
+    /// and writes before reading the connection's next frame.
+    fn handle(&self, frame: Bytes, meta: FrameMeta) -> impl Future<Output = Vec<u8>> + Send;
+
+    /// Answers a frame longer than `max_frame_bytes`, given its first bytes (at most 64 KiB,
+    /// enough to read MSH). The response, if any, is written, then the connection is closed.
+    fn oversized(
+        &self,
+        prefix: Bytes,
+        meta: FrameMeta,
+    ) -> impl Future<Output = Option<Vec<u8>>> + Send;
+}
+
+/// How `run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every connection closed by itself before the drain deadline.
+    Finished,
+    /// The deadline passed; these connections were dropped where they stood.
+    DeadlinePassed { aborted_connections: usize },
+}
+
+/// A bound MLLP listener, not yet accepting.
+#[derive(Debug)]
+pub struct MllpServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: MllpConfig,
+}
+
+impl MllpServer {
+    /// Validates `config` and binds `addr` (port 0 picks a free port; see `local_addr`).
+    ///
+    /// Keepalive is set on the listening socket, which accepted sockets inherit on Linux, macOS
+    /// and Windows; probe timing is the operating system's default.
+    pub async fn bind(addr: SocketAddr, config: MllpConfig) -> io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_keepalive(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves connections until `shutdown` completes, then drains them (see [`DrainOutcome`]).
+    pub async fn run<H: MessageHandler>(
+        self,
+        handler: Arc<H>,
+        shutdown: impl Future<Output = ()>,
+    ) -> DrainOutcome {
+        let Self {
+            listener, config, ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut acceptor = Acceptor {
+            config,
+            handler,
+            stop: stop_rx,
+            tasks: JoinSet::new(),
+            next_id: 0,
+        };
+        acceptor.accept_until(&listener, shutdown).await;
+
+        // Closing the listener first makes new clients fail fast instead of queueing.
+        drop(listener);
+        stop_tx.send_replace(true);
+        acceptor.drain().await
+    }
+}
+
+/// The accept loop's state.
+struct Acceptor<H> {
+    config: MllpConfig,
+    handler: Arc<H>,
+    stop: watch::Receiver<bool>,
+    tasks: JoinSet<()>,
+    next_id: u64,
+}
+
+impl<H: MessageHandler> Acceptor<H> {
+    async fn accept_until(&mut self, listener: &TcpListener, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = pin!(shutdown);
+        loop {
+            // Not accepting at the cap leaves newcomers in the backlog until a slot frees.
+            let has_slot = self.tasks.len() < self.config.max_connections;
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                Some(ended) = self.tasks.join_next() => log_task_end(ended),
+                accepted = listener.accept(), if has_slot => self.on_accept(accepted).await,
+            }
+        }
+    }
+
+    async fn on_accept(&mut self, accepted: io::Result<(TcpStream, SocketAddr)>) {
+        match accepted {
+            Ok((stream, peer)) => self.spawn_connection(stream, peer),
+            Err(e) => {
+                warn!(error = %e, "accepting an MLLP connection failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
+    }
+
+    fn spawn_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Responses are single small writes; Nagle would only delay them.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, %peer, "could not set TCP_NODELAY");
+        }
+        let meta = FrameMeta {
+            peer,
+            connection_id: self.next_id,
+        };
+        self.next_id += 1;
+        let span =
+            tracing::info_span!("mllp_connection", connection_id = meta.connection_id, %peer);
+        let connection = Connection::new(
+            stream,
+            meta,
+            Arc::clone(&self.handler),
+            &self.config,
+            self.stop.clone(),
+        );
+        self.tasks.spawn(connection.serve().instrument(span));
+    }
+
+    async fn drain(mut self) -> DrainOutcome {
+        info!(
+            open_connections = self.tasks.len(),
+            "MLLP shutdown requested; finishing frames in flight"
+        );
+        let all_closed = async {
+            while let Some(ended) = self.tasks.join_next().await {
+                log_task_end(ended);
+            }
+        };
+        if tokio::time::timeout(self.config.drain_timeout(), all_closed)
+            .await
+            .is_ok()
+        {
+            info!("MLLP drain finished; every connection closed");
+            return DrainOutcome::Finished;
+        }
+        let aborted_connections = self.tasks.len();
+        self.tasks.shutdown().await;
+        info!(
+            aborted_connections,
+            "MLLP drain deadline passed; connections dropped"
+        );
+        DrainOutcome::DeadlinePassed {
+            aborted_connections,
+        }
+    }
+}
+
+fn log_task_end(ended: Result<(), JoinError>) {
+    match ended {
+        Err(e) if e.is_panic() => {
+            error!("MLLP connection task panicked; its connection was dropped")
+        }
+        Err(_) | Ok(()) => {}
+    }
+}

@@ -1,0 +1,468 @@
+//! The MLLP server over real sockets on 127.0.0.1: bytes in, frames out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hl7bridge_mllp::{
+    encode, DrainOutcome, FrameDecoder, FrameMeta, MessageHandler, MllpConfig, MllpServer,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, timeout, Instant};
+
+/// Upper bound on any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(3);
+/// How long "nothing arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Answers `ACK:<payload>`, and `AR:<first 8 bytes>` for oversized frames.
+#[derive(Default)]
+struct EchoHandler {
+    metas: Mutex<Vec<FrameMeta>>,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+impl MessageHandler for EchoHandler {
+    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        if let Ok(mut metas) = self.metas.lock() {
+            metas.push(meta);
+        }
+        sleep(Duration::from_millis(5)).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        [b"ACK:".as_slice(), &frame].concat()
+    }
+
+    async fn oversized(&self, prefix: Bytes, _meta: FrameMeta) -> Option<Vec<u8>> {
+        Some([b"AR:".as_slice(), &prefix[..prefix.len().min(8)]].concat())
+    }
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    handler: Arc<EchoHandler>,
+    stop: oneshot::Sender<()>,
+    run: JoinHandle<DrainOutcome>,
+}
+
+impl TestServer {
+    async fn start(config: MllpConfig) -> Self {
+        let server = MllpServer::bind("127.0.0.1:0".parse().unwrap(), config)
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let handler = Arc::new(EchoHandler::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        let run = tokio::spawn(server.run(Arc::clone(&handler), shutdown));
+        Self {
+            addr,
+            handler,
+            stop,
+            run,
+        }
+    }
+
+    async fn connect(&self) -> Client {
+        let stream = timeout(WAIT, TcpStream::connect(self.addr))
+            .await
+            .unwrap()
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            decoder: FrameDecoder::default(),
+        }
+    }
+
+    async fn shut_down(self) -> DrainOutcome {
+        self.stop.send(()).unwrap();
+        timeout(WAIT, self.run).await.unwrap().unwrap()
+    }
+}
+
+fn config() -> MllpConfig {
+    MllpConfig {
+        max_frame_bytes: 1024,
+        idle_timeout_ms: 5_000,
+        frame_timeout_ms: 5_000,
+        write_timeout_ms: 1_000,
+        max_connections: 16,
+        drain_timeout_ms: 2_000,
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &[u8]) {
+        timeout(WAIT, self.stream.write_all(bytes))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// The next frame's payload, or `None` if the server closed first.
+    async fn read_frame(&mut self) -> Option<Vec<u8>> {
+        let mut chunk = [0; 4096];
+        loop {
+            if let Some(frame) = self.decoder.next_frame().unwrap() {
+                return Some(frame.to_vec());
+            }
+            match timeout(WAIT, self.stream.read(&mut chunk)).await.unwrap() {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.decoder.push(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether the server closed the connection within `WAIT` without sending anything more.
+    async fn closed_by_server(&mut self) -> bool {
+        let mut chunk = [0; 64];
+        matches!(timeout(WAIT, self.stream.read(&mut chunk)).await, Ok(Ok(0)))
+    }
+
+    /// Whether nothing arrives (neither bytes nor EOF) for `QUIET`.
+    async fn stays_quiet(&mut self) -> bool {
+        let mut chunk = [0; 64];
+        timeout(QUIET, self.stream.read(&mut chunk)).await.is_err()
+    }
+}
+
+#[tokio::test]
+async fn one_message_is_acknowledged() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    client.send(&encode(b"MSH|1")).await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|1"[..])
+    );
+}
+
+#[tokio::test]
+async fn several_messages_on_one_connection_are_answered_in_order() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    client.send(&encode(b"MSH|1")).await;
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|1"[..])
+    );
+    client.send(&encode(b"MSH|2")).await;
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|2"[..])
+    );
+}
+
+#[tokio::test]
+async fn pipelined_frames_are_handled_one_at_a_time_in_order() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    let frames = [encode(b"a"), encode(b"b"), encode(b"c")].concat();
+
+    client.send(&frames).await;
+
+    for expected in [b"ACK:a", b"ACK:b", b"ACK:c"] {
+        assert_eq!(client.read_frame().await.as_deref(), Some(&expected[..]));
+    }
+    assert_eq!(server.handler.most_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_frame_written_one_byte_at_a_time_is_answered() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    for byte in encode(b"MSH|slow") {
+        client.send(&[byte]).await;
+        sleep(Duration::from_millis(2)).await;
+    }
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|slow"[..])
+    );
+}
+
+#[tokio::test]
+async fn trailer_bytes_written_separately_end_the_frame() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    client.send(b"\x0bMSH|split\x1c").await;
+    assert!(client.stays_quiet().await);
+    client.send(b"\x0d").await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|split"[..])
+    );
+}
+
+#[tokio::test]
+async fn two_frames_in_one_write_are_both_answered() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    client
+        .send(&[encode(b"one"), encode(b"two")].concat())
+        .await;
+
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:one"[..]));
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:two"[..]));
+}
+
+#[tokio::test]
+async fn junk_and_stray_line_endings_between_frames_are_skipped() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    let bytes = [
+        b"\r\n\0 noise".to_vec(),
+        encode(b"one"),
+        b"\n".to_vec(),
+        encode(b"two"),
+        b"\r\0".to_vec(),
+    ];
+
+    client.send(&bytes.concat()).await;
+
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:one"[..]));
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:two"[..]));
+}
+
+#[tokio::test]
+async fn an_end_block_without_carriage_return_stays_in_the_payload() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+
+    client.send(b"\x0ba\x1cb\x1c\x0d").await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:a\x1cb"[..])
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_frame_gets_the_handlers_answer_then_the_connection_closes() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    let big = [b"MSH|big|".as_slice(), &[b'x'; 100 * 1024]].concat();
+
+    client.send(&encode(&big)).await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"AR:MSH|big|"[..])
+    );
+    assert!(client.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn eof_mid_frame_leaves_the_server_serving_new_connections() {
+    let server = TestServer::start(config()).await;
+    let mut first = server.connect().await;
+    first.send(b"\x0bMSH|cut off").await;
+    drop(first);
+
+    let mut second = server.connect().await;
+    second.send(&encode(b"MSH|2")).await;
+
+    assert_eq!(
+        second.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|2"[..])
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start(MllpConfig {
+        idle_timeout_ms: 200,
+        ..config()
+    })
+    .await;
+    let mut client = server.connect().await;
+    let connected = Instant::now();
+
+    assert!(client.closed_by_server().await);
+    assert!(connected.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn junk_does_not_keep_an_idle_connection_open() {
+    let server = TestServer::start(MllpConfig {
+        idle_timeout_ms: 300,
+        ..config()
+    })
+    .await;
+    let mut client = server.connect().await;
+    let connected = Instant::now();
+    let mut chunk = [0; 64];
+
+    // Junk every 50 ms would keep the connection forever if junk counted as activity.
+    let closed = timeout(WAIT, async {
+        loop {
+            if client.stream.write_all(b"\r\n").await.is_err() {
+                return;
+            }
+            if let Ok(Ok(0) | Err(_)) =
+                timeout(Duration::from_millis(50), client.stream.read(&mut chunk)).await
+            {
+                return;
+            }
+        }
+    })
+    .await;
+
+    assert!(closed.is_ok());
+    assert!(connected.elapsed() < Duration::from_millis(1_000));
+}
+
+#[tokio::test]
+async fn a_frame_not_finished_within_the_frame_timeout_is_closed() {
+    let server = TestServer::start(MllpConfig {
+        frame_timeout_ms: 200,
+        ..config()
+    })
+    .await;
+    let mut client = server.connect().await;
+
+    client.send(b"\x0bMSH|never ends").await;
+
+    assert!(client.closed_by_server().await);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_a_second_client_waits_until_the_first_leaves() {
+    let server = TestServer::start(MllpConfig {
+        max_connections: 1,
+        ..config()
+    })
+    .await;
+    let mut first = server.connect().await;
+    first.send(&encode(b"first")).await;
+    assert_eq!(first.read_frame().await.as_deref(), Some(&b"ACK:first"[..]));
+
+    let mut second = server.connect().await;
+    second.send(&encode(b"second")).await;
+    assert!(second.stays_quiet().await);
+    drop(first);
+
+    assert_eq!(
+        second.read_frame().await.as_deref(),
+        Some(&b"ACK:second"[..])
+    );
+}
+
+#[tokio::test]
+async fn the_handler_sees_each_connections_peer_and_id() {
+    let server = TestServer::start(config()).await;
+    let mut first = server.connect().await;
+    let mut second = server.connect().await;
+
+    first.send(&encode(b"1")).await;
+    first.read_frame().await;
+    second.send(&encode(b"2")).await;
+    second.read_frame().await;
+
+    let metas = server.handler.metas.lock().unwrap().clone();
+    assert_eq!(metas[0].peer, first.stream.local_addr().unwrap());
+    assert_eq!(metas[1].peer, second.stream.local_addr().unwrap());
+    assert_ne!(metas[0].connection_id, metas[1].connection_id);
+}
+
+#[tokio::test]
+async fn shutdown_answers_the_message_in_flight_before_run_returns() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    client.send(b"\x0bMSH|in flight").await;
+    sleep(Duration::from_millis(50)).await;
+
+    let TestServer { stop, run, .. } = server;
+    stop.send(()).unwrap();
+    sleep(Duration::from_millis(50)).await;
+    assert!(!run.is_finished());
+    client.send(b"\x1c\x0d").await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|in flight"[..])
+    );
+    assert!(client.closed_by_server().await);
+    drop(client);
+    let outcome = timeout(WAIT, run).await.unwrap().unwrap();
+    assert_eq!(outcome, DrainOutcome::Finished);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_refuses_new_ones() {
+    let server = TestServer::start(config()).await;
+    let addr = server.addr;
+    let mut idle = server.connect().await;
+    idle.send(&encode(b"MSH|1")).await;
+    assert!(idle.read_frame().await.is_some());
+
+    let TestServer { stop, run, .. } = server;
+    stop.send(()).unwrap();
+
+    assert!(idle.closed_by_server().await);
+    drop(idle);
+    assert_eq!(
+        timeout(WAIT, run).await.unwrap().unwrap(),
+        DrainOutcome::Finished
+    );
+    assert!(TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn run_returns_at_the_drain_deadline_when_a_frame_never_finishes() {
+    let server = TestServer::start(MllpConfig {
+        drain_timeout_ms: 200,
+        ..config()
+    })
+    .await;
+    let mut client = server.connect().await;
+    client.send(b"\x0bMSH|stuck").await;
+    sleep(Duration::from_millis(50)).await;
+
+    let outcome = server.shut_down().await;
+
+    assert_eq!(
+        outcome,
+        DrainOutcome::DeadlinePassed {
+            aborted_connections: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn bind_rejects_an_invalid_config() {
+    let config = MllpConfig {
+        max_connections: 0,
+        ..config()
+    };
+
+    let bound = MllpServer::bind("127.0.0.1:0".parse().unwrap(), config).await;
+
+    assert_eq!(
+        bound.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::InvalidInput)
+    );
+}
