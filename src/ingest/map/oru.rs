@@ -1,0 +1,103 @@
+//! ORU^R01: walks the segments in order, grouping each OBR with the ORC before it and the OBX,
+//! SPM and NTE after it.
+
+use serde_json::Value;
+
+use super::diagnostic_report::ReportBuilder;
+use super::encounter::map_encounter;
+use super::ids::KeyCounter;
+use super::patient::{map_patient, PID_3};
+use super::{Ctx, MapError, Mapped, Subject};
+use crate::ingest::v2::{Message, Segment};
+
+pub(super) fn map_oru(ctx: &Ctx<'_>) -> Result<Mapped, MapError> {
+    let pid = only_patient(ctx.msg)?;
+    let patient = map_patient(&pid, ctx)?;
+    let encounter = match ctx.msg.segment("PV1") {
+        Some(pv1) => map_encounter(&pv1, ctx, &patient.id)?,
+        None => None,
+    };
+    let subject = Subject {
+        patient: patient.id.clone(),
+        encounter: encounter.as_ref().map(|e| e.id.clone()),
+    };
+    let mut resources = vec![patient.resource];
+    resources.extend(encounter.map(|e| e.resource));
+    resources.extend(map_reports(ctx, &subject)?);
+    Ok(Mapped {
+        resources,
+        patient_id: Some(patient.id),
+    })
+}
+
+/// The message's one PID; a second patient group is not supported.
+fn only_patient<'m>(msg: &'m Message) -> Result<Segment<'m>, MapError> {
+    let mut pids = msg.segments_named("PID");
+    let pid = pids
+        .next()
+        .ok_or_else(|| MapError::missing_segment("PID"))?;
+    match pids.next() {
+        Some(second) => {
+            let message = "more than one patient in one message is not supported".to_owned();
+            Err(MapError::at(207, &second, PID_3, message))
+        }
+        None => Ok(pid),
+    }
+}
+
+/// The reports of the message, each followed by its observations.
+struct ReportWalk<'m> {
+    orc: Option<Segment<'m>>,
+    current: Option<ReportBuilder<'m>>,
+    report_keys: KeyCounter,
+    resources: Vec<Value>,
+}
+
+fn map_reports(ctx: &Ctx<'_>, subject: &Subject) -> Result<Vec<Value>, MapError> {
+    let mut walk = ReportWalk {
+        orc: None,
+        current: None,
+        report_keys: KeyCounter::default(),
+        resources: Vec::new(),
+    };
+    for segment in ctx.msg.segments() {
+        walk.visit(segment, ctx, subject)?;
+    }
+    walk.finish_report(ctx, subject)?;
+    Ok(walk.resources)
+}
+
+impl<'m> ReportWalk<'m> {
+    fn visit(
+        &mut self,
+        segment: Segment<'m>,
+        ctx: &Ctx<'_>,
+        subject: &Subject,
+    ) -> Result<(), MapError> {
+        match (segment.name(), self.current.as_mut()) {
+            ("ORC", _) => {
+                self.finish_report(ctx, subject)?;
+                self.orc = Some(segment);
+            }
+            ("OBR", _) => {
+                self.finish_report(ctx, subject)?;
+                let orc = self.orc.take();
+                let report = ReportBuilder::start(segment, orc, ctx, &mut self.report_keys)?;
+                self.current = Some(report);
+            }
+            ("OBX", Some(report)) => report.add_obx(&segment, ctx, subject)?,
+            ("SPM", Some(report)) => report.enter_specimen(&segment),
+            ("NTE", Some(report)) => report.add_note(&segment),
+            ("PRT", _) | (_, None) => {}
+            (_, Some(report)) => report.end_notes(),
+        }
+        Ok(())
+    }
+
+    fn finish_report(&mut self, ctx: &Ctx<'_>, subject: &Subject) -> Result<(), MapError> {
+        if let Some(report) = self.current.take() {
+            self.resources.extend(report.finish(ctx, subject)?);
+        }
+        Ok(())
+    }
+}
