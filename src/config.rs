@@ -1,0 +1,200 @@
+//! Typed configuration, read from the environment.
+//!
+//! Every setting has a documented default, so `hl7bridge serve` needs none. An unknown
+//! `HL7BRIDGE_*` variable is an error (it is almost always a typo), and every bad value is
+//! reported at once rather than one per restart.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::ingest::v2::UtcOffset;
+
+/// Settings for the whole server. Defaults are in [`Config::default`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HL7BRIDGE_HTTP_ADDR`: the FHIR API listener. Default `127.0.0.1:8080`.
+    pub http_addr: SocketAddr,
+    /// `HL7BRIDGE_MLLP_ADDR`: the HL7v2 MLLP listener. Default `127.0.0.1:2575`.
+    pub mllp_addr: SocketAddr,
+    /// `HL7BRIDGE_DATABASE_URL`: `sqlite://FILE` or `postgres://…`. Default
+    /// `sqlite://hl7bridge.db` (created in the working directory).
+    pub database_url: String,
+    /// `HL7BRIDGE_PUBLIC_BASE_URL`: the FHIR base URL clients see, used in `fullUrl` and links.
+    /// Default: taken from each request's scheme and Host header.
+    pub public_base_url: Option<String>,
+    /// `HL7BRIDGE_CANONICAL_BASE`: base of the canonical URLs this server defines (the trace
+    /// context extension). Default `https://hl7bridge.dev/fhir`.
+    pub canonical_base: String,
+    /// `HL7BRIDGE_MAX_BODY_BYTES`: the largest FHIR request body. Default 64 MiB.
+    pub max_body_bytes: usize,
+    /// `HL7BRIDGE_MLLP_MAX_FRAME_BYTES`: the largest MLLP frame. Default 16 MiB.
+    pub mllp_max_frame_bytes: usize,
+    /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
+    /// (`+HH:MM` or `-HH:MM`). Default `+00:00`.
+    pub default_utc_offset: UtcOffset,
+    /// `HL7BRIDGE_SHUTDOWN_TIMEOUT_MS`: how long draining may take on SIGINT/SIGTERM.
+    /// Default 10000.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mllp_addr: SocketAddr::from(([127, 0, 0, 1], 2575)),
+            database_url: "sqlite://hl7bridge.db".into(),
+            public_base_url: None,
+            canonical_base: "https://hl7bridge.dev/fhir".into(),
+            max_body_bytes: 64 << 20,
+            mllp_max_frame_bytes: 16 << 20,
+            default_utc_offset: UtcOffset::UTC,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+const PREFIX: &str = "HL7BRIDGE_";
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(std::env::vars())
+    }
+
+    /// Builds a configuration from `(name, value)` pairs; names without the prefix are ignored.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(PREFIX))
+            .collect();
+        let mut problems = Vec::new();
+        let mut config = Config::default();
+        let mut take = |name: &str| {
+            let value = vars.remove(&format!("{PREFIX}{name}"))?;
+            Some((name.to_string(), value))
+        };
+        set(&mut config.http_addr, take("HTTP_ADDR"), &mut problems);
+        set(&mut config.mllp_addr, take("MLLP_ADDR"), &mut problems);
+        set(
+            &mut config.max_body_bytes,
+            take("MAX_BODY_BYTES"),
+            &mut problems,
+        );
+        set(
+            &mut config.mllp_max_frame_bytes,
+            take("MLLP_MAX_FRAME_BYTES"),
+            &mut problems,
+        );
+        set(
+            &mut config.shutdown_timeout_ms,
+            take("SHUTDOWN_TIMEOUT_MS"),
+            &mut problems,
+        );
+        if let Some((_, url)) = take("DATABASE_URL") {
+            config.database_url = url;
+        }
+        if let Some((_, url)) = take("PUBLIC_BASE_URL") {
+            config.public_base_url = Some(url.trim_end_matches('/').to_string());
+        }
+        if let Some((_, base)) = take("CANONICAL_BASE") {
+            config.canonical_base = base.trim_end_matches('/').to_string();
+        }
+        if let Some((name, offset)) = take("DEFAULT_UTC_OFFSET") {
+            if let Some(parsed) = UtcOffset::parse(&offset).filter(|_| offset.contains(':')) {
+                config.default_utc_offset = parsed;
+            } else {
+                problems.push(format!(
+                    "{PREFIX}{name}: expected +HH:MM or -HH:MM, got {offset:?}"
+                ));
+            }
+        }
+        config.check(&mut problems);
+        problems.extend(vars.keys().map(|k| format!("{k}: unknown setting")));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    fn check(&self, problems: &mut Vec<String>) {
+        let db = &self.database_url;
+        if !(db.starts_with("sqlite:")
+            || db.starts_with("postgres:")
+            || db.starts_with("postgresql:"))
+        {
+            problems.push(format!(
+                "{PREFIX}DATABASE_URL: expected sqlite://… or postgres://…"
+            ));
+        }
+        if self.max_body_bytes == 0 || self.mllp_max_frame_bytes == 0 {
+            problems.push("size limits must be greater than zero".into());
+        }
+    }
+}
+
+fn set<T: std::str::FromStr>(
+    slot: &mut T,
+    var: Option<(String, String)>,
+    problems: &mut Vec<String>,
+) where
+    T::Err: std::fmt::Display,
+{
+    if let Some((name, raw)) = var {
+        match raw.trim().parse() {
+            Ok(value) => *slot = value,
+            Err(err) => problems.push(format!("{PREFIX}{name}: {err} (got {raw:?})")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_settings_give_the_embedded_defaults() {
+        let config = Config::from_vars(vars(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.mllp_addr.to_string(), "127.0.0.1:2575");
+        assert_eq!(config.database_url, "sqlite://hl7bridge.db");
+    }
+
+    #[test]
+    fn every_bad_value_and_unknown_key_is_reported_at_once() {
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_HTTP_ADDR", "nowhere"),
+            ("HL7BRIDGE_MAX_BODY_BYTES", "-1"),
+            ("HL7BRIDGE_DATABSE_URL", "sqlite://x"),
+            ("HL7BRIDGE_DEFAULT_UTC_OFFSET", "5"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 4, "{err}");
+        assert!(err
+            .to_string()
+            .contains("HL7BRIDGE_DATABSE_URL: unknown setting"));
+    }
+
+    #[test]
+    fn settings_override_defaults() {
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_HTTP_ADDR", "127.0.0.1:0"),
+            ("HL7BRIDGE_DATABASE_URL", "postgres://localhost/test"),
+        ]))
+        .unwrap();
+        assert_eq!(config.http_addr.port(), 0);
+        assert!(config.database_url.starts_with("postgres"));
+    }
+}

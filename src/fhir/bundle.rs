@@ -1,0 +1,160 @@
+//! Bundles the server emits. Searchsets are assembled by splicing stored JSON text, so a
+//! resource is never parsed or re-serialised on the way out.
+//!
+//! Every Bundle carries the W3C trace context of the request that produced it in
+//! `Bundle.meta.extension` (see DESIGN.md, "Trace context").
+
+use serde_json::{json, Value};
+
+use crate::store::{instant_text, now_us, StoredResource};
+
+/// The trace context an emitted Bundle carries.
+#[derive(Debug, Clone)]
+pub struct BundleTrace {
+    pub extension_url: String,
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+}
+
+impl BundleTrace {
+    pub fn extension_url(canonical_base: &str) -> String {
+        format!("{canonical_base}/StructureDefinition/w3c-trace-context")
+    }
+
+    fn extension(&self) -> Value {
+        let mut parts = vec![json!({"url": "traceparent", "valueString": self.traceparent})];
+        if let Some(state) = &self.tracestate {
+            parts.push(json!({"url": "tracestate", "valueString": state}));
+        }
+        json!({"url": self.extension_url, "extension": parts})
+    }
+}
+
+/// `Bundle.meta`: the trace extension (when there is a trace) and `lastUpdated`.
+pub fn meta(trace: Option<&BundleTrace>) -> Value {
+    let mut meta = serde_json::Map::new();
+    if let Some(trace) = trace {
+        meta.insert("extension".into(), json!([trace.extension()]));
+    }
+    meta.insert("lastUpdated".into(), json!(instant_text(now_us())));
+    Value::Object(meta)
+}
+
+/// One searchset entry: a stored resource and how it got into the result.
+pub struct SearchEntry<'a> {
+    pub resource: &'a StoredResource,
+    pub mode: &'static str,
+}
+
+/// A searchset Bundle as JSON text. `outcome`, when given, is added as the first entry with
+/// `search.mode = outcome` (warnings about the search itself).
+pub fn searchset(
+    base: &str,
+    self_link: &str,
+    total: usize,
+    entries: &[SearchEntry<'_>],
+    trace: Option<&BundleTrace>,
+    outcome: Option<Value>,
+) -> String {
+    let head = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": meta(trace),
+        "type": "searchset",
+        "total": total,
+        "link": [{"relation": "self", "url": self_link}],
+    })
+    .to_string();
+    let size: usize = entries.iter().map(|e| e.resource.content.len() + 128).sum();
+    let mut out = String::with_capacity(head.len() + size + 16);
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"entry\":[");
+    let mut first = true;
+    if let Some(outcome) = outcome {
+        let entry = json!({"resource": outcome, "search": {"mode": "outcome"}});
+        out.push_str(&entry.to_string());
+        first = false;
+    }
+    for entry in entries {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        push_entry(&mut out, base, entry);
+    }
+    out.push_str("]}");
+    out
+}
+
+fn push_entry(out: &mut String, base: &str, entry: &SearchEntry<'_>) {
+    let r = entry.resource;
+    let full_url = format!("{base}/{}/{}", r.resource_type, r.id);
+    out.push_str("{\"fullUrl\":");
+    out.push_str(&Value::String(full_url).to_string());
+    out.push_str(",\"resource\":");
+    out.push_str(&r.content);
+    out.push_str(",\"search\":{\"mode\":\"");
+    out.push_str(entry.mode);
+    out.push_str("\"}}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(id: &str) -> StoredResource {
+        StoredResource {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            version_id: 1,
+            last_updated_us: 0,
+            deleted: false,
+            content: format!(r#"{{"resourceType":"Patient","id":"{id}","gender":"other"}}"#),
+        }
+    }
+
+    #[test]
+    fn a_spliced_searchset_is_valid_json_with_the_trace_in_meta() {
+        let (a, b) = (stored("a"), stored("b"));
+        let entries = [
+            SearchEntry {
+                resource: &a,
+                mode: "match",
+            },
+            SearchEntry {
+                resource: &b,
+                mode: "include",
+            },
+        ];
+        let trace = BundleTrace {
+            extension_url: BundleTrace::extension_url("https://x.test/fhir"),
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
+        let text = searchset(
+            "http://h",
+            "http://h/Patient",
+            1,
+            &entries,
+            Some(&trace),
+            None,
+        );
+        let bundle: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(bundle["entry"][1]["fullUrl"], "http://h/Patient/b");
+        assert_eq!(bundle["entry"][1]["search"]["mode"], "include");
+        assert_eq!(bundle["entry"][0]["resource"]["gender"], "other");
+        let ext = &bundle["meta"]["extension"][0];
+        assert_eq!(
+            ext["url"],
+            "https://x.test/fhir/StructureDefinition/w3c-trace-context"
+        );
+        assert_eq!(ext["extension"][0]["valueString"], trace.traceparent);
+    }
+
+    #[test]
+    fn an_empty_searchset_has_an_empty_entry_list() {
+        let text = searchset("http://h", "http://h/Patient", 0, &[], None, None);
+        let bundle: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(bundle["total"], 0);
+    }
+}

@@ -1,0 +1,45 @@
+//! The CapabilityStatement served at `/metadata`. It claims only what works today: read and
+//! identifier/_id search on every type, `$everything` on Patient, transaction and batch.
+
+use serde_json::{json, Value};
+
+use super::id::R4_RESOURCE_TYPES;
+
+/// `started` is the server's start instant: the statement can change only with a restart.
+pub fn capability_statement(base: &str, started: &str) -> Value {
+    let resources: Vec<Value> = R4_RESOURCE_TYPES.iter().map(|t| resource(t)).collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": started,
+        "publisher": "hl7bridge",
+        "kind": "instance",
+        "software": {"name": "hl7bridge", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "hl7bridge FHIR R4 facade", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }],
+    })
+}
+
+fn resource(resource_type: &str) -> Value {
+    let mut r = json!({
+        "type": resource_type,
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [
+            {"name": "identifier", "type": "token"},
+            {"name": "_id", "type": "token"},
+        ],
+    });
+    if resource_type == "Patient" {
+        r["operation"] = json!([{
+            "name": "everything",
+            "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+        }]);
+    }
+    r
+}

@@ -1,0 +1,168 @@
+//! The FHIR API's error boundary: each variant decides the HTTP status and the OperationOutcome
+//! issue code, and every error leaves as an OperationOutcome.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Value};
+
+use crate::store::StoreError;
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    /// The request cannot be read or breaks a FHIR rule; `expression` points at the culprit.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        expression: Option<String>,
+    },
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the database is unavailable; retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl FhirError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        FhirError::Invalid {
+            message: message.into(),
+            expression: None,
+        }
+    }
+
+    pub fn invalid_at(message: impl Into<String>, expression: impl Into<String>) -> Self {
+        FhirError::Invalid {
+            message: message.into(),
+            expression: Some(expression.into()),
+        }
+    }
+
+    /// The same error, pointed at a Bundle entry.
+    pub fn in_entry(self, index: usize) -> Self {
+        let prefix = format!("Bundle.entry[{index}]");
+        match self {
+            FhirError::Invalid {
+                message,
+                expression,
+            } => FhirError::Invalid {
+                message,
+                expression: Some(match expression {
+                    Some(e) => format!("{prefix}.{e}"),
+                    None => prefix,
+                }),
+            },
+            other => other,
+        }
+    }
+
+    /// The FHIR issue-type code (http://hl7.org/fhir/issue-type).
+    pub fn issue_code(&self) -> &'static str {
+        match self {
+            FhirError::NotFound(_) => "not-found",
+            FhirError::Gone(_) => "deleted",
+            FhirError::Invalid { .. } => "invalid",
+            FhirError::NotSupported(_) | FhirError::UnsupportedMediaType(_) => "not-supported",
+            FhirError::PayloadTooLarge(_) => "too-long",
+            FhirError::PreconditionFailed(_) => "duplicate",
+            FhirError::Conflict(_) => "conflict",
+            FhirError::Unavailable => "transient",
+            FhirError::Internal => "exception",
+        }
+    }
+
+    /// The OperationOutcome this error is reported as.
+    pub fn outcome(&self) -> Value {
+        let mut issue = json!({
+            "severity": "error",
+            "code": self.issue_code(),
+            "diagnostics": self.to_string(),
+        });
+        if let FhirError::Invalid {
+            expression: Some(e),
+            ..
+        } = self
+        {
+            issue["expression"] = json!([e]);
+        }
+        json!({"resourceType": "OperationOutcome", "issue": [issue]})
+    }
+}
+
+impl ResponseError for FhirError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            FhirError::NotFound(_) => StatusCode::NOT_FOUND,
+            FhirError::Gone(_) => StatusCode::GONE,
+            FhirError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            FhirError::NotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
+            FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            FhirError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            FhirError::Conflict(_) => StatusCode::CONFLICT,
+            FhirError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            FhirError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .content_type(FHIR_JSON)
+            .body(self.outcome().to_string())
+    }
+}
+
+impl From<StoreError> for FhirError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                FhirError::Unavailable
+            }
+            StoreError::DuplicateInBatch(what) => {
+                FhirError::invalid(format!("{what} is the target of more than one entry"))
+            }
+            other => {
+                tracing::error!(error = ?other, "database error");
+                FhirError::Internal
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_error_names_the_entry_in_its_expression() {
+        let err = FhirError::invalid_at("empty array", "resource.name").in_entry(3);
+        let outcome = err.outcome();
+        assert_eq!(
+            outcome["issue"][0]["expression"][0],
+            "Bundle.entry[3].resource.name"
+        );
+        assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_missing_resource_is_a_404_not_found_outcome() {
+        let err = FhirError::NotFound("Patient/x is not known".into());
+        assert_eq!(err.status_code(), StatusCode::NOT_FOUND);
+        assert_eq!(err.outcome()["issue"][0]["code"], "not-found");
+    }
+}

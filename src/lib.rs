@@ -1,0 +1,18 @@
+//! hl7bridge: a FHIR R4 / HL7v2 integration server.
+//!
+//! Module map, in the order data flows:
+//! - [`config`]: typed settings from the environment.
+//! - [`startup`]: binds every listener, wires the parts together, runs until a shutdown signal.
+//! - [`ingest`]: HL7v2 in (parse, map to FHIR, store, acknowledge after commit); the MLLP
+//!   transport itself lives in the `hl7bridge-mllp` crate under `adapters/mllp`.
+//! - [`fhir`]: the FHIR REST facade (actix-web). All fhirbolt calls sit in the
+//!   `hl7bridge-fhir-codec` crate under `adapters/fhir-codec`.
+//! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
+//! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
+
+pub mod config;
+pub mod fhir;
+pub mod ingest;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

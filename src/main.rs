@@ -1,0 +1,76 @@
+//! `hl7bridge serve`: load the configuration, start telemetry, build the application, run until
+//! SIGINT or SIGTERM, and say how it ended.
+
+use std::process::ExitCode;
+
+use hl7bridge::config::Config;
+use hl7bridge::startup::Application;
+use hl7bridge::telemetry::Telemetry;
+
+const USAGE: &str = "usage: hl7bridge serve\n\n\
+Starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
+variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
+127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite).";
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        Some("serve") => match serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("hl7bridge: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("--version" | "version") => {
+            println!("hl7bridge {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    // Before the runtime: the OTLP exporter's HTTP client must not be built inside it.
+    let telemetry = Telemetry::init()?;
+    tracing::info!(otlp_export = telemetry.is_exporting(), "hl7bridge starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    });
+    drop(runtime);
+    telemetry.shutdown();
+    result
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => tracing::info!("SIGINT received"),
+                    _ = terminate.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

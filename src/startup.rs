@@ -1,0 +1,148 @@
+//! Building and running the application: every listener is bound in [`Application::build`], so
+//! callers (and tests, on port 0) learn the real addresses before anything runs; one shutdown
+//! signal then reaches the HTTP server and the MLLP accept loop, and draining has a deadline.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use hl7bridge_mllp::{DrainOutcome, MllpConfig, MllpServer};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::fhir::{self, FhirState};
+use crate::ingest::Hl7Ingest;
+use crate::store::{instant_text, now_us, Store};
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    http: actix_web::dev::Server,
+    http_addr: SocketAddr,
+    mllp: MllpServer,
+    ingest: Arc<Hl7Ingest>,
+    store: Store,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let store = Store::connect(&config.database_url)
+            .await
+            .context("opening the database")?;
+        let (http, http_addr) = http_server(&config, store.clone())?;
+        let mllp_config = MllpConfig {
+            max_frame_bytes: config.mllp_max_frame_bytes,
+            ..MllpConfig::default()
+        };
+        let mllp = MllpServer::bind(config.mllp_addr, mllp_config)
+            .await
+            .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
+        let ingest = Arc::new(Hl7Ingest::new(store.clone(), &config));
+        tracing::info!(
+            http = %http_addr,
+            mllp = %mllp.local_addr(),
+            database = store.backend_name(),
+            "hl7bridge listening"
+        );
+        Ok(Application {
+            http,
+            http_addr,
+            mllp,
+            ingest,
+            store,
+            shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn mllp_addr(&self) -> SocketAddr {
+        self.mllp.local_addr()
+    }
+
+    /// Runs until `shutdown` completes or a listener stops by itself, then drains both.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let http_handle = self.http.handle();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mllp = tokio::spawn(run_mllp(self.mllp, self.ingest, stop_rx));
+        let mut http = tokio::spawn(self.http);
+        let ended_by_itself = tokio::select! {
+            _ = shutdown => None,
+            result = &mut http => Some(result),
+        };
+        match &ended_by_itself {
+            None => tracing::info!("shutdown signal received; draining"),
+            Some(result) => tracing::error!(?result, "the HTTP server stopped by itself"),
+        }
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            stop_http(http_handle, ended_by_itself.is_none(), http).await;
+            mllp.await
+        })
+        .await;
+        match drained {
+            Ok(Ok(DrainOutcome::Finished)) => tracing::info!("drained; stopped cleanly"),
+            Ok(outcome) => tracing::warn!(?outcome, "stopped without draining every connection"),
+            Err(_) => tracing::warn!("draining passed its deadline; stopping anyway"),
+        }
+        self.store.close().await;
+        Ok(())
+    }
+}
+
+async fn run_mllp(
+    mllp: MllpServer,
+    ingest: Arc<Hl7Ingest>,
+    mut stop: watch::Receiver<bool>,
+) -> DrainOutcome {
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    mllp.run(ingest, stopped).await
+}
+
+async fn stop_http(
+    handle: ServerHandle,
+    still_running: bool,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    if still_running {
+        handle.stop(true).await;
+        let _ = http.await;
+    }
+}
+
+fn http_server(
+    config: &Config,
+    store: Store,
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
+    let listener = TcpListener::bind(config.http_addr)
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    let state = web::Data::new(FhirState {
+        store,
+        public_base_url: config.public_base_url.clone(),
+        canonical_base: config.canonical_base.clone(),
+        max_body_bytes: config.max_body_bytes,
+        started: instant_text(now_us()),
+    });
+    let shutdown_secs = config.shutdown_timeout_ms.div_ceil(1000);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(fhir::trace_requests))
+            .configure(fhir::routes)
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs)
+    .run();
+    Ok((server, addr))
+}

@@ -1,0 +1,147 @@
+//! Logs and traces.
+//!
+//! Logs are JSON lines on stdout, filtered by `RUST_LOG` (default `info`). Spans always get
+//! W3C ids — every carrier needs them, exported or not — and are exported over OTLP
+//! (http/protobuf, batch processor) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. The other standard `OTEL_*` variables (headers,
+//! service name, resource attributes, sampler) are read by the OpenTelemetry SDK itself.
+//!
+//! Level policy: per-message and per-request work at debug; lifecycle (listening, shutting down)
+//! at info; recovered surprises at warn; error only when data was rejected for a reason an
+//! operator must act on. No patient data at any level.
+
+pub mod trace_context;
+
+use std::time::Duration;
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+pub use trace_context::{format_span_context, TraceParent};
+
+const SERVICE_NAME: &str = "hl7bridge";
+
+/// Keeps the tracer provider alive; call [`Telemetry::shutdown`] before exiting so buffered
+/// spans are flushed.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Installs the global subscriber. Call it before starting the async runtime: the OTLP HTTP
+    /// client is a blocking one and must not be created inside it.
+    pub fn init() -> anyhow::Result<Telemetry> {
+        let (provider, exporting) = tracer_provider()?;
+        let tracer = provider.tracer(SERVICE_NAME);
+        // The log filter applies to the log layer only: RUST_LOG=warn must not switch off the
+        // spans whose ids every carrier propagates.
+        let log_filter =
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let logs = tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(false);
+        let spans = tracing_opentelemetry::layer().with_tracer(tracer);
+        tracing_subscriber::registry()
+            .with(logs.with_filter(log_filter))
+            .with(spans.with_filter(LevelFilter::INFO))
+            .try_init()?;
+        Ok(Telemetry {
+            provider,
+            exporting,
+        })
+    }
+
+    pub fn is_exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Flushes and stops the exporter, waiting at most five seconds.
+    pub fn shutdown(self) {
+        if let Err(err) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            eprintln!("hl7bridge: flushing spans failed: {err}");
+        }
+    }
+}
+
+fn tracer_provider() -> anyhow::Result<(SdkTracerProvider, bool)> {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(SERVICE_NAME);
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    let exporting = otlp_configured();
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok((builder.build(), exporting))
+}
+
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+/// Makes `parent` the parent of `span` when the carrier held a valid context.
+pub fn continue_trace(span: &tracing::Span, parent: Option<&TraceParent>) {
+    if let Some(parent) = parent {
+        // Fails only when no OpenTelemetry layer is installed; then there is nothing to join.
+        let _ = span.set_parent(parent.to_context());
+    }
+}
+
+/// `traceparent` (and `tracestate`) naming `span`, for outbound carriers.
+pub fn span_traceparent(span: &tracing::Span) -> Option<(String, Option<String>)> {
+    let cx = span.context();
+    let span_ref = cx.span();
+    format_span_context(span_ref.span_context())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_tracing(test: impl FnOnce()) {
+        let provider = SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, test);
+    }
+
+    #[test]
+    fn a_root_span_gets_a_new_valid_trace() {
+        with_tracing(|| {
+            let span = tracing::info_span!("root");
+            let (traceparent, _) = span_traceparent(&span).expect("a valid context");
+            assert_eq!(traceparent.len(), 55);
+        });
+    }
+
+    #[test]
+    fn a_continued_span_keeps_the_trace_id_under_a_new_span_id() {
+        with_tracing(|| {
+            let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let span = tracing::info_span!("child");
+            continue_trace(
+                &span,
+                TraceParent::from_carrier(Some(parent), None).as_ref(),
+            );
+            let (traceparent, _) = span_traceparent(&span).unwrap();
+            assert_eq!(&traceparent[..36], &parent[..36]);
+            assert_ne!(traceparent, parent);
+        });
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on ephemeral loopback ports, driven over HTTP and MLLP.
+//!
+//! The database is a fresh SQLite file per test, or, when `HL7BRIDGE_DATABASE_URL` points at
+//! PostgreSQL, a fresh database created on that server per test.
+
+mod corpus;
+mod fhir_api;
+mod mllp_ingest;
+mod support;

@@ -1,0 +1,196 @@
+//! Test harness: `spawn_app` builds the real application on port 0 and runs it in the
+//! background; helpers speak FHIR over HTTP and MLLP over TCP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hl7bridge::config::Config;
+use hl7bridge::startup::Application;
+use hl7bridge::telemetry::Telemetry;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub struct TestApp {
+    pub base: String,
+    pub mllp: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+static TELEMETRY: OnceLock<()> = OnceLock::new();
+
+/// Spans need the OpenTelemetry layer to get ids; nothing is exported in tests.
+fn init_telemetry() {
+    TELEMETRY.get_or_init(|| {
+        // Leaked on purpose: the provider must live as long as the test process.
+        if let Ok(telemetry) = Telemetry::init() {
+            std::mem::forget(telemetry);
+        }
+    });
+}
+
+pub async fn spawn_app() -> TestApp {
+    init_telemetry();
+    let config = Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        mllp_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: fresh_database().await,
+        shutdown_timeout_ms: 5_000,
+        ..Config::default()
+    };
+    let app = Application::build(config)
+        .await
+        .expect("the application builds");
+    let base = format!("http://{}", app.http_addr());
+    let mllp = app.mllp_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base,
+        mllp,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET is answered")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("the body is JSON"))
+    }
+
+    pub async fn post_bundle(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/", self.base))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST is answered");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("the body is JSON"))
+    }
+
+    /// Sends each payload framed on one connection and returns the answers, in order.
+    pub async fn mllp_exchange(&self, payloads: &[&[u8]]) -> Vec<String> {
+        let mut stream = TcpStream::connect(self.mllp).await.expect("MLLP connects");
+        let mut answers = Vec::new();
+        for payload in payloads {
+            stream
+                .write_all(&hl7bridge_mllp::encode(payload))
+                .await
+                .unwrap();
+            answers.push(read_frame(&mut stream).await);
+        }
+        answers
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(15), task).await;
+            result.expect("the server stops in time").unwrap().unwrap();
+        }
+    }
+}
+
+/// Reads one MLLP frame and returns its payload as text.
+pub async fn read_frame(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("the ACK can be read");
+            assert!(n > 0, "the connection closed before an ACK arrived");
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.ends_with(&[0x1c, 0x0d]) {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("an ACK arrives in time");
+    assert_eq!(buf.first(), Some(&0x0b), "the answer starts a frame");
+    String::from_utf8_lossy(&buf[1..buf.len() - 2]).into_owned()
+}
+
+/// The value of `SEG-n` of the first such segment of an ER7 message, read with the field
+/// separator the message's own MSH declares.
+pub fn field(message: &str, segment: &str, n: usize) -> String {
+    let separator = message.chars().nth(3).unwrap_or('|');
+    let line = message
+        .split('\r')
+        .find(|l| l.starts_with(segment))
+        .unwrap_or_else(|| panic!("no {segment} in {message:?}"));
+    let fields: Vec<&str> = line.split(separator).collect();
+    let index = if segment == "MSH" { n - 1 } else { n };
+    fields.get(index).copied().unwrap_or("").to_string()
+}
+
+async fn fresh_database() -> String {
+    match std::env::var("HL7BRIDGE_DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => fresh_postgres_database(&url).await,
+        _ => {
+            let file =
+                std::env::temp_dir().join(format!("hl7bridge-test-{}.db", uuid::Uuid::new_v4()));
+            format!("sqlite://{}", file.display())
+        }
+    }
+}
+
+/// Creates an empty database on the server `url` points at, named for this test.
+async fn fresh_postgres_database(url: &str) -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let name = format!("hl7bridge_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(url)
+        .await
+        .expect("PostgreSQL is reachable");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("a test database can be created");
+    let _ = admin.close().await;
+    let (path, query) = url
+        .split_once('?')
+        .map_or((url, None), |(p, q)| (p, Some(q)));
+    let (server, _) = path.rsplit_once('/').expect("the URL names a database");
+    let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!("{server}/{name}{query}")
+}
+
+/// `../shared/corpus/<kind>` beside the repository, when present. Under CI it must be there.
+pub fn corpus_dir(kind: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus")
+        .join(kind);
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must provide {}",
+        dir.display()
+    );
+    eprintln!("skipped: {} is not present", dir.display());
+    None
+}
