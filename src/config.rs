@@ -27,6 +27,15 @@ pub struct Config {
     pub canonical_base: String,
     /// `HL7BRIDGE_MAX_BODY_BYTES`: the largest FHIR request body. Default 64 MiB.
     pub max_body_bytes: usize,
+    /// `HL7BRIDGE_MAX_BUNDLE_ENTRIES`: the most entries one transaction or batch may hold.
+    /// Default 20000.
+    pub max_bundle_entries: usize,
+    /// `HL7BRIDGE_HTTP_BODY_IDLE_TIMEOUT_MS`: how long a request body may stall between
+    /// chunks before the request is answered 408. Default 30000.
+    pub http_body_idle_timeout_ms: u64,
+    /// `HL7BRIDGE_HTTP_MAX_CONNECTIONS`: open HTTP connections at most; more wait in the
+    /// listen backlog. Default 1024.
+    pub http_max_connections: usize,
     /// `HL7BRIDGE_MLLP_MAX_FRAME_BYTES`: the largest MLLP frame. Default 16 MiB.
     pub mllp_max_frame_bytes: usize,
     /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
@@ -47,6 +56,9 @@ impl Default for Config {
             canonical_base: "https://hl7bridge.dev/fhir".into(),
             max_body_bytes: 64 << 20,
             mllp_max_frame_bytes: 16 << 20,
+            max_bundle_entries: 20_000,
+            http_body_idle_timeout_ms: 30_000,
+            http_max_connections: 1024,
             default_utc_offset: UtcOffset::UTC,
             shutdown_timeout_ms: 10_000,
         }
@@ -95,6 +107,21 @@ impl Config {
             take("SHUTDOWN_TIMEOUT_MS"),
             &mut problems,
         );
+        set(
+            &mut config.max_bundle_entries,
+            take("MAX_BUNDLE_ENTRIES"),
+            &mut problems,
+        );
+        set(
+            &mut config.http_body_idle_timeout_ms,
+            take("HTTP_BODY_IDLE_TIMEOUT_MS"),
+            &mut problems,
+        );
+        set(
+            &mut config.http_max_connections,
+            take("HTTP_MAX_CONNECTIONS"),
+            &mut problems,
+        );
         if let Some((_, url)) = take("DATABASE_URL") {
             config.database_url = url;
         }
@@ -132,8 +159,15 @@ impl Config {
                 "{PREFIX}DATABASE_URL: expected sqlite://… or postgres://…"
             ));
         }
-        if self.max_body_bytes == 0 || self.mllp_max_frame_bytes == 0 {
-            problems.push("size limits must be greater than zero".into());
+        let limits = [
+            self.max_body_bytes,
+            self.mllp_max_frame_bytes,
+            self.max_bundle_entries,
+            self.http_max_connections,
+            self.http_body_idle_timeout_ms as usize,
+        ];
+        if limits.contains(&0) {
+            problems.push("size, count and time limits must be greater than zero".into());
         }
     }
 }

@@ -8,11 +8,13 @@
 //! - [`fhir`]: the FHIR REST facade (actix-web). All fhirbolt calls sit in the
 //!   `hl7bridge-fhir-codec` crate under `adapters/fhir-codec`.
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
+//! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
 
 pub mod config;
 pub mod fhir;
 pub mod ingest;
+pub mod send;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -7,10 +7,12 @@ use hl7bridge::config::Config;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 
-const USAGE: &str = "usage: hl7bridge serve\n\n\
-Starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
+const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n\n\
+serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
 variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
-127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite).";
+127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite).\n\
+send: sends each HL7v2 file as one MLLP frame to HL7BRIDGE_MLLP_ADDR (default\n\
+127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -21,6 +23,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("send") => send(),
         Some("--version" | "version") => {
             println!("hl7bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -32,6 +35,25 @@ fn main() -> ExitCode {
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn send() -> ExitCode {
+    let files: Vec<String> = std::env::args().skip(2).collect();
+    if files.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let result = Config::from_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|config| hl7bridge::send::send_files(config.mllp_addr, &files));
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("hl7bridge: {err:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -31,10 +31,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let store = Store::connect(&config.database_url)
-            .await
-            .context("opening the database")?;
-        let (http, http_addr) = http_server(&config, store.clone())?;
+        // Listeners first: a port in use fails fast, before a database file is created.
+        let listener = TcpListener::bind(config.http_addr)
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
         let mllp_config = MllpConfig {
             max_frame_bytes: config.mllp_max_frame_bytes,
             ..MllpConfig::default()
@@ -42,11 +41,15 @@ impl Application {
         let mllp = MllpServer::bind(config.mllp_addr, mllp_config)
             .await
             .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
+        let store = Store::connect(&config.database_url)
+            .await
+            .context("opening the database")?;
+        let (http, http_addr) = http_server(&config, listener, store.clone())?;
         let ingest = Arc::new(Hl7Ingest::new(store.clone(), &config));
         tracing::info!(
             http = %http_addr,
             mllp = %mllp.local_addr(),
-            database = store.backend_name(),
+            database = %redacted_url(&config.database_url),
             "hl7bridge listening"
         );
         Ok(Application {
@@ -119,30 +122,69 @@ async fn stop_http(
     }
 }
 
+/// The database URL without its password, for the log.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
 fn http_server(
     config: &Config,
+    listener: TcpListener,
     store: Store,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
-    let listener = TcpListener::bind(config.http_addr)
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let addr = listener.local_addr()?;
     let state = web::Data::new(FhirState {
         store,
         public_base_url: config.public_base_url.clone(),
         canonical_base: config.canonical_base.clone(),
         max_body_bytes: config.max_body_bytes,
+        body_idle_timeout: Duration::from_millis(config.http_body_idle_timeout_ms),
+        bundle_limits: fhir::transaction::BundleLimits {
+            max_entries: config.max_bundle_entries,
+        },
+        conditional_gate: tokio::sync::Mutex::new(()),
         started: instant_text(now_us()),
     });
     let shutdown_secs = config.shutdown_timeout_ms.div_ceil(1000);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(fhir::json_only))
             .wrap(from_fn(fhir::trace_requests))
             .configure(fhir::routes)
     })
+    .workers(workers)
+    .max_connections(config.http_max_connections.div_ceil(workers))
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(shutdown_secs)
     .run();
     Ok((server, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_password_never_reaches_the_log() {
+        assert_eq!(
+            redacted_url("postgres://app:s3cret@db:5432/h"),
+            "postgres://app@db:5432/h"
+        );
+        assert_eq!(
+            redacted_url("sqlite://hl7bridge.db"),
+            "sqlite://hl7bridge.db"
+        );
+    }
 }

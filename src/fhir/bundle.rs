@@ -66,6 +66,10 @@ pub fn searchset(
     })
     .to_string();
     let size: usize = entries.iter().map(|e| e.resource.content.len() + 128).sum();
+    if entries.is_empty() && outcome.is_none() {
+        // FHIR JSON has no empty arrays: an empty result has no `entry` at all.
+        return head;
+    }
     let mut out = String::with_capacity(head.len() + size + 16);
     out.push_str(&head[..head.len() - 1]);
     out.push_str(",\"entry\":[");
@@ -152,9 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_searchset_has_an_empty_entry_list() {
+    fn an_empty_searchset_has_no_entry_element() {
         let text = searchset("http://h", "http://h/Patient", 0, &[], None, None);
         let bundle: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(bundle["total"], 0);
+        assert!(
+            bundle.get("entry").is_none(),
+            "FHIR JSON has no empty arrays"
+        );
     }
 }

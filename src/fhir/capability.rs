@@ -1,4 +1,4 @@
-//! The CapabilityStatement served at `/metadata`. It claims only what works today: read and
+//! The CapabilityStatement served at `/metadata`. It claims only what works today: read, vread and
 //! identifier/_id search on every type, `$everything` on Patient, transaction and batch.
 
 use serde_json::{json, Value};
@@ -29,7 +29,7 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
 fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
-        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
         "searchParam": [
             {"name": "identifier", "type": "token"},
             {"name": "_id", "type": "token"},

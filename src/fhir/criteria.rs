@@ -34,7 +34,7 @@ pub fn parse_identifier_query(
     let token =
         percent_decode(raw).ok_or_else(|| FhirError::invalid("malformed percent-encoding"))?;
     let (system, value) = match token.split_once('|') {
-        Some((system, value)) => ((!system.is_empty()).then(|| system.to_string()), value),
+        Some((system, value)) => (Some(system.to_string()), value),
         None => (None, token.as_str()),
     };
     if value.is_empty() {
@@ -95,6 +95,12 @@ mod tests {
         let lookup = parse_identifier_query("Patient", "identifier=urn:x%7Ca+b").unwrap();
         assert_eq!(lookup.system.as_deref(), Some("urn:x"));
         assert_eq!(lookup.value, "a+b");
+    }
+
+    #[test]
+    fn a_leading_bar_means_no_system() {
+        let lookup = parse_identifier_query("Patient", "identifier=%7C42").unwrap();
+        assert_eq!(lookup.system.as_deref(), Some(""));
     }
 
     #[test]

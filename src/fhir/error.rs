@@ -25,16 +25,23 @@ pub enum FhirError {
     NotSupported(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("request body larger than {0} bytes")]
+    #[error("request body larger than {0} bytes (HL7BRIDGE_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
     #[error("{0}")]
     PreconditionFailed(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the database is unavailable; retry later")]
     Unavailable,
     #[error("internal error")]
     Internal,
+    /// Any of the above, raised by one entry of a Bundle.
+    #[error("{error}")]
+    AtEntry { index: usize, error: Box<FhirError> },
 }
 
 impl FhirError {
@@ -54,19 +61,21 @@ impl FhirError {
 
     /// The same error, pointed at a Bundle entry.
     pub fn in_entry(self, index: usize) -> Self {
-        let prefix = format!("Bundle.entry[{index}]");
+        FhirError::AtEntry {
+            index,
+            error: Box::new(self),
+        }
+    }
+
+    /// Where the culprit is, as a FHIRPath-like expression, when known.
+    fn expression(&self) -> Option<String> {
         match self {
-            FhirError::Invalid {
-                message,
-                expression,
-            } => FhirError::Invalid {
-                message,
-                expression: Some(match expression {
-                    Some(e) => format!("{prefix}.{e}"),
-                    None => prefix,
-                }),
-            },
-            other => other,
+            FhirError::Invalid { expression, .. } => expression.clone(),
+            FhirError::AtEntry { index, error } => Some(match error.expression() {
+                Some(inner) => format!("Bundle.entry[{index}].{inner}"),
+                None => format!("Bundle.entry[{index}]"),
+            }),
+            _ => None,
         }
     }
 
@@ -78,10 +87,13 @@ impl FhirError {
             FhirError::Invalid { .. } => "invalid",
             FhirError::NotSupported(_) | FhirError::UnsupportedMediaType(_) => "not-supported",
             FhirError::PayloadTooLarge(_) => "too-long",
+            FhirError::RequestTimeout(_) => "timeout",
+            FhirError::NotAcceptable(_) => "not-supported",
             FhirError::PreconditionFailed(_) => "duplicate",
             FhirError::Conflict(_) => "conflict",
             FhirError::Unavailable => "transient",
             FhirError::Internal => "exception",
+            FhirError::AtEntry { error, .. } => error.issue_code(),
         }
     }
 
@@ -92,11 +104,7 @@ impl FhirError {
             "code": self.issue_code(),
             "diagnostics": self.to_string(),
         });
-        if let FhirError::Invalid {
-            expression: Some(e),
-            ..
-        } = self
-        {
+        if let Some(e) = self.expression() {
             issue["expression"] = json!([e]);
         }
         json!({"resourceType": "OperationOutcome", "issue": [issue]})
@@ -112,10 +120,13 @@ impl ResponseError for FhirError {
             FhirError::NotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             FhirError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            FhirError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            FhirError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             FhirError::Conflict(_) => StatusCode::CONFLICT,
             FhirError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             FhirError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            FhirError::AtEntry { error, .. } => error.status_code(),
         }
     }
 
@@ -157,6 +168,16 @@ mod tests {
             "Bundle.entry[3].resource.name"
         );
         assert_eq!(err.status_code(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn any_entry_error_names_its_entry() {
+        let err = FhirError::NotSupported("GET entries are not supported yet".into()).in_entry(2);
+        assert_eq!(
+            err.outcome()["issue"][0]["expression"][0],
+            "Bundle.entry[2]"
+        );
+        assert_eq!(err.status_code(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

@@ -26,11 +26,37 @@ pub async fn metadata(state: web::Data<FhirState>, req: HttpRequest) -> HttpResp
 pub async fn read(state: web::Data<FhirState>, path: web::Path<(String, String)>) -> Answer {
     let (resource_type, id) = path.into_inner();
     let stored = live_resource(&state, &resource_type, &id).await?;
-    Ok(HttpResponse::Ok()
+    Ok(resource_response(stored))
+}
+
+pub async fn vread(
+    state: web::Data<FhirState>,
+    path: web::Path<(String, String, String)>,
+) -> Answer {
+    let (resource_type, id, vid) = path.into_inner();
+    let label = format!("{resource_type}/{id}/_history/{vid}");
+    let version: i64 = vid
+        .parse()
+        .ok()
+        .filter(|_| is_resource_type(&resource_type) && is_valid_id(&id))
+        .ok_or_else(|| FhirError::NotFound(format!("{label} is not known")))?;
+    match state
+        .store
+        .read_version(&resource_type, &id, version)
+        .await?
+    {
+        None => Err(FhirError::NotFound(format!("{label} is not known"))),
+        Some(r) if r.deleted => Err(FhirError::Gone(format!("{label} is a deletion"))),
+        Some(r) => Ok(resource_response(r)),
+    }
+}
+
+fn resource_response(stored: StoredResource) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .insert_header((header::ETAG, format!("W/\"{}\"", stored.version_id)))
         .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated_us)))
-        .body(stored.content))
+        .body(stored.content)
 }
 
 pub async fn search(
@@ -46,15 +72,7 @@ pub async fn search(
     }
     let query = SearchQuery::parse(req.query_string(), &["identifier", "_id"])?;
     let ignored = query.check_ignored(&req)?;
-    let ids = match (query.get("identifier"), query.get("_id")) {
-        (Some(token), _) => ids_by_identifier(&state, &resource_type, token).await?,
-        (None, Some(id)) => id.split(',').map(String::from).collect(),
-        (None, None) => {
-            return Err(FhirError::invalid(
-                "search without identifier or _id is not supported yet (no paging)",
-            ))
-        }
-    };
+    let ids = matching_ids(&state, &resource_type, &query).await?;
     let found = state.store.read_many(&resource_type, &ids).await?;
     let entries: Vec<_> = found
         .iter()
@@ -116,16 +134,26 @@ pub async fn post_bundle(
     body: web::Payload,
 ) -> Answer {
     check_content_type(&req)?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let bundle = parse_json(&bytes)?;
-    let response = transaction::process(&state.store, bundle, trace(&state).as_ref()).await?;
+    let bytes = read_body(body, state.max_body_bytes, state.body_idle_timeout).await?;
+    let bundle = tokio::task::spawn_blocking(move || parse_json(&bytes))
+        .await
+        .map_err(|_| FhirError::Internal)??;
+    let limits = &state.bundle_limits;
+    let trace = trace(&state);
+    let gate = &state.conditional_gate;
+    let response = transaction::process(&state.store, gate, limits, bundle, trace.as_ref()).await?;
     Ok(bundle_response(response.to_string()))
 }
 
 pub async fn unsupported(req: HttpRequest) -> Answer {
-    Err(FhirError::NotFound(format!(
-        "no {} handler for this path",
-        req.method()
+    let method = req.method().as_str();
+    if method == "GET" || method == "POST" {
+        return Err(FhirError::NotFound(format!(
+            "no {method} handler for this path"
+        )));
+    }
+    Err(FhirError::NotSupported(format!(
+        "{method} is not supported yet"
     )))
 }
 
@@ -151,13 +179,49 @@ async fn live_resource(
     }
 }
 
+/// Most criteria one search may combine.
+const MAX_CRITERIA: usize = 16;
+
+/// Ids matching every criterion (repeated parameters are ANDed; commas inside `_id` are ORs).
+async fn matching_ids(
+    state: &FhirState,
+    resource_type: &str,
+    query: &SearchQuery,
+) -> Result<Vec<String>, FhirError> {
+    if query.known.is_empty() {
+        return Err(FhirError::invalid(
+            "search without identifier or _id is not supported yet (no paging)",
+        ));
+    }
+    if query.known.len() > MAX_CRITERIA {
+        return Err(FhirError::invalid(format!(
+            "at most {MAX_CRITERIA} search criteria are accepted"
+        )));
+    }
+    let mut ids: Option<Vec<String>> = None;
+    for (name, value) in &query.known {
+        let found = match name.as_str() {
+            "identifier" => ids_by_identifier(state, resource_type, value).await?,
+            _ => value.split(',').map(String::from).collect(),
+        };
+        ids = Some(match ids {
+            None => found,
+            Some(previous) => previous
+                .into_iter()
+                .filter(|id| found.contains(id))
+                .collect(),
+        });
+    }
+    Ok(ids.unwrap_or_default())
+}
+
 async fn ids_by_identifier(
     state: &FhirState,
     resource_type: &str,
     token: &str,
 ) -> Result<Vec<String>, FhirError> {
     let (system, value) = match token.split_once('|') {
-        Some((s, v)) => ((!s.is_empty()).then(|| s.to_string()), v.to_string()),
+        Some((s, v)) => (Some(s.to_string()), v.to_string()),
         None => (None, token.to_string()),
     };
     let lookup = IdentifierLookup {
@@ -197,8 +261,30 @@ fn base_url(state: &FhirState, req: &HttpRequest) -> String {
     if let Some(base) = &state.public_base_url {
         return base.clone();
     }
-    let info = req.connection_info();
-    format!("{}://{}", info.scheme(), info.host())
+    // Only the Host header (or HTTP/2 authority), never X-Forwarded-* or Forwarded: those
+    // are set by whoever connects. Behind a proxy, set HL7BRIDGE_PUBLIC_BASE_URL.
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(String::from)
+        })
+        .filter(|h| is_host(h))
+        .unwrap_or_else(|| req.app_config().host().to_string());
+    format!("http://{host}")
+}
+
+/// `name[:port]` or `[v6]:port`, nothing else.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 fn http_date(us: i64) -> String {
@@ -206,28 +292,49 @@ fn http_date(us: i64) -> String {
     at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
+/// JSON in UTF-8, not compressed: anything else is answered 415 rather than misread.
 fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
+    let unsupported = |what: String| Err(FhirError::UnsupportedMediaType(what));
+    if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?").trim().to_ascii_lowercase();
+        if encoding != "identity" {
+            return unsupported(format!("content encoding {encoding:?} is not supported"));
+        }
+    }
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(());
     };
-    let mime = value
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim();
-    match mime.to_ascii_lowercase().as_str() {
-        "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
-        other => Err(FhirError::UnsupportedMediaType(format!(
-            "content type {other:?} is not supported; send application/fhir+json"
-        ))),
+    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let mut parts = value.split(';').map(str::trim);
+    let mime = parts.next().unwrap_or("");
+    if !matches!(
+        mime,
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
+        return unsupported(format!(
+            "content type {mime:?} is not supported; send application/fhir+json"
+        ));
+    }
+    let charset = parts
+        .find_map(|p| p.strip_prefix("charset="))
+        .map(|c| c.trim_matches('"'));
+    match charset {
+        None | Some("utf-8" | "utf8") => Ok(()),
+        Some(other) => unsupported(format!("charset {other:?} is not supported; send UTF-8")),
     }
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, FhirError> {
+async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+    idle: std::time::Duration,
+) -> Result<Vec<u8>, FhirError> {
     let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, payload.next()).await else {
+            return Err(FhirError::RequestTimeout("the request body stalled".into()));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| FhirError::invalid("the request body could not be read"))?;
         if body.len() + chunk.len() > limit {
             return Err(FhirError::PayloadTooLarge(limit));
@@ -279,13 +386,6 @@ impl SearchQuery {
             }
         }
         Ok(parsed)
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.known
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
     }
 
     /// Unknown parameters: a warning OperationOutcome under `Prefer: handling=lenient` (the
@@ -349,7 +449,7 @@ mod tests {
     fn query_values_are_decoded_and_unknown_names_kept_apart() {
         let q = SearchQuery::parse("identifier=urn%3Ax%7C1&foo=2&_format=json", &["identifier"])
             .unwrap();
-        assert_eq!(q.get("identifier"), Some("urn:x|1"));
+        assert_eq!(q.known, [("identifier".to_string(), "urn:x|1".to_string())]);
         assert_eq!(q.unknown, ["foo"]);
         assert_eq!(q.canonical(), "identifier=urn:x|1");
     }

@@ -38,7 +38,17 @@ pub async fn trace_requests(
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    tracing::debug!(parent: &span, status = status.as_u16(), "request answered");
+    let trace_id = crate::telemetry::span_traceparent(&span)
+        .map(|(tp, _)| tp[3..35].to_string())
+        .unwrap_or_default();
+    tracing::debug!(
+        parent: &span,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        trace_id = %trace_id,
+        "request answered"
+    );
     Ok(response)
 }
 

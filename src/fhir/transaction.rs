@@ -70,22 +70,30 @@ struct Entry {
 }
 
 /// Identifier lookups answered by the database, plus resources of this bundle, so conditional
-/// references can resolve to either.
+/// references can resolve to either. Local identifiers are indexed by (type, value), so a
+/// bundle of thousands of conditional entries stays linear.
+#[derive(Default)]
 struct Matches {
     stored: HashMap<IdentifierLookup, Vec<String>>,
-    local: Vec<(String, String, String, String)>, // (type, id, system, value)
+    /// (type, value) → (system, id)
+    local: HashMap<(String, String), Vec<(String, String)>>,
 }
 
 impl Matches {
+    fn add_local(&mut self, resource_type: &str, id: &str, system: String, value: String) {
+        let key = (resource_type.to_string(), value);
+        self.local
+            .entry(key)
+            .or_default()
+            .push((system, id.to_string()));
+    }
+
     fn ids(&self, lookup: &IdentifierLookup) -> Vec<String> {
         let mut ids = self.stored.get(lookup).cloned().unwrap_or_default();
-        for (t, id, system, value) in &self.local {
+        let key = (lookup.resource_type.clone(), lookup.value.clone());
+        for (system, id) in self.local.get(&key).into_iter().flatten() {
             let system_ok = lookup.system.as_deref().is_none_or(|s| s == system);
-            if *t == lookup.resource_type
-                && *value == lookup.value
-                && system_ok
-                && !ids.contains(id)
-            {
+            if system_ok && !ids.contains(id) {
                 ids.push(id.clone());
             }
         }
@@ -93,38 +101,60 @@ impl Matches {
     }
 }
 
+/// Limits on what one Bundle may ask for.
+pub struct BundleLimits {
+    pub max_entries: usize,
+}
+
 /// Processes a transaction or batch Bundle and returns the response Bundle.
+///
+/// Bundles with conditional parts (ifNoneExist, conditional update, conditional references)
+/// hold `conditional_gate` from their identifier lookups until their writes commit, so that
+/// racing conditional creates on this node find each other instead of duplicating.
 pub async fn process(
     store: &Store,
+    conditional_gate: &tokio::sync::Mutex<()>,
+    limits: &BundleLimits,
     bundle: Value,
     trace: Option<&BundleTrace>,
 ) -> Result<Value, FhirError> {
     let kind = bundle_kind(&bundle)?;
-    let raw_entries = match bundle.get("entry") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items.clone(),
-        Some(_) => {
-            return Err(FhirError::invalid_at(
-                "entry must be an array",
-                "Bundle.entry",
-            ))
-        }
-    };
+    let raw_entries = entries_of(bundle, limits)?;
     let mut results: Vec<Option<Result<Value, FhirError>>> =
         (0..raw_entries.len()).map(|_| None).collect();
-    let entries: Vec<Result<Entry, FhirError>> = raw_entries.into_iter().map(read_entry).collect();
+    // Reading and checking every resource against the model is CPU work: off the I/O worker.
+    let entries = tokio::task::spawn_blocking(move || {
+        raw_entries.into_iter().map(read_entry).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| FhirError::Internal)?;
     let lookups = collect_lookups(&entries);
-    let stored = store.ids_by_identifier(&lookups).await?;
+    let _gate = if lookups.is_empty() {
+        None
+    } else {
+        Some(conditional_gate.lock().await)
+    };
     let mut matches = Matches {
-        stored,
-        local: Vec::new(),
+        stored: store.ids_by_identifier(&lookups).await?,
+        ..Default::default()
     };
     let planned = plan_targets(entries, &mut matches);
     let planned = finish_resources(planned, &matches);
-    let (batch, positions) = split_writes(kind, &planned, &mut results)?;
-    let written = store.write(batch).await?;
-    for (index, w) in positions.into_iter().zip(written) {
-        results[index] = Some(Ok(write_response(&w)));
+    for round in split_writes(kind, planned, &mut results)? {
+        match store.write(round.batch).await {
+            Ok(written) => {
+                for (index, w) in round.positions.into_iter().zip(written) {
+                    results[index] = Some(Ok(write_response(&w)));
+                }
+            }
+            Err(err) if kind == Kind::Transaction => return Err(err.into()),
+            Err(err) => {
+                let answer = error_response(&FhirError::from(err));
+                for index in round.positions {
+                    results[index] = Some(Ok(answer.clone()));
+                }
+            }
+        }
     }
     let response_type = match kind {
         Kind::Transaction => "transaction-response",
@@ -135,13 +165,44 @@ pub async fn process(
         .map(|r| r.unwrap_or_else(|| Err(FhirError::Internal)))
         .map(|r| r.unwrap_or_else(|e| error_response(&e)))
         .collect();
-    Ok(json!({
+    let mut response = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": meta(trace),
         "type": response_type,
-        "entry": entries,
-    }))
+    });
+    if !entries.is_empty() {
+        response["entry"] = Value::Array(entries);
+    }
+    Ok(response)
+}
+
+fn entries_of(bundle: Value, limits: &BundleLimits) -> Result<Vec<Value>, FhirError> {
+    let entries = match bundle {
+        Value::Object(mut map) => map.shift_remove("entry"),
+        _ => None,
+    };
+    let entries = match entries {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(FhirError::invalid_at(
+                "entry must be an array",
+                "Bundle.entry",
+            ))
+        }
+    };
+    if entries.len() > limits.max_entries {
+        return Err(FhirError::invalid_at(
+            format!(
+                "the Bundle has {} entries; at most {} are accepted (HL7BRIDGE_MAX_BUNDLE_ENTRIES)",
+                entries.len(),
+                limits.max_entries
+            ),
+            "Bundle.entry",
+        ));
+    }
+    Ok(entries)
 }
 
 fn bundle_kind(bundle: &Value) -> Result<Kind, FhirError> {
@@ -175,7 +236,8 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .trim_start_matches('/');
-    let resource = entry.get("resource").cloned();
+    refuse_unsupported_preconditions(request)?;
+    let resource = entry.get("resource").cloned().map(checked).transpose()?;
     let request = match method {
         "POST" => read_create(url, resource, request)?,
         "PUT" => read_update(url, resource)?,
@@ -195,10 +257,65 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
     Ok(Entry { full_url, request })
 }
 
+/// Version preconditions need the version check inside the write; until then they are refused
+/// rather than ignored, which would silently lose updates.
+fn refuse_unsupported_preconditions(request: &Value) -> Result<(), FhirError> {
+    for field in ["ifMatch", "ifNoneMatch", "ifModifiedSince"] {
+        if request.get(field).is_some() {
+            return Err(FhirError::NotSupported(format!(
+                "request.{field} is not supported yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The resource checked against the R4 model, in canonical form. References are rewritten
+/// afterwards; that changes only reference strings, so the result stays valid.
+fn checked(resource: Value) -> Result<Value, FhirError> {
+    hl7bridge_fhir_codec::canonicalize(resource)
+        .map_err(codec_error)
+        .map_err(|e| match e {
+            // The codec roots its paths at the type ("Observation.performer"); in a Bundle the
+            // element is under the entry's `resource`.
+            FhirError::Invalid {
+                message,
+                expression,
+            } => {
+                let inner = expression
+                    .as_deref()
+                    .and_then(|e| e.split_once('.'))
+                    .map(|(_, rest)| rest);
+                let expression = match inner {
+                    Some(rest) => format!("resource.{rest}"),
+                    None => "resource".to_string(),
+                };
+                FhirError::Invalid {
+                    message,
+                    expression: Some(expression),
+                }
+            }
+            other => other,
+        })
+}
+
 fn read_create(url: &str, resource: Option<Value>, request: &Value) -> Result<Request, FhirError> {
+    if url.contains('$') {
+        return Err(FhirError::NotSupported(format!(
+            "operations in Bundles are not supported yet: {url:?}"
+        )));
+    }
     let resource = resource_of_type(url, resource)?;
-    let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
-        Some(query) => Some(parse_identifier_query(url, query.trim_start_matches('?'))?),
+    let if_none_exist = match request.get("ifNoneExist") {
+        Some(Value::String(query)) => {
+            Some(parse_identifier_query(url, query.trim_start_matches('?'))?)
+        }
+        Some(_) => {
+            return Err(FhirError::invalid_at(
+                "must be a string",
+                "request.ifNoneExist",
+            ))
+        }
         None => None,
     };
     Ok(Request::Create {
@@ -264,7 +381,7 @@ fn resource_of_type(resource_type: &str, resource: Option<Value>) -> Result<Valu
     match resource.get("resourceType").and_then(Value::as_str) {
         Some(t) if t == resource_type => Ok(resource),
         _ => Err(FhirError::invalid_at(
-            format!("resource is not a {resource_type}"),
+            format!("resource.resourceType must be {resource_type}, as request.url says"),
             "resource.resourceType",
         )),
     }
@@ -305,16 +422,21 @@ fn plan_targets(
     matches: &mut Matches,
 ) -> Vec<Result<(Option<String>, Planned), FhirError>> {
     let mut planned = Vec::with_capacity(entries.len());
+    let mut full_urls = HashSet::new();
     for entry in entries {
         let result = entry.and_then(|e| {
             let full_url = e.full_url.clone();
+            if let Some(url) = &full_url {
+                if !full_urls.insert(url.clone()) {
+                    let message = "fullUrl is the same as an earlier entry's";
+                    return Err(FhirError::invalid_at(message, "fullUrl"));
+                }
+            }
             plan_entry(e, matches).map(|p| (full_url, p))
         });
         if let Ok((_, Planned::Write(WriteOp::Upsert(w)))) = &result {
             for (system, value) in extract(&w.resource_type, &w.id, &w.content).identifiers {
-                matches
-                    .local
-                    .push((w.resource_type.clone(), w.id.clone(), system, value));
+                matches.add_local(&w.resource_type, &w.id, system, value);
             }
         }
         planned.push(result);
@@ -351,17 +473,32 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             let resource_type = type_of(&resource);
             let id = match target {
                 Target::Id(id) => id,
-                Target::Conditional(lookup) => match matches.ids(&lookup).as_slice() {
-                    [] => uuid::Uuid::new_v4().to_string(),
-                    [id] => id.clone(),
-                    many => return Err(ambiguous("the conditional update", many.len())),
-                },
+                Target::Conditional(lookup) => {
+                    conditional_update_target(&resource, matches.ids(&lookup))?
+                }
             };
             Ok(upsert(resource_type, id, resource))
         }
         Request::Delete { resource_type, id } => {
             Ok(Planned::Write(WriteOp::Delete { resource_type, id }))
         }
+    }
+}
+
+/// The id a conditional update writes: the one match, else the body's id (update as create),
+/// else a new one. A body id that contradicts the match is refused.
+fn conditional_update_target(resource: &Value, found: Vec<String>) -> Result<String, FhirError> {
+    let body_id = resource.get("id").and_then(Value::as_str);
+    match (found.as_slice(), body_id) {
+        ([], Some(id)) if is_valid_id(id) => Ok(id.to_string()),
+        ([], Some(_)) => Err(FhirError::invalid_at("not a valid id", "resource.id")),
+        ([], None) => Ok(uuid::Uuid::new_v4().to_string()),
+        ([id], Some(body)) if body != id => Err(FhirError::invalid_at(
+            "resource.id differs from the resource the condition matched",
+            "resource.id",
+        )),
+        ([id], _) => Ok(id.clone()),
+        (many, _) => Err(ambiguous("the conditional update", many.len())),
     }
 }
 
@@ -423,7 +560,6 @@ fn finish(
     if let Value::Object(map) = &mut w.content {
         set_id(map, &w.id);
     }
-    w.content = hl7bridge_fhir_codec::canonicalize(w.content).map_err(codec_error)?;
     Ok(Planned::Write(WriteOp::Upsert(w)))
 }
 
@@ -518,67 +654,59 @@ fn visit_references_mut(value: &mut Value, f: &mut impl FnMut(&mut String)) {
     }
 }
 
-/// Splits planned entries into the write batch and immediate answers. In a transaction any
-/// failed entry fails the whole bundle.
+/// One transaction's worth of writes and the entries they answer.
+#[derive(Default)]
+struct Round {
+    batch: WriteBatch,
+    positions: Vec<usize>,
+}
+
+/// Splits planned entries into rounds of writes and immediate answers. No resource appears
+/// twice in one round, since a round is one database transaction. A transaction has a single
+/// round: a failed entry or a resource targeted twice fails the whole bundle. A batch applies
+/// a resource targeted again in a later round, so entries take effect in their order.
 fn split_writes(
     kind: Kind,
-    planned: &[Result<Planned, FhirError>],
+    planned: Vec<Result<Planned, FhirError>>,
     results: &mut [Option<Result<Value, FhirError>>],
-) -> Result<(WriteBatch, Vec<usize>), FhirError> {
-    let mut batch = WriteBatch::default();
-    let mut positions = Vec::new();
-    let mut targets = HashSet::new();
-    for (index, p) in planned.iter().enumerate() {
-        match p {
-            Err(err) if kind == Kind::Transaction => return Err(clone_error(err).in_entry(index)),
-            Err(err) => results[index] = Some(Err(clone_error(err).in_entry(index))),
+) -> Result<Vec<Round>, FhirError> {
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut last_round: HashMap<String, usize> = HashMap::new();
+    for (index, p) in planned.into_iter().enumerate() {
+        let op = match p {
+            Err(err) if kind == Kind::Transaction => return Err(err.in_entry(index)),
+            Err(err) => {
+                results[index] = Some(Err(err.in_entry(index)));
+                continue;
+            }
             Ok(Planned::Existing { resource_type, id }) => {
                 let location = format!("{resource_type}/{id}");
-                results[index] = Some(Ok(
-                    json!({"response": {"status": "200 OK", "location": location}}),
-                ));
+                let response = json!({"response": {"status": "200 OK", "location": location}});
+                results[index] = Some(Ok(response));
+                continue;
             }
-            Ok(Planned::Write(op)) => {
-                let key = op_key(op);
-                if !targets.insert(key.clone()) {
-                    let err =
-                        FhirError::invalid(format!("{key} is the target of more than one entry"));
-                    if kind == Kind::Transaction {
-                        return Err(err.in_entry(index));
-                    }
-                    results[index] = Some(Err(err.in_entry(index)));
-                    continue;
-                }
-                batch.ops.push(op.clone());
-                positions.push(index);
-            }
+            Ok(Planned::Write(op)) => op,
+        };
+        let key = op_key(&op);
+        let round = last_round.get(&key).map_or(0, |r| r + 1);
+        if round > 0 && kind == Kind::Transaction {
+            let err = FhirError::invalid(format!("{key} is the target of more than one entry"));
+            return Err(err.in_entry(index));
         }
+        last_round.insert(key, round);
+        if rounds.len() <= round {
+            rounds.push(Round::default());
+        }
+        rounds[round].batch.ops.push(op);
+        rounds[round].positions.push(index);
     }
-    Ok((batch, positions))
+    Ok(rounds)
 }
 
 fn op_key(op: &WriteOp) -> String {
     match op {
         WriteOp::Upsert(w) => format!("{}/{}", w.resource_type, w.id),
         WriteOp::Delete { resource_type, id } => format!("{resource_type}/{id}"),
-    }
-}
-
-/// Errors are kept per entry and reported once; this copies one for the response.
-fn clone_error(err: &FhirError) -> FhirError {
-    match err {
-        FhirError::Invalid {
-            message,
-            expression,
-        } => FhirError::Invalid {
-            message: message.clone(),
-            expression: expression.clone(),
-        },
-        FhirError::NotSupported(m) => FhirError::NotSupported(m.clone()),
-        FhirError::PreconditionFailed(m) => FhirError::PreconditionFailed(m.clone()),
-        FhirError::NotFound(m) => FhirError::NotFound(m.clone()),
-        FhirError::Conflict(m) => FhirError::Conflict(m.clone()),
-        _ => FhirError::Internal,
     }
 }
 
@@ -618,10 +746,7 @@ mod tests {
     use super::*;
 
     fn no_matches() -> Matches {
-        Matches {
-            stored: HashMap::new(),
-            local: Vec::new(),
-        }
+        Matches::default()
     }
 
     #[test]
@@ -642,12 +767,7 @@ mod tests {
     #[test]
     fn a_conditional_reference_resolves_to_a_resource_of_the_same_bundle() {
         let mut matches = no_matches();
-        matches.local.push((
-            "Organization".into(),
-            "o1".into(),
-            "urn:x".into(),
-            "7".into(),
-        ));
+        matches.add_local("Organization", "o1", "urn:x".into(), "7".into());
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=urn:x|7"}});
         rewrite_references(&mut enc, &HashMap::new(), &matches).unwrap();
         assert_eq!(enc["serviceProvider"]["reference"], "Organization/o1");
@@ -657,9 +777,7 @@ mod tests {
     fn an_ambiguous_conditional_reference_is_a_precondition_failure() {
         let mut matches = no_matches();
         for id in ["o1", "o2"] {
-            matches
-                .local
-                .push(("Organization".into(), id.into(), "urn:x".into(), "7".into()));
+            matches.add_local("Organization", id, "urn:x".into(), "7".into());
         }
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=7"}});
         let err = rewrite_references(&mut enc, &HashMap::new(), &matches).unwrap_err();

@@ -98,7 +98,11 @@ impl Hl7Ingest {
             })
             .await;
         match (stored, code) {
-            (Ok(_), _) => finish(ack, code),
+            (Ok(_), AckCode::AA) => finish(ack, code),
+            (Ok(_), _) => {
+                message_refused(header, code, &errors[0]);
+                finish(ack, code)
+            }
             (Err(err), AckCode::AA) => {
                 tracing::warn!(error = %err, "storing an accepted message failed; answering AE");
                 let error = AckError {
@@ -106,10 +110,12 @@ impl Hl7Ingest {
                     location: None,
                     message: "the message could not be stored; resend it later".into(),
                 };
+                message_refused(header, AckCode::AE, &error);
                 finish(ack_for(header, AckCode::AE, &[error]), AckCode::AE)
             }
             (Err(err), _) => {
                 tracing::warn!(error = %err, "storing a refused message failed");
+                message_refused(header, code, &errors[0]);
                 finish(ack, code)
             }
         }
@@ -224,6 +230,30 @@ fn ack_for(header: Option<&Header>, code: AckCode, errors: &[AckError]) -> Strin
         &ack_control_id(),
         &hl7_now(),
     )
+}
+
+/// MessageRefused: an AE or AR went back. Logged at warn with what an operator needs to find
+/// the feed and the fault — sender, control id, type, error code and location; the error text
+/// is written never to hold patient data.
+fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
+    let value = |v: Option<&String>| v.cloned().unwrap_or_default();
+    let location = error
+        .location
+        .as_ref()
+        .map(|(segment, seq, field)| format!("{segment}[{seq}]-{field}"))
+        .unwrap_or_default();
+    tracing::warn!(
+        ack_code = code.as_str(),
+        error_code = error.code,
+        error_location = %location,
+        reason = %error.message,
+        sending_application = %header.map(|h| h.sending_application.as_str()).unwrap_or(""),
+        sending_facility = %header.map(|h| h.sending_facility.as_str()).unwrap_or(""),
+        control_id = %value(header.and_then(|h| h.control_id.as_ref())),
+        message_code = %value(header.and_then(|h| h.message_code.as_ref())),
+        trigger_event = %value(header.and_then(|h| h.trigger_event.as_ref())),
+        "HL7v2 message refused"
+    );
 }
 
 fn finish(ack: String, code: AckCode) -> String {

@@ -45,6 +45,21 @@ impl Store {
         rows.first().map(stored).transpose()
     }
 
+    /// One version of a resource, as written then; `None` when that version never existed.
+    pub async fn read_version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> Result<Option<StoredResource>, StoreError> {
+        let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, \
+                   r.content FROM resource_version r \
+                   WHERE r.resource_type = ? AND r.id = ? AND r.version_id = ?";
+        let params = vec![resource_type.into(), id.into(), version_id.into()];
+        let rows = self.query(sql, params).await?;
+        rows.first().map(stored).transpose()
+    }
+
     /// Ids of live resources of `resource_type` with an identifier of that value (and system,
     /// when given). Several lookups at once, one statement per chunk.
     pub async fn ids_by_identifier(
@@ -163,6 +178,7 @@ impl Store {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdentifierLookup {
     pub resource_type: String,
+    /// `None` (`value`): any system. `Some("")` (`|value`): identifiers without a system.
     pub system: Option<String>,
     pub value: String,
 }

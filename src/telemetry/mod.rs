@@ -38,12 +38,20 @@ impl Telemetry {
     /// Installs the global subscriber. Call it before starting the async runtime: the OTLP HTTP
     /// client is a blocking one and must not be created inside it.
     pub fn init() -> anyhow::Result<Telemetry> {
+        Telemetry::init_with_log_filter("info")
+    }
+
+    /// As [`Telemetry::init`], with another log filter for when `RUST_LOG` is unset.
+    pub fn init_with_log_filter(default_filter: &str) -> anyhow::Result<Telemetry> {
         let (provider, exporting) = tracer_provider()?;
         let tracer = provider.tracer(SERVICE_NAME);
         // The log filter applies to the log layer only: RUST_LOG=warn must not switch off the
         // spans whose ids every carrier propagates.
+        // actix-http logs every malformed request at ERROR: anyone could flood the log at the
+        // level reserved for operators. Those are the client's errors, not ours.
+        let quiet = format!("{default_filter},actix_http::h1::dispatcher=off");
         let log_filter =
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(quiet));
         let logs = tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(false);

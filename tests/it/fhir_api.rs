@@ -231,7 +231,7 @@ async fn a_transaction_with_a_bad_entry_writes_nothing_and_names_the_entry() {
     assert_eq!(status, 400);
     assert_eq!(
         outcome["issue"][0]["expression"][0],
-        "Bundle.entry[3].Observation.performer"
+        "Bundle.entry[3].resource.performer"
     );
     let (_, found) = app.get_json("/Patient?identifier=MRN-42").await;
     assert_eq!(

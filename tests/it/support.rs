@@ -27,21 +27,29 @@ static TELEMETRY: OnceLock<()> = OnceLock::new();
 fn init_telemetry() {
     TELEMETRY.get_or_init(|| {
         // Leaked on purpose: the provider must live as long as the test process.
-        if let Ok(telemetry) = Telemetry::init() {
+        // Warnings and errors only, unless RUST_LOG says otherwise: lifecycle lines from
+        // dozens of servers would bury the test output.
+        if let Ok(telemetry) = Telemetry::init_with_log_filter("warn") {
             std::mem::forget(telemetry);
         }
     });
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// As [`spawn_app`], with settings changed by `adjust` first.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     init_telemetry();
-    let config = Config {
+    let mut config = Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mllp_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: fresh_database().await,
         shutdown_timeout_ms: 5_000,
         ..Config::default()
     };
+    adjust(&mut config);
     let app = Application::build(config)
         .await
         .expect("the application builds");

@@ -17,7 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).
 pub const MAX_DEPTH: usize = 64;
@@ -62,27 +62,93 @@ fn root_name(value: &Value) -> Result<String, CodecError> {
     }
 }
 
-/// FHIR JSON forbids empty arrays, objects and strings; `null` is allowed only inside the
-/// arrays that align primitive extensions (`"_given": [null, {...}]`).
+/// FHIR JSON forbids empty arrays, objects and strings, and control characters in strings.
+/// `null` is allowed only inside arrays that align primitive extensions
+/// (`"given": ["A", null], "_given": [null, {...}]`), which [`check_object`] checks.
 fn check_structure(value: &Value, path: &mut String, depth: usize) -> Result<(), CodecError> {
     if depth > MAX_DEPTH {
         return Err(structure(path, "nested too deeply"));
     }
     match value {
         Value::String(s) if s.is_empty() => Err(structure(path, "empty string")),
+        Value::String(s) if s.chars().any(is_forbidden_control) => {
+            Err(structure(path, "control character in a string"))
+        }
         Value::Array(items) => check_array(items, path, depth),
         Value::Object(map) if map.is_empty() => Err(structure(path, "empty object")),
-        Value::Object(map) => {
-            for (key, child) in map {
-                let len = path.len();
-                push_segment(path, key);
-                check_structure(child, path, depth + 1)?;
-                path.truncate(len);
-            }
-            Ok(())
-        }
+        Value::Object(map) => check_object(map, path, depth),
         _ => Ok(()),
     }
+}
+
+/// FHIR strings exclude code points below U+0020 other than tab, CR and LF.
+fn is_forbidden_control(c: char) -> bool {
+    (c as u32) < 0x20 && !matches!(c, '\t' | '\r' | '\n')
+}
+
+fn check_object(
+    map: &Map<String, Value>,
+    path: &mut String,
+    depth: usize,
+) -> Result<(), CodecError> {
+    for (key, child) in map {
+        let len = path.len();
+        push_segment(path, key);
+        if let Some(primitive) = key.strip_prefix('_') {
+            check_primitive_extension(map.get(primitive), child, path)?;
+        } else if let Value::Array(items) = child {
+            check_nulls_are_aligned(items, map.get(&format!("_{key}")), path)?;
+        }
+        check_structure(child, path, depth + 1)?;
+        path.truncate(len);
+    }
+    Ok(())
+}
+
+/// `_x` carries the id and extensions of primitive `x`: an object beside a single value, an
+/// array of the same length beside an array. Anything else would let fhirbolt replace or drop
+/// the value itself.
+fn check_primitive_extension(
+    value: Option<&Value>,
+    ext: &Value,
+    path: &str,
+) -> Result<(), CodecError> {
+    match (value, ext) {
+        (None | Some(Value::String(_) | Value::Number(_) | Value::Bool(_)), Value::Object(_)) => {
+            Ok(())
+        }
+        (None, Value::Array(_)) => Ok(()),
+        (Some(Value::Array(values)), Value::Array(exts)) if values.len() == exts.len() => Ok(()),
+        (Some(Value::Array(_)), Value::Array(_)) => Err(structure(
+            path,
+            "must have as many items as the value it extends",
+        )),
+        _ => Err(structure(
+            path,
+            "does not match the shape of the value it extends",
+        )),
+    }
+}
+
+/// A `null` in a primitive array stands for a value given only through its `_x` partner.
+fn check_nulls_are_aligned(
+    items: &[Value],
+    ext: Option<&Value>,
+    path: &str,
+) -> Result<(), CodecError> {
+    for (index, item) in items.iter().enumerate() {
+        let covered = ext
+            .and_then(Value::as_array)
+            .and_then(|exts| exts.get(index))
+            .is_some_and(|e| !e.is_null());
+        if item.is_null() && !covered {
+            return Err(structure(
+                &format!("{path}[{index}]"),
+                "null without an extension",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_array(items: &[Value], path: &mut String, depth: usize) -> Result<(), CodecError> {
@@ -162,6 +228,39 @@ mod tests {
         assert_eq!(err, structure("Patient.gender", "empty string"));
         let err = canonicalize(json!({"resourceType": "Patient", "meta": {}})).unwrap_err();
         assert_eq!(err, structure("Patient.meta", "empty object"));
+    }
+
+    #[test]
+    fn a_primitive_extension_cannot_replace_or_drop_its_value() {
+        for bad in [
+            json!({"resourceType": "Patient", "birthDate": "1980-01-01", "_birthDate": "1999-09-09"}),
+            json!({"resourceType": "Patient", "birthDate": "1980-01-01", "_birthDate": [{"id": "a"}]}),
+            json!({"resourceType": "Patient", "name": [{"family": "R", "_family": "O"}]}),
+            json!({"resourceType": "Patient", "name": [{"given": ["A", "B"], "_given": [{"id": "x"}]}]}),
+        ] {
+            assert!(
+                matches!(canonicalize(bad.clone()), Err(CodecError::Structure { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_without_an_extension_is_refused() {
+        let bad = json!({"resourceType": "Patient", "name": [{"given": [null, "A"]}]});
+        let err = canonicalize(bad).unwrap_err();
+        assert_eq!(
+            err,
+            structure("Patient.name[0].given[0]", "null without an extension")
+        );
+    }
+
+    #[test]
+    fn control_characters_in_strings_are_refused() {
+        let bad = json!({"resourceType": "Patient", "name": [{"family": "a\u{0}b"}]});
+        assert!(canonicalize(bad).is_err());
+        let fine = json!({"resourceType": "Patient", "name": [{"text": "line\nnext\ttab"}]});
+        assert!(canonicalize(fine).is_ok());
     }
 
     #[test]

@@ -14,9 +14,9 @@
 //!
 //! Choices, so that a reader knows where data goes or does not go:
 //! - The HL7 explicit null `""` is read as absent: nothing is deleted.
-//! - An invalid PID-7 is left out of the Patient rather than failing the message: a result
-//!   should not be refused for a demographic typo. Invalid result times (OBR-7, OBR-22,
-//!   OBX-14) and visit times (PV1-44/45) are errors (102), since they are part of the fact.
+//! - Invalid values are content errors, never silently left out: an invalid date (PID-7, OBR-7,
+//!   OBR-22, OBX-14, PV1-44/45) is error 102, a PID-8 outside table 0001 is error 103. The
+//!   sender gets an AE naming the field; the raw message is kept.
 //! - OBX-2 `ED` is not an Observation value in R4: its data goes to the report's
 //!   `presentedForm`. NM, SN, ST/TX/FT, CE/CWE/CNE, DT/DTM/TS and TM have their FHIR types;
 //!   any other value type (RP, CX, FN, ...) becomes `valueString` with the field's text,
@@ -116,6 +116,14 @@ impl MapError {
     fn data_type(segment: &Segment<'_>, field: usize, what: &str) -> Self {
         let message = format!("{}-{field} ({what}) is not valid", segment.name());
         Self::at(102, segment, field, message)
+    }
+
+    fn table_value(segment: &Segment<'_>, field: usize, what: &str) -> Self {
+        let message = format!(
+            "{}-{field} ({what}) is not a value of its HL7 table",
+            segment.name()
+        );
+        Self::at(103, segment, field, message)
     }
 
     fn missing_segment(name: &str) -> Self {

@@ -96,11 +96,8 @@ pub(super) fn map_patient(pid: &Segment<'_>, ctx: &Ctx<'_>) -> Result<MappedPati
         )
         .list("name", repetitions(pid, PID_5, human_name))
         .list("telecom", telecoms(pid))
-        .text(
-            "gender",
-            lookup(GENDER_0001, code(pid.text(PID_8)).as_deref()),
-        )
-        .text("birthDate", birth_date(pid))
+        .text("gender", gender(pid)?)
+        .text("birthDate", birth_date(pid)?)
         .list("address", repetitions(pid, PID_11, address))
         .build();
     Ok(MappedPatient { id, resource })
@@ -117,9 +114,26 @@ fn repetitions<'m>(
     field.repetitions().filter_map(|r| map(&r)).collect()
 }
 
-/// PID-7; an invalid date is left out (see the module choices in `map/mod.rs`).
-fn birth_date(pid: &Segment<'_>) -> Option<String> {
-    dtm::fhir_date(&pid.field(PID_7)?.component(1)?).ok()
+/// PID-7. An invalid date is a content error (AE): leaving it out would drop what the sender
+/// said without telling them.
+fn birth_date(pid: &Segment<'_>) -> Result<Option<String>, MapError> {
+    let Some(raw) = pid.field(PID_7).and_then(|f| f.component(1)) else {
+        return Ok(None);
+    };
+    dtm::fhir_date(&raw)
+        .map(Some)
+        .map_err(|_| MapError::data_type(pid, PID_7, "date of birth"))
+}
+
+/// PID-8 through table 0001. A code outside the table is a content error (AE, 103).
+fn gender(pid: &Segment<'_>) -> Result<Option<&'static str>, MapError> {
+    let Some(sent) = code(pid.text(PID_8)) else {
+        return Ok(None);
+    };
+    match lookup(GENDER_0001, Some(&sent)) {
+        Some(fhir) => Ok(Some(fhir)),
+        None => Err(MapError::table_value(pid, PID_8, "administrative sex")),
+    }
 }
 
 /// XPN: family name (FN.1 surname), given name, further given names, suffix, prefix, degree,
@@ -314,11 +328,22 @@ mod tests {
     }
 
     #[test]
-    fn invalid_birth_date_and_unknown_gender_are_left_out() {
-        let p = patient("PID|1||M1||Doe^Jo||196203520|M-").unwrap();
-        assert!(p.get("birthDate").is_none());
-        assert!(p.get("gender").is_none());
-        assert_eq!(p["name"][0]["family"], "Doe");
+    fn an_invalid_birth_date_is_a_content_error_naming_pid_7() {
+        let err = patient("PID|1||M1||Doe^Jo||196203520|M").unwrap_err();
+        assert_eq!(
+            (err.code, err.location),
+            (102, Some(("PID".to_owned(), 1, 7)))
+        );
+        assert!(!err.message.contains("1962"));
+    }
+
+    #[test]
+    fn a_gender_outside_table_0001_is_a_content_error_naming_pid_8() {
+        let err = patient("PID|1||M1||Doe^Jo||19620305|M-").unwrap_err();
+        assert_eq!(
+            (err.code, err.location),
+            (103, Some(("PID".to_owned(), 1, 8)))
+        );
     }
 
     #[test]

@@ -1,0 +1,65 @@
+//! `hl7bridge send`: a minimal MLLP client, so that a user can feed a file to a running server
+//! without netcat or a script. Each file is sent as one frame; the answer is printed with its
+//! segments on separate lines.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends every file and prints each answer. Returns whether every answer was AA (or CA).
+pub fn send_files(addr: SocketAddr, files: &[String]) -> anyhow::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to MLLP on {addr}"))?;
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut all_accepted = true;
+    for file in files {
+        let payload = std::fs::read(Path::new(file)).with_context(|| format!("reading {file}"))?;
+        stream.write_all(&hl7bridge_mllp::encode(&payload))?;
+        let answer =
+            read_answer(&mut stream).with_context(|| format!("waiting for the ACK to {file}"))?;
+        println!("{file}:\n{}", answer.replace('\r', "\n"));
+        all_accepted &= accepted(&answer);
+    }
+    Ok(all_accepted)
+}
+
+fn read_answer(stream: &mut TcpStream) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !buf.ends_with(&[0x1c, 0x0d]) {
+        let n = stream.read(&mut chunk)?;
+        anyhow::ensure!(n > 0, "the server closed the connection without answering");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let start = buf.iter().position(|&b| b == 0x0b).map_or(0, |i| i + 1);
+    Ok(String::from_utf8_lossy(&buf[start..buf.len() - 2]).into_owned())
+}
+
+/// Whether every MSA in the answer says AA or CA.
+fn accepted(answer: &str) -> bool {
+    let separator = answer.chars().nth(3).unwrap_or('|');
+    let codes: Vec<&str> = answer
+        .split('\r')
+        .filter(|s| s.starts_with("MSA"))
+        .map(|s| s.split(separator).nth(1).unwrap_or(""))
+        .collect();
+    !codes.is_empty() && codes.iter().all(|c| *c == "AA" || *c == "CA")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_whose_every_msa_accepts_count_as_accepted() {
+        assert!(accepted("MSH|^~\\&|a\rMSA|AA|1\r"));
+        assert!(!accepted("MSH|^~\\&|a\rMSA|AA|1\rMSH|^~\\&|a\rMSA|AE|2\r"));
+        assert!(!accepted("garbage"));
+        assert!(accepted("MSH:-+?*:a\rMSA:AA:1\r"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Hostile and unusual FHIR requests, each one found by trying to break the server: every one
+//! gets a bounded, correct answer and leaves nothing half-done behind.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{spawn_app, spawn_app_with};
+
+fn transaction(entries: Vec<Value>) -> Value {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn post(url: &str, resource: Value) -> Value {
+    json!({"resource": resource, "request": {"method": "POST", "url": url}})
+}
+
+fn statuses(response: &Value) -> Vec<String> {
+    response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bundle_over_the_entry_limit_is_refused_before_any_work() {
+    let app = spawn_app_with(|c| c.max_bundle_entries = 100).await;
+    let entries: Vec<Value> = (0..101).map(|_| json!({})).collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let (status, outcome) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 400);
+    assert!(outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("HL7BRIDGE_MAX_BUNDLE_ENTRIES"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn racing_conditional_creates_leave_exactly_one_resource() {
+    let app = spawn_app().await;
+    let bundle = transaction(vec![json!({
+        "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:race", "value": "R1"}]},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:race|R1"}
+    })]).to_string();
+    let posts = (0..20).map(|_| {
+        let (client, url, body) = (app.client.clone(), format!("{}/", app.base), bundle.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    for post in posts.collect::<Vec<_>>() {
+        assert_eq!(post.await.unwrap(), 200);
+    }
+    let (_, found) = app.get_json("/Patient?identifier=urn:race%7CR1").await;
+    assert_eq!(found["total"], 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408() {
+    let app = spawn_app_with(|c| c.http_body_idle_timeout_ms = 300).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("the server answers a stalled body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_primitive_extension_that_would_replace_its_value_is_refused() {
+    let app = spawn_app().await;
+    for patient in [
+        json!({"resourceType": "Patient", "name": [{"family": "Real", "_family": "Other"}]}),
+        json!({"resourceType": "Patient", "birthDate": "1980-01-01", "_birthDate": [{"id": "a"}]}),
+        json!({"resourceType": "Patient", "identifier": [{"value": "A", "_value": "B"}]}),
+        json!({"resourceType": "Patient", "name": [{"family": "a\u{0}b"}]}),
+    ] {
+        let (status, outcome) = app
+            .post_bundle(transaction(vec![post("Patient", patient.clone())]).to_string())
+            .await;
+        assert_eq!(status, 400, "{patient}: {outcome}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_batch_entry_is_neither_matched_nor_referenced_by_other_entries() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000a1",
+         "resource": {"resourceType": "Patient", "foo": ["x"], "identifier": [{"system": "urn:ph", "value": "PH-42"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:ph", "value": "PH-42"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:ph|PH-42"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-0000000000a1"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&response),
+        ["400 Bad Request", "201 Created", "400 Bad Request"]
+    );
+    let location = response["entry"][1]["response"]["location"]
+        .as_str()
+        .unwrap();
+    let (status, _) = app.get_json(&format!("/{location}")).await;
+    assert_eq!(status, 200, "the location given resolves");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn version_preconditions_are_refused_rather_than_ignored() {
+    let app = spawn_app().await;
+    let bundle = transaction(vec![json!({
+        "resource": {"resourceType": "Patient", "id": "p1"},
+        "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "W/\"9\""}
+    })]);
+    let (status, outcome) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 405);
+    assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[0]");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_applies_two_updates_of_one_resource_in_order() {
+    let app = spawn_app().await;
+    let put = |gender: &str| {
+        json!({"resource": {"resourceType": "Patient", "id": "twice", "gender": gender},
+        "request": {"method": "PUT", "url": "Patient/twice"}})
+    };
+    let bundle =
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [put("male"), put("female")]});
+    let (_, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(statuses(&response), ["201 Created", "200 OK"]);
+    let (_, patient) = app.get_json("/Patient/twice").await;
+    assert_eq!(
+        (
+            patient["gender"].as_str(),
+            patient["meta"]["versionId"].as_str()
+        ),
+        (Some("female"), Some("2"))
+    );
+    let (status, first) = app.get_json("/Patient/twice/_history/1").await;
+    assert_eq!(
+        (status, first["gender"].as_str()),
+        (200, Some("male")),
+        "vread serves the first version"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_full_url_is_refused() {
+    let app = spawn_app().await;
+    let entry = json!({"fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000b1",
+        "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}});
+    let (status, outcome) = app
+        .post_bundle(transaction(vec![entry.clone(), entry]).to_string())
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[1].fullUrl"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn search_criteria_combine_and_a_leading_bar_means_no_system() {
+    let app = spawn_app().await;
+    let patients = vec![
+        post(
+            "Patient",
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:a", "value": "X1"}, {"value": "Y1"}]}),
+        ),
+        post(
+            "Patient",
+            json!({"resourceType": "Patient", "identifier": [{"system": "urn:a", "value": "X2"}]}),
+        ),
+    ];
+    app.post_bundle(transaction(patients).to_string()).await;
+    let total = |q: &'static str| {
+        let app = &app;
+        async move { app.get_json(&format!("/Patient?{q}")).await.1["total"].clone() }
+    };
+    assert_eq!(total("identifier=X1&identifier=Y1").await, 1);
+    assert_eq!(total("identifier=X1&identifier=X2").await, 0);
+    assert_eq!(total("identifier=%7CY1").await, 1);
+    assert_eq!(total("identifier=%7CX1").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_headers_do_not_change_the_urls_the_server_writes() {
+    let app = spawn_app().await;
+    app.post_bundle(
+        transaction(vec![post(
+            "Patient",
+            json!({"resourceType": "Patient", "identifier": [{"value": "F1"}]}),
+        )])
+        .to_string(),
+    )
+    .await;
+    let response = app
+        .client
+        .get(format!("{}/Patient?identifier=F1", app.base))
+        .header("x-forwarded-host", "attacker.test")
+        .header("x-forwarded-proto", "javascript")
+        .send()
+        .await
+        .unwrap();
+    let bundle: Value = response.json().await.unwrap();
+    let full_url = bundle["entry"][0]["fullUrl"].as_str().unwrap();
+    assert!(full_url.starts_with(&app.base), "{full_url}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_methods_formats_and_encodings_get_the_right_4xx() {
+    let app = spawn_app().await;
+    let put = app
+        .client
+        .put(format!("{}/Patient/x", app.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+    let xml = app
+        .client
+        .get(format!("{}/metadata", app.base))
+        .header("accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 406);
+    let format = app.get("/metadata?_format=xml").await;
+    assert_eq!(format.status(), 406);
+    let gzip = app
+        .client
+        .post(format!("{}/", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("content-encoding", "gzip")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzip.status(), 415);
+    let latin1 = app
+        .client
+        .post(format!("{}/", app.base))
+        .header("content-type", "application/fhir+json; charset=latin1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(latin1.status(), 415);
+    let outcome: Value = latin1.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_search_result_has_no_empty_entry_array() {
+    let app = spawn_app().await;
+    let (status, bundle) = app.get_json("/Patient?identifier=nobody").await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["total"], 0);
+    assert!(bundle.get("entry").is_none());
+    app.stop().await;
+}

@@ -1,0 +1,130 @@
+//! The real binary, started as a user starts it: spans leave over OTLP/HTTP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and SIGTERM stops it cleanly after flushing them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A stand-in collector: answers 200 to every POST and reports (path, content type, body size).
+async fn fake_collector() -> (String, mpsc::UnboundedReceiver<(String, String, usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(request) = read_request(&mut socket).await {
+                    let _ = tx.send(request);
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if socket.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, rx)
+}
+
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, String, usize)> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        let n = socket.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 8192];
+        let n = socket.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    Some((path, header("content-type").unwrap_or_default(), length))
+}
+
+/// Starts `hl7bridge serve` on port 0 and returns it with its HTTP address, read from the
+/// "listening" log line.
+fn start_binary(endpoint: &str, dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hl7bridge"))
+        .arg("serve")
+        .current_dir(dir)
+        .env_clear()
+        .env("HL7BRIDGE_HTTP_ADDR", "127.0.0.1:0")
+        .env("HL7BRIDGE_MLLP_ADDR", "127.0.0.1:0")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let http = loop {
+        let line = lines
+            .next()
+            .expect("the server logs before exiting")
+            .unwrap();
+        let Ok(event) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if event["fields"]["message"] == "hl7bridge listening" {
+            break event["fields"]["http"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, http)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_http_and_sigterm_stops_the_server_cleanly() {
+    let (endpoint, mut received) = fake_collector().await;
+    let dir = std::env::temp_dir().join(format!("hl7bridge-otlp-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, http) = tokio::task::block_in_place(|| start_binary(&endpoint, &dir));
+
+    let metadata = reqwest::get(format!("http://{http}/metadata"))
+        .await
+        .unwrap();
+    assert_eq!(metadata.status(), 200);
+    assert!(
+        dir.join("hl7bridge.db").exists(),
+        "the embedded default creates its SQLite file"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::block_in_place(|| child.wait()).unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM ends the server with success: {status}"
+    );
+
+    let (path, content_type, size) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .expect("spans arrive at the collector")
+        .unwrap();
+    assert_eq!(path, "/v1/traces");
+    assert_eq!(content_type, "application/x-protobuf");
+    assert!(size > 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
