@@ -8,7 +8,9 @@
 //! stored raw too, with their ACK.
 
 pub mod map;
+mod ownership;
 mod process;
 pub mod v2;
+mod verdict;
 
 pub use process::Hl7Ingest;

@@ -2,35 +2,29 @@
 
 use bytes::Bytes;
 use hl7bridge_mllp::{FrameMeta, MessageHandler};
-use serde_json::Value;
 use tracing::Instrument;
 
-use super::map::{map_message, MapContext, MapError};
+use super::map::MapContext;
+use super::ownership::foreign_owner;
 use super::v2::{
-    build_ack, read_header, split_frame, AckCode, AckError, Header, Message, RawMessage,
-    TraceCarrier,
+    build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
 };
+use super::verdict::{decide, Verdict};
 use crate::config::Config;
-use crate::store::{
-    now_us, payload_hash, Hl7MessageRow, ResourceWrite, Store, WriteBatch, WriteOp,
-};
-use crate::telemetry::{continue_trace, span_traceparent, TraceParent};
+use crate::store::{now_us, payload_hash, Hl7MessageRow, Store, WriteBatch};
+use crate::telemetry::{continue_trace, span_traceparent};
 
 /// Table 0357 codes the handler itself decides on.
+const SEGMENT_SEQUENCE_ERROR: u16 = 100;
 const VALUE_TOO_LONG: u16 = 104;
 const INTERNAL_ERROR: u16 = 207;
-/// Map errors with these codes mean "not handled here": AR. Others are content errors: AE.
-const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
+/// Messages in one frame at most. Each is its own transaction and ACK; a frame of millions of
+/// tiny messages would hold its connection for hours.
+pub const MAX_MESSAGES_PER_FRAME: usize = 5000;
 
 pub struct Hl7Ingest {
     store: Store,
     map_context: MapContext,
-}
-
-/// What processing decided before anything is written.
-enum Verdict {
-    Accept(Vec<WriteOp>),
-    Refuse(AckCode, AckError),
 }
 
 impl Hl7Ingest {
@@ -41,42 +35,49 @@ impl Hl7Ingest {
         Hl7Ingest { store, map_context }
     }
 
-    async fn process(&self, raw: &RawMessage, meta: FrameMeta) -> String {
-        let header = raw.header();
-        let parsed = raw.parse();
-        let span = message_span(header);
-        // The parent must be set before the span is first entered: once started, an
-        // OpenTelemetry span cannot change its trace.
-        if let Ok(message) = &parsed {
-            continue_trace(&span, trace_parent(message).as_ref());
-        }
+    async fn process(&self, raw: RawMessage, meta: FrameMeta) -> String {
+        let span = message_span(raw.header());
+        let context = self.map_context;
+        let decided = tokio::task::spawn_blocking(move || {
+            let (verdict, trace) = decide(&raw, &context);
+            (raw, verdict, trace)
+        })
+        .await;
+        let Ok((raw, verdict, trace)) = decided else {
+            let error = internal("the message could not be processed");
+            return self
+                .commit(b"", None, Verdict::Refuse(AckCode::AE, error), meta)
+                .await;
+        };
+        // Before the span is first entered: a started span cannot change its trace.
+        continue_trace(&span, trace.as_ref());
         async {
-            let verdict = match &parsed {
-                Ok(message) => self.verdict(message),
-                Err(err) => Verdict::Refuse(AckCode::AR, AckError::from(err)),
-            };
-            self.commit(raw.bytes(), header, verdict, meta).await
+            let verdict = self.check_ownership(verdict).await;
+            self.commit(raw.bytes(), raw.header(), verdict, meta).await
         }
         .instrument(span)
         .await
     }
 
-    fn verdict(&self, message: &Message) -> Verdict {
-        let mapped = match map_message(message, &self.map_context) {
-            Ok(mapped) => mapped,
-            Err(err) => return refuse_mapping(err),
+    async fn check_ownership(&self, verdict: Verdict) -> Verdict {
+        let Verdict::Accept(ops) = verdict else {
+            return verdict;
         };
-        let mut ops = Vec::with_capacity(mapped.resources.len());
-        for resource in mapped.resources {
-            match checked_write(resource) {
-                Ok(write) => ops.push(WriteOp::Upsert(write)),
-                Err(err) => return Verdict::Refuse(AckCode::AE, err),
+        match foreign_owner(&self.store, &ops).await {
+            Ok(None) => Verdict::Accept(ops),
+            Ok(Some(error)) => Verdict::Refuse(AckCode::AE, error),
+            Err(err) => {
+                tracing::warn!(error = %err, "checking stored owners failed; answering AE");
+                Verdict::Refuse(
+                    AckCode::AE,
+                    internal("the message could not be stored; resend it later"),
+                )
             }
         }
-        Verdict::Accept(ops)
     }
 
-    /// Writes the message (and its resources, when accepted) and returns the ACK to send.
+    /// Writes the message (and its resources, when accepted) and returns the ACK to send:
+    /// empty for a message that is not to be answered.
     async fn commit(
         &self,
         bytes: &[u8],
@@ -85,18 +86,25 @@ impl Hl7Ingest {
         meta: FrameMeta,
     ) -> String {
         let (code, errors, ops) = match verdict {
-            Verdict::Accept(ops) => (AckCode::AA, Vec::new(), ops),
-            Verdict::Refuse(code, error) => (code, vec![error], Vec::new()),
+            Verdict::Accept(ops) => (Some(AckCode::AA), Vec::new(), ops),
+            Verdict::Refuse(code, error) => (Some(code), vec![error], Vec::new()),
+            Verdict::Silent => (None, Vec::new(), Vec::new()),
         };
-        let ack = ack_for(header, code, &errors);
+        let ack = code
+            .map(|code| ack_for(header, code, &errors))
+            .unwrap_or_default();
         let row = message_row(bytes, header, code, &ack, meta);
-        let stored = self
-            .store
-            .write(WriteBatch {
-                ops,
-                hl7_messages: vec![row],
-            })
-            .await;
+        let batch = WriteBatch {
+            ops,
+            hl7_messages: vec![row],
+        };
+        let stored = self.store.write(batch).await;
+        let Some(code) = code else {
+            if let Err(err) = stored {
+                tracing::warn!(error = %err, "storing an inbound acknowledgement failed");
+            }
+            return ack;
+        };
         match (stored, code) {
             (Ok(_), AckCode::AA) => finish(ack, code),
             (Ok(_), _) => {
@@ -105,11 +113,7 @@ impl Hl7Ingest {
             }
             (Err(err), AckCode::AA) => {
                 tracing::warn!(error = %err, "storing an accepted message failed; answering AE");
-                let error = AckError {
-                    code: INTERNAL_ERROR,
-                    location: None,
-                    message: "the message could not be stored; resend it later".into(),
-                };
+                let error = internal("the message could not be stored; resend it later");
                 message_refused(header, AckCode::AE, &error);
                 finish(ack_for(header, AckCode::AE, &[error]), AckCode::AE)
             }
@@ -120,41 +124,88 @@ impl Hl7Ingest {
             }
         }
     }
+
+    /// Answers a whole frame that cannot be taken apart, with the first header it holds.
+    async fn refuse_frame(&self, frame: &[u8], error: AckError, meta: FrameMeta) -> Vec<u8> {
+        let header = read_header(frame);
+        let verdict = Verdict::Refuse(AckCode::AR, error);
+        self.commit(frame, header.as_ref(), verdict, meta)
+            .await
+            .into_bytes()
+    }
 }
 
 impl MessageHandler for Hl7Ingest {
     async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
         let messages = match split_frame(&frame) {
             Ok(split) => split.messages,
-            Err(err) => {
-                let header = read_header(&frame);
-                let verdict = Verdict::Refuse(AckCode::AR, AckError::from(&err));
-                return self
-                    .commit(&frame, header.as_ref(), verdict, meta)
-                    .await
-                    .into_bytes();
-            }
+            Err(err) => return self.refuse_frame(&frame, AckError::from(&err), meta).await,
         };
+        if messages.is_empty() {
+            let error = sequence_error("the batch holds no message");
+            return self.refuse_frame(&frame, error, meta).await;
+        }
+        if messages.len() > MAX_MESSAGES_PER_FRAME {
+            let message = format!(
+                "the frame holds {} messages; at most {MAX_MESSAGES_PER_FRAME} are accepted",
+                messages.len()
+            );
+            return self
+                .refuse_frame(&frame, sequence_error(&message), meta)
+                .await;
+        }
         let mut acks = String::new();
-        for message in &messages {
+        for message in messages {
             acks.push_str(&self.process(message, meta).await);
         }
         acks.into_bytes()
     }
 
     async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Option<Vec<u8>> {
-        let header = read_header(&prefix);
         let error = AckError {
             code: VALUE_TOO_LONG,
             location: None,
-            message: "the message is larger than this receiver accepts".into(),
+            message:
+                "the message is larger than this receiver accepts (HL7BRIDGE_MLLP_MAX_FRAME_BYTES)"
+                    .into(),
         };
-        let verdict = Verdict::Refuse(AckCode::AR, error);
         Some(
-            self.commit(&prefix, header.as_ref(), verdict, meta)
-                .await
-                .into_bytes(),
+            self.refuse_frame(complete_fields(&prefix), error, meta)
+                .await,
         )
+    }
+}
+
+/// The prefix of an oversized frame, cut after its last complete segment or field, so a
+/// control id cut in half is not echoed as if it were whole.
+fn complete_fields(prefix: &[u8]) -> &[u8] {
+    if let Some(end) = prefix.iter().rposition(|&b| b == b'\r' || b == b'\n') {
+        return &prefix[..end];
+    }
+    let separator = prefix
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(prefix)
+        .get(3)
+        .copied();
+    match separator.and_then(|sep| prefix.iter().rposition(|&b| b == sep)) {
+        Some(end) => &prefix[..end],
+        None => prefix,
+    }
+}
+
+fn sequence_error(message: &str) -> AckError {
+    AckError {
+        code: SEGMENT_SEQUENCE_ERROR,
+        location: None,
+        message: message.to_string(),
+    }
+}
+
+fn internal(message: &str) -> AckError {
+    AckError {
+        code: INTERNAL_ERROR,
+        location: None,
+        message: message.to_string(),
     }
 }
 
@@ -169,50 +220,6 @@ fn message_span(header: Option<&Header>) -> tracing::Span {
         hl7bridge.control_id = %field(header.and_then(|h| h.control_id.as_ref())),
         hl7bridge.ack_code = tracing::field::Empty,
     )
-}
-
-fn trace_parent(message: &Message) -> Option<TraceParent> {
-    let carrier = message.trace_carrier()?;
-    TraceParent::from_carrier(Some(&carrier.traceparent), carrier.tracestate.as_deref())
-}
-
-fn refuse_mapping(err: MapError) -> Verdict {
-    let code = if REJECTING_CODES.contains(&err.code) {
-        AckCode::AR
-    } else {
-        AckCode::AE
-    };
-    Verdict::Refuse(code, err.into())
-}
-
-/// Runs a mapped resource through the R4 model. A failure here is a mapping defect, not the
-/// sender's fault, so it is logged for an operator (type only, no content).
-fn checked_write(resource: Value) -> Result<ResourceWrite, AckError> {
-    let resource_type = resource
-        .get("resourceType")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let id = resource
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    match hl7bridge_fhir_codec::canonicalize(resource) {
-        Ok(content) => Ok(ResourceWrite {
-            resource_type,
-            id,
-            content,
-        }),
-        Err(err) => {
-            tracing::error!(%resource_type, error = %err, "a mapped resource failed R4 validation");
-            Err(AckError {
-                code: INTERNAL_ERROR,
-                location: None,
-                message: format!("the {resource_type} made from this message is not valid FHIR"),
-            })
-        }
-    }
 }
 
 /// The ACK text, carrying the current span's trace context in a ZTR.
@@ -265,7 +272,7 @@ fn finish(ack: String, code: AckCode) -> String {
 fn message_row(
     bytes: &[u8],
     header: Option<&Header>,
-    code: AckCode,
+    code: Option<AckCode>,
     ack: &str,
     meta: FrameMeta,
 ) -> Hl7MessageRow {
@@ -294,7 +301,7 @@ fn message_row(
         message_type,
         payload_hash: payload_hash(bytes),
         raw: bytes.to_vec(),
-        ack_code: code.as_str().to_string(),
+        ack_code: code.map_or("", |c| c.as_str()).to_string(),
         ack: ack.to_string(),
         trace_id,
     }
@@ -308,4 +315,18 @@ fn ack_control_id() -> String {
 
 fn hl7_now() -> String {
     chrono::Utc::now().format("%Y%m%d%H%M%S+0000").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_prefix_is_cut_at_its_last_complete_field() {
+        assert_eq!(complete_fields(b"MSH|^~\\&|A|B\rPID|1|X"), b"MSH|^~\\&|A|B");
+        assert_eq!(
+            complete_fields(b"MSH|^~\\&|A|B|C|D||ORU^R01|CTRL"),
+            b"MSH|^~\\&|A|B|C|D||ORU^R01"
+        );
+    }
 }

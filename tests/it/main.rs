@@ -6,6 +6,7 @@
 mod corpus;
 mod fhir_api;
 mod fhir_hostile;
+mod mllp_hostile;
 mod mllp_ingest;
 mod otlp_export;
 mod support;

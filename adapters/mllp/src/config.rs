@@ -19,8 +19,12 @@ pub struct MllpConfig {
     /// Close a connection whose peer does not take a response within this time. Default 30 s.
     pub write_timeout_ms: u64,
     /// Connections served at once; past it the server stops accepting until one closes, leaving
-    /// newcomers in the listen backlog. Default 256.
+    /// newcomers in the listen backlog. Default 1024.
     pub max_connections: usize,
+    /// Connections one peer address may hold at once; a further one is closed on accept, before
+    /// it has sent anything. Keeps one misbehaving (or hostile) sender from using every slot
+    /// and starving the other feeds. Default 64.
+    pub max_connections_per_peer: usize,
     /// After shutdown is requested, how long connections get to finish their frame in flight
     /// before they are dropped. Default 10 s.
     pub drain_timeout_ms: u64,
@@ -33,7 +37,8 @@ impl Default for MllpConfig {
             idle_timeout_ms: 10 * 60 * 1000,
             frame_timeout_ms: 60 * 1000,
             write_timeout_ms: 30 * 1000,
-            max_connections: 256,
+            max_connections: 1024,
+            max_connections_per_peer: 64,
             drain_timeout_ms: 10 * 1000,
         }
     }
@@ -55,6 +60,10 @@ impl MllpConfig {
             ("frame_timeout_ms", self.frame_timeout_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("max_connections", self.max_connections as u64),
+            (
+                "max_connections_per_peer",
+                self.max_connections_per_peer as u64,
+            ),
             ("drain_timeout_ms", self.drain_timeout_ms),
         ];
         let problems: Vec<String> = zero_checks

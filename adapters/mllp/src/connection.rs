@@ -147,7 +147,10 @@ impl<H: MessageHandler> Connection<H> {
     async fn answer(&mut self, frame: Bytes) -> Result<(), Close> {
         debug!(frame_bytes = frame.len(), "MLLP frame received");
         let response = self.handler.handle(frame, self.meta).await;
-        self.write_frame(&response).await?;
+        // An empty response means the handler must not answer (an inbound ACK, say).
+        if !response.is_empty() {
+            self.write_frame(&response).await?;
+        }
         self.frames_answered += 1;
         Ok(())
     }

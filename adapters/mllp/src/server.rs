@@ -4,8 +4,10 @@
 //! The accept loop owns those tasks in a `JoinSet`, which is both the connection count for the
 //! cap and the handle for draining at shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -37,7 +39,8 @@ pub struct FrameMeta {
 /// in order; different connections are handled concurrently.
 pub trait MessageHandler: Send + Sync + 'static {
     /// Handles one payload and returns the response payload (an ACK), which the server frames
-    /// and writes before reading the connection's next frame.
+    /// and writes before reading the connection's next frame. An empty response writes nothing:
+    /// some messages (acknowledgements themselves) must not be answered.
     fn handle(&self, frame: Bytes, meta: FrameMeta) -> impl Future<Output = Vec<u8>> + Send;
 
     /// Answers a frame longer than `max_frame_bytes`, given its first bytes (at most 64 KiB,
@@ -112,6 +115,7 @@ impl MllpServer {
             stop: stop_rx,
             tasks: JoinSet::new(),
             next_id: 0,
+            per_peer: PeerCounts::default(),
         };
         acceptor.accept_until(&listener, shutdown).await;
 
@@ -129,6 +133,49 @@ struct Acceptor<H> {
     stop: watch::Receiver<bool>,
     tasks: JoinSet<()>,
     next_id: u64,
+    per_peer: PeerCounts,
+}
+
+/// Open connections per peer address, shared with the connection tasks.
+type PeerCounts = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
+/// One connection's place in [`PeerCounts`], given back when the task ends, panics included.
+struct PeerSlot {
+    ip: IpAddr,
+    counts: PeerCounts,
+}
+
+impl PeerSlot {
+    /// Takes a slot for `ip`, or `None` when it already holds `max`.
+    fn take(counts: &PeerCounts, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let held = map.entry(ip).or_insert(0);
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            ip,
+            counts: Arc::clone(counts),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(held) = map.get_mut(&self.ip) {
+            *held -= 1;
+            if *held == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl<H: MessageHandler> Acceptor<H> {
@@ -157,6 +204,11 @@ impl<H: MessageHandler> Acceptor<H> {
     }
 
     fn spawn_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let max = self.config.max_connections_per_peer;
+        let Some(slot) = PeerSlot::take(&self.per_peer, peer.ip(), max) else {
+            warn!(%peer, max, "MLLP peer holds its maximum of connections; closing the new one");
+            return;
+        };
         // Responses are single small writes; Nagle would only delay them.
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "could not set TCP_NODELAY");
@@ -175,7 +227,13 @@ impl<H: MessageHandler> Acceptor<H> {
             &self.config,
             self.stop.clone(),
         );
-        self.tasks.spawn(connection.serve().instrument(span));
+        self.tasks.spawn(
+            async move {
+                let _slot = slot;
+                connection.serve().await;
+            }
+            .instrument(span),
+        );
     }
 
     async fn drain(mut self) -> DrainOutcome {

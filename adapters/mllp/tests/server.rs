@@ -37,6 +37,9 @@ impl MessageHandler for EchoHandler {
         }
         sleep(Duration::from_millis(5)).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if &frame[..] == b"SILENT" {
+            return Vec::new();
+        }
         [b"ACK:".as_slice(), &frame].concat()
     }
 
@@ -97,6 +100,7 @@ fn config() -> MllpConfig {
         frame_timeout_ms: 5_000,
         write_timeout_ms: 1_000,
         max_connections: 16,
+        max_connections_per_peer: 8,
         drain_timeout_ms: 2_000,
     }
 }
@@ -369,6 +373,43 @@ async fn at_the_connection_cap_a_second_client_waits_until_the_first_leaves() {
         second.read_frame().await.as_deref(),
         Some(&b"ACK:second"[..])
     );
+}
+
+#[tokio::test]
+async fn a_peer_at_its_connection_limit_has_further_connections_closed() {
+    let server = TestServer::start(MllpConfig {
+        max_connections_per_peer: 2,
+        ..config()
+    })
+    .await;
+    let mut first = server.connect().await;
+    let mut second = server.connect().await;
+    first.send(&encode(b"one")).await;
+    second.send(&encode(b"two")).await;
+    assert_eq!(first.read_frame().await.as_deref(), Some(&b"ACK:one"[..]));
+    assert_eq!(second.read_frame().await.as_deref(), Some(&b"ACK:two"[..]));
+
+    let mut third = server.connect().await;
+    assert!(
+        third.closed_by_server().await,
+        "a third connection from the peer is closed"
+    );
+    drop(first);
+    sleep(QUIET).await;
+
+    let mut fourth = server.connect().await;
+    fourth.send(&encode(b"four")).await;
+    assert_eq!(fourth.read_frame().await.as_deref(), Some(&b"ACK:four"[..]));
+}
+
+#[tokio::test]
+async fn an_empty_response_writes_nothing_and_the_next_frame_is_answered() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    client.send(&encode(b"SILENT")).await;
+    assert!(client.stays_quiet().await);
+    client.send(&encode(b"next")).await;
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:next"[..]));
 }
 
 #[tokio::test]

@@ -88,7 +88,10 @@ impl From<&ParseError> for AckError {
         let (code, location) = match err {
             ParseError::Delimiters(_) => (102, Some(("MSH".to_owned(), 1, 2))),
             ParseError::NoHeader => (100, Some(("MSH".to_owned(), 1, 1))),
-            ParseError::JoinedSegments { name, .. } => (100, Some((name.clone(), 1, 0))),
+            ParseError::JoinedSegments { name, .. } | ParseError::LineFeedSegment { name, .. } => {
+                (100, Some((name.clone(), 1, 0)))
+            }
+            ParseError::TooManyRepetitions { name, .. } => (102, Some((name.clone(), 1, 0))),
             _ => (100, None),
         };
         AckError {
@@ -176,7 +179,7 @@ impl<'a> AckWriter<'a> {
         let mut segment = name.to_owned();
         for field in &fields[..used] {
             segment.push_str(&separator);
-            segment.push_str(field);
+            push_without_controls(&mut segment, field, self.delimiters.escape);
         }
         segment
     }
@@ -252,6 +255,18 @@ impl<'a> AckWriter<'a> {
                 .map(|state| pair("tracestate", state)),
         );
         self.segment("ZTR", &[pairs.join(&d.repetition.to_string()).into()])
+    }
+}
+
+/// Appends `value` with control characters written as `\Xhh\`. An echoed value holding a CR
+/// would split the ACK's segments, and one holding 0x1C would end its MLLP frame early.
+fn push_without_controls(out: &mut String, value: &str, escape: char) {
+    for c in value.chars() {
+        if c.is_ascii_control() {
+            out.push_str(&format!("{escape}X{:02X}{escape}", c as u32));
+        } else {
+            out.push(c);
+        }
     }
 }
 
@@ -349,6 +364,13 @@ mod tests {
             "MSH|^~\\&|||||20240630120030-0500||ACK|A5|P|2.5.1"
         );
         assert_eq!(segments[1], "MSA|AR");
+    }
+
+    #[test]
+    fn control_characters_in_echoed_values_cannot_break_segments_or_frames() {
+        let mut out = String::new();
+        push_without_controls(&mut out, "A\x1cB\rC", '\\');
+        assert_eq!(out, "A\\X1C\\B\\X0D\\C");
     }
 
     #[test]

@@ -102,9 +102,11 @@ fn decode_hex(digits: &str) -> Option<String> {
         .collect::<Option<Vec<u8>>>()?;
     match String::from_utf8(bytes) {
         Ok(text) => Some(text),
+        // `decode` would sniff FF FE / FE FF as a UTF-16 byte-order mark and read the rest
+        // as UTF-16; these bytes are windows-1252 text, BOM-looking or not.
         Err(err) => Some(
             encoding_rs::WINDOWS_1252
-                .decode(err.as_bytes())
+                .decode_without_bom_handling(err.as_bytes())
                 .0
                 .into_owned(),
         ),
@@ -174,6 +176,11 @@ mod tests {
     #[test]
     fn escaped_escape_characters_make_a_windows_path() {
         assert_eq!(un(r"path C:\E\TEMP\E\R\"), r"path C:\TEMP\R\");
+    }
+
+    #[test]
+    fn hex_bytes_that_look_like_a_utf16_bom_stay_windows_1252_text() {
+        assert_eq!(un(r"x\XFFFE4100\y"), "x\u{ff}\u{fe}A\u{0}y");
     }
 
     #[test]

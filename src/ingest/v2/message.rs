@@ -27,6 +27,13 @@ pub enum ParseError {
     NotASegment { index: usize },
     #[error("segment {index} ({name}) has another segment joined onto it by a space")]
     JoinedSegments { index: usize, name: String },
+    #[error(
+        "segment {index} ({name}) holds a line feed followed by a segment name: a segment \
+             ended with LF where the others end with CR"
+    )]
+    LineFeedSegment { index: usize, name: String },
+    #[error("segment {index} ({name}) has a field with more than {max} repetitions", max = MAX_REPETITIONS)]
+    TooManyRepetitions { index: usize, name: String },
     #[error("the structure parser failed at byte {position}")]
     Structure { position: usize },
     #[error("the structure parser read {consumed} of {total} bytes")]
@@ -87,7 +94,7 @@ impl RawMessage {
         let header = self.header().cloned().ok_or(ParseError::NoHeader)?;
         let delimiters = header.delimiters.clone()?;
         let lines: Vec<&str> = self.text().split('\r').collect();
-        check_lines(&lines, delimiters.field)?;
+        check_lines(&lines, &delimiters)?;
         let text = normalise(&lines, &delimiters);
         let segments = structure(&text, lines.len())?;
         let charset = self.charset().clone();
@@ -101,19 +108,52 @@ impl RawMessage {
     }
 }
 
-/// Rejects wrapped lines and segments joined by spaces, which `hl7-parser` would silently cut
-/// short or read as one segment.
-fn check_lines(lines: &[&str], field_separator: char) -> Result<(), ParseError> {
+/// More repetitions than this in one field is not a real message; it would cost memory in
+/// proportion (every repetition becomes JSON, then a model object).
+pub const MAX_REPETITIONS: usize = 1000;
+
+/// Rejects wrapped lines, segments joined by spaces or by a stray LF, which `hl7-parser` would
+/// silently cut short or read as one segment, and fields with absurd repetition counts.
+fn check_lines(lines: &[&str], delimiters: &Delimiters) -> Result<(), ParseError> {
+    let field_separator = delimiters.field;
     for (i, line) in lines.iter().enumerate() {
         if !starts_like_segment(line, field_separator) {
             return Err(ParseError::NotASegment { index: i + 1 });
         }
+        let name = || line[..3].to_owned();
         if joined_segment_at(line, field_separator).is_some() {
-            let name = line[..3].to_owned();
-            return Err(ParseError::JoinedSegments { index: i + 1, name });
+            return Err(ParseError::JoinedSegments {
+                index: i + 1,
+                name: name(),
+            });
+        }
+        // With CR terminators an LF is data, but an LF followed by a segment name is a segment
+        // end the sender got wrong: reading it as data would swallow that segment.
+        if line
+            .split('\n')
+            .skip(1)
+            .any(|rest| starts_like_segment(rest, field_separator))
+        {
+            return Err(ParseError::LineFeedSegment {
+                index: i + 1,
+                name: name(),
+            });
+        }
+        if max_repetitions(line, delimiters) > MAX_REPETITIONS {
+            return Err(ParseError::TooManyRepetitions {
+                index: i + 1,
+                name: name(),
+            });
         }
     }
     Ok(())
+}
+
+fn max_repetitions(line: &str, delimiters: &Delimiters) -> usize {
+    line.split(delimiters.field)
+        .map(|field| field.matches(delimiters.repetition).count() + 1)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The copy of the message handed to `hl7-parser`:

@@ -1,0 +1,154 @@
+//! Hostile and malformed HL7v2, each case found by trying to break the server: every frame gets
+//! a well-formed answer, and nothing is stored under the wrong patient or silently dropped.
+
+use crate::support::{field, spawn_app, TestApp};
+
+const MSH: &str =
+    "MSH|^~\\&|LABSYS|NORTHLAB|HL7BRIDGE|GENHOSP|20240630120030-0500||ORU^R01^ORU_R01";
+
+fn oru(control_id: &str, mrn: &str, filler: &str) -> Vec<u8> {
+    format!(
+        "{MSH}|{control_id}|P|2.5.1\rPID|1||{mrn}^^^NORTHLAB^MR||Canary^Test||19800101|F\r\
+         OBR|1||{filler}^NORTHLAB|24331-1^Lipid panel^LN|||20240630101500-0500\r\
+         OBX|1|NM|2093-3^Cholesterol^LN||100|mg/dL^^UCUM|||||F\r"
+    )
+    .into_bytes()
+}
+
+async fn one_ack(app: &TestApp, payload: &[u8]) -> String {
+    app.mllp_exchange(&[payload]).await.remove(0)
+}
+
+#[tokio::test]
+async fn a_segment_ended_by_lf_among_cr_segments_is_refused_not_swallowed() {
+    let app = spawn_app().await;
+    let message = format!(
+        "{MSH}|MIXEDLF|P|2.5.1\rPID|1||MIX0001^^^NORTHLAB^MR||Mixed^Test\nOBR|1||MIXF1^NORTHLAB|24331-1^Lipid^LN\r\
+         OBX|1|NM|2093-3^Cholesterol^LN||123|mg/dL|||||F\r"
+    );
+    let ack = one_ack(&app, message.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack:?}");
+    assert_eq!(field(&ack, "MSA", 2), "MIXEDLF");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_field_with_absurdly_many_repetitions_is_refused() {
+    let app = spawn_app().await;
+    let many: Vec<String> = (0..5000).map(|i| format!("I{i}^^^NL")).collect();
+    let message = String::from_utf8(oru("REPS1", &many.join("~"), "F1")).unwrap();
+    let ack = one_ack(&app, message.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn control_characters_echoed_in_the_ack_cannot_end_its_frame() {
+    let app = spawn_app().await;
+    let ack = one_ack(&app, &oru("FS\x1cCTRL", "CTL0001", "CTLF1")).await;
+    assert!(!ack.contains('\x1c'), "{ack:?}");
+    assert_eq!(field(&ack, "MSA", 2), "FS\\X1C\\CTRL");
+    assert!(ack.contains("\rZTR|"), "the ACK is whole: {ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_answered_ar() {
+    let app = spawn_app().await;
+    let ack = one_ack(&app, b"BHS|^~\\&|LAB|FAC\rBTS|0\r").await;
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_inbound_ack_is_not_acknowledged() {
+    let app = spawn_app().await;
+    let inbound_ack = b"MSH|^~\\&|LABSYS|NORTHLAB|HL7BRIDGE|GENHOSP|20240630120030||ACK^R01^ACK|A1|P|2.5.1\rMSA|AA|X1\r";
+    let mut stream = tokio::net::TcpStream::connect(app.mllp).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    stream
+        .write_all(&hl7bridge_mllp::encode(inbound_ack))
+        .await
+        .unwrap();
+    stream
+        .write_all(&hl7bridge_mllp::encode(&oru("AFTERACK", "ACK0001", "AF1")))
+        .await
+        .unwrap();
+    let answer = crate::support::read_frame(&mut stream).await;
+    assert_eq!(
+        field(&answer, "MSA", 2),
+        "AFTERACK",
+        "the first answer is for the ORU: {answer:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_without_a_control_id_is_refused_naming_msh_10() {
+    let app = spawn_app().await;
+    let ack = one_ack(&app, &oru("", "NOID001", "NF1")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert_eq!(field(&ack, "ERR", 2), "MSH^1^10");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_order_number_reused_for_another_patient_does_not_move_the_report() {
+    let app = spawn_app().await;
+    let first = one_ack(&app, &oru("OWN1", "OWNER001", "SHARED1")).await;
+    assert_eq!(field(&first, "MSA", 1), "AA");
+    let second = one_ack(&app, &oru("OWN2", "OTHER002", "SHARED1")).await;
+    assert_eq!(field(&second, "MSA", 1), "AE", "{second:?}");
+    assert!(field(&second, "ERR", 3).starts_with("205"));
+    let (_, found) = app.get_json("/Patient?identifier=OWNER001").await;
+    let id = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, bundle) = app.get_json(&format!("/Patient/{id}/$everything")).await;
+    let reports = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "DiagnosticReport")
+        .count();
+    assert_eq!(reports, 1, "the report stays with its patient");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_birth_date_is_refused_naming_pid_7_instead_of_dropped() {
+    let app = spawn_app().await;
+    let message = String::from_utf8(oru("BADDOB", "DOB0001", "DF1"))
+        .unwrap()
+        .replace("19800101", "19800230");
+    let ack = one_ack(&app, message.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AE", "{ack:?}");
+    assert_eq!(field(&ack, "ERR", 2), "PID^1^7");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_send_command_delivers_a_file_and_reports_acceptance() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("hl7bridge-send-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.hl7");
+    let bad = dir.join("bad.hl7");
+    std::fs::write(&good, oru("SEND1", "SEND0001", "SF1")).unwrap();
+    std::fs::write(&bad, b"PID|1||X\r").unwrap();
+    let addr = app.mllp;
+    let files = |f: &std::path::Path| vec![f.display().to_string()];
+    let (ok, refused) = tokio::task::spawn_blocking(move || {
+        (
+            hl7bridge::send::send_files(addr, &files(&good)).unwrap(),
+            hl7bridge::send::send_files(addr, &files(&bad)).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(ok, "an AA counts as delivered");
+    assert!(!refused, "an AR does not");
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
