@@ -13,6 +13,7 @@ mod handlers;
 mod http_trace;
 pub mod id;
 mod negotiate;
+mod references;
 pub mod transaction;
 
 use actix_web::web;

@@ -1,13 +1,15 @@
 //! `POST /` with a `transaction` or `batch` Bundle.
 //!
 //! Processing runs in three passes over the entries:
-//! 1. read each entry's request (method, URL, resource) and collect every identifier lookup
-//!    the bundle needs — conditional creates and updates and conditional references — so they
-//!    are answered by one batched query instead of one query per entry;
+//! 1. read each entry's request (method, URL, resource), check the resource against the R4
+//!    model, and collect every identifier lookup the bundle needs — conditional creates and
+//!    updates and conditional references — so they are answered by one batched query instead
+//!    of one query per entry;
 //! 2. decide each entry's target id (new, matched, or given) and map every `fullUrl`
-//!    (`urn:uuid:` placeholders included) to `Type/id`;
-//! 3. rewrite references, check each resource against the R4 model, and write everything that
-//!    passed in one database transaction.
+//!    (`urn:uuid:` placeholders included) to `Type/id`; entries that failed step 1 take no
+//!    part, so nothing can match or reference them;
+//! 3. rewrite references and write everything that passed, in one database transaction per
+//!    round (see [`split_writes`]).
 //!
 //! A transaction fails as a whole at the first bad entry (the error names it); a batch answers
 //! each entry on its own.
@@ -22,6 +24,7 @@ use super::bundle::{meta, BundleTrace};
 use super::criteria::{parse_conditional_reference, parse_identifier_query};
 use super::error::FhirError;
 use super::id::{is_resource_type, is_valid_id};
+use super::references::{rewrite_references, visit_references};
 use crate::store::index::extract;
 use crate::store::{
     instant_text, IdentifierLookup, Outcome, ResourceWrite, Store, WriteBatch, WriteOp, Written,
@@ -502,7 +505,7 @@ fn conditional_update_target(resource: &Value, found: Vec<String>) -> Result<Str
     }
 }
 
-fn ambiguous(what: &str, n: usize) -> FhirError {
+pub(super) fn ambiguous(what: &str, n: usize) -> FhirError {
     FhirError::PreconditionFailed(format!("{what} matched {n} resources"))
 }
 
@@ -556,7 +559,7 @@ fn finish(
     let Planned::Write(WriteOp::Upsert(mut w)) = planned else {
         return Ok(planned);
     };
-    rewrite_references(&mut w.content, targets, matches)?;
+    rewrite_references(&mut w.content, targets, &|lookup| matches.ids(lookup))?;
     if let Value::Object(map) = &mut w.content {
         set_id(map, &w.id);
     }
@@ -576,81 +579,6 @@ pub fn codec_error(err: hl7bridge_fhir_codec::CodecError) -> FhirError {
         CodecError::Model(message) => {
             FhirError::invalid(format!("not a valid R4 resource: {message}"))
         }
-    }
-}
-
-fn rewrite_references(
-    content: &mut Value,
-    targets: &HashMap<String, String>,
-    matches: &Matches,
-) -> Result<(), FhirError> {
-    let mut failure = None;
-    visit_references_mut(content, &mut |reference| {
-        if failure.is_some() {
-            return;
-        }
-        match resolve(reference, targets, matches) {
-            Ok(Some(resolved)) => *reference = resolved,
-            Ok(None) => {}
-            Err(err) => failure = Some(err),
-        }
-    });
-    failure.map_or(Ok(()), Err)
-}
-
-fn resolve(
-    reference: &str,
-    targets: &HashMap<String, String>,
-    matches: &Matches,
-) -> Result<Option<String>, FhirError> {
-    if let Some(target) = targets.get(reference) {
-        return Ok(Some(target.clone()));
-    }
-    if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
-        return Err(FhirError::invalid(format!(
-            "reference {reference:?} names no entry of this bundle"
-        )));
-    }
-    let Some(lookup) = parse_conditional_reference(reference) else {
-        return Ok(None);
-    };
-    let lookup = lookup?;
-    match matches.ids(&lookup).as_slice() {
-        [id] => Ok(Some(format!("{}/{id}", lookup.resource_type))),
-        [] => Err(FhirError::invalid(format!(
-            "conditional reference {reference:?} matched nothing"
-        ))),
-        many => Err(ambiguous("a conditional reference", many.len())),
-    }
-}
-
-fn visit_references(value: &Value, f: &mut impl FnMut(&str)) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| visit_references(v, f)),
-        Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get("reference") {
-                f(r);
-            }
-            map.values().for_each(|v| visit_references(v, f));
-        }
-        _ => {}
-    }
-}
-
-fn visit_references_mut(value: &mut Value, f: &mut impl FnMut(&mut String)) {
-    match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| visit_references_mut(v, f)),
-        Value::Object(map) => {
-            if let Some(Value::String(r)) = map.get_mut("reference") {
-                f(r);
-            }
-            for (key, v) in map.iter_mut() {
-                if key != "reference" {
-                    visit_references_mut(v, f);
-                }
-            }
-        }
-        _ => {}
     }
 }
 
@@ -754,14 +682,14 @@ mod tests {
         let targets = HashMap::from([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
         let mut obs =
             json!({"resourceType": "Observation", "subject": {"reference": "urn:uuid:1"}});
-        rewrite_references(&mut obs, &targets, &no_matches()).unwrap();
+        rewrite_references(&mut obs, &targets, &|l| no_matches().ids(l)).unwrap();
         assert_eq!(obs["subject"]["reference"], "Patient/abc");
     }
 
     #[test]
     fn an_unknown_placeholder_is_an_error_not_a_dangling_reference() {
         let mut obs = json!({"subject": {"reference": "urn:uuid:nope"}});
-        assert!(rewrite_references(&mut obs, &HashMap::new(), &no_matches()).is_err());
+        assert!(rewrite_references(&mut obs, &HashMap::new(), &|l| no_matches().ids(l)).is_err());
     }
 
     #[test]
@@ -769,7 +697,7 @@ mod tests {
         let mut matches = no_matches();
         matches.add_local("Organization", "o1", "urn:x".into(), "7".into());
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=urn:x|7"}});
-        rewrite_references(&mut enc, &HashMap::new(), &matches).unwrap();
+        rewrite_references(&mut enc, &HashMap::new(), &|l| matches.ids(l)).unwrap();
         assert_eq!(enc["serviceProvider"]["reference"], "Organization/o1");
     }
 
@@ -780,7 +708,7 @@ mod tests {
             matches.add_local("Organization", id, "urn:x".into(), "7".into());
         }
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=7"}});
-        let err = rewrite_references(&mut enc, &HashMap::new(), &matches).unwrap_err();
+        let err = rewrite_references(&mut enc, &HashMap::new(), &|l| matches.ids(l)).unwrap_err();
         assert_eq!(err.status_code(), StatusCode::PRECONDITION_FAILED);
     }
 
