@@ -36,6 +36,9 @@ impl Hl7Ingest {
     }
 
     async fn process(&self, raw: RawMessage, meta: FrameMeta) -> String {
+        if let Some(ack) = self.stored_ack_for_resend(&raw).await {
+            return ack;
+        }
         let span = message_span(raw.header());
         let context = self.map_context;
         let decided = tokio::task::spawn_blocking(move || {
@@ -57,6 +60,43 @@ impl Hl7Ingest {
         }
         .instrument(span)
         .await
+    }
+
+    /// An identical resend (same MSH-3, MSH-4, MSH-10 and payload) of an accepted message gets
+    /// the stored ACK back without being processed again. The same key with another payload is
+    /// processed as usual, and flagged in the log.
+    async fn stored_ack_for_resend(&self, raw: &RawMessage) -> Option<String> {
+        let header = raw.header()?;
+        let control_id = header.control_id.as_deref().filter(|c| !c.is_empty())?;
+        let (application, facility) = (&header.sending_application, &header.sending_facility);
+        let earlier = match self
+            .store
+            .earlier_receipts(application, facility, control_id)
+            .await
+        {
+            Ok(earlier) => earlier,
+            Err(err) => {
+                tracing::warn!(error = %err, "looking up earlier receipts failed; processing");
+                return None;
+            }
+        };
+        let hash = payload_hash(raw.bytes());
+        if let Some((_, _, ack)) = earlier
+            .iter()
+            .find(|(h, code, _)| *h == hash && code == "AA")
+        {
+            tracing::debug!(control_id, "identical resend answered with the stored ACK");
+            return Some(ack.clone());
+        }
+        if earlier.iter().any(|(h, _, _)| *h != hash) {
+            tracing::warn!(
+                control_id,
+                sending_application = %application,
+                sending_facility = %facility,
+                "a message reuses a control id with a different payload; processing it"
+            );
+        }
+        None
     }
 
     async fn check_ownership(&self, verdict: Verdict) -> Verdict {

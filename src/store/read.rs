@@ -60,6 +60,34 @@ impl Store {
         rows.first().map(stored).transpose()
     }
 
+    /// Earlier receipts of a message with this sender and control id: (payload hash, ACK code,
+    /// ACK), newest first, at most ten.
+    pub async fn earlier_receipts(
+        &self,
+        sending_application: &str,
+        sending_facility: &str,
+        control_id: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let sql = "SELECT m.payload_hash, m.ack_code, m.ack FROM hl7_message m \
+                   WHERE m.sending_application = ? AND m.sending_facility = ? AND m.control_id = ? \
+                   ORDER BY m.received_at_us DESC LIMIT 10";
+        let params = vec![
+            sending_application.into(),
+            sending_facility.into(),
+            control_id.into(),
+        ];
+        let rows = self.query(sql, params).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get_by_index(0)?,
+                    r.try_get_by_index(1)?,
+                    r.try_get_by_index(2)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Ids of live resources of `resource_type` with an identifier of that value (and system,
     /// when given). Several lookups at once, one statement per chunk.
     pub async fn ids_by_identifier(

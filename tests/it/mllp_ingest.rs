@@ -110,6 +110,10 @@ async fn a_resent_message_updates_the_same_resources_instead_of_duplicating() {
     let app = spawn_app().await;
     let acks = app.mllp_exchange(&[ORU, ORU]).await;
     assert_eq!(field(&acks[1], "MSA", 1), "AA");
+    assert_eq!(
+        acks[1], acks[0],
+        "an identical resend gets the stored ACK back"
+    );
     let bundle = everything_for(&app, "TST100234").await;
     assert_eq!(resources_of(&bundle, "Observation").len(), 5);
     let patient = &resources_of(&bundle, "Patient")[0];
@@ -171,5 +175,29 @@ OBX|1||WBC^White cells||6.1|10*3/uL|||||F\r";
     let acks = app.mllp_exchange(&[oru]).await;
     assert_eq!(field(&acks[0], "MSA", 1), "AE", "{:?}", acks[0]);
     assert_eq!(field(&acks[0], "ERR", 2), "OBX^1^2");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrected_message_under_the_same_control_id_is_processed_again() {
+    let app = spawn_app().await;
+    let corrected = String::from_utf8(ORU.to_vec())
+        .unwrap()
+        .replace("||072.40|", "||073.10|");
+    let acks = app.mllp_exchange(&[ORU, corrected.as_bytes()]).await;
+    assert_eq!(field(&acks[1], "MSA", 1), "AA");
+    assert_ne!(
+        field(&acks[1], "MSH", 10),
+        field(&acks[0], "MSH", 10),
+        "a new ACK"
+    );
+    let bundle = everything_for(&app, "TST100234").await;
+    let observations = resources_of(&bundle, "Observation");
+    let cholesterol = observations
+        .iter()
+        .find(|o| o["code"]["coding"][0]["code"] == "2093-3")
+        .unwrap();
+    assert_eq!(cholesterol["valueQuantity"]["value"].to_string(), "73.10");
+    assert_eq!(cholesterol["meta"]["versionId"], "2");
     app.stop().await;
 }
