@@ -35,6 +35,32 @@ fn control_ids(bytes: &[u8]) -> Vec<String> {
     }
 }
 
+/// What an accepted message was stored as: its resources counted by type.
+fn stored_types(message: &hl7bridge::ingest::v2::RawMessage) -> String {
+    let context = hl7bridge::ingest::map::MapContext::default();
+    let Ok(mapped) = message
+        .parse()
+        .map(|m| hl7bridge::ingest::map::map_message(&m, &context))
+    else {
+        return "?".into();
+    };
+    let types = mapped.map(|m| {
+        counts_by_type(
+            m.resources
+                .iter()
+                .map(|r| r["resourceType"].as_str().unwrap_or("?").to_string()),
+        )
+    });
+    match types {
+        Ok(counts) => counts
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(_) => "?".into(),
+    }
+}
+
 /// The ACK messages in one answer: each starts at a segment named MSH.
 fn acks_in(answer: &str) -> Vec<String> {
     let mut acks: Vec<String> = Vec::new();
@@ -65,22 +91,28 @@ async fn every_corpus_hl7v2_file_gets_framed_acks_matching_its_control_ids() {
             expected.len(),
             "{name}: one ACK per message: {answer:?}"
         );
-        for (ack, control_id) in acks.iter().zip(&expected) {
+        let messages = hl7bridge::ingest::v2::split_frame(&bytes)
+            .map(|f| f.messages)
+            .unwrap_or_default();
+        for (index, (ack, control_id)) in acks.iter().zip(&expected).enumerate() {
             assert_eq!(field(ack, "MSA", 2), *control_id, "{name}");
             let code = field(ack, "MSA", 1);
             assert!(
                 ["AA", "AE", "AR"].contains(&code.as_str()),
                 "{name}: {code}"
             );
-            let why = if code == "AA" {
-                String::new()
+            let outcome = if code == "AA" {
+                stored_types(&messages[index])
             } else {
                 field(ack, "ERR", 8)
             };
-            table.push(format!("{name} | {control_id} | {code} | {why}"));
+            table.push(format!("{name} | {control_id} | {code} | {outcome}"));
         }
     }
-    eprintln!("file | MSH-10 | ACK | why\n{}", table.join("\n"));
+    eprintln!(
+        "file | MSH-10 | ACK | resources stored, or why not\n{}",
+        table.join("\n")
+    );
     app.stop().await;
 }
 
