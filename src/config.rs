@@ -33,6 +33,9 @@ pub struct Config {
     /// `HL7BRIDGE_HTTP_BODY_IDLE_TIMEOUT_MS`: how long a request body may stall between
     /// chunks before the request is answered 408. Default 30000.
     pub http_body_idle_timeout_ms: u64,
+    /// `HL7BRIDGE_HTTP_BODY_TIMEOUT_MS`: how long a whole request body may take to arrive.
+    /// Default 120000.
+    pub http_body_timeout_ms: u64,
     /// `HL7BRIDGE_HTTP_MAX_CONNECTIONS`: open HTTP connections at most; more wait in the
     /// listen backlog. Default 1024.
     pub http_max_connections: usize,
@@ -58,6 +61,7 @@ impl Default for Config {
             mllp_max_frame_bytes: 16 << 20,
             max_bundle_entries: 20_000,
             http_body_idle_timeout_ms: 30_000,
+            http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
             default_utc_offset: UtcOffset::UTC,
             shutdown_timeout_ms: 10_000,
@@ -90,38 +94,20 @@ impl Config {
             let value = vars.remove(&format!("{PREFIX}{name}"))?;
             Some((name.to_string(), value))
         };
-        set(&mut config.http_addr, take("HTTP_ADDR"), &mut problems);
-        set(&mut config.mllp_addr, take("MLLP_ADDR"), &mut problems);
-        set(
-            &mut config.max_body_bytes,
-            take("MAX_BODY_BYTES"),
-            &mut problems,
-        );
-        set(
-            &mut config.mllp_max_frame_bytes,
-            take("MLLP_MAX_FRAME_BYTES"),
-            &mut problems,
-        );
-        set(
-            &mut config.shutdown_timeout_ms,
-            take("SHUTDOWN_TIMEOUT_MS"),
-            &mut problems,
-        );
-        set(
-            &mut config.max_bundle_entries,
-            take("MAX_BUNDLE_ENTRIES"),
-            &mut problems,
-        );
-        set(
-            &mut config.http_body_idle_timeout_ms,
-            take("HTTP_BODY_IDLE_TIMEOUT_MS"),
-            &mut problems,
-        );
-        set(
-            &mut config.http_max_connections,
-            take("HTTP_MAX_CONNECTIONS"),
-            &mut problems,
-        );
+        macro_rules! setting {
+            ($field:ident, $name:literal) => {
+                set(&mut config.$field, take($name), &mut problems)
+            };
+        }
+        setting!(http_addr, "HTTP_ADDR");
+        setting!(mllp_addr, "MLLP_ADDR");
+        setting!(max_body_bytes, "MAX_BODY_BYTES");
+        setting!(mllp_max_frame_bytes, "MLLP_MAX_FRAME_BYTES");
+        setting!(shutdown_timeout_ms, "SHUTDOWN_TIMEOUT_MS");
+        setting!(max_bundle_entries, "MAX_BUNDLE_ENTRIES");
+        setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
+        setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
+        setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");
         if let Some((_, url)) = take("DATABASE_URL") {
             config.database_url = url;
         }
@@ -165,6 +151,7 @@ impl Config {
             self.max_bundle_entries,
             self.http_max_connections,
             self.http_body_idle_timeout_ms as usize,
+            self.http_body_timeout_ms as usize,
         ];
         if limits.contains(&0) {
             problems.push("size, count and time limits must be greater than zero".into());

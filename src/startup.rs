@@ -147,7 +147,14 @@ fn http_server(
         public_base_url: config.public_base_url.clone(),
         canonical_base: config.canonical_base.clone(),
         max_body_bytes: config.max_body_bytes,
-        body_idle_timeout: Duration::from_millis(config.http_body_idle_timeout_ms),
+        body_timeouts: fhir::BodyTimeouts {
+            idle: Duration::from_millis(config.http_body_idle_timeout_ms),
+            total: Duration::from_millis(config.http_body_timeout_ms),
+        },
+        body_budget: fhir::BodyBudget::new(
+            config.max_body_bytes.saturating_mul(2),
+            config.max_body_bytes,
+        ),
         bundle_limits: fhir::transaction::BundleLimits {
             max_entries: config.max_bundle_entries,
         },

@@ -31,8 +31,9 @@ pub fn parse_identifier_query(
     let Some(("identifier", raw)) = param.split_once('=') else {
         return Err(unsupported(query));
     };
-    let token =
-        percent_decode(raw).ok_or_else(|| FhirError::invalid("malformed percent-encoding"))?;
+    let token = percent_decode(raw)
+        .filter(|t| !t.chars().any(char::is_control))
+        .ok_or_else(|| FhirError::invalid("malformed percent-encoding or a control character"))?;
     let (system, value) = match token.split_once('|') {
         Some((system, value)) => (Some(system.to_string()), value),
         None => (None, token.as_str()),

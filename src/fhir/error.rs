@@ -9,7 +9,7 @@ use crate::store::StoreError;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FhirError {
     #[error("{0}")]
     NotFound(String),
@@ -131,7 +131,16 @@ impl ResponseError for FhirError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
+        let mut response = HttpResponse::build(self.status_code());
+        // The rest of an unread body would otherwise be read as the next request, or keep the
+        // connection (and its slot) open.
+        if matches!(
+            self,
+            FhirError::RequestTimeout(_) | FhirError::PayloadTooLarge(_)
+        ) {
+            response.force_close();
+        }
+        response
             .content_type(FHIR_JSON)
             .body(self.outcome().to_string())
     }

@@ -10,7 +10,7 @@ use super::capability::capability_statement;
 use super::criteria::percent_decode;
 use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
-use super::{transaction, FhirState};
+use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::{IdentifierLookup, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
 
@@ -134,7 +134,8 @@ pub async fn post_bundle(
     body: web::Payload,
 ) -> Answer {
     check_content_type(&req)?;
-    let bytes = read_body(body, state.max_body_bytes, state.body_idle_timeout).await?;
+    let _budget = state.body_budget.reserve(declared_length(&req)).await;
+    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
     let bundle = tokio::task::spawn_blocking(move || parse_json(&bytes))
         .await
         .map_err(|_| FhirError::Internal)??;
@@ -206,10 +207,13 @@ async fn matching_ids(
         };
         ids = Some(match ids {
             None => found,
-            Some(previous) => previous
-                .into_iter()
-                .filter(|id| found.contains(id))
-                .collect(),
+            Some(previous) => {
+                let found: std::collections::HashSet<String> = found.into_iter().collect();
+                previous
+                    .into_iter()
+                    .filter(|id| found.contains(id))
+                    .collect()
+            }
         });
     }
     Ok(ids.unwrap_or_default())
@@ -316,7 +320,11 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
         ));
     }
     let charset = parts
-        .find_map(|p| p.strip_prefix("charset="))
+        .find_map(|p| {
+            p.split_once('=')
+                .filter(|(k, _)| k.trim() == "charset")
+                .map(|(_, v)| v.trim())
+        })
         .map(|c| c.trim_matches('"'));
     match charset {
         None | Some("utf-8" | "utf8") => Ok(()),
@@ -324,15 +332,23 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
     }
 }
 
+/// Reads the body within `limit` bytes. A body that stalls for `timeouts.idle`, or is still
+/// arriving after `timeouts.total` (a trickle that defeats the idle timer), is answered 408.
 async fn read_body(
     mut payload: web::Payload,
     limit: usize,
-    idle: std::time::Duration,
+    timeouts: BodyTimeouts,
 ) -> Result<Vec<u8>, FhirError> {
+    let deadline = tokio::time::Instant::now() + timeouts.total;
     let mut body = Vec::new();
     loop {
-        let Ok(next) = tokio::time::timeout(idle, payload.next()).await else {
-            return Err(FhirError::RequestTimeout("the request body stalled".into()));
+        let wait = timeouts
+            .idle
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let Ok(next) = tokio::time::timeout(wait, payload.next()).await else {
+            return Err(FhirError::RequestTimeout(
+                "the request body stalled or arrived too slowly".into(),
+            ));
         };
         let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| FhirError::invalid("the request body could not be read"))?;
@@ -342,6 +358,15 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+fn declared_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// JSON from a request body; a UTF-8 byte-order mark is skipped (fhirbolt would fail on it).
@@ -373,7 +398,10 @@ impl SearchQuery {
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| percent_decode(&s.replace('+', " "));
+            // Control characters have no place in a search value (and PostgreSQL refuses NUL).
+            let decode = |s: &str| {
+                percent_decode(&s.replace('+', " ")).filter(|t| !t.chars().any(char::is_control))
+            };
             let (Some(name), Some(value)) = (decode(name), decode(raw)) else {
                 return Err(FhirError::invalid(
                     "malformed percent-encoding in the query",

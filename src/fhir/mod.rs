@@ -30,8 +30,9 @@ pub struct FhirState {
     pub public_base_url: Option<String>,
     pub canonical_base: String,
     pub max_body_bytes: usize,
-    /// How long a request body may stall between chunks.
-    pub body_idle_timeout: std::time::Duration,
+    pub body_timeouts: BodyTimeouts,
+    /// Bounds the memory of Bundles being read and processed at once (see [`BodyBudget`]).
+    pub body_budget: BodyBudget,
     pub bundle_limits: transaction::BundleLimits,
     /// Held by Bundles with conditional parts from lookup to commit (see `transaction`).
     pub conditional_gate: tokio::sync::Mutex<()>,
@@ -53,4 +54,45 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(handlers::vread),
         )
         .default_service(web::to(handlers::unsupported));
+}
+
+/// How long a request body may take: between chunks, and in all.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeouts {
+    pub idle: std::time::Duration,
+    pub total: std::time::Duration,
+}
+
+/// A Bundle takes about twenty-five times its size in memory while it is parsed and checked.
+/// Requests reserve their declared size (the maximum when undeclared) from this budget before
+/// reading, so concurrent large Bundles wait for each other instead of exhausting memory.
+pub struct BodyBudget {
+    permits: tokio::sync::Semaphore,
+    total_mib: u32,
+    max_body_bytes: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `total_bytes`, in whole MiB.
+    pub fn new(total_bytes: usize, max_body_bytes: usize) -> BodyBudget {
+        let total_mib = u32::try_from((total_bytes >> 20).max(1)).unwrap_or(u32::MAX);
+        BodyBudget {
+            permits: tokio::sync::Semaphore::new(total_mib as usize),
+            total_mib,
+            max_body_bytes,
+        }
+    }
+
+    pub async fn reserve(
+        &self,
+        declared: Option<usize>,
+    ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let bytes = declared
+            .unwrap_or(self.max_body_bytes)
+            .min(self.max_body_bytes);
+        let mib = u32::try_from(bytes.div_ceil(1 << 20))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_mib);
+        self.permits.acquire_many(mib).await.ok()
+    }
 }

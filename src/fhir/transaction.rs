@@ -37,6 +37,7 @@ enum Kind {
 }
 
 /// What one entry asks for, as read from its `request`.
+#[derive(Clone)]
 enum Request {
     Create {
         resource: Value,
@@ -52,6 +53,7 @@ enum Request {
     },
 }
 
+#[derive(Clone)]
 enum Target {
     Id(String),
     Conditional(IdentifierLookup),
@@ -67,6 +69,7 @@ enum Planned {
     },
 }
 
+#[derive(Clone)]
 struct Entry {
     full_url: Option<String>,
     request: Request,
@@ -104,6 +107,34 @@ impl Matches {
     }
 }
 
+/// Plans targets and finishes resources. In a batch, an entry that fails only while its
+/// references are resolved must not stay a target or a match for the others: planning is
+/// redone without it until no entry newly fails (each round removes at least one entry).
+fn plan_until_stable(
+    kind: Kind,
+    mut entries: Vec<Result<Entry, FhirError>>,
+    stored: &HashMap<IdentifierLookup, Vec<String>>,
+) -> Vec<Result<Planned, FhirError>> {
+    loop {
+        let mut matches = Matches {
+            stored: stored.clone(),
+            ..Default::default()
+        };
+        let planned = plan_targets(entries.clone(), &mut matches);
+        let finished = finish_resources(planned, &matches);
+        let newly_failed = |i: usize| entries[i].is_ok() && finished[i].is_err();
+        if kind == Kind::Transaction || !(0..entries.len()).any(newly_failed) {
+            return finished;
+        }
+        let failed: Vec<usize> = (0..entries.len()).filter(|&i| newly_failed(i)).collect();
+        for i in failed {
+            if let Err(err) = &finished[i] {
+                entries[i] = Err(err.clone());
+            }
+        }
+    }
+}
+
 /// Limits on what one Bundle may ask for.
 pub struct BundleLimits {
     pub max_entries: usize,
@@ -137,12 +168,8 @@ pub async fn process(
     } else {
         Some(conditional_gate.lock().await)
     };
-    let mut matches = Matches {
-        stored: store.ids_by_identifier(&lookups).await?,
-        ..Default::default()
-    };
-    let planned = plan_targets(entries, &mut matches);
-    let planned = finish_resources(planned, &matches);
+    let stored = store.ids_by_identifier(&lookups).await?;
+    let planned = plan_until_stable(kind, entries, &stored);
     for round in split_writes(kind, planned, &mut results)? {
         match store.write(round.batch).await {
             Ok(written) => {

@@ -1,6 +1,10 @@
 //! Reports, observations and visits get their ids from order and visit numbers (DESIGN.md,
 //! "ids"). A sender that reuses one of those numbers for another patient would otherwise move
 //! the stored report, with its results, to that patient; such a message is refused instead.
+//!
+//! The check and the commit run under [`OwnerLocks`] for the resources concerned, so two
+//! messages racing with the same number for two patients cannot both pass it. The locks are
+//! per server node; across nodes the race remains (a database constraint would close it).
 
 use std::collections::HashMap;
 
@@ -12,6 +16,51 @@ use crate::store::{Store, StoreError, WriteOp};
 /// Table 0357: duplicate key identifier.
 const DUPLICATE_KEY: u16 = 205;
 const OWNED_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Encounter"];
+
+/// Striped locks over the ids of owned resources.
+pub struct OwnerLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+const STRIPES: usize = 256;
+
+impl Default for OwnerLocks {
+    fn default() -> Self {
+        OwnerLocks {
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl OwnerLocks {
+    /// Locks every stripe that the owned resources among `ops` fall in, in stripe order so that
+    /// two messages cannot deadlock.
+    pub async fn lock(&self, ops: &[WriteOp]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Upsert(w) if OWNED_TYPES.contains(&w.resource_type.as_str()) => {
+                    Some(stripe(&w.id))
+                }
+                _ => None,
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for s in stripes {
+            guards.push(self.stripes[s].lock().await);
+        }
+        guards
+    }
+}
+
+fn stripe(id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    (hasher.finish() % STRIPES as u64) as usize
+}
 
 /// An error naming the first resource that already belongs to another patient, if any.
 /// Reads one statement per type (and chunk), whatever the message size.

@@ -5,7 +5,7 @@ use hl7bridge_mllp::{FrameMeta, MessageHandler};
 use tracing::Instrument;
 
 use super::map::MapContext;
-use super::ownership::foreign_owner;
+use super::ownership::{foreign_owner, OwnerLocks};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
 };
@@ -25,6 +25,7 @@ pub const MAX_MESSAGES_PER_FRAME: usize = 5000;
 pub struct Hl7Ingest {
     store: Store,
     map_context: MapContext,
+    owner_locks: OwnerLocks,
 }
 
 impl Hl7Ingest {
@@ -32,7 +33,11 @@ impl Hl7Ingest {
         let map_context = MapContext {
             default_utc_offset: config.default_utc_offset,
         };
-        Hl7Ingest { store, map_context }
+        Hl7Ingest {
+            store,
+            map_context,
+            owner_locks: OwnerLocks::default(),
+        }
     }
 
     async fn process(&self, raw: RawMessage, meta: FrameMeta) -> String {
@@ -55,6 +60,12 @@ impl Hl7Ingest {
         // Before the span is first entered: a started span cannot change its trace.
         continue_trace(&span, trace.as_ref());
         async {
+            let empty = Vec::new();
+            let ops = match &verdict {
+                Verdict::Accept(ops) => ops,
+                _ => &empty,
+            };
+            let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
             self.commit(raw.bytes(), raw.header(), verdict, meta).await
         }

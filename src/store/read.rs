@@ -94,21 +94,37 @@ impl Store {
         &self,
         lookups: &[IdentifierLookup],
     ) -> Result<HashMap<IdentifierLookup, Vec<String>>, StoreError> {
-        let mut found: HashMap<IdentifierLookup, Vec<String>> = HashMap::new();
+        // Rows are matched to lookups through an index on (type, value), so the work is linear
+        // in rows plus lookups, however many lookups share a value.
+        let mut by_key: HashMap<(&str, &str), Vec<&IdentifierLookup>> = HashMap::new();
+        for lookup in lookups {
+            by_key
+                .entry((&lookup.resource_type, &lookup.value))
+                .or_default()
+                .push(lookup);
+        }
+        let types: Vec<&str> = unique(lookups.iter().map(|l| l.resource_type.as_str()));
         let values: Vec<&str> = unique(lookups.iter().map(|l| l.value.as_str()));
+        let mut found: HashMap<IdentifierLookup, Vec<String>> = HashMap::new();
+        let mut seen: HashSet<(&IdentifierLookup, String)> = HashSet::new();
         for chunk in values.chunks(MAX_IN) {
             let sql = format!(
                 "SELECT t.resource_type, t.resource_id, t.system, t.value FROM token_index t \
-                 WHERE t.param = 'identifier' AND t.value IN ({})",
-                placeholders(chunk.len())
+                 WHERE t.param = 'identifier' AND t.value IN ({}) AND t.resource_type IN ({})",
+                placeholders(chunk.len()),
+                placeholders(types.len())
             );
-            let params = chunk.iter().map(|v| Value::from(*v)).collect();
+            let mut params: Vec<Value> = chunk.iter().map(|v| Value::from(*v)).collect();
+            params.extend(types.iter().map(|t| Value::from(*t)));
             for row in self.query(&sql, params).await? {
                 let (t, id, system, value) = token_row(&row)?;
-                for lookup in lookups.iter().filter(|l| l.matches(&t, &system, &value)) {
-                    let ids = found.entry(lookup.clone()).or_default();
-                    if !ids.contains(&id) {
-                        ids.push(id.clone());
+                let candidates = by_key
+                    .get(&(t.as_str(), value.as_str()))
+                    .into_iter()
+                    .flatten();
+                for lookup in candidates.filter(|l| l.matches(&t, &system, &value)) {
+                    if seen.insert((lookup, id.clone())) {
+                        found.entry((*lookup).clone()).or_default().push(id.clone());
                     }
                 }
             }

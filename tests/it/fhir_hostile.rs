@@ -92,6 +92,7 @@ async fn a_primitive_extension_that_would_replace_its_value_is_refused() {
         json!({"resourceType": "Patient", "name": [{"family": "Real", "_family": "Other"}]}),
         json!({"resourceType": "Patient", "birthDate": "1980-01-01", "_birthDate": [{"id": "a"}]}),
         json!({"resourceType": "Patient", "identifier": [{"value": "A", "_value": "B"}]}),
+        json!({"resourceType": "Patient", "name": [{"given": ["A"], "_given": ["B"]}]}),
         json!({"resourceType": "Patient", "name": [{"family": "a\u{0}b"}]}),
     ] {
         let (status, outcome) = app
@@ -288,5 +289,67 @@ async fn an_empty_search_result_has_no_empty_entry_array() {
     assert_eq!(status, 200);
     assert_eq!(bundle["total"], 0);
     assert!(bundle.get("entry").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_trickling_in_forever_is_answered_408_and_its_connection_closed() {
+    let app = spawn_app_with(|c| {
+        c.http_body_idle_timeout_ms = 400;
+        c.http_body_timeout_ms = 800;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let trickle = async {
+        for _ in 0..40 {
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), trickle).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server closes the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_failing_at_reference_resolution_is_neither_matched_nor_referenced() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000c1",
+         "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:ph", "value": "X"}],
+            "link": [{"other": {"reference": "urn:uuid:00000000-0000-4000-8000-0000000000ff"}, "type": "seealso"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:ph", "value": "X"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:ph|X"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-0000000000c1"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (_, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(
+        statuses(&response),
+        ["400 Bad Request", "201 Created", "400 Bad Request"]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn control_characters_in_search_and_match_values_are_400_not_500() {
+    let app = spawn_app().await;
+    let (status, _) = app.get_json("/Patient?identifier=M%00").await;
+    assert_eq!(status, 400);
+    let entry = json!({"resource": {"resourceType": "Patient"},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a%00b"}});
+    let (status, _) = app.post_bundle(transaction(vec![entry]).to_string()).await;
+    assert_eq!(status, 400);
     app.stop().await;
 }

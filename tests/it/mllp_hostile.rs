@@ -152,3 +152,44 @@ async fn the_send_command_delivers_a_file_and_reports_acceptance() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_frame_of_millions_of_empty_fields_is_refused_before_it_costs_memory() {
+    let app = spawn_app().await;
+    let mut message = oru("WIDE1", "WIDE0001", "WF1");
+    message.extend_from_slice(b"ZZZ");
+    message.extend(std::iter::repeat_n(b'|', 1_000_000));
+    message.push(b'\r');
+    let ack = one_ack(&app, &message).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_text_value_with_raw_line_breaks_is_accepted() {
+    let app = spawn_app().await;
+    let message = String::from_utf8(oru("TXLF1", "TXLF0001", "TF1")).unwrap()
+        + "OBX|2|TX|8251-1^Comment^LN||Impression:\nNAD\nMRI\nnormal||||||F\r";
+    let ack = one_ack(&app, message.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_patients_racing_for_one_order_number_cannot_both_be_accepted() {
+    for round in 0..3 {
+        let app = spawn_app().await;
+        let filler = format!("RACE{round}");
+        let (a, b) = (
+            oru("RA", "RACEA001", &filler),
+            oru("RB", "RACEB001", &filler),
+        );
+        let (first, second) = tokio::join!(one_ack(&app, &a), one_ack(&app, &b));
+        let codes = [field(&first, "MSA", 1), field(&second, "MSA", 1)];
+        assert!(
+            codes.contains(&"AA".to_string()) && codes.contains(&"AE".to_string()),
+            "{codes:?}"
+        );
+        app.stop().await;
+    }
+}

@@ -113,21 +113,34 @@ fn check_primitive_extension(
     ext: &Value,
     path: &str,
 ) -> Result<(), CodecError> {
-    match (value, ext) {
+    let shape_ok = match (value, ext) {
         (None | Some(Value::String(_) | Value::Number(_) | Value::Bool(_)), Value::Object(_)) => {
-            Ok(())
+            true
         }
-        (None, Value::Array(_)) => Ok(()),
-        (Some(Value::Array(values)), Value::Array(exts)) if values.len() == exts.len() => Ok(()),
-        (Some(Value::Array(_)), Value::Array(_)) => Err(structure(
-            path,
-            "must have as many items as the value it extends",
-        )),
-        _ => Err(structure(
+        (None, Value::Array(exts)) => exts.iter().all(is_object_or_null),
+        (Some(Value::Array(values)), Value::Array(exts)) if values.len() == exts.len() => {
+            exts.iter().all(is_object_or_null)
+        }
+        (Some(Value::Array(_)), Value::Array(_)) => {
+            return Err(structure(
+                path,
+                "must have as many items as the value it extends",
+            ))
+        }
+        _ => false,
+    };
+    if shape_ok {
+        Ok(())
+    } else {
+        Err(structure(
             path,
             "does not match the shape of the value it extends",
-        )),
+        ))
     }
+}
+
+fn is_object_or_null(value: &Value) -> bool {
+    value.is_object() || value.is_null()
 }
 
 /// A `null` in a primitive array stands for a value given only through its `_x` partner.
@@ -237,6 +250,8 @@ mod tests {
             json!({"resourceType": "Patient", "birthDate": "1980-01-01", "_birthDate": [{"id": "a"}]}),
             json!({"resourceType": "Patient", "name": [{"family": "R", "_family": "O"}]}),
             json!({"resourceType": "Patient", "name": [{"given": ["A", "B"], "_given": [{"id": "x"}]}]}),
+            json!({"resourceType": "Patient", "name": [{"given": ["A"], "_given": ["B"]}]}),
+            json!({"resourceType": "Patient", "name": [{"_given": ["B"]}]}),
         ] {
             assert!(
                 matches!(canonicalize(bad.clone()), Err(CodecError::Structure { .. })),

@@ -116,6 +116,8 @@ impl MllpServer {
             tasks: JoinSet::new(),
             next_id: 0,
             per_peer: PeerCounts::default(),
+            last_refusal_warning: None,
+            refused_since_warning: 0,
         };
         acceptor.accept_until(&listener, shutdown).await;
 
@@ -134,6 +136,8 @@ struct Acceptor<H> {
     tasks: JoinSet<()>,
     next_id: u64,
     per_peer: PeerCounts,
+    last_refusal_warning: Option<std::time::Instant>,
+    refused_since_warning: u64,
 }
 
 /// Open connections per peer address, shared with the connection tasks.
@@ -206,7 +210,17 @@ impl<H: MessageHandler> Acceptor<H> {
     fn spawn_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
         let max = self.config.max_connections_per_peer;
         let Some(slot) = PeerSlot::take(&self.per_peer, peer.ip(), max) else {
-            warn!(%peer, max, "MLLP peer holds its maximum of connections; closing the new one");
+            self.refused_since_warning += 1;
+            // One line a second at most: a peer hammering the cap must not flood the log.
+            if self
+                .last_refusal_warning
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+            {
+                warn!(%peer, max, refused = self.refused_since_warning,
+                    "MLLP peer holds its maximum of connections; closing new ones");
+                self.last_refusal_warning = Some(std::time::Instant::now());
+                self.refused_since_warning = 0;
+            }
             return;
         };
         // Responses are single small writes; Nagle would only delay them.

@@ -92,6 +92,7 @@ impl From<&ParseError> for AckError {
                 (100, Some((name.clone(), 1, 0)))
             }
             ParseError::TooManyRepetitions { name, .. } => (102, Some((name.clone(), 1, 0))),
+            ParseError::TooManyDelimiters => (102, None),
             _ => (100, None),
         };
         AckError {

@@ -34,6 +34,8 @@ pub enum ParseError {
     LineFeedSegment { index: usize, name: String },
     #[error("segment {index} ({name}) has a field with more than {max} repetitions", max = MAX_REPETITIONS)]
     TooManyRepetitions { index: usize, name: String },
+    #[error("the message has more than {max} fields and components", max = MAX_DELIMITERS)]
+    TooManyDelimiters,
     #[error("the structure parser failed at byte {position}")]
     Structure { position: usize },
     #[error("the structure parser read {consumed} of {total} bytes")]
@@ -112,10 +114,29 @@ impl RawMessage {
 /// proportion (every repetition becomes JSON, then a model object).
 pub const MAX_REPETITIONS: usize = 1000;
 
+/// Delimiters (field, repetition, component, subcomponent) in one message at most. The
+/// structure parser allocates per field and component, several hundred bytes each; a frame of
+/// millions of empty fields would take gigabytes. Real messages stay far below: a result with
+/// two thousand OBX segments has about a hundred thousand.
+pub const MAX_DELIMITERS: usize = 250_000;
+
 /// Rejects wrapped lines, segments joined by spaces or by a stray LF, which `hl7-parser` would
 /// silently cut short or read as one segment, and fields with absurd repetition counts.
 fn check_lines(lines: &[&str], delimiters: &Delimiters) -> Result<(), ParseError> {
     let field_separator = delimiters.field;
+    let separators = [
+        delimiters.field,
+        delimiters.repetition,
+        delimiters.component,
+        delimiters.subcomponent,
+    ];
+    let delimiter_count: usize = lines
+        .iter()
+        .map(|line| line.chars().filter(|c| separators.contains(c)).count())
+        .sum();
+    if delimiter_count > MAX_DELIMITERS {
+        return Err(ParseError::TooManyDelimiters);
+    }
     for (i, line) in lines.iter().enumerate() {
         if !starts_like_segment(line, field_separator) {
             return Err(ParseError::NotASegment { index: i + 1 });
@@ -129,11 +150,11 @@ fn check_lines(lines: &[&str], delimiters: &Delimiters) -> Result<(), ParseError
         }
         // With CR terminators an LF is data, but an LF followed by a segment name is a segment
         // end the sender got wrong: reading it as data would swallow that segment.
-        if line
-            .split('\n')
-            .skip(1)
-            .any(|rest| starts_like_segment(rest, field_separator))
-        {
+        let segment_after_lf = |rest: &str| {
+            rest.chars().nth(3) == Some(field_separator)
+                && starts_like_segment(rest, field_separator)
+        };
+        if line.split('\n').skip(1).any(segment_after_lf) {
             return Err(ParseError::LineFeedSegment {
                 index: i + 1,
                 name: name(),
