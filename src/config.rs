@@ -39,6 +39,14 @@ pub struct Config {
     /// `HL7BRIDGE_HTTP_MAX_CONNECTIONS`: open HTTP connections at most; more wait in the
     /// listen backlog. Default 1024.
     pub http_max_connections: usize,
+    /// `HL7BRIDGE_MLLP_MAX_CONNECTIONS`: MLLP connections served at once. Default 1024.
+    pub mllp_max_connections: usize,
+    /// `HL7BRIDGE_MLLP_MAX_CONNECTIONS_PER_PEER`: MLLP connections one address may hold.
+    /// Default 64.
+    pub mllp_max_connections_per_peer: usize,
+    /// `HL7BRIDGE_MLLP_IDLE_TIMEOUT_MS`: an MLLP connection with no frame for this long is
+    /// closed. Default 600000 (ten minutes).
+    pub mllp_idle_timeout_ms: u64,
     /// `HL7BRIDGE_MLLP_MAX_FRAME_BYTES`: the largest MLLP frame. Default 16 MiB.
     pub mllp_max_frame_bytes: usize,
     /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
@@ -59,6 +67,9 @@ impl Default for Config {
             canonical_base: "https://hl7bridge.dev/fhir".into(),
             max_body_bytes: 64 << 20,
             mllp_max_frame_bytes: 16 << 20,
+            mllp_max_connections: 1024,
+            mllp_max_connections_per_peer: 64,
+            mllp_idle_timeout_ms: 600_000,
             max_bundle_entries: 20_000,
             http_body_idle_timeout_ms: 30_000,
             http_body_timeout_ms: 120_000,
@@ -108,6 +119,12 @@ impl Config {
         setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
         setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
         setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");
+        setting!(mllp_max_connections, "MLLP_MAX_CONNECTIONS");
+        setting!(
+            mllp_max_connections_per_peer,
+            "MLLP_MAX_CONNECTIONS_PER_PEER"
+        );
+        setting!(mllp_idle_timeout_ms, "MLLP_IDLE_TIMEOUT_MS");
         if let Some((_, url)) = take("DATABASE_URL") {
             config.database_url = url;
         }
@@ -152,6 +169,9 @@ impl Config {
             self.http_max_connections,
             self.http_body_idle_timeout_ms as usize,
             self.http_body_timeout_ms as usize,
+            self.mllp_max_connections,
+            self.mllp_max_connections_per_peer,
+            self.mllp_idle_timeout_ms as usize,
         ];
         if limits.contains(&0) {
             problems.push("size, count and time limits must be greater than zero".into());
