@@ -23,6 +23,14 @@ pub async fn metadata(state: web::Data<FhirState>, req: HttpRequest) -> HttpResp
         .body(body.to_string())
 }
 
+/// The definition of the trace context extension, served by the server that defines it.
+pub async fn trace_context_definition(state: web::Data<FhirState>) -> HttpResponse {
+    let body = super::definitions::trace_context_definition(&state.canonical_base);
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string())
+}
+
 pub async fn read(state: web::Data<FhirState>, path: web::Path<(String, String)>) -> Answer {
     let (resource_type, id) = path.into_inner();
     let stored = live_resource(&state, &resource_type, &id).await?;

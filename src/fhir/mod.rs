@@ -1,13 +1,15 @@
 //! The FHIR R4 REST facade (JSON), on actix-web.
 //!
 //! Routes: `GET /metadata`, `POST /` (transaction or batch), `GET /{type}?identifier=…|_id=…`,
-//! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`. Anything else answers with an
+//! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and `GET /StructureDefinition/w3c-trace-context`, the
+//! definition of the extension every emitted Bundle carries. Anything else answers with an
 //! OperationOutcome. Every request runs in a server span continued from its `traceparent`
 //! header (see [`http_trace`]), and every Bundle carries that span's context in `meta`.
 
 pub mod bundle;
 mod capability;
 pub mod criteria;
+mod definitions;
 pub mod error;
 mod handlers;
 mod http_trace;
@@ -46,6 +48,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/Patient/{id}/$everything",
             web::get().to(handlers::everything),
+        )
+        .route(
+            "/StructureDefinition/w3c-trace-context",
+            web::get().to(handlers::trace_context_definition),
         )
         .route("/{type}", web::get().to(handlers::search))
         .route("/{type}/{id}", web::get().to(handlers::read))

@@ -335,3 +335,16 @@ async fn unknown_search_parameters_warn_by_default_and_fail_when_strict() {
     assert_eq!(response.status(), 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_serves_the_definition_of_its_trace_extension() {
+    let app = spawn_app().await;
+    let (status, definition) = app.get_json("/StructureDefinition/w3c-trace-context").await;
+    assert_eq!(status, 200);
+    assert_eq!(definition["resourceType"], "StructureDefinition");
+    assert_eq!(
+        definition["url"],
+        "https://hl7bridge.dev/fhir/StructureDefinition/w3c-trace-context"
+    );
+    app.stop().await;
+}
