@@ -1,9 +1,9 @@
 //! The FHIR R4 REST facade (JSON), on actix-web.
 //!
 //! Routes: `GET /metadata`, `POST /` (transaction or batch), `GET /{type}?identifier=…|_id=…`,
-//! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and `GET /StructureDefinition/w3c-trace-context`, the
-//! definition of the extension every emitted Bundle carries. Anything else answers with an
-//! OperationOutcome. Every request runs in a server span continued from its `traceparent`
+//! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and
+//! `GET /StructureDefinition/w3c-trace-context`, the definition of the extension every emitted
+//! Bundle carries. Anything else answers with an OperationOutcome. Every request runs in a server span continued from its `traceparent`
 //! header (see [`http_trace`]), and every Bundle carries that span's context in `meta`.
 
 pub mod bundle;
