@@ -45,6 +45,7 @@ impl Hl7Ingest {
             return ack;
         }
         let span = message_span(raw.header());
+        let header = raw.header().cloned();
         let context = self.map_context;
         let decided = tokio::task::spawn_blocking(move || {
             let (verdict, trace) = decide(&raw, &context);
@@ -52,18 +53,18 @@ impl Hl7Ingest {
         })
         .await;
         let Ok((raw, verdict, trace)) = decided else {
+            // Processing panicked (a defect): the sender still gets an answer naming its message.
+            tracing::error!("processing an HL7v2 message panicked");
             let error = internal("the message could not be processed");
-            return self
-                .commit(b"", None, Verdict::Refuse(AckCode::AE, error), meta)
-                .await;
+            let verdict = Verdict::Refuse(AckCode::AE, error);
+            return self.commit(b"", header.as_ref(), verdict, meta).await;
         };
         // Before the span is first entered: a started span cannot change its trace.
         continue_trace(&span, trace.as_ref());
         async {
-            let empty = Vec::new();
-            let ops = match &verdict {
+            let ops: &[_] = match &verdict {
                 Verdict::Accept(ops) => ops,
-                _ => &empty,
+                _ => &[],
             };
             let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
