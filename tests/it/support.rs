@@ -19,6 +19,21 @@ pub struct TestApp {
     pub client: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _database: TestDatabase,
+}
+
+/// A test's SQLite file, removed (with its WAL and shared-memory files) when the test ends,
+/// passed or not. PostgreSQL test databases are dropped by `.ci/run`.
+struct TestDatabase(Option<PathBuf>);
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+        }
+    }
 }
 
 static TELEMETRY: OnceLock<()> = OnceLock::new();
@@ -42,10 +57,11 @@ pub async fn spawn_app() -> TestApp {
 /// As [`spawn_app`], with settings changed by `adjust` first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
     init_telemetry();
+    let (database_url, database) = fresh_database().await;
     let mut config = Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mllp_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: fresh_database().await,
+        database_url,
         shutdown_timeout_ms: 5_000,
         ..Config::default()
     };
@@ -65,6 +81,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         client: reqwest::Client::new(),
         stop: Some(stop),
         task: Some(task),
+        _database: database,
     }
 }
 
@@ -155,13 +172,18 @@ pub fn field(message: &str, segment: &str, n: usize) -> String {
     fields.get(index).copied().unwrap_or("").to_string()
 }
 
-async fn fresh_database() -> String {
+async fn fresh_database() -> (String, TestDatabase) {
     match std::env::var("HL7BRIDGE_DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => fresh_postgres_database(&url).await,
+        Ok(url) if url.starts_with("postgres") => {
+            (fresh_postgres_database(&url).await, TestDatabase(None))
+        }
         _ => {
             let file =
                 std::env::temp_dir().join(format!("hl7bridge-test-{}.db", uuid::Uuid::new_v4()));
-            format!("sqlite://{}", file.display())
+            (
+                format!("sqlite://{}", file.display()),
+                TestDatabase(Some(file)),
+            )
         }
     }
 }
