@@ -77,6 +77,35 @@ impl Store {
         }
     }
 
+    /// A client span for one database operation, named and attributed per the OpenTelemetry
+    /// database conventions (`db.system.name` uses the registry's `postgresql`).
+    fn db_span(
+        &self,
+        operation: &'static str,
+        collection: &'static str,
+        summary: &'static str,
+    ) -> tracing::Span {
+        let system = match self.backend() {
+            DbBackend::Postgres => "postgresql",
+            _ => "sqlite",
+        };
+        tracing::info_span!(
+            "db.client",
+            otel.name = %format!("{operation} {collection}"),
+            otel.kind = "client",
+            db.system.name = system,
+            db.operation.name = operation,
+            db.collection.name = collection,
+            db.query.summary = summary,
+            hl7bridge.db.rows = tracing::field::Empty,
+        )
+    }
+
+    /// Whether the database answers and every migration is applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
+    }
+
     pub async fn close(self) {
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
+use tracing::Instrument;
 
 use super::compartment::SUPPORTING_TYPES;
 use super::{Store, StoreError};
@@ -160,7 +161,12 @@ impl Store {
         &self,
         patient_id: &str,
     ) -> Result<Vec<(SupportingMode, StoredResource)>, StoreError> {
-        let members = self.compartment_members(patient_id).await?;
+        let span = self.db_span("SELECT", "compartment", "$everything members");
+        let members = self
+            .compartment_members(patient_id)
+            .instrument(span.clone())
+            .await?;
+        span.record("hl7bridge.db.rows", members.len());
         let seen: HashSet<(String, String)> = members
             .iter()
             .map(|r| (r.resource_type.clone(), r.id.clone()))
@@ -170,7 +176,8 @@ impl Store {
             .map(|r| (SupportingMode::Match, r))
             .collect();
         out.sort_by_key(|(_, r)| r.resource_type != "Patient");
-        for r in self.supporting(patient_id).await? {
+        let span = self.db_span("SELECT", "resource_ref", "$everything includes");
+        for r in self.supporting(patient_id).instrument(span).await? {
             if !seen.contains(&(r.resource_type.clone(), r.id.clone())) {
                 out.push((SupportingMode::Include, r));
             }

@@ -16,6 +16,7 @@ use sea_orm::{
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::index::{extract, IndexRows};
 use super::{instant_text, now_us, Store, StoreError};
@@ -113,7 +114,12 @@ impl Store {
         };
         let mut attempt = 1;
         loop {
-            match self.write_once(&batch).await {
+            let span = self.db_span("UPSERT", "resource", "write batch");
+            span.record(
+                "hl7bridge.db.rows",
+                batch.ops.len() + batch.hl7_messages.len(),
+            );
+            match self.write_once(&batch).instrument(span).await {
                 Err(StoreError::Database(err))
                     if attempt < MAX_ATTEMPTS
                         && matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>

@@ -348,3 +348,13 @@ async fn the_server_serves_the_definition_of_its_trace_extension() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn health_and_readiness_answer_for_load_balancers() {
+    let app = spawn_app().await;
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("pass")));
+    let (status, ready) = app.get_json("/ready").await;
+    assert_eq!((status, ready["status"].as_str()), (200, Some("pass")));
+    app.stop().await;
+}
