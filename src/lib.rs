@@ -7,15 +7,15 @@
 //!   transport itself lives in the `hl7bridge-mllp` crate under `adapters/mllp`.
 //! - [`fhir`]: the FHIR REST facade (actix-web). All fhirbolt calls sit in the
 //!   `hl7bridge-fhir-codec` crate under `adapters/fhir-codec`.
-//! - [`health`]: `/health` and `/ready` for load balancers.
+//! - [`ops`]: `/health`, `/ready` and `/metrics` for load balancers and operators.
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
 
 pub mod config;
 pub mod fhir;
-pub mod health;
 pub mod ingest;
+pub mod ops;
 pub mod send;
 pub mod startup;
 pub mod store;

@@ -171,7 +171,7 @@ fn http_server(
             .app_data(state.clone())
             .wrap(from_fn(fhir::json_only))
             .wrap(from_fn(fhir::trace_requests))
-            .configure(crate::health::routes)
+            .configure(crate::ops::routes)
             .configure(fhir::routes)
     })
     .workers(workers)

@@ -32,8 +32,15 @@ pub async fn trace_requests(
         otel.status_code = tracing::field::Empty,
     );
     continue_trace(&span, parent_from(req.headers()).as_ref());
+    let started = std::time::Instant::now();
     let response = next.call(req).instrument(span.clone()).await?;
     let status = response.status();
+    crate::telemetry::metrics::metrics().http_request(
+        &route,
+        &method,
+        status.as_u16(),
+        started.elapsed(),
+    );
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");

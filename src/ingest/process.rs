@@ -1,5 +1,7 @@
 //! The MLLP message handler: one frame in, its ACKs out, after the data is committed.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use hl7bridge_mllp::{FrameMeta, MessageHandler};
 use tracing::Instrument;
@@ -12,6 +14,7 @@ use super::v2::{
 use super::verdict::{decide, Verdict};
 use crate::config::Config;
 use crate::store::{now_us, payload_hash, Hl7MessageRow, Store, WriteBatch};
+use crate::telemetry::metrics::metrics;
 use crate::telemetry::{continue_trace, span_traceparent};
 
 /// Table 0357 codes the handler itself decides on.
@@ -41,6 +44,7 @@ impl Hl7Ingest {
     }
 
     async fn process(&self, raw: RawMessage, meta: FrameMeta) -> String {
+        let started = Instant::now();
         if let Some(ack) = self.stored_ack_for_resend(&raw).await {
             return ack;
         }
@@ -57,7 +61,9 @@ impl Hl7Ingest {
             tracing::error!("processing an HL7v2 message panicked");
             let error = internal("the message could not be processed");
             let verdict = Verdict::Refuse(AckCode::AE, error);
-            return self.commit(b"", header.as_ref(), verdict, meta).await;
+            return self
+                .commit(b"", header.as_ref(), verdict, meta, started)
+                .await;
         };
         // Before the span is first entered: a started span cannot change its trace.
         continue_trace(&span, trace.as_ref());
@@ -68,7 +74,8 @@ impl Hl7Ingest {
             };
             let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
-            self.commit(raw.bytes(), raw.header(), verdict, meta).await
+            self.commit(raw.bytes(), raw.header(), verdict, meta, started)
+                .await
         }
         .instrument(span)
         .await
@@ -136,6 +143,7 @@ impl Hl7Ingest {
         header: Option<&Header>,
         verdict: Verdict,
         meta: FrameMeta,
+        started: Instant,
     ) -> String {
         let (code, errors, ops) = match verdict {
             Verdict::Accept(ops) => (Some(AckCode::AA), Vec::new(), ops),
@@ -158,30 +166,36 @@ impl Hl7Ingest {
             return ack;
         };
         match (stored, code) {
-            (Ok(_), AckCode::AA) => finish(ack, code),
+            (Ok(_), AckCode::AA) => finish(ack, code, header, started),
             (Ok(_), _) => {
                 message_refused(header, code, &errors[0]);
-                finish(ack, code)
+                finish(ack, code, header, started)
             }
             (Err(err), AckCode::AA) => {
                 tracing::warn!(error = %err, "storing an accepted message failed; answering AE");
                 let error = internal("the message could not be stored; resend it later");
                 message_refused(header, AckCode::AE, &error);
-                finish(ack_for(header, AckCode::AE, &[error]), AckCode::AE)
+                finish(
+                    ack_for(header, AckCode::AE, &[error]),
+                    AckCode::AE,
+                    header,
+                    started,
+                )
             }
             (Err(err), _) => {
                 tracing::warn!(error = %err, "storing a refused message failed");
                 message_refused(header, code, &errors[0]);
-                finish(ack, code)
+                finish(ack, code, header, started)
             }
         }
     }
 
     /// Answers a whole frame that cannot be taken apart, with the first header it holds.
     async fn refuse_frame(&self, frame: &[u8], error: AckError, meta: FrameMeta) -> Vec<u8> {
+        let started = Instant::now();
         let header = read_header(frame);
         let verdict = Verdict::Refuse(AckCode::AR, error);
-        self.commit(frame, header.as_ref(), verdict, meta)
+        self.commit(frame, header.as_ref(), verdict, meta, started)
             .await
             .into_bytes()
     }
@@ -315,7 +329,12 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
     );
 }
 
-fn finish(ack: String, code: AckCode) -> String {
+/// MessageAnswered: the span's ACK code, a debug line and the metrics, together.
+fn finish(ack: String, code: AckCode, header: Option<&Header>, started: Instant) -> String {
+    let value = |v: Option<&String>| v.cloned().unwrap_or_default();
+    let message_code = value(header.and_then(|h| h.message_code.as_ref()));
+    let trigger = value(header.and_then(|h| h.trigger_event.as_ref()));
+    metrics().hl7_message(&message_code, &trigger, code.as_str(), started.elapsed());
     tracing::Span::current().record("hl7bridge.ack_code", code.as_str());
     tracing::debug!(ack_code = code.as_str(), "message answered");
     ack

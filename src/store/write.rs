@@ -18,6 +18,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use crate::telemetry::metrics::metrics;
+
 use super::index::{extract, IndexRows};
 use super::{instant_text, now_us, Store, StoreError};
 
@@ -119,7 +121,10 @@ impl Store {
                 "hl7bridge.db.rows",
                 batch.ops.len() + batch.hl7_messages.len(),
             );
-            match self.write_once(&batch).instrument(span).await {
+            let started = std::time::Instant::now();
+            let result = self.write_once(&batch).instrument(span).await;
+            metrics().db_write(result.is_ok(), started.elapsed());
+            match result {
                 Err(StoreError::Database(err))
                     if attempt < MAX_ATTEMPTS
                         && matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) =>

@@ -10,6 +10,7 @@
 //! at info; recovered surprises at warn; error only when data was rejected for a reason an
 //! operator must act on. No patient data at any level.
 
+pub mod metrics;
 pub mod trace_context;
 
 use std::time::Duration;

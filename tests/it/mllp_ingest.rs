@@ -201,3 +201,34 @@ async fn a_corrected_message_under_the_same_control_id_is_processed_again() {
     assert_eq!(cholesterol["meta"]["versionId"], "2");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_messages_and_requests_without_patient_data() {
+    let app = spawn_app().await;
+    app.mllp_exchange(&[ORU]).await;
+    app.get_json("/Patient?identifier=TST100234").await;
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let oru = "hl7bridge_hl7v2_messages_total{message_code=\"ORU\",trigger_event=\"R01\",ack_code=\"AA\"}";
+    let count: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(oru))
+        .expect(oru)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(count >= 1);
+    assert!(text.contains(
+        "hl7bridge_http_requests_total{route=\"/{type}\",method=\"GET\",status=\"2xx\"}"
+    ));
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').expect("name and value");
+        assert!(name.starts_with("hl7bridge_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    for patient_data in ["Quill", "TST100234", "19800214"] {
+        assert!(!text.contains(patient_data), "{patient_data} in metrics");
+    }
+    app.stop().await;
+}

@@ -1,6 +1,6 @@
 //! Operational endpoints on the HTTP listener, outside the FHIR API: `GET /health` (the process
-//! answers) and `GET /ready` (the database answers and every migration is applied). Plain JSON,
-//! for load balancers and orchestrators.
+//! answers), `GET /ready` (the database answers and every migration is applied), both plain
+//! JSON for load balancers, and `GET /metrics` in the Prometheus text format.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -9,7 +9,14 @@ use crate::fhir::FhirState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready));
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::telemetry::metrics::metrics().render())
 }
 
 async fn health() -> HttpResponse {

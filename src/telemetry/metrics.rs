@@ -1,0 +1,259 @@
+//! Operator metrics, exposed at `GET /metrics` in the Prometheus text format.
+//!
+//! A deliberately small registry: counters and fixed-bucket histograms keyed by label values,
+//! behind one mutex each (a few updates per request or message). Label values never hold
+//! patient data: routes are patterns, message types are reduced to their HL7 code shape, and
+//! everything else is a closed set.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use super::trace_context::rejected_count;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+}
+
+struct Family<T> {
+    name: &'static str,
+    help: &'static str,
+    series: Mutex<BTreeMap<Labels, T>>,
+}
+
+impl<T: Default> Family<T> {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Family {
+            name,
+            help,
+            series: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn with(&self, labels: Labels, update: impl FnOnce(&mut T)) {
+        let mut series = self
+            .series
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        update(series.entry(labels).or_default());
+    }
+}
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    http_requests: Family<u64>,
+    http_duration: Family<Histogram>,
+    hl7_messages: Family<u64>,
+    hl7_duration: Family<Histogram>,
+    db_writes: Family<Histogram>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The process-wide registry.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics {
+        http_requests: Family::new(
+            "hl7bridge_http_requests_total",
+            "HTTP requests answered, by route, method and status class.",
+        ),
+        http_duration: Family::new(
+            "hl7bridge_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route.",
+        ),
+        hl7_messages: Family::new(
+            "hl7bridge_hl7v2_messages_total",
+            "HL7v2 messages answered, by message type, trigger event and ACK code.",
+        ),
+        hl7_duration: Family::new(
+            "hl7bridge_hl7v2_ack_duration_seconds",
+            "Time from a message's receipt to its ACK, by ACK code.",
+        ),
+        db_writes: Family::new(
+            "hl7bridge_db_write_duration_seconds",
+            "Time to commit one write batch, by outcome.",
+        ),
+    })
+}
+
+impl Metrics {
+    /// HttpRequestAnswered.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let class = format!("{}xx", status / 100);
+        let labels = vec![
+            ("route", route.to_string()),
+            ("method", method.to_string()),
+            ("status", class),
+        ];
+        self.http_requests.with(labels, |n| *n += 1);
+        self.http_duration
+            .with(vec![("route", route.to_string())], |h| {
+                h.observe(elapsed.as_secs_f64())
+            });
+    }
+
+    /// MessageAnswered. `code` and `trigger` come from MSH-9 and are reduced to the shape of an
+    /// HL7 code, so a sender cannot create unbounded series or smuggle text into labels.
+    pub fn hl7_message(&self, code: &str, trigger: &str, ack: &str, elapsed: Duration) {
+        let labels = vec![
+            ("message_code", hl7_code(code)),
+            ("trigger_event", hl7_code(trigger)),
+            ("ack_code", ack.to_string()),
+        ];
+        self.hl7_messages.with(labels, |n| *n += 1);
+        self.hl7_duration
+            .with(vec![("ack_code", ack.to_string())], |h| {
+                h.observe(elapsed.as_secs_f64())
+            });
+    }
+
+    /// BatchCommitted (or failed).
+    pub fn db_write(&self, committed: bool, elapsed: Duration) {
+        let outcome = if committed { "committed" } else { "failed" };
+        self.db_writes
+            .with(vec![("outcome", outcome.to_string())], |h| {
+                h.observe(elapsed.as_secs_f64())
+            });
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        render_counter(&mut out, &self.http_requests);
+        render_histogram(&mut out, &self.http_duration);
+        render_counter(&mut out, &self.hl7_messages);
+        render_histogram(&mut out, &self.hl7_duration);
+        render_histogram(&mut out, &self.db_writes);
+        let name = "hl7bridge_trace_context_rejected_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Inbound trace contexts that were malformed and replaced by a new trace."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", rejected_count());
+        out
+    }
+}
+
+fn hl7_code(value: &str) -> String {
+    let ok = (1..=4).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if ok {
+        value.to_string()
+    } else {
+        "other".to_string()
+    }
+}
+
+fn render_counter(out: &mut String, family: &Family<u64>) {
+    let _ = writeln!(
+        out,
+        "# HELP {} {}\n# TYPE {} counter",
+        family.name, family.help, family.name
+    );
+    let series = family.series.lock().unwrap_or_else(|p| p.into_inner());
+    for (labels, value) in series.iter() {
+        let _ = writeln!(out, "{}{} {value}", family.name, label_text(labels, None));
+    }
+}
+
+fn render_histogram(out: &mut String, family: &Family<Histogram>) {
+    let _ = writeln!(
+        out,
+        "# HELP {} {}\n# TYPE {} histogram",
+        family.name, family.help, family.name
+    );
+    let series = family.series.lock().unwrap_or_else(|p| p.into_inner());
+    for (labels, h) in series.iter() {
+        for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
+            let le = Some(bound.to_string());
+            let _ = writeln!(
+                out,
+                "{}_bucket{} {count}",
+                family.name,
+                label_text(labels, le)
+            );
+        }
+        let inf = label_text(labels, Some("+Inf".to_string()));
+        let _ = writeln!(out, "{}_bucket{inf} {}", family.name, h.count);
+        let plain = label_text(labels, None);
+        let _ = writeln!(
+            out,
+            "{}_sum{plain} {}\n{}_count{plain} {}",
+            family.name, h.sum, family.name, h.count
+        );
+    }
+}
+
+fn label_text(labels: &Labels, le: Option<String>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_histogram_counts_into_every_bucket_at_or_above_its_value() {
+        let mut h = Histogram::default();
+        h.observe(0.02);
+        assert_eq!(h.counts[..4], [0, 0, 0, 1]);
+        assert_eq!(h.counts[11], 1);
+        assert_eq!(h.count, 1);
+    }
+
+    #[test]
+    fn sender_text_never_becomes_a_label_value() {
+        assert_eq!(hl7_code("ORU"), "ORU");
+        assert_eq!(hl7_code("Jane Doe"), "other");
+        assert_eq!(hl7_code(""), "other");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let labels = vec![("route", "a\"b\\c".to_string())];
+        assert_eq!(label_text(&labels, None), r#"{route="a\"b\\c"}"#);
+    }
+}
