@@ -8,5 +8,6 @@ mod fhir_api;
 mod fhir_hostile;
 mod mllp_hostile;
 mod mllp_ingest;
+mod ops_endpoints;
 mod otlp_export;
 mod support;

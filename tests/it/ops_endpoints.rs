@@ -1,0 +1,57 @@
+//! `/metrics` checked by Prometheus' own linter. `promtool` comes from Debian's `prometheus`
+//! package, which `.ci/run` installs; elsewhere the test says so and skips.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::support::spawn_app;
+
+const ORU: &[u8] = include_bytes!("../fixtures/oru_r01_ztr.hl7");
+
+fn promtool_available() -> bool {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || std::env::var("CI").is_err(),
+        "CI must provide promtool"
+    );
+    if !found {
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    if !promtool_available() {
+        return;
+    }
+    let app = spawn_app().await;
+    app.mllp_exchange(&[ORU, b"PID|1||X\r"]).await;
+    app.get_json("/Patient?identifier=TST100234").await;
+    app.get_json("/Patient/missing").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
+    app.stop().await;
+}
