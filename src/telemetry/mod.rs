@@ -1,6 +1,7 @@
 //! Logs and traces.
 //!
-//! Logs are JSON lines on stdout, filtered by `RUST_LOG` (default `info`). Spans always get
+//! Logs are JSON lines on stdout, filtered by `RUST_LOG` (default `info`), each written inside a
+//! span carrying that span's `trace_id` and `span_id`. Spans always get
 //! W3C ids — every carrier needs them, exported or not — and are exported over OTLP
 //! (http/protobuf, batch processor) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. The other standard `OTEL_*` variables (headers,
@@ -10,6 +11,7 @@
 //! at info; recovered surprises at warn; error only when data was rejected for a reason an
 //! operator must act on. No patient data at any level.
 
+mod log_format;
 pub mod metrics;
 pub mod trace_context;
 
@@ -54,8 +56,12 @@ impl Telemetry {
         let log_filter =
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(quiet));
         let logs = tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(false);
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(log_format::WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(false),
+            ));
         let spans = tracing_opentelemetry::layer().with_tracer(tracer);
         tracing_subscriber::registry()
             .with(logs.with_filter(log_filter))
