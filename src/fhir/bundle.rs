@@ -30,6 +30,23 @@ impl BundleTrace {
     }
 }
 
+/// The trace context a posted Bundle carries in `meta.extension`, when valid.
+pub fn carried_trace(bundle: &Value, extension_url: &str) -> Option<crate::telemetry::TraceParent> {
+    let extensions = bundle.pointer("/meta/extension")?.as_array()?;
+    let ours = extensions
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(extension_url))?;
+    let part = |name: &str| {
+        ours.get("extension")?
+            .as_array()?
+            .iter()
+            .find(|e| e.get("url").and_then(Value::as_str) == Some(name))?
+            .get("valueString")?
+            .as_str()
+    };
+    crate::telemetry::TraceParent::from_carrier(part("traceparent"), part("tracestate"))
+}
+
 /// `Bundle.meta`: the trace extension (when there is a trace) and `lastUpdated`.
 pub fn meta(trace: Option<&BundleTrace>) -> Value {
     let mut meta = serde_json::Map::new();
@@ -153,6 +170,20 @@ mod tests {
             "https://x.test/fhir/StructureDefinition/w3c-trace-context"
         );
         assert_eq!(ext["extension"][0]["valueString"], trace.traceparent);
+    }
+
+    #[test]
+    fn a_posted_bundles_trace_context_is_read_from_its_meta() {
+        let url = BundleTrace::extension_url("https://x.test/fhir");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let bundle = json!({"resourceType": "Bundle", "meta": {"extension": [{"url": url,
+            "extension": [{"url": "traceparent", "valueString": tp}]}]}});
+        let carried = carried_trace(&bundle, &url).unwrap();
+        assert_eq!(
+            carried.parent_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert!(carried_trace(&json!({"resourceType": "Bundle"}), &url).is_none());
     }
 
     #[test]

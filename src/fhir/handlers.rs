@@ -147,6 +147,9 @@ pub async fn post_bundle(
     let bundle = tokio::task::spawn_blocking(move || parse_json(&bytes))
         .await
         .map_err(|_| FhirError::Internal)??;
+    let extension_url = BundleTrace::extension_url(&state.canonical_base);
+    let carried = super::bundle::carried_trace(&bundle, &extension_url);
+    crate::telemetry::link_payload_context(&tracing::Span::current(), carried.as_ref());
     let limits = &state.bundle_limits;
     let trace = trace(&state);
     let gate = &state.conditional_gate;

@@ -118,6 +118,18 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<&TraceParent>) {
     }
 }
 
+/// Links `span` to a context that a payload carried (a posted Bundle's meta, say) when it
+/// differs from the span's own: the transport carrier is the parent, the payload's a link.
+pub fn link_payload_context(span: &tracing::Span, payload: Option<&TraceParent>) {
+    let Some(payload) = payload else { return };
+    let linked = payload.to_context();
+    let linked = linked.span().span_context().clone();
+    let own = span.context().span().span_context().clone();
+    if linked.trace_id() != own.trace_id() || linked.span_id() != own.span_id() {
+        span.add_link(linked);
+    }
+}
+
 /// `traceparent` (and `tracestate`) naming `span`, for outbound carriers.
 pub fn span_traceparent(span: &tracing::Span) -> Option<(String, Option<String>)> {
     let cx = span.context();
@@ -143,6 +155,36 @@ mod tests {
             let (traceparent, _) = span_traceparent(&span).expect("a valid context");
             assert_eq!(traceparent.len(), 55);
         });
+    }
+
+    #[test]
+    fn a_differing_payload_context_becomes_a_link_of_the_transport_span() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let transport = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let payload = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request");
+            continue_trace(
+                &span,
+                TraceParent::from_carrier(Some(transport), None).as_ref(),
+            );
+            link_payload_context(
+                &span,
+                TraceParent::from_carrier(Some(payload), None).as_ref(),
+            );
+        });
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(
+            spans[0].span_context.trace_id().to_string(),
+            &transport[3..35]
+        );
+        let link = &spans[0].links.links[0];
+        assert_eq!(link.span_context.trace_id().to_string(), &payload[3..35]);
     }
 
     #[test]
