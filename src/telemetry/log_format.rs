@@ -32,9 +32,9 @@ where
         let ids = span.span_context();
         if ids.is_valid() && line.ends_with("}\n") {
             line.truncate(line.len() - 2);
-            write!(
+            writeln!(
                 line,
-                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"}}\n",
+                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
                 ids.trace_id(),
                 ids.span_id()
             )?;
