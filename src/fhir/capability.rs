@@ -1,5 +1,6 @@
-//! The CapabilityStatement served at `/metadata`. It claims only what works today: read, vread and
-//! identifier/_id search on every type, `$everything` on Patient, transaction and batch.
+//! The CapabilityStatement served at `/metadata`. It claims only what works today: read, vread,
+//! create (with conditional create), update (with update-as-create), delete and identifier/_id
+//! search on every type, `$everything` on Patient, transaction and batch.
 
 use serde_json::{json, Value};
 
@@ -29,7 +30,12 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
 fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
-        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "search-type"}],
+        "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
+            {"code": "delete"}, {"code": "search-type"}],
+        "versioning": "versioned",
+        "readHistory": true,
+        "updateCreate": true,
+        "conditionalCreate": true,
         "searchParam": [
             {"name": "identifier", "type": "token"},
             {"name": "_id", "type": "token"},

@@ -14,7 +14,7 @@ use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::{IdentifierLookup, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
 
-type Answer = Result<HttpResponse, FhirError>;
+pub(super) type Answer = Result<HttpResponse, FhirError>;
 
 pub async fn metadata(state: web::Data<FhirState>, req: HttpRequest) -> HttpResponse {
     let body = capability_statement(&base_url(&state, &req), &state.started);
@@ -141,12 +141,7 @@ pub async fn post_bundle(
     req: HttpRequest,
     body: web::Payload,
 ) -> Answer {
-    check_content_type(&req)?;
-    let _budget = state.body_budget.reserve(declared_length(&req)).await;
-    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
-    let bundle = tokio::task::spawn_blocking(move || parse_json(&bytes))
-        .await
-        .map_err(|_| FhirError::Internal)??;
+    let bundle = read_json_body(&state, &req, body).await?;
     let extension_url = BundleTrace::extension_url(&state.canonical_base);
     let carried = super::bundle::carried_trace(&bundle, &extension_url);
     crate::telemetry::link_payload_context(&tracing::Span::current(), carried.as_ref());
@@ -155,6 +150,21 @@ pub async fn post_bundle(
     let gate = &state.conditional_gate;
     let response = transaction::process(&state.store, gate, limits, bundle, trace.as_ref()).await?;
     Ok(bundle_response(response.to_string()))
+}
+
+/// The request body as JSON: content type checked, size and time bounded, parsed off the I/O
+/// worker. The memory budget is held only while reading and parsing.
+pub(super) async fn read_json_body(
+    state: &FhirState,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<Value, FhirError> {
+    check_content_type(req)?;
+    let _budget = state.body_budget.reserve(declared_length(req)).await;
+    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
+    tokio::task::spawn_blocking(move || parse_json(&bytes))
+        .await
+        .map_err(|_| FhirError::Internal)?
 }
 
 pub async fn unsupported(req: HttpRequest) -> Answer {
@@ -272,7 +282,7 @@ fn trace(state: &FhirState) -> Option<BundleTrace> {
     })
 }
 
-fn base_url(state: &FhirState, req: &HttpRequest) -> String {
+pub(super) fn base_url(state: &FhirState, req: &HttpRequest) -> String {
     if let Some(base) = &state.public_base_url {
         return base.clone();
     }

@@ -1,6 +1,8 @@
 //! The FHIR R4 REST facade (JSON), on actix-web.
 //!
-//! Routes: `GET /metadata`, `POST /` (transaction or batch), `GET /{type}?identifier=…|_id=…`,
+//! Routes: `GET /metadata`, `POST /` (transaction or batch), `POST /{type}` (create, with
+//! `If-None-Exist`), `PUT /{type}/{id}` (update or create), `DELETE /{type}/{id}`,
+//! `GET /{type}?identifier=…|_id=…`,
 //! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and
 //! `GET /StructureDefinition/w3c-trace-context`, the definition of the extension every emitted
 //! Bundle carries. Anything else answers with an OperationOutcome. Every request runs in a server span continued from its `traceparent`
@@ -16,6 +18,7 @@ mod http_trace;
 pub mod id;
 mod negotiate;
 mod references;
+mod rest;
 pub mod transaction;
 
 use actix_web::web;
@@ -54,6 +57,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(handlers::trace_context_definition),
         )
         .route("/{type}", web::get().to(handlers::search))
+        .route("/{type}", web::post().to(rest::create))
+        .route("/{type}/{id}", web::put().to(rest::update))
+        .route("/{type}/{id}", web::delete().to(rest::delete))
         .route("/{type}/{id}", web::get().to(handlers::read))
         .route(
             "/{type}/{id}/_history/{vid}",

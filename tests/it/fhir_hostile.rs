@@ -240,14 +240,14 @@ async fn forwarded_headers_do_not_change_the_urls_the_server_writes() {
 #[tokio::test]
 async fn unsupported_methods_formats_and_encodings_get_the_right_4xx() {
     let app = spawn_app().await;
-    let put = app
+    let patch = app
         .client
-        .put(format!("{}/Patient/x", app.base))
+        .patch(format!("{}/Patient/x", app.base))
         .body("{}")
         .send()
         .await
         .unwrap();
-    assert_eq!(put.status(), 405);
+    assert_eq!(patch.status(), 405);
     let xml = app
         .client
         .get(format!("{}/metadata", app.base))

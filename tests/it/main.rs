@@ -7,6 +7,7 @@ mod collector_config;
 mod corpus;
 mod fhir_api;
 mod fhir_hostile;
+mod fhir_rest;
 mod mllp_hostile;
 mod mllp_ingest;
 mod ops_endpoints;

@@ -1,0 +1,175 @@
+//! Single-resource interactions: create (`POST /{type}`), update (`PUT /{type}/{id}`) and delete
+//! (`DELETE /{type}/{id}`). Each runs as a one-entry transaction, so every rule of the Bundle
+//! path holds for both: the model check, `If-None-Exist` (conditional create), reference
+//! resolution, versioning, and the per-node serialisation of conditional creates.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::error::{FhirError, FHIR_JSON};
+use super::handlers::{base_url, read_json_body, Answer};
+use super::id::{is_resource_type, is_valid_id};
+use super::{transaction, FhirState};
+
+pub async fn create(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+) -> Answer {
+    let resource_type = known_type(path.into_inner())?;
+    let resource = read_json_body(&state, &req, body).await?;
+    let mut request = json!({"method": "POST", "url": resource_type});
+    if let Some(query) = header_text(&req, "if-none-exist") {
+        request["ifNoneExist"] = json!(query);
+    }
+    run(
+        &state,
+        &req,
+        &resource_type,
+        json!({"resource": resource, "request": request}),
+    )
+    .await
+}
+
+pub async fn update(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Answer {
+    let (resource_type, id) = path.into_inner();
+    let resource_type = known_type(resource_type)?;
+    valid_id(&id)?;
+    let resource = read_json_body(&state, &req, body).await?;
+    let request = json!({"method": "PUT", "url": format!("{resource_type}/{id}")});
+    run(
+        &state,
+        &req,
+        &resource_type,
+        json!({"resource": resource, "request": request}),
+    )
+    .await
+}
+
+pub async fn delete(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Answer {
+    let (resource_type, id) = path.into_inner();
+    let resource_type = known_type(resource_type)?;
+    valid_id(&id)?;
+    let request = json!({"method": "DELETE", "url": format!("{resource_type}/{id}")});
+    run(&state, &req, &resource_type, json!({"request": request})).await
+}
+
+/// Runs `entry` as a one-entry transaction and answers as the single interaction would.
+async fn run(
+    state: &FhirState,
+    req: &HttpRequest,
+    resource_type: &str,
+    mut entry: Value,
+) -> Answer {
+    for (name, field) in [
+        ("if-match", "ifMatch"),
+        ("if-none-match", "ifNoneMatch"),
+        ("if-modified-since", "ifModifiedSince"),
+    ] {
+        if let Some(value) = header_text(req, name) {
+            entry["request"][field] = json!(value);
+        }
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+    let gate = &state.conditional_gate;
+    let response = transaction::process(&state.store, gate, &state.bundle_limits, bundle, None)
+        .await
+        .map_err(|e| without_entry(e, resource_type))?;
+    let outcome = &response["entry"][0]["response"];
+    answer(state, req, outcome).await
+}
+
+async fn answer(state: &FhirState, req: &HttpRequest, outcome: &Value) -> Answer {
+    let status_text = outcome["status"].as_str().unwrap_or("500");
+    let code: u16 = status_text
+        .split(' ')
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(500);
+    let status = StatusCode::from_u16(code).map_err(|_| FhirError::Internal)?;
+    let mut response = HttpResponse::build(status);
+    let Some(location) = outcome["location"].as_str() else {
+        return Ok(response.finish());
+    };
+    response.insert_header((
+        header::LOCATION,
+        format!("{}/{location}", base_url(state, req)),
+    ));
+    if let Some(etag) = outcome["etag"].as_str() {
+        response.insert_header((header::ETAG, etag.to_string()));
+    }
+    let mut parts = location.split('/');
+    let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {
+        return Ok(response.finish());
+    };
+    if prefers_minimal(req) {
+        return Ok(response.finish());
+    }
+    match state.store.read(resource_type, id).await? {
+        Some(stored) if !stored.deleted => {
+            Ok(response.content_type(FHIR_JSON).body(stored.content))
+        }
+        _ => Ok(response.finish()),
+    }
+}
+
+/// A single interaction's errors name the resource, not a Bundle entry.
+fn without_entry(err: FhirError, resource_type: &str) -> FhirError {
+    match err {
+        FhirError::AtEntry { error, .. } => match *error {
+            FhirError::Invalid {
+                message,
+                expression,
+            } => FhirError::Invalid {
+                message,
+                expression: expression.map(|e| match e.strip_prefix("resource") {
+                    Some(rest) => format!("{resource_type}{rest}"),
+                    None => e,
+                }),
+            },
+            other => other,
+        },
+        other => other,
+    }
+}
+
+fn known_type(resource_type: String) -> Result<String, FhirError> {
+    if is_resource_type(&resource_type) {
+        Ok(resource_type)
+    } else {
+        Err(FhirError::NotFound(format!(
+            "unknown resource type {resource_type:?}"
+        )))
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), FhirError> {
+    if is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(FhirError::invalid(format!("{id:?} is not a valid id")))
+    }
+}
+
+fn header_text(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers().get(name)?.to_str().ok().map(String::from)
+}
+
+fn prefers_minimal(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+}

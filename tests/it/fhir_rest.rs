@@ -1,0 +1,122 @@
+//! Single-resource create, update and delete over HTTP.
+
+use serde_json::{json, Value};
+
+use crate::support::spawn_app;
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = request
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_create_answers_201_with_location_etag_and_the_stored_resource() {
+    let app = spawn_app().await;
+    let patient =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:rest", "value": "R1"}]});
+    let (status, headers, body) =
+        send(app.client.post(format!("{}/Patient", app.base)), patient).await;
+    assert_eq!(status, 201, "{body}");
+    let location = headers["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{}/Patient/", app.base))
+            && location.ends_with("/_history/1")
+    );
+    assert_eq!(headers["etag"], "W/\"1\"");
+    let stored: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stored["meta"]["versionId"], "1");
+    let (status, _) = app
+        .get_json(&format!("/Patient/{}", stored["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_conditional_create_with_if_none_exist_returns_the_existing_resource() {
+    let app = spawn_app().await;
+    let patient =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:rest", "value": "R2"}]});
+    let post = || {
+        app.client
+            .post(format!("{}/Patient", app.base))
+            .header("if-none-exist", "identifier=urn:rest|R2")
+    };
+    let (first, h1, _) = send(post(), patient.clone()).await;
+    let (second, h2, _) = send(post(), patient).await;
+    assert_eq!((first, second), (201, 200));
+    let id = |h: &reqwest::header::HeaderMap| {
+        h["location"]
+            .to_str()
+            .unwrap()
+            .split('/')
+            .nth(4)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(id(&h1), id(&h2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_creates_then_versions_and_a_delete_leaves_410() {
+    let app = spawn_app().await;
+    let url = format!("{}/Patient/upd1", app.base);
+    let v1 = json!({"resourceType": "Patient", "id": "upd1", "gender": "male"});
+    let v2 = json!({"resourceType": "Patient", "id": "upd1", "gender": "female"});
+    let (created, _, _) = send(app.client.put(&url), v1).await;
+    let (updated, headers, body) = send(app.client.put(&url), v2).await;
+    assert_eq!((created, updated), (201, 200));
+    assert_eq!(headers["etag"], "W/\"2\"");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["gender"],
+        "female"
+    );
+    let deleted = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (status, outcome) = app.get_json("/Patient/upd1").await;
+    assert_eq!(
+        (status, outcome["issue"][0]["code"].as_str()),
+        (410, Some("deleted"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_single_resources_get_an_outcome_naming_the_element() {
+    let app = spawn_app().await;
+    let bad = json!({"resourceType": "Patient", "name": []});
+    let (status, _, body) = send(app.client.post(format!("{}/Patient", app.base)), bad).await;
+    assert_eq!(status, 400);
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["issue"][0]["expression"][0], "Patient.name");
+    let wrong = json!({"resourceType": "Observation"});
+    let (status, _, _) = send(app.client.post(format!("{}/Patient", app.base)), wrong).await;
+    assert_eq!(status, 400);
+    let mismatch = json!({"resourceType": "Patient", "id": "other"});
+    let (status, _, _) = send(
+        app.client.put(format!("{}/Patient/one", app.base)),
+        mismatch,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = send(
+        app.client
+            .put(format!("{}/Patient/one", app.base))
+            .header("if-match", "W/\"1\""),
+        json!({"resourceType": "Patient", "id": "one"}),
+    )
+    .await;
+    assert_eq!(status, 405, "If-Match is refused until it is enforced");
+    app.stop().await;
+}
