@@ -107,6 +107,76 @@ pub fn searchset(
     out
 }
 
+/// One page of an instance history as JSON text, newest version first. Each entry says what
+/// happened: created (version 1), updated, or deleted (no resource).
+pub fn history(
+    base: &str,
+    links: &[(&str, String)],
+    total: i64,
+    versions: &[StoredResource],
+    trace: Option<&BundleTrace>,
+) -> String {
+    let links: Vec<Value> = links
+        .iter()
+        .map(|(relation, url)| json!({"relation": relation, "url": url}))
+        .collect();
+    let head = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": meta(trace),
+        "type": "history",
+        "total": total,
+        "link": links,
+    })
+    .to_string();
+    if versions.is_empty() {
+        return head;
+    }
+    let mut out = String::with_capacity(
+        head.len()
+            + versions
+                .iter()
+                .map(|v| v.content.len() + 256)
+                .sum::<usize>(),
+    );
+    out.push_str(&head[..head.len() - 1]);
+    out.push_str(",\"entry\":[");
+    for (i, version) in versions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_history_entry(&mut out, base, version);
+    }
+    out.push_str("]}");
+    out
+}
+
+fn push_history_entry(out: &mut String, base: &str, v: &StoredResource) {
+    let path = format!("{}/{}", v.resource_type, v.id);
+    let (method, url, status) = match (v.deleted, v.version_id) {
+        (true, _) => ("DELETE", path.clone(), "204 No Content"),
+        (false, 1) => ("POST", v.resource_type.clone(), "201 Created"),
+        (false, _) => ("PUT", path.clone(), "200 OK"),
+    };
+    out.push_str("{\"fullUrl\":");
+    out.push_str(&Value::String(format!("{base}/{path}")).to_string());
+    if !v.deleted {
+        out.push_str(",\"resource\":");
+        out.push_str(&v.content);
+    }
+    let tail = json!({
+        "request": {"method": method, "url": url},
+        "response": {
+            "status": status,
+            "etag": format!("W/\"{}\"", v.version_id),
+            "lastModified": instant_text(v.last_updated_us),
+        },
+    })
+    .to_string();
+    out.push(',');
+    out.push_str(&tail[1..]);
+}
+
 fn push_entry(out: &mut String, base: &str, entry: &SearchEntry<'_>) {
     let r = entry.resource;
     let full_url = format!("{base}/{}/{}", r.resource_type, r.id);

@@ -31,7 +31,7 @@ fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-            {"code": "delete"}, {"code": "search-type"}],
+            {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}],
         "versioning": "versioned",
         "readHistory": true,
         "updateCreate": true,

@@ -59,6 +59,63 @@ pub async fn vread(
     }
 }
 
+/// Most versions on one history page, and the default.
+const MAX_HISTORY_PAGE: u32 = 1000;
+const DEFAULT_HISTORY_PAGE: u32 = 50;
+
+pub async fn history(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Answer {
+    let (resource_type, id) = path.into_inner();
+    if !is_resource_type(&resource_type) || !is_valid_id(&id) {
+        return Err(FhirError::NotFound(format!(
+            "{resource_type}/{id} is not known"
+        )));
+    }
+    let query = SearchQuery::parse(req.query_string(), &["_count", "_page_before"])?;
+    query.check_ignored(&req)?;
+    let number = |name: &str| -> Result<Option<i64>, FhirError> {
+        let Some((_, raw)) = query.known.iter().rev().find(|(n, _)| n == name) else {
+            return Ok(None);
+        };
+        raw.parse()
+            .map(Some)
+            .map_err(|_| FhirError::invalid(format!("{name} must be a whole number")))
+    };
+    let count = number("_count")?
+        .unwrap_or(DEFAULT_HISTORY_PAGE.into())
+        .clamp(1, MAX_HISTORY_PAGE.into());
+    let before = number("_page_before")?;
+    let Some(current) = state.store.read(&resource_type, &id).await? else {
+        return Err(FhirError::NotFound(format!(
+            "{resource_type}/{id} is not known"
+        )));
+    };
+    let versions = state
+        .store
+        .history(&resource_type, &id, before, count as u32)
+        .await?;
+    let base = base_url(&state, &req);
+    let page_url = |before: Option<i64>| {
+        let cursor = before
+            .map(|b| format!("&_page_before={b}"))
+            .unwrap_or_default();
+        format!("{base}/{resource_type}/{id}/_history?_count={count}{cursor}")
+    };
+    let mut links = vec![("self", page_url(before))];
+    if let Some(oldest) = versions
+        .last()
+        .filter(|v| v.version_id > 1 && versions.len() as i64 == count)
+    {
+        links.push(("next", page_url(Some(oldest.version_id))));
+    }
+    let total = current.version_id;
+    let body = super::bundle::history(&base, &links, total, &versions, trace(&state).as_ref());
+    Ok(bundle_response(body))
+}
+
 fn resource_response(stored: StoredResource) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(FHIR_JSON)

@@ -3,7 +3,8 @@
 //! Routes: `GET /metadata`, `POST /` (transaction or batch), `POST /{type}` (create, with
 //! `If-None-Exist`), `PUT /{type}/{id}` (update or create), `DELETE /{type}/{id}`,
 //! `GET /{type}?identifier=…|_id=…`,
-//! `GET /{type}/{id}`, `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and
+//! `GET /{type}/{id}`, `GET /{type}/{id}/_history` (paged, newest first),
+//! `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and
 //! `GET /StructureDefinition/w3c-trace-context`, the definition of the extension every emitted
 //! Bundle carries. Anything else answers with an OperationOutcome. Every request runs in a server span continued from its `traceparent`
 //! header (see [`http_trace`]), and every Bundle carries that span's context in `meta`.
@@ -58,6 +59,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/{type}", web::get().to(handlers::search))
         .route("/{type}", web::post().to(rest::create))
+        .route("/{type}/{id}/_history", web::get().to(handlers::history))
         .route("/{type}/{id}", web::put().to(rest::update))
         .route("/{type}/{id}", web::delete().to(rest::delete))
         .route("/{type}/{id}", web::get().to(handlers::read))

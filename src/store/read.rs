@@ -61,6 +61,31 @@ impl Store {
         rows.first().map(stored).transpose()
     }
 
+    /// Versions of one resource, newest first, below `before` (a version id) when given, at most
+    /// `limit` of them: one page of its history, by keyset, so pages stay stable while new
+    /// versions are written.
+    pub async fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, \
+                   r.content FROM resource_version r \
+                   WHERE r.resource_type = ? AND r.id = ? AND r.version_id < ? \
+                   ORDER BY r.version_id DESC LIMIT ?";
+        let before = before.unwrap_or(i64::MAX);
+        let params = vec![
+            resource_type.into(),
+            id.into(),
+            before.into(),
+            i64::from(limit).into(),
+        ];
+        let rows = self.query(sql, params).await?;
+        rows.iter().map(stored).collect()
+    }
+
     /// Earlier receipts of a message with this sender and control id: (payload hash, ACK code,
     /// ACK), newest first, at most ten.
     pub async fn earlier_receipts(

@@ -120,3 +120,63 @@ async fn invalid_single_resources_get_an_outcome_naming_the_element() {
     assert_eq!(status, 405, "If-Match is refused until it is enforced");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn instance_history_pages_newest_first_through_next_links() {
+    let app = spawn_app().await;
+    let url = format!("{}/Patient/hist1", app.base);
+    for gender in ["male", "female", "other"] {
+        let patient = json!({"resourceType": "Patient", "id": "hist1", "gender": gender});
+        let (status, _, _) = send(app.client.put(&url), patient).await;
+        assert!(status == 200 || status == 201);
+    }
+    assert_eq!(app.client.delete(&url).send().await.unwrap().status(), 204);
+
+    let (status, page) = app.get_json("/Patient/hist1/_history?_count=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (page["type"].as_str(), page["total"].as_i64()),
+        (Some("history"), Some(4))
+    );
+    let methods = |page: &Value| -> Vec<String> {
+        page["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request"]["method"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(methods(&page), ["DELETE", "PUT"]);
+    assert!(
+        page["entry"][0].get("resource").is_none(),
+        "a deletion has no resource"
+    );
+    assert_eq!(page["entry"][1]["resource"]["gender"], "other");
+    let next = page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link")["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second: Value = app
+        .client
+        .get(&next)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(methods(&second), ["PUT", "POST"]);
+    assert!(second["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["relation"] != "next"));
+    let (status, _) = app.get_json("/Patient/nobody/_history").await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
