@@ -105,7 +105,7 @@ impl Metrics {
         let class = format!("{}xx", status / 100);
         let labels = vec![
             ("route", route.to_string()),
-            ("method", method.to_string()),
+            ("method", known_method(method)),
             ("status", class),
         ];
         self.http_requests.with(labels, |n| *n += 1);
@@ -154,6 +154,18 @@ impl Metrics {
         );
         let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", rejected_count());
         out
+    }
+}
+
+/// Methods are client-chosen tokens: only the standard ones become label values.
+fn known_method(method: &str) -> String {
+    const KNOWN: &[&str] = &[
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    if KNOWN.contains(&method) {
+        method.to_string()
+    } else {
+        "other".to_string()
     }
 }
 
@@ -242,6 +254,12 @@ mod tests {
         assert_eq!(h.counts[..4], [0, 0, 0, 1]);
         assert_eq!(h.counts[11], 1);
         assert_eq!(h.count, 1);
+    }
+
+    #[test]
+    fn custom_http_methods_share_one_series() {
+        assert_eq!(known_method("GET"), "GET");
+        assert_eq!(known_method("FROBNICATE"), "other");
     }
 
     #[test]
