@@ -19,7 +19,7 @@ pub async fn trace_requests(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    let method = crate::telemetry::metrics::known_method(req.method().as_str());
     let span = tracing::info_span!(
         "http.server",
         otel.name = %format!("{method} {route}"),

@@ -157,15 +157,16 @@ impl Metrics {
     }
 }
 
-/// Methods are client-chosen tokens: only the standard ones become label values.
-fn known_method(method: &str) -> String {
+/// Methods are client-chosen tokens: only the standard ones are kept, others become `_OTHER`
+/// as the HTTP semantic conventions ask (for span attributes and metric labels alike).
+pub fn known_method(method: &str) -> String {
     const KNOWN: &[&str] = &[
         "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
     ];
     if KNOWN.contains(&method) {
         method.to_string()
     } else {
-        "other".to_string()
+        "_OTHER".to_string()
     }
 }
 
@@ -259,7 +260,7 @@ mod tests {
     #[test]
     fn custom_http_methods_share_one_series() {
         assert_eq!(known_method("GET"), "GET");
-        assert_eq!(known_method("FROBNICATE"), "other");
+        assert_eq!(known_method("FROBNICATE"), "_OTHER");
     }
 
     #[test]
