@@ -155,12 +155,15 @@ pub fn is_resource_type(name: &str) -> bool {
     R4_RESOURCE_TYPES.binary_search(&name).is_ok()
 }
 
-/// Whether `id` is a valid logical id: `[A-Za-z0-9\-\.]{1,64}`.
+/// Whether `id` is a valid logical id: `[A-Za-z0-9\-\.]{1,64}`, and not made of dots only:
+/// R4 allows `.` and `..`, but as URL path segments they are dot-segments that clients and
+/// proxies resolve away, so such a resource could never be read back.
 pub fn is_valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !id.bytes().all(|b| b == b'.')
 }
 
 /// `Type/id` or `Type/id/_history/vid`, split.
@@ -203,6 +206,8 @@ mod tests {
         assert!(!is_valid_id(""));
         assert!(!is_valid_id("a/b"));
         assert!(!is_valid_id(&"x".repeat(65)));
+        assert!(!is_valid_id(".."));
+        assert!(is_valid_id("a.b"));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub async fn create(
     let resource_type = known_type(path.into_inner())?;
     let resource = read_json_body(&state, &req, body).await?;
     let mut request = json!({"method": "POST", "url": resource_type});
-    if let Some(query) = header_text(&req, "if-none-exist") {
+    if let Some(query) = header_text(&req, "if-none-exist")? {
         request["ifNoneExist"] = json!(query);
     }
     run(
@@ -77,7 +77,7 @@ async fn run(
         ("if-none-match", "ifNoneMatch"),
         ("if-modified-since", "ifModifiedSince"),
     ] {
-        if let Some(value) = header_text(req, name) {
+        if let Some(value) = header_text(req, name)? {
             entry["request"][field] = json!(value);
         }
     }
@@ -162,8 +162,17 @@ fn valid_id(id: &str) -> Result<(), FhirError> {
     }
 }
 
-fn header_text(req: &HttpRequest, name: &str) -> Option<String> {
-    req.headers().get(name)?.to_str().ok().map(String::from)
+/// A header's value. One that is present but not visible ASCII is an error, never treated as
+/// absent: dropping an unreadable `If-None-Exist` would turn a conditional create into a plain
+/// one.
+fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, FhirError> {
+    let Some(value) = req.headers().get(name) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| FhirError::invalid(format!("the {name} header is not visible ASCII")))?;
+    Ok(Some(text.to_string()))
 }
 
 fn prefers_minimal(req: &HttpRequest) -> bool {
@@ -171,5 +180,9 @@ fn prefers_minimal(req: &HttpRequest) -> bool {
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+        .filter_map(|p| p.split(';').next())
+        .filter_map(|p| p.split_once('='))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("return") && v.trim().eq_ignore_ascii_case("minimal")
+        })
 }

@@ -2,8 +2,8 @@
 //!
 //! A deliberately small registry: counters and fixed-bucket histograms keyed by label values,
 //! behind one mutex each (a few updates per request or message). Label values never hold
-//! patient data: routes are patterns, message types are reduced to their HL7 code shape, and
-//! everything else is a closed set.
+//! patient data and stay bounded: routes are patterns, message types outside the mapped ones
+//! are `other`, methods outside the standard ones `_OTHER`, and everything else a closed set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -118,9 +118,10 @@ impl Metrics {
     /// MessageAnswered. `code` and `trigger` come from MSH-9 and are reduced to the shape of an
     /// HL7 code, so a sender cannot create unbounded series or smuggle text into labels.
     pub fn hl7_message(&self, code: &str, trigger: &str, ack: &str, elapsed: Duration) {
+        let (code, trigger) = labelled_type(code, trigger);
         let labels = vec![
-            ("message_code", hl7_code(code)),
-            ("trigger_event", hl7_code(trigger)),
+            ("message_code", code),
+            ("trigger_event", trigger),
             ("ack_code", ack.to_string()),
         ];
         self.hl7_messages.with(labels, |n| *n += 1);
@@ -170,15 +171,22 @@ pub fn known_method(method: &str) -> String {
     }
 }
 
-fn hl7_code(value: &str) -> String {
-    let ok = (1..=4).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    if ok {
-        value.to_string()
+/// Message types that get their own series; anything else a sender invents is `other`, so
+/// series stay bounded whatever arrives.
+const LABELLED_TYPES: &[(&str, &str)] = &[
+    ("ADT", "A01"),
+    ("ADT", "A03"),
+    ("ADT", "A04"),
+    ("ADT", "A08"),
+    ("ADT", "A31"),
+    ("ORU", "R01"),
+];
+
+fn labelled_type(code: &str, trigger: &str) -> (String, String) {
+    if LABELLED_TYPES.contains(&(code, trigger)) {
+        (code.to_string(), trigger.to_string())
     } else {
-        "other".to_string()
+        ("other".to_string(), "other".to_string())
     }
 }
 
@@ -265,9 +273,15 @@ mod tests {
 
     #[test]
     fn sender_text_never_becomes_a_label_value() {
-        assert_eq!(hl7_code("ORU"), "ORU");
-        assert_eq!(hl7_code("Jane Doe"), "other");
-        assert_eq!(hl7_code(""), "other");
+        assert_eq!(labelled_type("ORU", "R01"), ("ORU".into(), "R01".into()));
+        assert_eq!(
+            labelled_type("Z07", "T03"),
+            ("other".into(), "other".into())
+        );
+        assert_eq!(
+            labelled_type("Jane Doe", ""),
+            ("other".into(), "other".into())
+        );
     }
 
     #[test]

@@ -180,3 +180,20 @@ async fn instance_history_pages_newest_first_through_next_links() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_conditional_header_is_refused_not_ignored() {
+    let app = spawn_app().await;
+    let value = reqwest::header::HeaderValue::from_bytes(b"identifier=urn:x|r\xc3\xa9ce1").unwrap();
+    let patient =
+        json!({"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "race1"}]});
+    let request = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("if-none-exist", value);
+    let (status, _, body) = send(request, patient).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, found) = app.get_json("/Patient?identifier=race1").await;
+    assert_eq!(found["total"], 0, "nothing was created");
+    app.stop().await;
+}

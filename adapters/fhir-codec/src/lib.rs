@@ -22,6 +22,11 @@ use serde_json::{Map, Value};
 /// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).
 pub const MAX_DEPTH: usize = 64;
 
+/// More JSON values than this in one resource is refused before fhirbolt builds its model,
+/// which takes well over a hundred times the input for many small elements. Real resources
+/// stay in the thousands; large payloads (attachments) are single strings.
+pub const MAX_NODES: usize = 200_000;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// The JSON breaks a FHIR JSON rule that fhirbolt does not check (or would crash on).
@@ -37,6 +42,9 @@ pub enum CodecError {
 /// `arbitrary_precision` in this workspace).
 pub fn canonicalize(value: Value) -> Result<Value, CodecError> {
     let root = root_name(&value)?;
+    if exceeds_nodes(&value, MAX_NODES) {
+        return Err(structure(&root, "more elements than one resource may hold"));
+    }
     check_structure(&value, &mut root.clone(), 0)?;
     let parsed = catch_unwind(AssertUnwindSafe(|| parse_strict(value)))
         .map_err(|_| CodecError::Model("the resource could not be read".into()))??;
@@ -185,6 +193,24 @@ fn check_array(items: &[Value], path: &mut String, depth: usize) -> Result<(), C
     Ok(())
 }
 
+/// Whether `value` holds more than `limit` JSON values; stops counting as soon as it does.
+fn exceeds_nodes(value: &Value, limit: usize) -> bool {
+    let mut stack = vec![value];
+    let mut seen = 0;
+    while let Some(v) = stack.pop() {
+        seen += 1;
+        if seen > limit {
+            return true;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn push_segment(path: &mut String, key: &str) {
     if !path.is_empty() {
         path.push('.');
@@ -276,6 +302,16 @@ mod tests {
         assert!(canonicalize(bad).is_err());
         let fine = json!({"resourceType": "Patient", "name": [{"text": "line\nnext\ttab"}]});
         assert!(canonicalize(fine).is_ok());
+    }
+
+    #[test]
+    fn a_resource_with_absurdly_many_elements_is_refused_before_the_model_is_built() {
+        let names: Vec<Value> = (0..MAX_NODES).map(|_| json!({"family": "x"})).collect();
+        let err = canonicalize(json!({"resourceType": "Patient", "name": names})).unwrap_err();
+        assert_eq!(
+            err,
+            structure("Patient", "more elements than one resource may hold")
+        );
     }
 
     #[test]
