@@ -32,7 +32,7 @@ fn resource(resource_type: &str) -> Value {
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
             {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}],
-        "versioning": "versioned",
+        "versioning": "versioned-update",
         "readHistory": true,
         "updateCreate": true,
         "conditionalCreate": true,

@@ -153,6 +153,9 @@ impl From<StoreError> for FhirError {
                 tracing::warn!(error = %err, "database unavailable");
                 FhirError::Unavailable
             }
+            StoreError::PreconditionFailed { message, .. } => {
+                FhirError::PreconditionFailed(message)
+            }
             StoreError::DuplicateInBatch(what) => {
                 FhirError::invalid(format!("{what} is the target of more than one entry"))
             }

@@ -27,7 +27,8 @@ use super::id::{is_resource_type, is_valid_id};
 use super::references::{rewrite_references, visit_references};
 use crate::store::index::extract;
 use crate::store::{
-    instant_text, IdentifierLookup, Outcome, ResourceWrite, Store, WriteBatch, WriteOp, Written,
+    instant_text, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store, StoreError,
+    WriteBatch, WriteOp, Written,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,8 @@ enum Planned {
 struct Entry {
     full_url: Option<String>,
     request: Request,
+    /// `ifMatch` / `ifNoneMatch: *` of a PUT or DELETE, checked inside the write.
+    precondition: Option<Precondition>,
 }
 
 /// Identifier lookups answered by the database, plus resources of this bundle, so conditional
@@ -169,15 +172,27 @@ pub async fn process(
         Some(conditional_gate.lock().await)
     };
     let stored = store.ids_by_identifier(&lookups).await?;
+    let preconditions: Vec<Option<Precondition>> = entries
+        .iter()
+        .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
+        .collect();
     let planned = plan_until_stable(kind, entries, &stored);
-    for round in split_writes(kind, planned, &mut results)? {
+    for round in split_writes(kind, planned, &preconditions, &mut results)? {
+        let keys: Vec<String> = round.batch.ops.iter().map(op_key).collect();
         match store.write(round.batch).await {
             Ok(written) => {
                 for (index, w) in round.positions.into_iter().zip(written) {
                     results[index] = Some(Ok(write_response(&w)));
                 }
             }
-            Err(err) if kind == Kind::Transaction => return Err(err.into()),
+            Err(err) if kind == Kind::Transaction => {
+                let at = precondition_entry(&err, &keys, &round.positions);
+                let err = FhirError::from(err);
+                return Err(match at {
+                    Some(index) => err.in_entry(index),
+                    None => err,
+                });
+            }
             Err(err) => {
                 let answer = error_response(&FhirError::from(err));
                 for index in round.positions {
@@ -266,7 +281,7 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .trim_start_matches('/');
-    refuse_unsupported_preconditions(request)?;
+    let precondition = read_precondition(method, request)?;
     let resource = entry.get("resource").cloned().map(checked).transpose()?;
     let request = match method {
         "POST" => read_create(url, resource, request)?,
@@ -284,20 +299,47 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
             )))
         }
     };
-    Ok(Entry { full_url, request })
+    Ok(Entry {
+        full_url,
+        request,
+        precondition,
+    })
 }
 
-/// Version preconditions need the version check inside the write; until then they are refused
-/// rather than ignored, which would silently lose updates.
-fn refuse_unsupported_preconditions(request: &Value) -> Result<(), FhirError> {
-    for field in ["ifMatch", "ifNoneMatch", "ifModifiedSince"] {
-        if request.get(field).is_some() {
-            return Err(FhirError::NotSupported(format!(
-                "request.{field} is not supported yet"
-            )));
-        }
+/// `ifMatch` (a version, `W/"3"` or `3`) and `ifNoneMatch: *` on PUT and DELETE, enforced
+/// inside the write. `ifModifiedSince` and `ifNoneMatch` with a version are refused (405)
+/// rather than ignored, and so is any precondition on another method.
+fn read_precondition(method: &str, request: &Value) -> Result<Option<Precondition>, FhirError> {
+    if request.get("ifModifiedSince").is_some() {
+        return Err(FhirError::NotSupported(
+            "request.ifModifiedSince is not supported yet".into(),
+        ));
     }
-    Ok(())
+    let text = |field: &str| request.get(field).map(|v| v.as_str().map(str::trim));
+    let (if_match, if_none_match) = (text("ifMatch"), text("ifNoneMatch"));
+    if (if_match.is_some() || if_none_match.is_some()) && !matches!(method, "PUT" | "DELETE") {
+        return Err(FhirError::NotSupported(format!(
+            "preconditions on {method} entries are not supported"
+        )));
+    }
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(FhirError::invalid("ifMatch and ifNoneMatch together")),
+        (Some(value), None) => parse_etag(value).map(|v| Some(Precondition::Version(v))),
+        (None, Some(Some("*"))) => Ok(Some(Precondition::Absent)),
+        (None, Some(_)) => Err(FhirError::NotSupported(
+            "ifNoneMatch other than * is not supported".into(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// `W/"3"`, `"3"` or `3` → 3.
+fn parse_etag(value: Option<&str>) -> Result<i64, FhirError> {
+    let version = value
+        .map(|v| v.strip_prefix("W/").unwrap_or(v).trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v > 0);
+    version.ok_or_else(|| FhirError::invalid_at("not an ETag such as W/\"3\"", "request.ifMatch"))
 }
 
 /// The resource checked against the R4 model, in canonical form. References are rewritten
@@ -623,6 +665,7 @@ struct Round {
 fn split_writes(
     kind: Kind,
     planned: Vec<Result<Planned, FhirError>>,
+    preconditions: &[Option<Precondition>],
     results: &mut [Option<Result<Value, FhirError>>],
 ) -> Result<Vec<Round>, FhirError> {
     let mut rounds: Vec<Round> = Vec::new();
@@ -643,19 +686,43 @@ fn split_writes(
             Ok(Planned::Write(op)) => op,
         };
         let key = op_key(&op);
-        let round = last_round.get(&key).map_or(0, |r| r + 1);
+        let mut round = last_round.get(&key).map_or(0, |r| r + 1);
         if round > 0 && kind == Kind::Transaction {
             let err = FhirError::invalid(format!("{key} is the target of more than one entry"));
             return Err(err.in_entry(index));
         }
+        let precondition = preconditions.get(index).cloned().flatten();
+        // In a batch, a failed precondition fails its round: such an entry gets one of its own.
+        if precondition.is_some() && kind == Kind::Batch {
+            round = rounds.len().max(round);
+        }
         last_round.insert(key, round);
-        if rounds.len() <= round {
+        while rounds.len() <= round {
             rounds.push(Round::default());
+        }
+        if let Some(condition) = precondition {
+            let (t, id) = op_target(&op);
+            rounds[round].batch.preconditions.push((t, id, condition));
         }
         rounds[round].batch.ops.push(op);
         rounds[round].positions.push(index);
     }
     Ok(rounds)
+}
+
+/// The entry whose precondition failed, when that is what `err` says.
+fn precondition_entry(err: &StoreError, keys: &[String], positions: &[usize]) -> Option<usize> {
+    let StoreError::PreconditionFailed { key, .. } = err else {
+        return None;
+    };
+    keys.iter().position(|k| k == key).map(|i| positions[i])
+}
+
+fn op_target(op: &WriteOp) -> (String, String) {
+    match op {
+        WriteOp::Upsert(w) => (w.resource_type.clone(), w.id.clone()),
+        WriteOp::Delete { resource_type, id } => (resource_type.clone(), id.clone()),
+    }
 }
 
 fn op_key(op: &WriteOp) -> String {

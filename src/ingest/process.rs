@@ -157,6 +157,7 @@ impl Hl7Ingest {
         let batch = WriteBatch {
             ops,
             hl7_messages: vec![row],
+            ..WriteBatch::default()
         };
         let stored = self.store.write(batch).await;
         let Some(code) = code else {

@@ -18,7 +18,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use read::{IdentifierLookup, StoredResource, SupportingMode};
 pub use write::{
-    payload_hash, Hl7MessageRow, Outcome, ResourceWrite, WriteBatch, WriteOp, Written,
+    payload_hash, Hl7MessageRow, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp, Written,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,9 @@ pub enum StoreError {
     DuplicateInBatch(String),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// A write's precondition did not hold; nothing was written.
+    #[error("{message}")]
+    PreconditionFailed { key: String, message: String },
 }
 
 impl From<DbErr> for StoreError {

@@ -54,6 +54,18 @@ impl WriteOp {
 pub struct WriteBatch {
     pub ops: Vec<WriteOp>,
     pub hl7_messages: Vec<Hl7MessageRow>,
+    /// Conditions on the current rows, checked inside the transaction (after the rows are
+    /// locked on PostgreSQL): one that fails aborts the whole batch.
+    pub preconditions: Vec<(String, String, Precondition)>,
+}
+
+/// What a write requires of the resource's current state (`If-Match`, `If-None-Match: *`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// The resource exists, is not deleted, and is at this version.
+    Version(i64),
+    /// The resource does not exist (or is deleted).
+    Absent,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +152,7 @@ impl Store {
     async fn write_once(&self, batch: &WriteBatch) -> Result<Vec<Written>, StoreError> {
         let txn = self.db.begin().await?;
         let current = load_current(&txn, &batch.ops).await?;
+        check_preconditions(&batch.preconditions, &current)?;
         let plan = plan(&batch.ops, &current, now_us());
         apply(&txn, &plan).await?;
         insert_chunked(&txn, batch.hl7_messages.clone(), 12, |rows| {
@@ -203,6 +216,30 @@ async fn load_current(
         }
     }
     Ok(current)
+}
+
+fn check_preconditions(
+    preconditions: &[(String, String, Precondition)],
+    current: &HashMap<Key, Current>,
+) -> Result<(), StoreError> {
+    for (t, id, condition) in preconditions {
+        let live = current.get(&(t.clone(), id.clone())).filter(|c| !c.deleted);
+        let holds = match (condition, live) {
+            (Precondition::Version(v), Some(c)) => c.version_id == *v,
+            (Precondition::Version(_), None) => false,
+            (Precondition::Absent, found) => found.is_none(),
+        };
+        if !holds {
+            let now = live.map_or("absent".to_string(), |c| {
+                format!("at version {}", c.version_id)
+            });
+            return Err(StoreError::PreconditionFailed {
+                key: format!("{t}/{id}"),
+                message: format!("{t}/{id} is {now}, which the request's precondition excludes"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn plan(ops: &[WriteOp], current: &HashMap<Key, Current>, now: i64) -> Plan {

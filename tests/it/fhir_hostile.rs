@@ -131,15 +131,47 @@ async fn a_failed_batch_entry_is_neither_matched_nor_referenced_by_other_entries
 }
 
 #[tokio::test]
-async fn version_preconditions_are_refused_rather_than_ignored() {
+async fn version_preconditions_are_enforced_or_refused_never_ignored() {
     let app = spawn_app().await;
-    let bundle = transaction(vec![json!({
-        "resource": {"resourceType": "Patient", "id": "p1"},
-        "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": "W/\"9\""}
-    })]);
-    let (status, outcome) = app.post_bundle(bundle.to_string()).await;
-    assert_eq!(status, 405);
+    let put = |if_match: &str| {
+        json!({"resource": {"resourceType": "Patient", "id": "p1"},
+            "request": {"method": "PUT", "url": "Patient/p1", "ifMatch": if_match}})
+    };
+    let (status, outcome) = app
+        .post_bundle(transaction(vec![put("W/\"9\"")]).to_string())
+        .await;
+    assert_eq!(
+        status, 412,
+        "a version that does not match fails the transaction"
+    );
     assert_eq!(outcome["issue"][0]["expression"][0], "Bundle.entry[0]");
+    let (status, _) = app.get_json("/Patient/p1").await;
+    assert_eq!(status, 404, "nothing was written");
+    let since = json!({"resource": {"resourceType": "Patient", "id": "p1"},
+        "request": {"method": "PUT", "url": "Patient/p1", "ifModifiedSince": "2024-01-01T00:00:00Z"}});
+    let (status, _) = app.post_bundle(transaction(vec![since]).to_string()).await;
+    assert_eq!(
+        status, 405,
+        "ifModifiedSince is refused until it is enforced"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_a_batch_a_failed_precondition_fails_only_its_entry() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "b1"},
+         "request": {"method": "PUT", "url": "Patient/b1", "ifMatch": "W/\"3\""}},
+        {"resource": {"resourceType": "Patient", "id": "b2"},
+         "request": {"method": "PUT", "url": "Patient/b2", "ifNoneMatch": "*"}}
+    ]});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        statuses(&response),
+        ["412 Precondition Failed", "201 Created"]
+    );
     app.stop().await;
 }
 

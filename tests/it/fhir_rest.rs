@@ -117,7 +117,10 @@ async fn invalid_single_resources_get_an_outcome_naming_the_element() {
         json!({"resourceType": "Patient", "id": "one"}),
     )
     .await;
-    assert_eq!(status, 405, "If-Match is refused until it is enforced");
+    assert_eq!(
+        status, 412,
+        "If-Match on a resource that does not exist fails"
+    );
     app.stop().await;
 }
 
@@ -195,5 +198,59 @@ async fn an_unreadable_conditional_header_is_refused_not_ignored() {
     assert_eq!(status, 400, "{body}");
     let (_, found) = app.get_json("/Patient?identifier=race1").await;
     assert_eq!(found["total"], 0, "nothing was created");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_and_if_none_match_guard_updates_and_deletes() {
+    let app = spawn_app().await;
+    let url = format!("{}/Patient/guard1", app.base);
+    let patient =
+        |gender: &str| json!({"resourceType": "Patient", "id": "guard1", "gender": gender});
+    let (status, _, _) = send(
+        app.client.put(&url).header("if-none-match", "*"),
+        patient("male"),
+    )
+    .await;
+    assert_eq!(status, 201, "If-None-Match: * creates what is absent");
+    let (status, _, _) = send(
+        app.client.put(&url).header("if-none-match", "*"),
+        patient("female"),
+    )
+    .await;
+    assert_eq!(status, 412, "and refuses what exists");
+    let (status, _, _) = send(
+        app.client.put(&url).header("if-match", "W/\"2\""),
+        patient("female"),
+    )
+    .await;
+    assert_eq!(status, 412, "a stale version loses");
+    let (status, headers, _) = send(
+        app.client.put(&url).header("if-match", "W/\"1\""),
+        patient("female"),
+    )
+    .await;
+    assert_eq!(
+        (status, headers["etag"].to_str().unwrap()),
+        (200, "W/\"2\"")
+    );
+    let stale = app
+        .client
+        .delete(&url)
+        .header("if-match", "W/\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 412);
+    let (status, _) = app.get_json("/Patient/guard1").await;
+    assert_eq!(status, 200, "a failed conditional delete deletes nothing");
+    let current = app
+        .client
+        .delete(&url)
+        .header("if-match", "W/\"2\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(current.status(), 204);
     app.stop().await;
 }
