@@ -24,13 +24,8 @@ pub async fn create(
     if let Some(query) = header_text(&req, "if-none-exist")? {
         request["ifNoneExist"] = json!(query);
     }
-    run(
-        &state,
-        &req,
-        &resource_type,
-        json!({"resource": resource, "request": request}),
-    )
-    .await
+    let entry = json!({"resource": resource, "request": request});
+    run(&state, &req, &resource_type, entry).await
 }
 
 pub async fn update(
@@ -39,18 +34,10 @@ pub async fn update(
     path: web::Path<(String, String)>,
     body: web::Payload,
 ) -> Answer {
-    let (resource_type, id) = path.into_inner();
-    let resource_type = known_type(resource_type)?;
-    valid_id(&id)?;
+    let (resource_type, url) = instance(path.into_inner())?;
     let resource = read_json_body(&state, &req, body).await?;
-    let request = json!({"method": "PUT", "url": format!("{resource_type}/{id}")});
-    run(
-        &state,
-        &req,
-        &resource_type,
-        json!({"resource": resource, "request": request}),
-    )
-    .await
+    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
+    run(&state, &req, &resource_type, entry).await
 }
 
 pub async fn delete(
@@ -58,11 +45,17 @@ pub async fn delete(
     req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Answer {
-    let (resource_type, id) = path.into_inner();
+    let (resource_type, url) = instance(path.into_inner())?;
+    let entry = json!({"request": {"method": "DELETE", "url": url}});
+    run(&state, &req, &resource_type, entry).await
+}
+
+/// The checked type of an instance path and its `Type/id`.
+fn instance((resource_type, id): (String, String)) -> Result<(String, String), FhirError> {
     let resource_type = known_type(resource_type)?;
     valid_id(&id)?;
-    let request = json!({"method": "DELETE", "url": format!("{resource_type}/{id}")});
-    run(&state, &req, &resource_type, json!({"request": request})).await
+    let url = format!("{resource_type}/{id}");
+    Ok((resource_type, url))
 }
 
 /// Runs `entry` as a one-entry transaction and answers as the single interaction would.
