@@ -55,6 +55,62 @@ pub struct Config {
     /// `HL7BRIDGE_SHUTDOWN_TIMEOUT_MS`: how long draining may take on SIGINT/SIGTERM.
     /// Default 10000.
     pub shutdown_timeout_ms: u64,
+    /// The Kafka adapter; `None` (the default) when `HL7BRIDGE_KAFKA_BROKERS` is unset.
+    pub kafka: Option<KafkaSettings>,
+}
+
+/// `HL7BRIDGE_KAFKA_*`: the Kafka adapter's settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `BROKERS` (required to switch Kafka on), `GROUP` (default `hl7bridge`), the security
+    /// settings `SECURITY_PROTOCOL`, `SASL_MECHANISM`, `SASL_USERNAME`, `SASL_PASSWORD`,
+    /// `SSL_CA_LOCATION`, `SSL_CERTIFICATE_LOCATION`, `SSL_KEY_LOCATION`, and any librdkafka
+    /// property as `HL7BRIDGE_KAFKA_RDKAFKA_<NAME>` with dots written as underscores
+    /// (`HL7BRIDGE_KAFKA_RDKAFKA_FETCH_WAIT_MAX_MS=50` sets `fetch.wait.max.ms`).
+    pub client: hl7bridge_kafka::KafkaConfig,
+    /// `HL7_TOPIC`: raw HL7v2 (ER7) records in. Default `hl7v2.inbound`.
+    pub hl7_topic: String,
+    /// `FHIR_TOPIC`: FHIR JSON records in (a resource, or a transaction or batch Bundle).
+    /// Default `fhir.inbound`.
+    pub fhir_topic: String,
+    /// `CHANGE_TOPIC`: the change feed out. Default `fhir.changes`.
+    pub change_topic: String,
+    /// `DEAD_LETTER_TOPIC`: records that cannot be processed. Default `hl7bridge.dead-letter`.
+    pub dead_letter_topic: String,
+    /// `BATCH_MAX_RECORDS`: records processed between offset commits, at most. Default 500.
+    pub batch_max_records: usize,
+    /// `BATCH_WAIT_MS`: how long a batch waits to fill after its first record. Default 50.
+    pub batch_wait_ms: u64,
+    /// `DELIVERY_TIMEOUT_MS`: how long the producer tries one record before reporting failure
+    /// (the relay then retries from the outbox). Default 30000.
+    pub delivery_timeout_ms: u64,
+    /// `OUTBOX_RETENTION_MS`: published changes stay in the outbox this long. Default 3600000.
+    pub outbox_retention_ms: u64,
+    /// `TEST_ABORT_AFTER_STORED_BATCHES`: for crash-recovery tests only — the process aborts
+    /// right after the Nth batch's database commit, before its offsets are committed.
+    pub test_abort_after_stored_batches: Option<u64>,
+}
+
+impl KafkaSettings {
+    /// The defaults, with `brokers`.
+    pub fn new(brokers: String) -> KafkaSettings {
+        KafkaSettings {
+            client: hl7bridge_kafka::KafkaConfig {
+                brokers,
+                group_id: "hl7bridge".into(),
+                ..Default::default()
+            },
+            hl7_topic: "hl7v2.inbound".into(),
+            fhir_topic: "fhir.inbound".into(),
+            change_topic: "fhir.changes".into(),
+            dead_letter_topic: "hl7bridge.dead-letter".into(),
+            batch_max_records: 500,
+            batch_wait_ms: 50,
+            delivery_timeout_ms: 30_000,
+            outbox_retention_ms: 3_600_000,
+            test_abort_after_stored_batches: None,
+        }
+    }
 }
 
 impl Default for Config {
@@ -76,6 +132,7 @@ impl Default for Config {
             http_max_connections: 1024,
             default_utc_offset: UtcOffset::UTC,
             shutdown_timeout_ms: 10_000,
+            kafka: None,
         }
     }
 }
@@ -143,6 +200,7 @@ impl Config {
                 ));
             }
         }
+        config.kafka = kafka_settings(&mut vars, &mut problems);
         config.check(&mut problems);
         problems.extend(vars.keys().map(|k| format!("{k}: unknown setting")));
         if problems.is_empty() {
@@ -177,6 +235,122 @@ impl Config {
             problems.push("size, count and time limits must be greater than zero".into());
         }
     }
+}
+
+const KAFKA: &str = "KAFKA_";
+const RDKAFKA: &str = "KAFKA_RDKAFKA_";
+
+/// Takes every `HL7BRIDGE_KAFKA_*` variable out of `vars`.
+fn kafka_settings(
+    vars: &mut BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Option<KafkaSettings> {
+    let names: Vec<String> = vars
+        .keys()
+        .filter(|k| k[PREFIX.len()..].starts_with(KAFKA))
+        .cloned()
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let mut take = |name: &str| {
+        let value = vars.remove(&format!("{PREFIX}{KAFKA}{name}"))?;
+        Some((format!("{KAFKA}{name}"), value))
+    };
+    let Some((_, brokers)) = take("BROKERS").filter(|(_, b)| !b.trim().is_empty()) else {
+        problems.push(format!(
+            "{}: Kafka settings without {PREFIX}{KAFKA}BROKERS",
+            names.join(", ")
+        ));
+        for name in &names {
+            vars.remove(name);
+        }
+        return None;
+    };
+    let mut kafka = KafkaSettings::new(brokers.trim().to_string());
+    let text_settings: [(&str, &mut String); 5] = [
+        ("GROUP", &mut kafka.client.group_id),
+        ("HL7_TOPIC", &mut kafka.hl7_topic),
+        ("FHIR_TOPIC", &mut kafka.fhir_topic),
+        ("CHANGE_TOPIC", &mut kafka.change_topic),
+        ("DEAD_LETTER_TOPIC", &mut kafka.dead_letter_topic),
+    ];
+    for (name, slot) in text_settings {
+        if let Some((name, value)) = take(name) {
+            if value.trim().is_empty() {
+                problems.push(format!("{PREFIX}{name}: must not be empty"));
+            } else {
+                *slot = value.trim().to_string();
+            }
+        }
+    }
+    let security = &mut kafka.client.security;
+    let optional_settings: [(&str, &mut Option<String>); 7] = [
+        ("SECURITY_PROTOCOL", &mut security.protocol),
+        ("SASL_MECHANISM", &mut security.sasl_mechanism),
+        ("SASL_USERNAME", &mut security.sasl_username),
+        ("SASL_PASSWORD", &mut security.sasl_password),
+        ("SSL_CA_LOCATION", &mut security.ssl_ca_location),
+        (
+            "SSL_CERTIFICATE_LOCATION",
+            &mut security.ssl_certificate_location,
+        ),
+        ("SSL_KEY_LOCATION", &mut security.ssl_key_location),
+    ];
+    for (name, slot) in optional_settings {
+        *slot = take(name).map(|(_, v)| v);
+    }
+    set(
+        &mut kafka.batch_max_records,
+        take("BATCH_MAX_RECORDS"),
+        problems,
+    );
+    set(&mut kafka.batch_wait_ms, take("BATCH_WAIT_MS"), problems);
+    set(
+        &mut kafka.delivery_timeout_ms,
+        take("DELIVERY_TIMEOUT_MS"),
+        problems,
+    );
+    set(
+        &mut kafka.outbox_retention_ms,
+        take("OUTBOX_RETENTION_MS"),
+        problems,
+    );
+    if let Some(var) = take("TEST_ABORT_AFTER_STORED_BATCHES") {
+        let mut n = 0u64;
+        set(&mut n, Some(var), problems);
+        kafka.test_abort_after_stored_batches = Some(n);
+    }
+    if kafka.batch_max_records == 0 || kafka.delivery_timeout_ms == 0 {
+        problems.push(format!(
+            "{PREFIX}{KAFKA}BATCH_MAX_RECORDS and DELIVERY_TIMEOUT_MS must be greater than zero"
+        ));
+    }
+    let raw: Vec<String> = vars
+        .keys()
+        .filter(|k| k[PREFIX.len()..].starts_with(RDKAFKA))
+        .cloned()
+        .collect();
+    for name in raw {
+        let value = vars.remove(&name).unwrap_or_default();
+        let property = name[PREFIX.len() + RDKAFKA.len()..]
+            .to_ascii_lowercase()
+            .replace('_', ".");
+        kafka.client.options.insert(property, value);
+    }
+    let topics = [
+        &kafka.hl7_topic,
+        &kafka.fhir_topic,
+        &kafka.change_topic,
+        &kafka.dead_letter_topic,
+    ];
+    let distinct: std::collections::BTreeSet<_> = topics.iter().collect();
+    if distinct.len() != topics.len() {
+        problems.push(format!(
+            "{PREFIX}{KAFKA}*_TOPIC: the four topics must differ"
+        ));
+    }
+    Some(kafka)
 }
 
 fn set<T: std::str::FromStr>(
@@ -226,6 +400,32 @@ mod tests {
         assert!(err
             .to_string()
             .contains("HL7BRIDGE_DATABSE_URL: unknown setting"));
+    }
+
+    #[test]
+    fn kafka_is_off_without_brokers_and_on_with_them() {
+        assert!(Config::from_vars(vars(&[])).unwrap().kafka.is_none());
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("HL7BRIDGE_KAFKA_GROUP", "lab"),
+            ("HL7BRIDGE_KAFKA_SASL_PASSWORD", "pw"),
+            ("HL7BRIDGE_KAFKA_RDKAFKA_FETCH_WAIT_MAX_MS", "50"),
+        ]))
+        .unwrap();
+        let kafka = config.kafka.unwrap();
+        assert_eq!(kafka.client.brokers, "127.0.0.1:9092");
+        assert_eq!(kafka.client.group_id, "lab");
+        assert_eq!(kafka.hl7_topic, "hl7v2.inbound");
+        assert_eq!(kafka.change_topic, "fhir.changes");
+        assert_eq!(kafka.client.security.sasl_password.as_deref(), Some("pw"));
+        assert_eq!(kafka.client.options["fetch.wait.max.ms"], "50");
+    }
+
+    #[test]
+    fn kafka_settings_without_brokers_are_refused() {
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_KAFKA_GROUP", "lab")])).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.to_string().contains("HL7BRIDGE_KAFKA_BROKERS"), "{err}");
     }
 
     #[test]

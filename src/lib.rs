@@ -7,6 +7,8 @@
 //!   transport itself lives in the `hl7bridge-mllp` crate under `adapters/mllp`.
 //! - [`fhir`]: the FHIR REST facade (actix-web). All fhirbolt calls sit in the
 //!   `hl7bridge-fhir-codec` crate under `adapters/fhir-codec`.
+//! - [`kafka`]: the optional Kafka adapter — HL7v2 and FHIR records in, the change feed out
+//!   (the client itself lives in the `hl7bridge-kafka` crate under `adapters/kafka`).
 //! - [`ops`]: `/health`, `/ready` and `/metrics` for load balancers and operators.
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod fhir;
 pub mod ingest;
+pub mod kafka;
 pub mod ops;
 pub mod send;
 pub mod startup;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
+use crate::kafka::{FhirIngest, Kafka};
 use crate::store::{instant_text, now_us, Store};
 
 /// A built, bound, not yet running server.
@@ -25,6 +26,7 @@ pub struct Application {
     http_addr: SocketAddr,
     mllp: MllpServer,
     ingest: Arc<Hl7Ingest>,
+    kafka: Option<Kafka>,
     store: Store,
     shutdown_timeout: Duration,
 }
@@ -44,11 +46,35 @@ impl Application {
         let mllp = MllpServer::bind(config.mllp_addr, mllp_config)
             .await
             .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
-        let store = Store::connect(&config.database_url)
+        let mut store = Store::connect(&config.database_url)
             .await
             .context("opening the database")?;
-        let (http, http_addr) = http_server(&config, listener, store.clone())?;
+        if config.kafka.is_some() {
+            store = store.with_change_feed();
+        }
+        let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
+        let (http, http_addr) =
+            http_server(&config, listener, store.clone(), conditional_gate.clone())?;
         let ingest = Arc::new(Hl7Ingest::new(store.clone(), &config));
+        let kafka = match &config.kafka {
+            Some(settings) => {
+                let fhir = Arc::new(FhirIngest {
+                    store: store.clone(),
+                    conditional_gate,
+                    bundle_limits: fhir::transaction::BundleLimits {
+                        max_entries: config.max_bundle_entries,
+                    },
+                    trace_extension_url: fhir::bundle::BundleTrace::extension_url(
+                        &config.canonical_base,
+                    ),
+                    public_base_url: config.public_base_url.clone(),
+                });
+                let kafka = Kafka::start(settings, ingest.clone(), fhir)
+                    .context("starting the Kafka adapter")?;
+                Some(kafka)
+            }
+            None => None,
+        };
         tracing::info!(
             http = %http_addr,
             mllp = %mllp.local_addr(),
@@ -60,6 +86,7 @@ impl Application {
             http_addr,
             mllp,
             ingest,
+            kafka,
             store,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
@@ -88,9 +115,15 @@ impl Application {
             Some(result) => tracing::error!(?result, "the HTTP server stopped by itself"),
         }
         let _ = stop_tx.send(true);
+        let kafka = self.kafka;
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             stop_http(http_handle, ended_by_itself.is_none(), http).await;
-            mllp.await
+            let mllp = mllp.await;
+            // Last: the relay publishes what HTTP and MLLP committed while draining.
+            if let Some(kafka) = kafka {
+                kafka.stop().await;
+            }
+            mllp
         })
         .await;
         match drained {
@@ -143,6 +176,7 @@ fn http_server(
     config: &Config,
     listener: TcpListener,
     store: Store,
+    conditional_gate: Arc<tokio::sync::Mutex<()>>,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let addr = listener.local_addr()?;
     let state = web::Data::new(FhirState {
@@ -161,7 +195,7 @@ fn http_server(
         bundle_limits: fhir::transaction::BundleLimits {
             max_entries: config.max_bundle_entries,
         },
-        conditional_gate: tokio::sync::Mutex::new(()),
+        conditional_gate,
         started: instant_text(now_us()),
     });
     let shutdown_secs = config.shutdown_timeout_ms.div_ceil(1000);

@@ -7,7 +7,9 @@
 //! - `resource_ref`: the references a resource holds, for one-hop includes.
 //! - `token_index`: identifiers, for `identifier=` search and conditional references.
 //! - `hl7_message`: every inbound HL7v2 message, accepted or not, kept raw with its ACK.
+//! - `change_outbox`: committed changes for the Kafka change feed, written with the change.
 
+pub mod change_outbox;
 pub mod compartment;
 pub mod hl7_message;
 pub mod migration;

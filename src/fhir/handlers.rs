@@ -205,7 +205,15 @@ pub async fn post_bundle(
     let limits = &state.bundle_limits;
     let trace = trace(&state);
     let gate = &state.conditional_gate;
-    let response = transaction::process(&state.store, gate, limits, bundle, trace.as_ref()).await?;
+    let response = transaction::process(
+        &state.store,
+        gate,
+        limits,
+        bundle,
+        trace.as_ref(),
+        &transaction::NewIds::Random,
+    )
+    .await?;
     Ok(bundle_response(response.to_string()))
 }
 

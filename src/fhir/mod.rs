@@ -41,7 +41,8 @@ pub struct FhirState {
     pub body_budget: BodyBudget,
     pub bundle_limits: transaction::BundleLimits,
     /// Held by Bundles with conditional parts from lookup to commit (see `transaction`).
-    pub conditional_gate: tokio::sync::Mutex<()>,
+    /// Shared with the Kafka FHIR path, so conditional creates from both find each other.
+    pub conditional_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// When this server started, as a FHIR instant.
     pub started: String,
 }

@@ -76,9 +76,16 @@ async fn run(
     }
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
     let gate = &state.conditional_gate;
-    let response = transaction::process(&state.store, gate, &state.bundle_limits, bundle, None)
-        .await
-        .map_err(|e| without_entry(e, resource_type))?;
+    let response = transaction::process(
+        &state.store,
+        gate,
+        &state.bundle_limits,
+        bundle,
+        None,
+        &transaction::NewIds::Random,
+    )
+    .await
+    .map_err(|e| without_entry(e, resource_type))?;
     let outcome = &response["entry"][0]["response"];
     answer(state, req, outcome).await
 }

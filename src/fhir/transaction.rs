@@ -76,7 +76,35 @@ struct Entry {
     request: Request,
     /// `ifMatch` / `ifNoneMatch: *` of a PUT or DELETE, checked inside the write.
     precondition: Option<Precondition>,
+    /// The id this entry's resource gets if it creates one.
+    new_id: String,
 }
+
+/// How the ids of created resources are chosen.
+pub enum NewIds {
+    /// A random UUID each (HTTP requests: every request is a new intent).
+    Random,
+    /// A UUID derived from this name and the entry's position, so that processing the same
+    /// input again (a Kafka record redelivered after a crash) creates the same resources
+    /// instead of duplicates.
+    Derived(String),
+}
+
+impl NewIds {
+    fn for_entry(&self, index: usize) -> String {
+        match self {
+            NewIds::Random => uuid::Uuid::new_v4().to_string(),
+            NewIds::Derived(name) => {
+                let name = format!("{name}#{index}");
+                uuid::Uuid::new_v5(&NEW_ID_NAMESPACE, name.as_bytes()).to_string()
+            }
+        }
+    }
+}
+
+/// The UUIDv5 namespace of derived resource ids (a random UUID fixed here, never to change).
+const NEW_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x5f1c_2b0e_8d4a_4c4f_9b7e_1a2d_3c4b_5e6f);
 
 /// Identifier lookups answered by the database, plus resources of this bundle, so conditional
 /// references can resolve to either. Local identifiers are indexed by (type, value), so a
@@ -154,6 +182,7 @@ pub async fn process(
     limits: &BundleLimits,
     bundle: Value,
     trace: Option<&BundleTrace>,
+    new_ids: &NewIds,
 ) -> Result<Value, FhirError> {
     let kind = bundle_kind(&bundle)?;
     let raw_entries = entries_of(bundle, limits)?;
@@ -165,6 +194,16 @@ pub async fn process(
     })
     .await
     .map_err(|_| FhirError::Internal)?;
+    let entries: Vec<Result<Entry, FhirError>> = entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            entry.map(|mut e| {
+                e.new_id = new_ids.for_entry(index);
+                e
+            })
+        })
+        .collect();
     let lookups = collect_lookups(&entries);
     let _gate = if lookups.is_empty() {
         None
@@ -303,6 +342,7 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
         full_url,
         request,
         precondition,
+        new_id: String::new(),
     })
 }
 
@@ -517,6 +557,7 @@ fn plan_targets(
 }
 
 fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
+    let new_id = entry.new_id;
     match entry.request {
         Request::Create {
             resource,
@@ -535,18 +576,14 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
                     many => return Err(ambiguous("ifNoneExist", many.len())),
                 }
             }
-            Ok(upsert(
-                resource_type,
-                uuid::Uuid::new_v4().to_string(),
-                resource,
-            ))
+            Ok(upsert(resource_type, new_id, resource))
         }
         Request::Update { resource, target } => {
             let resource_type = type_of(&resource);
             let id = match target {
                 Target::Id(id) => id,
                 Target::Conditional(lookup) => {
-                    conditional_update_target(&resource, matches.ids(&lookup))?
+                    conditional_update_target(&resource, matches.ids(&lookup), new_id)?
                 }
             };
             Ok(upsert(resource_type, id, resource))
@@ -559,12 +596,16 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
 
 /// The id a conditional update writes: the one match, else the body's id (update as create),
 /// else a new one. A body id that contradicts the match is refused.
-fn conditional_update_target(resource: &Value, found: Vec<String>) -> Result<String, FhirError> {
+fn conditional_update_target(
+    resource: &Value,
+    found: Vec<String>,
+    new_id: String,
+) -> Result<String, FhirError> {
     let body_id = resource.get("id").and_then(Value::as_str);
     match (found.as_slice(), body_id) {
         ([], Some(id)) if is_valid_id(id) => Ok(id.to_string()),
         ([], Some(_)) => Err(FhirError::invalid_at("not a valid id", "resource.id")),
-        ([], None) => Ok(uuid::Uuid::new_v4().to_string()),
+        ([], None) => Ok(new_id),
         ([id], Some(body)) if body != id => Err(FhirError::invalid_at(
             "resource.id differs from the resource the condition matched",
             "resource.id",

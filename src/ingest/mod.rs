@@ -13,4 +13,4 @@ mod process;
 pub mod v2;
 mod verdict;
 
-pub use process::Hl7Ingest;
+pub use process::{Answer, Hl7Ingest, Origin};

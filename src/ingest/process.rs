@@ -1,4 +1,5 @@
-//! The MLLP message handler: one frame in, its ACKs out, after the data is committed.
+//! HL7v2 ingest: one payload in (an MLLP frame or a Kafka record), its ACKs out, after the data
+//! is committed.
 
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use super::verdict::{decide, Verdict};
 use crate::config::Config;
 use crate::store::{now_us, payload_hash, Hl7MessageRow, Store, WriteBatch};
 use crate::telemetry::metrics::metrics;
-use crate::telemetry::{continue_trace, span_traceparent};
+use crate::telemetry::{continue_trace, link_payload_context, span_traceparent, TraceParent};
 
 /// Table 0357 codes the handler itself decides on.
 const SEGMENT_SEQUENCE_ERROR: u16 = 100;
@@ -24,6 +25,37 @@ const INTERNAL_ERROR: u16 = 207;
 /// Messages in one frame at most. Each is its own transaction and ACK; a frame of millions of
 /// tiny messages would hold its connection for hours.
 pub const MAX_MESSAGES_PER_FRAME: usize = 5000;
+
+/// Where a payload came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Stored with each message: the peer address, or the topic, partition and offset.
+    pub peer: String,
+    /// The transport's trace context (Kafka record headers). It becomes each message span's
+    /// parent, and a differing ZTR context a link; without it the ZTR context is the parent.
+    pub transport_trace: Option<TraceParent>,
+}
+
+impl From<FrameMeta> for Origin {
+    fn from(meta: FrameMeta) -> Origin {
+        Origin {
+            peer: meta.peer.to_string(),
+            transport_trace: None,
+        }
+    }
+}
+
+/// How one message was answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The ACK text; empty for a message that is not answered (an inbound ACK).
+    pub ack: String,
+    pub code: Option<AckCode>,
+    pub error: Option<AckError>,
+    /// The message was not stored because the database failed: the same message may succeed
+    /// later, and must not be treated as bad input.
+    pub transient: bool,
+}
 
 pub struct Hl7Ingest {
     store: Store,
@@ -43,10 +75,45 @@ impl Hl7Ingest {
         }
     }
 
-    async fn process(&self, raw: RawMessage, meta: FrameMeta) -> String {
+    /// Splits a payload into its messages and answers each, in order.
+    pub async fn ingest(&self, payload: &[u8], origin: &Origin) -> Vec<Answer> {
+        let messages = match split_frame(payload) {
+            Ok(split) => split.messages,
+            Err(err) => {
+                return vec![
+                    self.refuse_frame(payload, AckError::from(&err), origin)
+                        .await,
+                ]
+            }
+        };
+        if messages.is_empty() {
+            let error = sequence_error("the batch holds no message");
+            return vec![self.refuse_frame(payload, error, origin).await];
+        }
+        if messages.len() > MAX_MESSAGES_PER_FRAME {
+            let message = format!(
+                "the frame holds {} messages; at most {MAX_MESSAGES_PER_FRAME} are accepted",
+                messages.len()
+            );
+            let error = sequence_error(&message);
+            return vec![self.refuse_frame(payload, error, origin).await];
+        }
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            answers.push(self.process(message, origin).await);
+        }
+        answers
+    }
+
+    async fn process(&self, raw: RawMessage, origin: &Origin) -> Answer {
         let started = Instant::now();
         if let Some(ack) = self.stored_ack_for_resend(&raw).await {
-            return ack;
+            return Answer {
+                ack,
+                code: Some(AckCode::AA),
+                error: None,
+                transient: false,
+            };
         }
         let span = message_span(raw.header());
         let header = raw.header().cloned();
@@ -62,11 +129,17 @@ impl Hl7Ingest {
             let error = internal("the message could not be processed");
             let verdict = Verdict::Refuse(AckCode::AE, error);
             return self
-                .commit(b"", header.as_ref(), verdict, meta, started)
+                .commit(b"", header.as_ref(), verdict, origin, started)
                 .await;
         };
         // Before the span is first entered: a started span cannot change its trace.
-        continue_trace(&span, trace.as_ref());
+        match &origin.transport_trace {
+            Some(transport) => {
+                continue_trace(&span, Some(transport));
+                link_payload_context(&span, trace.as_ref());
+            }
+            None => continue_trace(&span, trace.as_ref()),
+        }
         async {
             let ops: &[_] = match &verdict {
                 Verdict::Accept(ops) => ops,
@@ -74,7 +147,7 @@ impl Hl7Ingest {
             };
             let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
-            self.commit(raw.bytes(), raw.header(), verdict, meta, started)
+            self.commit(raw.bytes(), raw.header(), verdict, origin, started)
                 .await
         }
         .instrument(span)
@@ -135,16 +208,15 @@ impl Hl7Ingest {
         }
     }
 
-    /// Writes the message (and its resources, when accepted) and returns the ACK to send:
-    /// empty for a message that is not to be answered.
+    /// Writes the message (and its resources, when accepted) and returns how it is answered.
     async fn commit(
         &self,
         bytes: &[u8],
         header: Option<&Header>,
         verdict: Verdict,
-        meta: FrameMeta,
+        origin: &Origin,
         started: Instant,
-    ) -> String {
+    ) -> Answer {
         let (code, errors, ops) = match verdict {
             Verdict::Accept(ops) => (Some(AckCode::AA), Vec::new(), ops),
             Verdict::Refuse(code, error) => (Some(code), vec![error], Vec::new()),
@@ -153,7 +225,7 @@ impl Hl7Ingest {
         let ack = code
             .map(|code| ack_for(header, code, &errors))
             .unwrap_or_default();
-        let row = message_row(bytes, header, code, &ack, meta);
+        let row = message_row(bytes, header, code, &ack, &origin.peer);
         let batch = WriteBatch {
             ops,
             hl7_messages: vec![row],
@@ -161,71 +233,54 @@ impl Hl7Ingest {
         };
         let stored = self.store.write(batch).await;
         let Some(code) = code else {
-            if let Err(err) = stored {
+            if let Err(err) = &stored {
                 tracing::warn!(error = %err, "storing an inbound acknowledgement failed");
             }
-            return ack;
+            return Answer {
+                ack,
+                code: None,
+                error: None,
+                transient: stored.is_err(),
+            };
         };
+        let error = errors.into_iter().next();
         match (stored, code) {
-            (Ok(_), AckCode::AA) => finish(ack, code, header, started),
-            (Ok(_), _) => {
-                message_refused(header, code, &errors[0]);
-                finish(ack, code, header, started)
-            }
+            (Ok(_), AckCode::AA) => finish(ack, code, None, header, started),
+            (Ok(_), _) => finish(ack, code, error, header, started),
             (Err(err), AckCode::AA) => {
                 tracing::warn!(error = %err, "storing an accepted message failed; answering AE");
                 let error = internal("the message could not be stored; resend it later");
-                message_refused(header, AckCode::AE, &error);
-                finish(
-                    ack_for(header, AckCode::AE, &[error]),
-                    AckCode::AE,
-                    header,
-                    started,
-                )
+                let ack = ack_for(header, AckCode::AE, std::slice::from_ref(&error));
+                let mut answer = finish(ack, AckCode::AE, Some(error), header, started);
+                answer.transient = true;
+                answer
             }
             (Err(err), _) => {
                 tracing::warn!(error = %err, "storing a refused message failed");
-                message_refused(header, code, &errors[0]);
-                finish(ack, code, header, started)
+                let mut answer = finish(ack, code, error, header, started);
+                answer.transient = true;
+                answer
             }
         }
     }
 
     /// Answers a whole frame that cannot be taken apart, with the first header it holds.
-    async fn refuse_frame(&self, frame: &[u8], error: AckError, meta: FrameMeta) -> Vec<u8> {
+    async fn refuse_frame(&self, frame: &[u8], error: AckError, origin: &Origin) -> Answer {
         let started = Instant::now();
         let header = read_header(frame);
         let verdict = Verdict::Refuse(AckCode::AR, error);
-        self.commit(frame, header.as_ref(), verdict, meta, started)
+        self.commit(frame, header.as_ref(), verdict, origin, started)
             .await
-            .into_bytes()
     }
 }
 
 impl MessageHandler for Hl7Ingest {
     async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
-        let messages = match split_frame(&frame) {
-            Ok(split) => split.messages,
-            Err(err) => return self.refuse_frame(&frame, AckError::from(&err), meta).await,
-        };
-        if messages.is_empty() {
-            let error = sequence_error("the batch holds no message");
-            return self.refuse_frame(&frame, error, meta).await;
-        }
-        if messages.len() > MAX_MESSAGES_PER_FRAME {
-            let message = format!(
-                "the frame holds {} messages; at most {MAX_MESSAGES_PER_FRAME} are accepted",
-                messages.len()
-            );
-            return self
-                .refuse_frame(&frame, sequence_error(&message), meta)
-                .await;
-        }
-        let mut acks = String::new();
-        for message in messages {
-            acks.push_str(&self.process(message, meta).await);
-        }
-        acks.into_bytes()
+        let answers = self.ingest(&frame, &Origin::from(meta)).await;
+        answers
+            .into_iter()
+            .flat_map(|a| a.ack.into_bytes())
+            .collect()
     }
 
     async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Option<Vec<u8>> {
@@ -236,10 +291,11 @@ impl MessageHandler for Hl7Ingest {
                 "the message is larger than this receiver accepts (HL7BRIDGE_MLLP_MAX_FRAME_BYTES)"
                     .into(),
         };
-        Some(
-            self.refuse_frame(complete_fields(&prefix), error, meta)
-                .await,
-        )
+        let origin = Origin::from(meta);
+        let answer = self
+            .refuse_frame(complete_fields(&prefix), error, &origin)
+            .await;
+        Some(answer.ack.into_bytes())
     }
 }
 
@@ -330,15 +386,30 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
     );
 }
 
-/// MessageAnswered: the span's ACK code, a debug line and the metrics, together.
-fn finish(ack: String, code: AckCode, header: Option<&Header>, started: Instant) -> String {
+/// MessageAnswered: the span's ACK code, the refusal log line, a debug line and the metrics,
+/// together.
+fn finish(
+    ack: String,
+    code: AckCode,
+    error: Option<AckError>,
+    header: Option<&Header>,
+    started: Instant,
+) -> Answer {
+    if let Some(error) = &error {
+        message_refused(header, code, error);
+    }
     let value = |v: Option<&String>| v.cloned().unwrap_or_default();
     let message_code = value(header.and_then(|h| h.message_code.as_ref()));
     let trigger = value(header.and_then(|h| h.trigger_event.as_ref()));
     metrics().hl7_message(&message_code, &trigger, code.as_str(), started.elapsed());
     tracing::Span::current().record("hl7bridge.ack_code", code.as_str());
     tracing::debug!(ack_code = code.as_str(), "message answered");
-    ack
+    Answer {
+        ack,
+        code: Some(code),
+        error,
+        transient: false,
+    }
 }
 
 fn message_row(
@@ -346,7 +417,7 @@ fn message_row(
     header: Option<&Header>,
     code: Option<AckCode>,
     ack: &str,
-    meta: FrameMeta,
+    peer: &str,
 ) -> Hl7MessageRow {
     let value = |v: Option<&String>| v.cloned().unwrap_or_default();
     let message_type = header.map_or(String::new(), |h| {
@@ -362,7 +433,7 @@ fn message_row(
     Hl7MessageRow {
         id: uuid::Uuid::new_v4().to_string(),
         received_at_us: now_us(),
-        peer: meta.peer.to_string(),
+        peer: peer.to_string(),
         sending_application: header
             .map(|h| h.sending_application.clone())
             .unwrap_or_default(),

@@ -7,6 +7,7 @@
 
 pub mod compartment;
 pub mod index;
+mod outbox;
 mod read;
 mod write;
 
@@ -16,6 +17,7 @@ use hl7bridge_entities::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
+pub use outbox::{ChangeRow, WriteTrace};
 pub use read::{IdentifierLookup, StoredResource, SupportingMode};
 pub use write::{
     payload_hash, Hl7MessageRow, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp, Written,
@@ -54,6 +56,10 @@ pub struct Store {
     /// SQLite allows one writer; a transaction that reads and then writes would fail with
     /// SQLITE_BUSY under contention instead of waiting, so writers queue here instead.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Whether writes record their changes in the outbox for the Kafka change feed.
+    change_feed: bool,
+    /// Woken after a commit that recorded changes.
+    changes: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -65,7 +71,21 @@ impl Store {
         Ok(Store {
             db,
             write_gate: Default::default(),
+            change_feed: false,
+            changes: Default::default(),
         })
+    }
+
+    /// From now on, every committed change is also written to the outbox (see
+    /// [`outbox`]). Set it before the store is shared.
+    pub fn with_change_feed(mut self) -> Store {
+        self.change_feed = true;
+        self
+    }
+
+    /// Notified after each commit that recorded changes in the outbox.
+    pub fn change_notify(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changes.clone()
     }
 
     pub fn backend(&self) -> DbBackend {

@@ -8,11 +8,14 @@
 use std::collections::{HashMap, HashSet};
 
 use hl7bridge_entities::token_index;
-use hl7bridge_entities::{compartment, hl7_message, resource, resource_ref, resource_version};
+use hl7bridge_entities::{
+    change_outbox, compartment, hl7_message, resource, resource_ref, resource_version,
+};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    IntoActiveModel, QueryFilter, QuerySelect, SqlErr, TransactionTrait,
+    IntoActiveModel, QueryFilter, QuerySelect, SqlErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait,
 };
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -21,7 +24,9 @@ use tracing::Instrument;
 use crate::telemetry::metrics::metrics;
 
 use super::index::{extract, IndexRows};
+use super::outbox::{self, WriteTrace};
 use super::{instant_text, now_us, Store, StoreError};
+use crate::telemetry::span_traceparent;
 
 pub type Hl7MessageRow = hl7_message::Model;
 
@@ -111,6 +116,8 @@ struct Plan {
     refs: Vec<resource_ref::Model>,
     tokens: Vec<token_index::Model>,
     written: Vec<Written>,
+    /// The first patient compartment of each created or updated resource (change-feed key).
+    patients: HashMap<Key, String>,
 }
 
 const MAX_ATTEMPTS: usize = 3;
@@ -122,6 +129,14 @@ impl Store {
     /// Writes the batch in one transaction and reports what happened to each op, in order.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Written>, StoreError> {
         reject_duplicates(&batch.ops)?;
+        // The caller's context (an HTTP request, an HL7v2 message), not the database span's:
+        // the change feed continues the trace of whoever made the change.
+        let trace = span_traceparent(&tracing::Span::current())
+            .map(|(traceparent, tracestate)| WriteTrace {
+                traceparent,
+                tracestate: tracestate.unwrap_or_default(),
+            })
+            .unwrap_or_default();
         let _gate = match self.backend() {
             DbBackend::Sqlite => Some(self.write_gate.lock().await),
             _ => None,
@@ -134,7 +149,7 @@ impl Store {
                 batch.ops.len() + batch.hl7_messages.len(),
             );
             let started = std::time::Instant::now();
-            let result = self.write_once(&batch).instrument(span).await;
+            let result = self.write_once(&batch, &trace).instrument(span).await;
             metrics().db_write(result.is_ok(), started.elapsed());
             match result {
                 Err(StoreError::Database(err))
@@ -149,17 +164,43 @@ impl Store {
         }
     }
 
-    async fn write_once(&self, batch: &WriteBatch) -> Result<Vec<Written>, StoreError> {
-        let txn = self.db.begin().await?;
+    async fn write_once(
+        &self,
+        batch: &WriteBatch,
+        trace: &WriteTrace,
+    ) -> Result<Vec<Written>, StoreError> {
+        // SQLite: take the write lock at BEGIN, waiting for it under the busy timeout. A deferred
+        // transaction that reads first cannot wait when another connection (another process
+        // on the same file) commits in between; it fails with SQLITE_BUSY_SNAPSHOT instead.
+        let options = TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        let txn = self.db.begin_with_options(options).await?;
         let current = load_current(&txn, &batch.ops).await?;
         check_preconditions(&batch.preconditions, &current)?;
-        let plan = plan(&batch.ops, &current, now_us());
+        let now = now_us();
+        let plan = plan(&batch.ops, &current, now);
+        // Before `apply`: the keys of deleted resources come from index rows it removes.
+        let changes = if self.change_feed {
+            outbox::rows_for(&txn, &plan.written, &plan.patients, trace, now).await?
+        } else {
+            Vec::new()
+        };
+        let changed = !changes.is_empty();
         apply(&txn, &plan).await?;
+        insert_chunked(&txn, changes, 9, |rows| {
+            change_outbox::Entity::insert_many(rows)
+        })
+        .await?;
         insert_chunked(&txn, batch.hl7_messages.clone(), 12, |rows| {
             hl7_message::Entity::insert_many(rows)
         })
         .await?;
         txn.commit().await?;
+        if changed {
+            self.changes.notify_one();
+        }
         Ok(plan.written)
     }
 }
@@ -280,6 +321,10 @@ fn plan_upsert(plan: &mut Plan, w: &ResourceWrite, existing: Option<&Current>, n
         plan.reindexed.push((w.resource_type.clone(), w.id.clone()));
     }
     let index = extract(&w.resource_type, &w.id, &w.content);
+    if let Some(patient) = index.patients.first() {
+        let key = (w.resource_type.clone(), w.id.clone());
+        plan.patients.insert(key, patient.clone());
+    }
     add_index_rows(plan, &w.resource_type, &w.id, index);
     plan.resources.push(resource::Model {
         resource_type: w.resource_type.clone(),

@@ -69,6 +69,11 @@ pub struct Metrics {
     hl7_messages: Family<u64>,
     hl7_duration: Family<Histogram>,
     db_writes: Family<Histogram>,
+    kafka_records: Family<u64>,
+    kafka_lag: Family<f64>,
+    changes_published: Family<u64>,
+    outbox_depth: Family<f64>,
+    outbox_age: Family<f64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -95,6 +100,26 @@ pub fn metrics() -> &'static Metrics {
         db_writes: Family::new(
             "hl7bridge_db_write_duration_seconds",
             "Time to commit one write batch, by outcome.",
+        ),
+        kafka_records: Family::new(
+            "hl7bridge_kafka_records_total",
+            "Kafka records consumed, by topic and outcome (stored or dead_lettered).",
+        ),
+        kafka_lag: Family::new(
+            "hl7bridge_kafka_consumer_lag",
+            "Records on the broker not yet committed by this group, per assigned partition.",
+        ),
+        changes_published: Family::new(
+            "hl7bridge_change_feed_published_total",
+            "Changes the broker acknowledged on the change topic.",
+        ),
+        outbox_depth: Family::new(
+            "hl7bridge_outbox_depth",
+            "Committed changes not yet published on the change feed.",
+        ),
+        outbox_age: Family::new(
+            "hl7bridge_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished change (0 when none waits).",
         ),
     })
 }
@@ -140,6 +165,36 @@ impl Metrics {
             });
     }
 
+    /// RecordProcessed: `outcome` is `stored` or `dead_lettered`; topics are configured names.
+    pub fn kafka_record(&self, topic: &str, outcome: &'static str) {
+        let labels = vec![
+            ("topic", topic.to_string()),
+            ("outcome", outcome.to_string()),
+        ];
+        self.kafka_records.with(labels, |n| *n += 1);
+    }
+
+    /// ConsumerLagObserved.
+    pub fn kafka_lag(&self, topic: &str, partition: i32, lag: i64) {
+        let labels = vec![
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ];
+        self.kafka_lag.with(labels, |g| *g = lag as f64);
+    }
+
+    /// ChangesPublished.
+    pub fn changes_published(&self, n: usize) {
+        self.changes_published.with(Vec::new(), |c| *c += n as u64);
+    }
+
+    /// OutboxMeasured: how many changes wait and how old the oldest is.
+    pub fn outbox(&self, depth: i64, oldest_age: Duration) {
+        self.outbox_depth.with(Vec::new(), |g| *g = depth as f64);
+        self.outbox_age
+            .with(Vec::new(), |g| *g = oldest_age.as_secs_f64());
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -148,6 +203,11 @@ impl Metrics {
         render_counter(&mut out, &self.hl7_messages);
         render_histogram(&mut out, &self.hl7_duration);
         render_histogram(&mut out, &self.db_writes);
+        render_counter(&mut out, &self.kafka_records);
+        render_gauge(&mut out, &self.kafka_lag);
+        render_counter(&mut out, &self.changes_published);
+        render_gauge(&mut out, &self.outbox_depth);
+        render_gauge(&mut out, &self.outbox_age);
         let name = "hl7bridge_trace_context_rejected_total";
         let _ = writeln!(
             out,
@@ -190,16 +250,25 @@ fn labelled_type(code: &str, trigger: &str) -> (String, String) {
     }
 }
 
-fn render_counter(out: &mut String, family: &Family<u64>) {
+/// A counter or gauge family: one line per series.
+fn render_values<T: std::fmt::Display>(out: &mut String, family: &Family<T>, kind: &str) {
     let _ = writeln!(
         out,
-        "# HELP {} {}\n# TYPE {} counter",
+        "# HELP {} {}\n# TYPE {} {kind}",
         family.name, family.help, family.name
     );
     let series = family.series.lock().unwrap_or_else(|p| p.into_inner());
     for (labels, value) in series.iter() {
         let _ = writeln!(out, "{}{} {value}", family.name, label_text(labels, None));
     }
+}
+
+fn render_counter(out: &mut String, family: &Family<u64>) {
+    render_values(out, family, "counter");
+}
+
+fn render_gauge(out: &mut String, family: &Family<f64>) {
+    render_values(out, family, "gauge");
 }
 
 fn render_histogram(out: &mut String, family: &Family<Histogram>) {

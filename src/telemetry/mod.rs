@@ -130,6 +130,12 @@ pub fn link_payload_context(span: &tracing::Span, payload: Option<&TraceParent>)
     }
 }
 
+/// Links `span` to `linked` unconditionally (a batch span to each of its messages).
+pub fn add_link(span: &tracing::Span, linked: &TraceParent) {
+    let cx = linked.to_context();
+    span.add_link(cx.span().span_context().clone());
+}
+
 /// `traceparent` (and `tracestate`) naming `span`, for outbound carriers.
 pub fn span_traceparent(span: &tracing::Span) -> Option<(String, Option<String>)> {
     let cx = span.context();

@@ -8,6 +8,8 @@ mod corpus;
 mod fhir_api;
 mod fhir_hostile;
 mod fhir_rest;
+mod kafka;
+mod kafka_broker;
 mod mllp_hostile;
 mod mllp_ingest;
 mod ops_endpoints;

@@ -24,7 +24,7 @@ pub struct TestApp {
 
 /// A test's SQLite file, removed (with its WAL and shared-memory files) when the test ends,
 /// passed or not. PostgreSQL test databases are dropped by `.ci/run`.
-struct TestDatabase(Option<PathBuf>);
+pub struct TestDatabase(Option<PathBuf>);
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
@@ -56,8 +56,22 @@ pub async fn spawn_app() -> TestApp {
 
 /// As [`spawn_app`], with settings changed by `adjust` first.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-    init_telemetry();
     let (database_url, database) = fresh_database().await;
+    start_app(database_url, database, adjust).await
+}
+
+/// Another app on an existing database (a second node, or a restart); the first app's test
+/// owns the database's cleanup.
+pub async fn spawn_app_on(database_url: &str, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    start_app(database_url.to_string(), TestDatabase(None), adjust).await
+}
+
+async fn start_app(
+    database_url: String,
+    database: TestDatabase,
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    init_telemetry();
     let mut config = Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mllp_addr: "127.0.0.1:0".parse().unwrap(),
@@ -172,7 +186,7 @@ pub fn field(message: &str, segment: &str, n: usize) -> String {
     fields.get(index).copied().unwrap_or("").to_string()
 }
 
-async fn fresh_database() -> (String, TestDatabase) {
+pub async fn fresh_database() -> (String, TestDatabase) {
     match std::env::var("HL7BRIDGE_DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => {
             (fresh_postgres_database(&url).await, TestDatabase(None))

@@ -1,0 +1,98 @@
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+use crate::logging::ProducerLogs;
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An idempotent producer: librdkafka retries internally without duplicating or reordering the
+/// records of a partition, and a delivery fails only after the configured delivery timeout.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer<ProducerLogs>,
+}
+
+/// A record handed to librdkafka, not yet acknowledged by the broker.
+pub struct Pending(DeliveryFuture);
+
+impl Pending {
+    pub async fn delivered(self) -> Result<Delivered, KafkaError> {
+        match self.0.await {
+            Ok(Ok(delivery)) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((err, _))) => Err(err),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    }
+}
+
+impl Producer {
+    pub fn new(config: &KafkaConfig, delivery_timeout: Duration) -> Result<Producer, KafkaError> {
+        let timeout_ms = delivery_timeout.as_millis().max(1) as u64;
+        Producer::with_client_config(&config.producer_config(timeout_ms))
+    }
+
+    pub fn with_client_config(config: &ClientConfig) -> Result<Producer, KafkaError> {
+        Ok(Producer {
+            inner: config.create_with_context(ProducerLogs)?,
+        })
+    }
+
+    /// Queues a record and returns at once; await [`Pending::delivered`] for the broker's
+    /// acknowledgement. Records queued in order on one partition are delivered in that order.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Pending, KafkaError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(payload)
+            .headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.inner
+            .send_result(record)
+            .map(Pending)
+            .map_err(|(err, _)| err)
+    }
+
+    /// Queues a record and waits for the broker's acknowledgement.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> Result<Delivered, KafkaError> {
+        self.enqueue(topic, key, payload, headers)?
+            .delivered()
+            .await
+    }
+
+    /// Waits for every queued record, at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+}

@@ -1,0 +1,110 @@
+//! The Kafka adapter: HL7v2 and FHIR records in, the change feed out.
+//!
+//! - [`inbound`]: one consumer on the HL7v2 and FHIR topics. Records go through the same
+//!   pipelines as MLLP frames and HTTP Bundles; a batch's offsets are committed only after every
+//!   record in it is stored or dead-lettered. A record the database cannot take right now is
+//!   retried in place (its partition waits); a record that can never be processed goes to the
+//!   dead-letter topic and the partition moves on.
+//! - [`relay`]: publishes the outbox — rows the store writes in the same transaction as each
+//!   change — to the change topic with an idempotent producer, marks what the broker
+//!   acknowledged, and prunes old published rows. A broker outage only delays the feed.
+//!
+//! Everything here is optional: without `HL7BRIDGE_KAFKA_BROKERS` none of it starts.
+
+mod inbound;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hl7bridge_kafka::{Consumer, ConsumerObserver, Producer};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::KafkaSettings;
+use crate::fhir::transaction::BundleLimits;
+use crate::ingest::Hl7Ingest;
+use crate::store::Store;
+use crate::telemetry::metrics::metrics;
+
+/// What the inbound FHIR path shares with the HTTP API.
+pub struct FhirIngest {
+    pub store: Store,
+    pub conditional_gate: Arc<tokio::sync::Mutex<()>>,
+    pub bundle_limits: BundleLimits,
+    /// The URL of the trace-context extension on `Bundle.meta`.
+    pub trace_extension_url: String,
+    /// `fullUrl` base for change-feed entries, when configured.
+    pub public_base_url: Option<String>,
+}
+
+/// The running adapter.
+pub struct Kafka {
+    stop: watch::Sender<bool>,
+    inbound: JoinHandle<()>,
+    relay: JoinHandle<()>,
+}
+
+struct LagToMetrics;
+
+impl ConsumerObserver for LagToMetrics {
+    fn lag(&self, topic: &str, partition: i32, lag: i64) {
+        metrics().kafka_lag(topic, partition, lag);
+    }
+
+    fn rebalanced(&self, assigned: bool, partitions: usize) {
+        let change = if assigned { "assigned" } else { "revoked" };
+        tracing::info!(change, partitions, "Kafka partitions rebalanced");
+    }
+}
+
+impl Kafka {
+    /// Creates the clients and starts consuming and relaying.
+    pub fn start(
+        settings: &KafkaSettings,
+        hl7: Arc<Hl7Ingest>,
+        fhir: Arc<FhirIngest>,
+    ) -> anyhow::Result<Kafka> {
+        let topics = [settings.hl7_topic.as_str(), settings.fhir_topic.as_str()];
+        let consumer = Consumer::new(&settings.client, &topics, Arc::new(LagToMetrics))?;
+        let delivery_timeout = Duration::from_millis(settings.delivery_timeout_ms);
+        let producer = Producer::new(&settings.client, delivery_timeout)?;
+        let (stop, stopped) = watch::channel(false);
+        let inbound = inbound::Inbound {
+            consumer,
+            dead_letters: producer.clone(),
+            settings: settings.clone(),
+            hl7,
+            fhir: fhir.clone(),
+        };
+        let relay = relay::Relay {
+            store: fhir.store.clone(),
+            producer,
+            topic: settings.change_topic.clone(),
+            extension_url: fhir.trace_extension_url.clone(),
+            public_base_url: fhir.public_base_url.clone(),
+            retention: Duration::from_millis(settings.outbox_retention_ms),
+        };
+        tracing::info!(
+            brokers = %settings.client.brokers,
+            group = %settings.client.group_id,
+            hl7_topic = %settings.hl7_topic,
+            fhir_topic = %settings.fhir_topic,
+            change_topic = %settings.change_topic,
+            "Kafka adapter started"
+        );
+        Ok(Kafka {
+            stop,
+            inbound: tokio::spawn(inbound.run(stopped.clone())),
+            relay: tokio::spawn(relay.run(stopped)),
+        })
+    }
+
+    /// Stops consuming after the record in hand (its batch's processed records are committed)
+    /// and gives the relay a last chance to publish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.inbound.await;
+        let _ = self.relay.await;
+    }
+}
