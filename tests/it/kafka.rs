@@ -18,11 +18,11 @@ use crate::support::{spawn_app_on, spawn_app_with, TestApp};
 
 const HL7: &str = "hl7v2.inbound";
 const FHIR: &str = "fhir.inbound";
-const CHANGES: &str = "fhir.changes";
+pub(crate) const CHANGES: &str = "fhir.changes";
 const DEAD: &str = "hl7bridge.dead-letter";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-fn broker(partitions: i32) -> MockBroker {
+pub(crate) fn broker(partitions: i32) -> MockBroker {
     let broker = MockBroker::new(1).expect("the mock cluster starts");
     for topic in [HL7, FHIR, CHANGES, DEAD] {
         broker.create_topic(topic, partitions).unwrap();
@@ -31,7 +31,7 @@ fn broker(partitions: i32) -> MockBroker {
 }
 
 /// Client settings that make a test wait milliseconds, not seconds, for librdkafka's timers.
-fn fast(brokers: &str, group: &str) -> KafkaConfig {
+pub(crate) fn fast(brokers: &str, group: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: brokers.to_string(),
         group_id: group.to_string(),
@@ -62,7 +62,7 @@ async fn app_with_kafka(broker: &MockBroker) -> TestApp {
     spawn_app_with(|config: &mut Config| config.kafka = Some(settings(&brokers))).await
 }
 
-fn producer(broker: &MockBroker) -> Producer {
+pub(crate) fn producer(broker: &MockBroker) -> Producer {
     Producer::new(
         &fast(&broker.bootstrap_servers(), "-"),
         Duration::from_secs(10),
@@ -86,7 +86,7 @@ impl ConsumerObserver for Quiet {
 }
 
 /// Reads `topic` from the start with a fresh group until `done` holds for what was read.
-async fn read_until(
+pub(crate) async fn read_until(
     broker: &MockBroker,
     topic: &str,
     done: impl Fn(&[Record]) -> bool,
@@ -149,18 +149,18 @@ fn entries(bundle: &Value) -> Vec<Value> {
     bundle["entry"].as_array().cloned().unwrap_or_default()
 }
 
-fn header<'a>(record: &'a Record, name: &str) -> &'a str {
+pub(crate) fn header<'a>(record: &'a Record, name: &str) -> &'a str {
     record
         .header_text(name)
         .unwrap_or_else(|| panic!("no {name} header on {record:?}"))
 }
 
-fn change_bundle(record: &Record) -> Value {
+pub(crate) fn change_bundle(record: &Record) -> Value {
     serde_json::from_slice(&record.payload).expect("a change record is JSON")
 }
 
 /// The resource (`Type/id`) a change record is about.
-fn changed(record: &Record) -> String {
+pub(crate) fn changed(record: &Record) -> String {
     let bundle = change_bundle(record);
     bundle["entry"][0]["request"]["url"]
         .as_str()

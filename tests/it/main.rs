@@ -15,3 +15,4 @@ mod mllp_ingest;
 mod ops_endpoints;
 mod otlp_export;
 mod support;
+mod trace_journey;

@@ -10,8 +10,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// A stand-in collector: answers 200 to every POST and reports (path, content type, body size).
-async fn fake_collector() -> (String, mpsc::UnboundedReceiver<(String, String, usize)>) {
+/// One request the stand-in collector received.
+pub struct Received {
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// A stand-in collector: answers 200 to every POST and reports each request.
+pub async fn fake_collector() -> (String, mpsc::UnboundedReceiver<Received>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
@@ -32,7 +39,7 @@ async fn fake_collector() -> (String, mpsc::UnboundedReceiver<(String, String, u
     (endpoint, rx)
 }
 
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, String, usize)> {
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -58,13 +65,22 @@ async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Str
         buf.extend_from_slice(&chunk[..n]);
     }
     let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-    Some((path, header("content-type").unwrap_or_default(), length))
+    Some(Received {
+        path,
+        content_type: header("content-type").unwrap_or_default(),
+        body: buf[head_end..head_end + length].to_vec(),
+    })
 }
 
-/// Starts `hl7bridge serve` on port 0 and returns it with its HTTP address, read from the
-/// "listening" log line.
-fn start_binary(endpoint: &str, dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hl7bridge"))
+/// Starts `hl7bridge serve` on port 0 (with `env` added) and returns it with its HTTP and MLLP
+/// addresses, read from the "listening" log line.
+pub fn start_binary(
+    endpoint: &str,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hl7bridge"));
+    command
         .arg("serve")
         .current_dir(dir)
         .env_clear()
@@ -72,13 +88,13 @@ fn start_binary(endpoint: &str, dir: &std::path::Path) -> (Child, String) {
         .env("HL7BRIDGE_MLLP_ADDR", "127.0.0.1:0")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
+        .stderr(Stdio::inherit());
+    let mut child = command.spawn().expect("the binary starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let http = loop {
+    let (http, mllp) = loop {
         let line = lines
             .next()
             .expect("the server logs before exiting")
@@ -87,11 +103,12 @@ fn start_binary(endpoint: &str, dir: &std::path::Path) -> (Child, String) {
             continue;
         };
         if event["fields"]["message"] == "hl7bridge listening" {
-            break event["fields"]["http"].as_str().unwrap().to_string();
+            let field = |name: &str| event["fields"][name].as_str().unwrap().to_string();
+            break (field("http"), field("mllp"));
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    (child, http)
+    (child, http, mllp)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +116,7 @@ async fn spans_are_exported_over_otlp_http_and_sigterm_stops_the_server_cleanly(
     let (endpoint, mut received) = fake_collector().await;
     let dir = std::env::temp_dir().join(format!("hl7bridge-otlp-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (mut child, http) = tokio::task::block_in_place(|| start_binary(&endpoint, &dir));
+    let (mut child, http, _) = tokio::task::block_in_place(|| start_binary(&endpoint, &dir, &[]));
 
     let metadata = reqwest::get(format!("http://{http}/metadata"))
         .await
@@ -119,12 +136,12 @@ async fn spans_are_exported_over_otlp_http_and_sigterm_stops_the_server_cleanly(
         "SIGTERM ends the server with success: {status}"
     );
 
-    let (path, content_type, size) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+    let request = tokio::time::timeout(Duration::from_secs(10), received.recv())
         .await
         .expect("spans arrive at the collector")
         .unwrap();
-    assert_eq!(path, "/v1/traces");
-    assert_eq!(content_type, "application/x-protobuf");
-    assert!(size > 0);
+    assert_eq!(request.path, "/v1/traces");
+    assert_eq!(request.content_type, "application/x-protobuf");
+    assert!(!request.body.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
