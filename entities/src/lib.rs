@@ -5,17 +5,20 @@
 //! - `resource_version`: every version ever written, for vread and history.
 //! - `compartment`: which patient compartments a resource belongs to (`$everything`).
 //! - `resource_ref`: the references a resource holds, for one-hop includes.
-//! - `token_index`: identifiers, for `identifier=` search and conditional references.
+//! - `token_index`: identifiers and codes, for token search and conditional references.
+//! - `date_index`, `string_index`: date and string search values.
 //! - `hl7_message`: every inbound HL7v2 message, accepted or not, kept raw with its ACK.
 //! - `change_outbox`: committed changes for the Kafka change feed, written with the change.
 
 pub mod change_outbox;
 pub mod compartment;
+pub mod date_index;
 pub mod hl7_message;
 pub mod migration;
 pub mod resource;
 pub mod resource_ref;
 pub mod resource_version;
+pub mod string_index;
 pub mod token_index;
 
 pub use migration::Migrator;

@@ -1,4 +1,5 @@
-//! Token search values (today: `identifier`). `system` is empty when the identifier has none.
+//! Token search values (`identifier`, `code`, `status`, `gender`, …) under the search
+//! parameter's name. `system` is empty when the value has none.
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]

@@ -63,25 +63,32 @@ pub struct SearchEntry<'a> {
     pub mode: &'static str,
 }
 
-/// A searchset Bundle as JSON text. `outcome`, when given, is added as the first entry with
-/// `search.mode = outcome` (warnings about the search itself).
+/// A searchset Bundle as JSON text: `links` as (relation, url), `total` when known. `outcome`,
+/// when given, is added as the first entry with `search.mode = outcome` (warnings about the
+/// search itself).
 pub fn searchset(
     base: &str,
-    self_link: &str,
-    total: usize,
+    links: &[(&str, String)],
+    total: Option<usize>,
     entries: &[SearchEntry<'_>],
     trace: Option<&BundleTrace>,
     outcome: Option<Value>,
 ) -> String {
-    let head = json!({
+    let links: Vec<Value> = links
+        .iter()
+        .map(|(relation, url)| json!({"relation": relation, "url": url}))
+        .collect();
+    let mut head = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": meta(trace),
         "type": "searchset",
-        "total": total,
-        "link": [{"relation": "self", "url": self_link}],
-    })
-    .to_string();
+    });
+    if let Some(total) = total {
+        head["total"] = json!(total);
+    }
+    head["link"] = Value::Array(links);
+    let head = head.to_string();
     let size: usize = entries.iter().map(|e| e.resource.content.len() + 128).sum();
     if entries.is_empty() && outcome.is_none() {
         // FHIR JSON has no empty arrays: an empty result has no `entry` at all.
@@ -224,8 +231,8 @@ mod tests {
         };
         let text = searchset(
             "http://h",
-            "http://h/Patient",
-            1,
+            &[("self", "http://h/Patient".into())],
+            Some(1),
             &entries,
             Some(&trace),
             None,
@@ -258,7 +265,14 @@ mod tests {
 
     #[test]
     fn an_empty_searchset_has_no_entry_element() {
-        let text = searchset("http://h", "http://h/Patient", 0, &[], None, None);
+        let text = searchset(
+            "http://h",
+            &[("self", "http://h/Patient".into())],
+            Some(0),
+            &[],
+            None,
+            None,
+        );
         let bundle: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(bundle["total"], 0);
         assert!(

@@ -1,10 +1,12 @@
 //! The CapabilityStatement served at `/metadata`. It claims only what works today: read, vread,
-//! create (with conditional create), update (with update-as-create), delete and identifier/_id
-//! search on every type, `$everything` on Patient, transaction and batch.
+//! create (with conditional create), update (with update-as-create), delete, search on every
+//! type (`_id`, `_lastUpdated`, `identifier`, and the parameters of
+//! [`crate::store::search_params`]), `$everything` on Patient, transaction and batch.
 
 use serde_json::{json, Value};
 
 use super::id::R4_RESOURCE_TYPES;
+use crate::store::search_params::{params_of, Kind};
 
 /// `started` is the server's start instant: the statement can change only with a restart.
 pub fn capability_statement(base: &str, started: &str) -> Value {
@@ -36,11 +38,22 @@ fn resource(resource_type: &str) -> Value {
         "readHistory": true,
         "updateCreate": true,
         "conditionalCreate": true,
-        "searchParam": [
-            {"name": "identifier", "type": "token"},
-            {"name": "_id", "type": "token"},
-        ],
     });
+    let mut params = vec![
+        json!({"name": "_id", "type": "token"}),
+        json!({"name": "_lastUpdated", "type": "date"}),
+        json!({"name": "identifier", "type": "token"}),
+    ];
+    params.extend(params_of(resource_type).iter().map(|p| {
+        let kind = match p.kind {
+            Kind::Token => "token",
+            Kind::Date => "date",
+            Kind::Str => "string",
+            Kind::Reference { .. } => "reference",
+        };
+        json!({"name": p.name, "type": kind})
+    }));
+    r["searchParam"] = Value::Array(params);
     if resource_type == "Patient" {
         r["operation"] = json!([{
             "name": "everything",

@@ -10,8 +10,9 @@ use super::capability::capability_statement;
 use super::criteria::percent_decode;
 use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
+use super::search::{self, SearchRequest, Total};
 use super::{transaction, BodyTimeouts, FhirState};
-use crate::store::{IdentifierLookup, StoredResource, SupportingMode};
+use crate::store::{Search, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
 
 pub(super) type Answer = Result<HttpResponse, FhirError>;
@@ -74,10 +75,14 @@ pub async fn history(
             "{resource_type}/{id} is not known"
         )));
     }
-    let query = SearchQuery::parse(req.query_string(), &["_count", "_page_before"])?;
-    query.check_ignored(&req)?;
+    let pairs = decode_pairs(req.query_string())?;
+    let (known, unknown): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .partition(|(name, _)| name == "_count" || name == "_page_before");
+    let unknown: Vec<String> = unknown.into_iter().map(|(name, _)| name).collect();
+    ignored_parameters(&unknown, &req)?;
     let number = |name: &str| -> Result<Option<i64>, FhirError> {
-        let Some((_, raw)) = query.known.iter().rev().find(|(n, _)| n == name) else {
+        let Some((_, raw)) = known.iter().rev().find(|(n, _)| n == name) else {
             return Ok(None);
         };
         raw.parse()
@@ -129,33 +134,127 @@ pub async fn search(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Answer {
-    let resource_type = path.into_inner();
-    if !is_resource_type(&resource_type) {
-        return Err(FhirError::NotFound(format!(
-            "unknown resource type {resource_type:?}"
-        )));
+    let resource_type = searchable_type(path.into_inner())?;
+    let pairs = decode_pairs(req.query_string())?;
+    run_search(&state, &req, &resource_type, pairs).await
+}
+
+/// `POST /{type}/_search`: the parameters in an `application/x-www-form-urlencoded` body (and
+/// the query string), for clients that keep them out of URLs and logs.
+pub async fn search_post(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Answer {
+    let resource_type = searchable_type(path.into_inner())?;
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form && !body.is_empty() {
+        return Err(FhirError::UnsupportedMediaType(
+            "_search takes application/x-www-form-urlencoded parameters".into(),
+        ));
     }
-    let query = SearchQuery::parse(req.query_string(), &["identifier", "_id"])?;
-    let ignored = query.check_ignored(&req)?;
-    let ids = matching_ids(&state, &resource_type, &query).await?;
-    let found = state.store.read_many(&resource_type, &ids).await?;
-    let entries: Vec<_> = found
+    let text =
+        std::str::from_utf8(&body).map_err(|_| FhirError::invalid("the form body is not UTF-8"))?;
+    let mut pairs = decode_pairs(req.query_string())?;
+    pairs.extend(decode_pairs(text)?);
+    run_search(&state, &req, &resource_type, pairs).await
+}
+
+fn searchable_type(resource_type: String) -> Result<String, FhirError> {
+    if is_resource_type(&resource_type) {
+        Ok(resource_type)
+    } else {
+        Err(FhirError::NotFound(format!(
+            "unknown resource type {resource_type:?}"
+        )))
+    }
+}
+
+/// One page of results: at most `_count` resources after the cursor, a `next` link when there
+/// are more (carrying every applied parameter), and the total when asked for or free.
+async fn run_search(
+    state: &FhirState,
+    req: &HttpRequest,
+    resource_type: &str,
+    pairs: Vec<(String, String)>,
+) -> Answer {
+    let request = SearchRequest::read(resource_type, pairs)?;
+    let ignored = ignored_parameters(&request.unknown, req)?;
+    let base = base_url(state, req);
+    let link = |cursor: Option<String>| {
+        let mut params: Vec<String> = request
+            .applied
+            .iter()
+            .map(|(n, v)| format!("{}={}", encode_query_value(n), encode_query_value(v)))
+            .collect();
+        if let Some(cursor) = cursor {
+            params.push(format!("_cursor={}", encode_query_value(&cursor)));
+        }
+        format!("{base}/{resource_type}?{}", params.join("&"))
+    };
+    let self_cursor = request
+        .cursor
+        .as_ref()
+        .map(|(at, id)| search::cursor_text(*at, id));
+    let mut links = vec![("self", link(self_cursor))];
+    let trace = trace(state);
+    if request.count_only {
+        let total = state
+            .store
+            .search_count(resource_type, &request.criteria)
+            .await?;
+        let body = searchset(
+            &base,
+            &links,
+            Some(total as usize),
+            &[],
+            trace.as_ref(),
+            ignored,
+        );
+        return Ok(bundle_response(body));
+    }
+    let mut page = state
+        .store
+        .search(&Search {
+            resource_type: resource_type.to_string(),
+            criteria: request.criteria.clone(),
+            order: request.order,
+            after: request.cursor.clone(),
+            limit: request.count + 1,
+        })
+        .await?;
+    let more = page.len() as u64 > request.count;
+    page.truncate(request.count as usize);
+    if let (true, Some(last)) = (more, page.last()) {
+        let cursor = search::cursor_text(last.last_updated_us, &last.id);
+        links.push(("next", link(Some(cursor))));
+    }
+    let total = match request.total {
+        Total::Accurate => Some(
+            state
+                .store
+                .search_count(resource_type, &request.criteria)
+                .await? as usize,
+        ),
+        Total::Cheap if request.cursor.is_none() && !more => Some(page.len()),
+        _ => None,
+    };
+    let entries: Vec<_> = page
         .iter()
         .map(|r| SearchEntry {
             resource: r,
             mode: "match",
         })
         .collect();
-    let base = base_url(&state, &req);
-    let self_link = format!("{base}/{resource_type}?{}", query.canonical());
-    let body = searchset(
-        &base,
-        &self_link,
-        entries.len(),
-        &entries,
-        trace(&state).as_ref(),
-        ignored,
-    );
+    let body = searchset(&base, &links, total, &entries, trace.as_ref(), ignored);
     Ok(bundle_response(body))
 }
 
@@ -166,8 +265,9 @@ pub async fn everything(
 ) -> Answer {
     let id = path.into_inner();
     live_resource(&state, "Patient", &id).await?;
-    let query = SearchQuery::parse(req.query_string(), &[])?;
-    let ignored = query.check_ignored(&req)?;
+    let pairs = decode_pairs(req.query_string())?;
+    let unknown: Vec<String> = pairs.into_iter().map(|(name, _)| name).collect();
+    let ignored = ignored_parameters(&unknown, &req)?;
     let found = state.store.everything(&id).await?;
     let entries: Vec<_> = found
         .iter()
@@ -184,8 +284,8 @@ pub async fn everything(
     let self_link = format!("{base}/Patient/{id}/$everything");
     let body = searchset(
         &base,
-        &self_link,
-        total,
+        &[("self", self_link)],
+        Some(total),
         &entries,
         trace(&state).as_ref(),
         ignored,
@@ -264,66 +364,6 @@ async fn live_resource(
         Some(r) if r.deleted => Err(FhirError::Gone(format!("{resource_type}/{id} was deleted"))),
         Some(r) => Ok(r),
     }
-}
-
-/// Most criteria one search may combine.
-const MAX_CRITERIA: usize = 16;
-
-/// Ids matching every criterion (repeated parameters are ANDed; commas inside `_id` are ORs).
-async fn matching_ids(
-    state: &FhirState,
-    resource_type: &str,
-    query: &SearchQuery,
-) -> Result<Vec<String>, FhirError> {
-    if query.known.is_empty() {
-        return Err(FhirError::invalid(
-            "search without identifier or _id is not supported yet (no paging)",
-        ));
-    }
-    if query.known.len() > MAX_CRITERIA {
-        return Err(FhirError::invalid(format!(
-            "at most {MAX_CRITERIA} search criteria are accepted"
-        )));
-    }
-    let mut ids: Option<Vec<String>> = None;
-    for (name, value) in &query.known {
-        let found = match name.as_str() {
-            "identifier" => ids_by_identifier(state, resource_type, value).await?,
-            _ => value.split(',').map(String::from).collect(),
-        };
-        ids = Some(match ids {
-            None => found,
-            Some(previous) => {
-                let found: std::collections::HashSet<String> = found.into_iter().collect();
-                previous
-                    .into_iter()
-                    .filter(|id| found.contains(id))
-                    .collect()
-            }
-        });
-    }
-    Ok(ids.unwrap_or_default())
-}
-
-async fn ids_by_identifier(
-    state: &FhirState,
-    resource_type: &str,
-    token: &str,
-) -> Result<Vec<String>, FhirError> {
-    let (system, value) = match token.split_once('|') {
-        Some((s, v)) => (Some(s.to_string()), v.to_string()),
-        None => (None, token.to_string()),
-    };
-    let lookup = IdentifierLookup {
-        resource_type: resource_type.to_string(),
-        system,
-        value,
-    };
-    let mut found = state
-        .store
-        .ids_by_identifier(std::slice::from_ref(&lookup))
-        .await?;
-    Ok(found.remove(&lookup).unwrap_or_default())
 }
 
 fn mode_name(mode: SupportingMode) -> &'static str {
@@ -467,66 +507,45 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     })
 }
 
-/// A parsed query string: the parameters a handler knows, and the names it does not.
-struct SearchQuery {
-    known: Vec<(String, String)>,
-    unknown: Vec<String>,
-}
-
 /// Parameters that change nothing in a JSON-only server.
 const HARMLESS: &[&str] = &["_format", "_pretty"];
 
-impl SearchQuery {
-    fn parse(query: &str, known: &[&str]) -> Result<SearchQuery, FhirError> {
-        let mut parsed = SearchQuery {
-            known: Vec::new(),
-            unknown: Vec::new(),
+/// The query's (name, value) pairs, percent-decoded, without the harmless ones.
+fn decode_pairs(query: &str) -> Result<Vec<(String, String)>, FhirError> {
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
+        // Control characters have no place in a search value (and PostgreSQL refuses NUL).
+        let decode = |s: &str| {
+            percent_decode(&s.replace('+', " ")).filter(|t| !t.chars().any(char::is_control))
         };
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            // Control characters have no place in a search value (and PostgreSQL refuses NUL).
-            let decode = |s: &str| {
-                percent_decode(&s.replace('+', " ")).filter(|t| !t.chars().any(char::is_control))
-            };
-            let (Some(name), Some(value)) = (decode(name), decode(raw)) else {
-                return Err(FhirError::invalid(
-                    "malformed percent-encoding in the query",
-                ));
-            };
-            if known.contains(&name.as_str()) {
-                parsed.known.push((name, value));
-            } else if !HARMLESS.contains(&name.as_str()) {
-                parsed.unknown.push(name);
-            }
+        let (Some(name), Some(value)) = (decode(name), decode(raw)) else {
+            return Err(FhirError::invalid(
+                "malformed percent-encoding in the query",
+            ));
+        };
+        if !HARMLESS.contains(&name.as_str()) {
+            pairs.push((name, value));
         }
-        Ok(parsed)
     }
+    Ok(pairs)
+}
 
-    /// Unknown parameters: a warning OperationOutcome under `Prefer: handling=lenient` (the
-    /// default), a 400 under `handling=strict`.
-    fn check_ignored(&self, req: &HttpRequest) -> Result<Option<Value>, FhirError> {
-        if self.unknown.is_empty() {
-            return Ok(None);
-        }
-        let message = format!(
-            "unsupported search parameters ignored: {}",
-            self.unknown.join(", ")
-        );
-        if prefers_strict(req) {
-            return Err(FhirError::invalid(message.replace("ignored", "refused")));
-        }
-        Ok(Some(json!({"resourceType": "OperationOutcome", "issue": [
-            {"severity": "warning", "code": "not-supported", "diagnostics": message}]})))
+/// Unknown parameters: a warning OperationOutcome under `Prefer: handling=lenient` (the
+/// default), a 400 under `handling=strict`.
+fn ignored_parameters(unknown: &[String], req: &HttpRequest) -> Result<Option<Value>, FhirError> {
+    if unknown.is_empty() {
+        return Ok(None);
     }
-
-    /// The applied parameters, re-encoded, for the self link.
-    fn canonical(&self) -> String {
-        self.known
-            .iter()
-            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+    let message = format!(
+        "unsupported search parameters ignored: {}",
+        unknown.join(", ")
+    );
+    if prefers_strict(req) {
+        return Err(FhirError::invalid(message.replace("ignored", "refused")));
     }
+    Ok(Some(json!({"resourceType": "OperationOutcome", "issue": [
+        {"severity": "warning", "code": "not-supported", "diagnostics": message}]})))
 }
 
 fn prefers_strict(req: &HttpRequest) -> bool {
@@ -560,12 +579,16 @@ mod tests {
     }
 
     #[test]
-    fn query_values_are_decoded_and_unknown_names_kept_apart() {
-        let q = SearchQuery::parse("identifier=urn%3Ax%7C1&foo=2&_format=json", &["identifier"])
-            .unwrap();
-        assert_eq!(q.known, [("identifier".to_string(), "urn:x|1".to_string())]);
-        assert_eq!(q.unknown, ["foo"]);
-        assert_eq!(q.canonical(), "identifier=urn:x|1");
+    fn query_values_are_decoded_and_harmless_names_dropped() {
+        let pairs = decode_pairs("identifier=urn%3Ax%7C1&foo=2&_format=json").unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("identifier".to_string(), "urn:x|1".to_string()),
+                ("foo".to_string(), "2".to_string())
+            ]
+        );
+        assert_eq!(encode_query_value("urn:x|1"), "urn:x|1");
     }
 
     #[test]

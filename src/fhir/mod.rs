@@ -20,6 +20,7 @@ pub mod id;
 mod negotiate;
 mod references;
 mod rest;
+mod search;
 pub mod transaction;
 
 use actix_web::web;
@@ -59,6 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(handlers::trace_context_definition),
         )
         .route("/{type}", web::get().to(handlers::search))
+        .route("/{type}/_search", web::post().to(handlers::search_post))
         .route("/{type}", web::post().to(rest::create))
         .route("/{type}/{id}/_history", web::get().to(handlers::history))
         .route("/{type}/{id}", web::put().to(rest::update))

@@ -1,11 +1,13 @@
 //! What a resource contributes to the search indexes, computed from its JSON at write time:
-//! the references it holds, the patient compartments it belongs to, and its identifiers.
+//! the references it holds, the patient compartments it belongs to, its identifiers, and the
+//! token, date and string values of its search parameters (see [`super::search_params`]).
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use super::compartment::is_membership_path;
+use super::search_params::{params_of, range_of, strings_of, tokens_of, values_at, Kind};
 use crate::fhir::id::{parse_relative_reference, RelativeRef};
 
 /// Index rows for one resource, deduplicated.
@@ -17,6 +19,12 @@ pub struct IndexRows {
     pub patients: BTreeSet<String>,
     /// (system, value) of each identifier; system empty when absent.
     pub identifiers: BTreeSet<(String, String)>,
+    /// (parameter, system, code) of token parameters other than `identifier`.
+    pub tokens: BTreeSet<(String, String, String)>,
+    /// (parameter, low, high) of date parameters.
+    pub dates: BTreeSet<(String, i64, i64)>,
+    /// (parameter, text) of string parameters.
+    pub strings: BTreeSet<(String, String)>,
 }
 
 pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
@@ -31,6 +39,22 @@ pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
         rows.patients.insert(id.to_string());
     }
     collect_identifiers(content.get("identifier"), &mut rows.identifiers);
+    for param in params_of(resource_type) {
+        let values = param.paths.iter().flat_map(|path| values_at(content, path));
+        let name = param.name.to_string();
+        match param.kind {
+            Kind::Token => values.flat_map(tokens_of).for_each(|(system, code)| {
+                rows.tokens.insert((name.clone(), system, code));
+            }),
+            Kind::Date => values.filter_map(range_of).for_each(|(low, high)| {
+                rows.dates.insert((name.clone(), low, high));
+            }),
+            Kind::Str => values.flat_map(strings_of).for_each(|text| {
+                rows.strings.insert((name.clone(), text));
+            }),
+            Kind::Reference { .. } => {}
+        }
+    }
     rows
 }
 
@@ -117,6 +141,27 @@ mod tests {
         assert!(rows.patients.contains("p1"));
         assert!(rows.identifiers.contains(&("urn:mrn".into(), "123".into())));
         assert!(rows.identifiers.contains(&("".into(), "456".into())));
+    }
+
+    #[test]
+    fn search_parameter_values_are_extracted_by_type() {
+        let obs = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "effectiveDateTime": "2024-07-01"});
+        let rows = extract("Observation", "o1", &obs);
+        assert!(rows
+            .tokens
+            .contains(&("status".into(), "".into(), "final".into())));
+        assert!(rows
+            .tokens
+            .contains(&("code".into(), "http://loinc.org".into(), "2345-7".into())));
+        assert_eq!(rows.dates.len(), 1);
+        let patient = json!({"resourceType": "Patient",
+            "name": [{"family": "Quill", "given": ["Ada", "M"]}]});
+        let rows = extract("Patient", "p1", &patient);
+        assert!(rows.strings.contains(&("name".into(), "Ada".into())));
+        assert!(rows.strings.contains(&("family".into(), "Quill".into())));
+        assert!(rows.strings.contains(&("given".into(), "M".into())));
     }
 
     #[test]

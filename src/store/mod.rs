@@ -9,6 +9,8 @@ pub mod compartment;
 pub mod index;
 mod outbox;
 mod read;
+mod search;
+pub mod search_params;
 mod write;
 
 use std::time::Duration;
@@ -19,6 +21,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use outbox::{ChangeRow, WriteTrace};
 pub use read::{IdentifierLookup, StoredResource, SupportingMode};
+pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{
     payload_hash, Hl7MessageRow, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp, Written,
 };

@@ -243,7 +243,11 @@ impl Store {
     }
 
     /// Runs `sql` written with `?` placeholders on whichever backend this store has.
-    async fn query(&self, sql: &str, params: Vec<Value>) -> Result<Vec<QueryResult>, StoreError> {
+    pub(super) async fn query(
+        &self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<QueryResult>, StoreError> {
         let backend = self.backend();
         let statement = Statement::from_sql_and_values(backend, dialect(backend, sql), params);
         Ok(self.db.query_all_raw(statement).await?)
@@ -267,7 +271,7 @@ impl IdentifierLookup {
     }
 }
 
-fn stored(row: &QueryResult) -> Result<StoredResource, StoreError> {
+pub(super) fn stored(row: &QueryResult) -> Result<StoredResource, StoreError> {
     Ok(StoredResource {
         resource_type: row.try_get_by_index(0)?,
         id: row.try_get_by_index(1)?,
@@ -292,7 +296,7 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     items.filter(|i| seen.insert(*i)).collect()
 }
 
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 

@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use hl7bridge_entities::token_index;
 use hl7bridge_entities::{
-    change_outbox, compartment, hl7_message, resource, resource_ref, resource_version,
+    change_outbox, compartment, date_index, hl7_message, resource, resource_ref, resource_version,
+    string_index,
 };
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -115,6 +116,8 @@ struct Plan {
     compartments: Vec<compartment::Model>,
     refs: Vec<resource_ref::Model>,
     tokens: Vec<token_index::Model>,
+    dates: Vec<date_index::Model>,
+    strings: Vec<string_index::Model>,
     written: Vec<Written>,
     /// The first patient compartment of each created or updated resource (change-feed key).
     patients: HashMap<Key, String>,
@@ -426,15 +429,42 @@ fn add_index_rows(plan: &mut Plan, t: &str, id: &str, index: IndexRows) {
             target_id,
         });
     }
-    for (system, value) in index.identifiers {
+    let identifiers = index
+        .identifiers
+        .into_iter()
+        .map(|(system, value)| ("identifier".to_string(), system, value));
+    for (param, system, value) in identifiers.chain(index.tokens) {
         plan.tokens.push(token_index::Model {
             resource_type: t.to_string(),
             resource_id: id.to_string(),
-            param: "identifier".to_string(),
+            param,
             system,
             value,
         });
     }
+    for (param, low_us, high_us) in index.dates {
+        plan.dates.push(date_index::Model {
+            resource_type: t.to_string(),
+            resource_id: id.to_string(),
+            param,
+            low_us,
+            high_us,
+        });
+    }
+    for (param, value) in index.strings {
+        plan.strings.push(string_index::Model {
+            resource_type: t.to_string(),
+            resource_id: id.to_string(),
+            param,
+            normalized: normalize(&value),
+            value,
+        });
+    }
+}
+
+/// How string search compares: case-insensitively.
+pub fn normalize(text: &str) -> String {
+    text.to_lowercase()
 }
 
 async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError> {
@@ -457,6 +487,15 @@ async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError>
     insert_chunked(txn, plan.tokens.clone(), 5, |rows| {
         token_index::Entity::insert_many(rows)
             .on_conflict(do_nothing_on_pk::<token_index::Entity>())
+    })
+    .await?;
+    insert_chunked(txn, plan.dates.clone(), 5, |rows| {
+        date_index::Entity::insert_many(rows).on_conflict(do_nothing_on_pk::<date_index::Entity>())
+    })
+    .await?;
+    insert_chunked(txn, plan.strings.clone(), 5, |rows| {
+        string_index::Entity::insert_many(rows)
+            .on_conflict(do_nothing_on_pk::<string_index::Entity>())
     })
     .await
 }
@@ -518,24 +557,38 @@ async fn remove_index_rows(txn: &DatabaseTransaction, keys: &[Key]) -> Result<()
     }
     for (t, ids) in by_type {
         for chunk in ids.chunks(MAX_ROWS) {
-            let ids = || chunk.iter().copied();
-            compartment::Entity::delete_many()
-                .filter(compartment::Column::ResourceType.eq(t))
-                .filter(compartment::Column::ResourceId.is_in(ids()))
-                .exec(txn)
+            use compartment::Column as C;
+            use resource_ref::Column as R;
+            delete_rows::<compartment::Entity>(txn, C::ResourceType, C::ResourceId, t, chunk)
                 .await?;
-            resource_ref::Entity::delete_many()
-                .filter(resource_ref::Column::SourceType.eq(t))
-                .filter(resource_ref::Column::SourceId.is_in(ids()))
-                .exec(txn)
+            delete_rows::<resource_ref::Entity>(txn, R::SourceType, R::SourceId, t, chunk).await?;
+            use date_index::Column as D;
+            use string_index::Column as S;
+            use token_index::Column as T;
+            delete_rows::<token_index::Entity>(txn, T::ResourceType, T::ResourceId, t, chunk)
                 .await?;
-            token_index::Entity::delete_many()
-                .filter(token_index::Column::ResourceType.eq(t))
-                .filter(token_index::Column::ResourceId.is_in(ids()))
-                .exec(txn)
+            delete_rows::<date_index::Entity>(txn, D::ResourceType, D::ResourceId, t, chunk)
+                .await?;
+            delete_rows::<string_index::Entity>(txn, S::ResourceType, S::ResourceId, t, chunk)
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Deletes one index's rows for resources `ids` of type `t`.
+async fn delete_rows<E: EntityTrait>(
+    txn: &DatabaseTransaction,
+    type_column: E::Column,
+    id_column: E::Column,
+    t: &str,
+    ids: &[&str],
+) -> Result<(), StoreError> {
+    E::delete_many()
+        .filter(type_column.eq(t))
+        .filter(id_column.is_in(ids.iter().copied()))
+        .exec(txn)
+        .await?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod corpus;
 mod fhir_api;
 mod fhir_hostile;
 mod fhir_rest;
+mod fhir_search;
 mod kafka;
 mod kafka_broker;
 mod mllp_hostile;

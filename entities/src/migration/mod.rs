@@ -3,6 +3,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_change_outbox;
+mod m0003_search_index;
 
 pub struct Migrator;
 
@@ -11,6 +12,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m0001_initial::Migration),
             Box::new(m0002_change_outbox::Migration),
+            Box::new(m0003_search_index::Migration),
         ]
     }
 }

@@ -1,0 +1,304 @@
+//! `GET /{type}?…` (and `POST /{type}/_search`): the query string read into store criteria,
+//! paging parameters, and what was not understood.
+
+use crate::store::search_params::{date_range, find, Kind};
+use crate::store::{Criterion, DateCriterion, Order, Prefix, StrMatch};
+
+use super::error::FhirError;
+
+/// Results per page unless `_count` says otherwise, and the most `_count` may ask for.
+pub const DEFAULT_COUNT: u64 = 50;
+pub const MAX_COUNT: u64 = 1000;
+/// Criteria one search may combine, and alternatives one criterion may list.
+const MAX_CRITERIA: usize = 16;
+const MAX_ALTERNATIVES: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    /// Only when it costs nothing (a first page that holds everything).
+    Cheap,
+    None,
+    Accurate,
+}
+
+/// A search request, read.
+#[derive(Debug)]
+pub struct SearchRequest {
+    pub criteria: Vec<Criterion>,
+    /// The parameters applied, as (name, value) for the links; paging parameters excluded.
+    pub applied: Vec<(String, String)>,
+    pub count: u64,
+    pub order: Order,
+    pub cursor: Option<(i64, String)>,
+    pub total: Total,
+    /// `_summary=count`: the total only.
+    pub count_only: bool,
+    /// Parameters (with their modifiers) that were not understood.
+    pub unknown: Vec<String>,
+}
+
+impl SearchRequest {
+    /// Reads decoded (name, value) pairs for `resource_type`.
+    pub fn read(resource_type: &str, pairs: Vec<(String, String)>) -> Result<Self, FhirError> {
+        let mut request = SearchRequest {
+            criteria: Vec::new(),
+            applied: Vec::new(),
+            count: DEFAULT_COUNT,
+            order: Order::LastUpdatedAscending,
+            cursor: None,
+            total: Total::Cheap,
+            count_only: false,
+            unknown: Vec::new(),
+        };
+        for (name, value) in pairs {
+            if request.read_control(&name, &value)? {
+                continue;
+            }
+            match criterion(resource_type, &name, &value)? {
+                Some(c) => {
+                    request.criteria.push(c);
+                    request.applied.push((name, value));
+                }
+                None => request.unknown.push(name),
+            }
+        }
+        if request.criteria.len() > MAX_CRITERIA {
+            return Err(FhirError::invalid(format!(
+                "at most {MAX_CRITERIA} search criteria are accepted"
+            )));
+        }
+        Ok(request)
+    }
+
+    /// Result parameters (`_count`, `_sort`, …); `true` when `name` was one.
+    fn read_control(&mut self, name: &str, value: &str) -> Result<bool, FhirError> {
+        match name {
+            "_count" => {
+                let count: u64 = value.parse().map_err(|_| {
+                    FhirError::invalid_at("_count must be a whole number", "_count")
+                })?;
+                self.count = count.min(MAX_COUNT);
+                if count == 0 {
+                    self.count_only = true;
+                }
+                self.applied.push((name.into(), self.count.to_string()));
+            }
+            "_sort" => match value {
+                "_lastUpdated" => self.order = Order::LastUpdatedAscending,
+                "-_lastUpdated" => self.order = Order::LastUpdatedDescending,
+                _ => {
+                    return Err(FhirError::invalid_at(
+                        format!(
+                            "_sort={value} is not supported; use _lastUpdated or -_lastUpdated"
+                        ),
+                        "_sort",
+                    ))
+                }
+            },
+            "_total" => {
+                self.total = match value {
+                    "none" => Total::None,
+                    "accurate" => Total::Accurate,
+                    "estimate" => Total::Cheap,
+                    _ => {
+                        return Err(FhirError::invalid_at(
+                            "_total must be none, estimate or accurate",
+                            "_total",
+                        ))
+                    }
+                }
+            }
+            "_summary" if value == "count" => self.count_only = true,
+            "_cursor" => self.cursor = Some(parse_cursor(value)?),
+            _ => return Ok(false),
+        }
+        if matches!(name, "_sort" | "_total" | "_summary") {
+            self.applied.push((name.into(), value.into()));
+        }
+        Ok(true)
+    }
+}
+
+/// `<lastUpdated µs>.<id>`: where the previous page ended.
+pub fn cursor_text(last_updated_us: i64, id: &str) -> String {
+    format!("{last_updated_us}.{id}")
+}
+
+fn parse_cursor(text: &str) -> Result<(i64, String), FhirError> {
+    let bad = || FhirError::invalid_at("_cursor is not one this server wrote", "_cursor");
+    let (at, id) = text.split_once('.').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+fn alternatives(value: &str) -> Result<Vec<&str>, FhirError> {
+    let list: Vec<&str> = value.split(',').collect();
+    if list.len() > MAX_ALTERNATIVES {
+        return Err(FhirError::invalid(format!(
+            "at most {MAX_ALTERNATIVES} comma-separated values per parameter"
+        )));
+    }
+    Ok(list)
+}
+
+/// The criterion `name=value` asks for, `None` when the parameter is not supported here.
+fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, FhirError> {
+    let (base, modifier) = match name.split_once(':') {
+        Some((base, modifier)) => (base, Some(modifier)),
+        None => (name, None),
+    };
+    let values = alternatives(value)?;
+    let invalid = |what: &str| FhirError::invalid_at(format!("{name}: {what}"), name.to_string());
+    let criterion = match (base, modifier) {
+        ("_id", None) => Criterion::Ids(values.iter().map(|v| v.to_string()).collect()),
+        ("_lastUpdated", None) => Criterion::LastUpdated(dates(&values).map_err(|e| invalid(&e))?),
+        ("identifier", None) => Criterion::Token {
+            param: "identifier".into(),
+            alternatives: values.iter().map(|v| token(v)).collect(),
+        },
+        _ => {
+            let Some(param) = find(t, base) else {
+                return Ok(None);
+            };
+            match (param.kind, modifier) {
+                (Kind::Token, None) => Criterion::Token {
+                    param: param.name.into(),
+                    alternatives: values.iter().map(|v| token(v)).collect(),
+                },
+                (Kind::Date, None) => Criterion::Date {
+                    param: param.name.into(),
+                    alternatives: dates(&values).map_err(|e| invalid(&e))?,
+                },
+                (Kind::Str, None | Some("exact") | Some("contains")) => {
+                    let how = match modifier {
+                        Some("exact") => StrMatch::Exact,
+                        Some("contains") => StrMatch::Contains,
+                        _ => StrMatch::StartsWith,
+                    };
+                    Criterion::Str {
+                        param: param.name.into(),
+                        alternatives: values.iter().map(|v| (how, v.to_string())).collect(),
+                    }
+                }
+                (Kind::Reference { target }, None) => Criterion::Reference {
+                    paths: param.paths.iter().map(|p| p.to_string()).collect(),
+                    alternatives: values
+                        .iter()
+                        .map(|v| reference(v, target))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or_else(|| invalid("expected Type/id or an id"))?,
+                },
+                _ => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(criterion))
+}
+
+/// `[system]|[code]` or `code`.
+fn token(value: &str) -> (Option<String>, Option<String>) {
+    match value.split_once('|') {
+        Some((system, code)) => (
+            Some(system.to_string()),
+            Some(code.to_string()).filter(|c| !c.is_empty()),
+        ),
+        None => (None, Some(value.to_string())),
+    }
+}
+
+/// `Type/id`, a full URL ending so, or a bare id (of the parameter's target type if it has one).
+fn reference(value: &str, target: Option<&str>) -> Option<(Option<String>, String)> {
+    let mut segments = value.trim_end_matches('/').rsplit('/');
+    let id = segments.next().filter(|id| !id.is_empty())?;
+    let named_type = segments.next();
+    let target_type = match (named_type, target) {
+        (Some(t), Some(required)) if t != required => return None,
+        (Some(t), _) => Some(t.to_string()),
+        (None, required) => required.map(str::to_string),
+    };
+    Some((target_type, id.to_string()))
+}
+
+fn dates(values: &[&str]) -> Result<Vec<DateCriterion>, String> {
+    values.iter().map(|v| date(v)).collect()
+}
+
+/// `[prefix]date`. A `+` sent unencoded in a query arrives as a space; in a date it can only
+/// have been the zone's sign.
+fn date(value: &str) -> Result<DateCriterion, String> {
+    const PREFIXES: [(&str, Prefix); 9] = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    let (prefix, rest) = PREFIXES
+        .iter()
+        .find_map(|(text, prefix)| value.strip_prefix(text).map(|rest| (*prefix, rest)))
+        .unwrap_or((Prefix::Eq, value));
+    let text = rest.replace(' ', "+");
+    let (low, high) =
+        date_range(&text).ok_or_else(|| format!("{value:?} is not a FHIR date or dateTime"))?;
+    Ok(DateCriterion { prefix, low, high })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(t: &str, query: &[(&str, &str)]) -> Result<SearchRequest, FhirError> {
+        let pairs = query
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        SearchRequest::read(t, pairs)
+    }
+
+    #[test]
+    fn parameters_become_criteria_and_unknown_ones_are_kept_apart() {
+        let request = read(
+            "Observation",
+            &[
+                ("code", "http://loinc.org|2345-7"),
+                ("date", "ge2024-01"),
+                ("patient", "Patient/p1"),
+                ("_elements", "code"),
+                ("_count", "10"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(request.criteria.len(), 3);
+        assert_eq!(request.count, 10);
+        assert_eq!(request.unknown, vec!["_elements".to_string()]);
+        assert!(matches!(
+            &request.criteria[1],
+            Criterion::Date { alternatives, .. } if alternatives[0].prefix == Prefix::Ge
+        ));
+    }
+
+    #[test]
+    fn a_reference_to_the_wrong_type_and_a_bad_date_are_refused() {
+        assert!(read("Observation", &[("patient", "Group/g1")]).is_err());
+        assert!(read("Observation", &[("date", "ge2024-99")]).is_err());
+        assert!(read("Patient", &[("_count", "many")]).is_err());
+    }
+
+    #[test]
+    fn an_unencoded_plus_in_a_zone_is_read_as_a_plus() {
+        let spaced = date("gt2024-03-05T10:00:00 01:00").unwrap();
+        let encoded = date("gt2024-03-05T10:00:00+01:00").unwrap();
+        assert_eq!(spaced, encoded);
+    }
+
+    #[test]
+    fn token_forms() {
+        assert_eq!(token("a|b"), (Some("a".into()), Some("b".into())));
+        assert_eq!(token("|b"), (Some("".into()), Some("b".into())));
+        assert_eq!(token("a|"), (Some("a".into()), None));
+        assert_eq!(token("b"), (None, Some("b".into())));
+    }
+}

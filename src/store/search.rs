@@ -1,0 +1,324 @@
+//! Search: one statement per page, criteria as indexed subqueries (every value a bound
+//! parameter), pages in (lastUpdated, id) order with a keyset cursor, so a page never skips or
+//! repeats a resource because others were created meanwhile.
+
+use sea_orm::Value;
+
+use super::read::{placeholders, stored, StoredResource};
+use super::{Store, StoreError};
+
+/// Date comparison prefixes (FHIR R4 search, 3.1.1.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// A date criterion: the prefix and the range `[low, high)` the searched value covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateCriterion {
+    pub prefix: Prefix,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrMatch {
+    /// The default: case-insensitive, from the start.
+    StartsWith,
+    /// `:contains`: case-insensitive, anywhere.
+    Contains,
+    /// `:exact`: the whole value, case and accents as written.
+    Exact,
+}
+
+/// One search parameter; the alternatives inside one (comma-separated values) are ORed, and
+/// criteria are ANDed.
+#[derive(Debug, Clone)]
+pub enum Criterion {
+    Ids(Vec<String>),
+    LastUpdated(Vec<DateCriterion>),
+    /// (system, code): `None` system matches any; `None` code any code of the system.
+    Token {
+        param: String,
+        alternatives: Vec<(Option<String>, Option<String>)>,
+    },
+    /// (target type, target id) at any of `paths`.
+    Reference {
+        paths: Vec<String>,
+        alternatives: Vec<(Option<String>, String)>,
+    },
+    Date {
+        param: String,
+        alternatives: Vec<DateCriterion>,
+    },
+    Str {
+        param: String,
+        alternatives: Vec<(StrMatch, String)>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest change first: resources created while a client pages appear on later pages.
+    LastUpdatedAscending,
+    LastUpdatedDescending,
+}
+
+/// A page request.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub resource_type: String,
+    pub criteria: Vec<Criterion>,
+    pub order: Order,
+    /// The (lastUpdated, id) of the last resource of the previous page.
+    pub after: Option<(i64, String)>,
+    pub limit: u64,
+}
+
+impl Store {
+    /// One page of live resources matching every criterion.
+    pub async fn search(&self, search: &Search) -> Result<Vec<StoredResource>, StoreError> {
+        let mut sql = String::from(
+            "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content \
+             FROM resource r",
+        );
+        let mut params = Vec::new();
+        where_clause(
+            &mut sql,
+            &mut params,
+            &search.resource_type,
+            &search.criteria,
+        );
+        let (cmp, dir) = match search.order {
+            Order::LastUpdatedAscending => (">", "ASC"),
+            Order::LastUpdatedDescending => ("<", "DESC"),
+        };
+        if let Some((at, id)) = &search.after {
+            sql.push_str(&format!(
+                " AND (r.last_updated_us {cmp} ? OR (r.last_updated_us = ? AND r.id {cmp} ?))"
+            ));
+            params.extend([Value::from(*at), Value::from(*at), Value::from(id.as_str())]);
+        }
+        sql.push_str(&format!(
+            " ORDER BY r.last_updated_us {dir}, r.id {dir} LIMIT {}",
+            search.limit
+        ));
+        let span = self.db_span("SELECT", "resource", "search page");
+        let rows = tracing::Instrument::instrument(self.query(&sql, params), span).await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// How many live resources match every criterion.
+    pub async fn search_count(
+        &self,
+        resource_type: &str,
+        criteria: &[Criterion],
+    ) -> Result<u64, StoreError> {
+        let mut sql = String::from("SELECT COUNT(*) FROM resource r");
+        let mut params = Vec::new();
+        where_clause(&mut sql, &mut params, resource_type, criteria);
+        let rows = self.query(&sql, params).await?;
+        let count: i64 = match rows.first() {
+            Some(row) => row.try_get_by_index(0)?,
+            None => 0,
+        };
+        Ok(count.max(0) as u64)
+    }
+}
+
+fn where_clause(sql: &mut String, params: &mut Vec<Value>, t: &str, criteria: &[Criterion]) {
+    sql.push_str(" WHERE r.resource_type = ? AND r.deleted = ?");
+    params.extend([Value::from(t), Value::from(false)]);
+    for criterion in criteria {
+        sql.push_str(" AND ");
+        push_criterion(sql, params, t, criterion);
+    }
+}
+
+fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion: &Criterion) {
+    match criterion {
+        Criterion::Ids(ids) => {
+            sql.push_str(&format!("r.id IN ({})", placeholders(ids.len().max(1))));
+            if ids.is_empty() {
+                params.push(Value::from(""));
+            }
+            params.extend(ids.iter().map(|id| Value::from(id.as_str())));
+        }
+        Criterion::LastUpdated(alternatives) => {
+            let parts: Vec<String> = alternatives
+                .iter()
+                .map(|d| {
+                    // An instant: the range of one microsecond.
+                    date_condition(d, "r.last_updated_us", "(r.last_updated_us + 1)", params)
+                })
+                .collect();
+            sql.push_str(&format!("({})", parts.join(" OR ")));
+        }
+        Criterion::Token {
+            param,
+            alternatives,
+        } => {
+            sql.push_str(
+                "r.id IN (SELECT resource_id FROM token_index WHERE resource_type = ? AND param = ? AND (",
+            );
+            params.extend([Value::from(t), Value::from(param.as_str())]);
+            let parts: Vec<&str> = alternatives
+                .iter()
+                .map(|(system, code)| {
+                    let mut part = Vec::new();
+                    if let Some(system) = system {
+                        params.push(Value::from(system.as_str()));
+                        part.push("system = ?");
+                    }
+                    if let Some(code) = code {
+                        params.push(Value::from(code.as_str()));
+                        part.push("value = ?");
+                    }
+                    if part.is_empty() {
+                        "1 = 1"
+                    } else if part.len() == 2 {
+                        "(system = ? AND value = ?)"
+                    } else {
+                        part[0]
+                    }
+                })
+                .collect();
+            sql.push_str(&parts.join(" OR "));
+            sql.push_str("))");
+        }
+        Criterion::Reference {
+            paths,
+            alternatives,
+        } => {
+            sql.push_str(&format!(
+                "r.id IN (SELECT source_id FROM resource_ref WHERE source_type = ? AND path IN ({}) AND (",
+                placeholders(paths.len())
+            ));
+            params.push(Value::from(t));
+            params.extend(paths.iter().map(|p| Value::from(p.as_str())));
+            let parts: Vec<&str> = alternatives
+                .iter()
+                .map(|(target_type, id)| match target_type {
+                    Some(target_type) => {
+                        params
+                            .extend([Value::from(target_type.as_str()), Value::from(id.as_str())]);
+                        "(target_type = ? AND target_id = ?)"
+                    }
+                    None => {
+                        params.push(Value::from(id.as_str()));
+                        "target_id = ?"
+                    }
+                })
+                .collect();
+            sql.push_str(&parts.join(" OR "));
+            sql.push_str("))");
+        }
+        Criterion::Date {
+            param,
+            alternatives,
+        } => {
+            let negated = alternatives.iter().all(|d| d.prefix == Prefix::Ne);
+            // `ne`: no value of the resource equals the searched one.
+            sql.push_str(if negated { "r.id NOT IN" } else { "r.id IN" });
+            sql.push_str(
+                " (SELECT resource_id FROM date_index WHERE resource_type = ? AND param = ? AND (",
+            );
+            params.extend([Value::from(t), Value::from(param.as_str())]);
+            let parts: Vec<String> = alternatives
+                .iter()
+                .map(|d| {
+                    let d = if negated {
+                        DateCriterion {
+                            prefix: Prefix::Eq,
+                            ..*d
+                        }
+                    } else {
+                        *d
+                    };
+                    date_condition(&d, "low_us", "high_us", params)
+                })
+                .collect();
+            sql.push_str(&parts.join(" OR "));
+            sql.push_str("))");
+        }
+        Criterion::Str {
+            param,
+            alternatives,
+        } => {
+            sql.push_str(
+                "r.id IN (SELECT resource_id FROM string_index WHERE resource_type = ? AND param = ? AND (",
+            );
+            params.extend([Value::from(t), Value::from(param.as_str())]);
+            let parts: Vec<&str> = alternatives
+                .iter()
+                .map(|(how, text)| match how {
+                    StrMatch::Exact => {
+                        params.push(Value::from(text.as_str()));
+                        "value = ?"
+                    }
+                    StrMatch::StartsWith => {
+                        params.push(Value::from(format!("{}%", like_escaped(text))));
+                        "normalized LIKE ? ESCAPE '\\'"
+                    }
+                    StrMatch::Contains => {
+                        params.push(Value::from(format!("%{}%", like_escaped(text))));
+                        "normalized LIKE ? ESCAPE '\\'"
+                    }
+                })
+                .collect();
+            sql.push_str(&parts.join(" OR "));
+            sql.push_str("))");
+        }
+    }
+}
+
+/// The condition for one date criterion on a stored range `[low, high)`.
+fn date_condition(d: &DateCriterion, low: &str, high: &str, params: &mut Vec<Value>) -> String {
+    let (sql, values) = match d.prefix {
+        Prefix::Eq | Prefix::Ne => (format!("({low} >= ? AND {high} <= ?)"), vec![d.low, d.high]),
+        Prefix::Gt => (format!("{high} > ?"), vec![d.high]),
+        Prefix::Lt => (format!("{low} < ?"), vec![d.low]),
+        Prefix::Ge => (format!("{high} > ?"), vec![d.low]),
+        Prefix::Le => (format!("{low} < ?"), vec![d.high]),
+        Prefix::Sa => (format!("{low} >= ?"), vec![d.high]),
+        Prefix::Eb => (format!("{high} <= ?"), vec![d.low]),
+        Prefix::Ap => (format!("({low} < ? AND {high} > ?)"), vec![d.high, d.low]),
+    };
+    params.extend(values.into_iter().map(Value::from));
+    if d.prefix == Prefix::Ne {
+        format!("NOT {sql}")
+    } else {
+        sql
+    }
+}
+
+/// `%`, `_` and the escape character itself, matched literally.
+fn like_escaped(text: &str) -> String {
+    let lowered = super::write::normalize(text);
+    let mut out = String::with_capacity(lowered.len());
+    for ch in lowered.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_in_search_text_are_literal() {
+        assert_eq!(like_escaped("50%_A\\"), "50\\%\\_a\\\\");
+    }
+}

@@ -1,0 +1,340 @@
+//! Search over HTTP: token, reference, date and string parameters, paging that holds while
+//! resources are created between pages, totals, and what happens to parameters the server
+//! does not support.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app, TestApp};
+
+fn patient(full_url: &str, family: &str, given: &str, birth: &str, gender: &str) -> Value {
+    json!({"fullUrl": full_url, "request": {"method": "POST", "url": "Patient"},
+        "resource": {"resourceType": "Patient", "name": [{"family": family, "given": [given]}],
+            "birthDate": birth, "gender": gender}})
+}
+
+fn observation(subject: &str, code: &str, when: &str, status: &str) -> Value {
+    json!({"request": {"method": "POST", "url": "Observation"},
+        "resource": {"resourceType": "Observation", "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": subject}, "effectiveDateTime": when}})
+}
+
+/// Three invented patients and their observations; returns the patients' ids in order.
+async fn seed(app: &TestApp) -> Vec<String> {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        patient("urn:uuid:a", "Quillfeather", "Ada", "1980-02-14", "female"),
+        patient("urn:uuid:b", "Quimby", "Bo", "1991-06-01", "male"),
+        patient("urn:uuid:c", "Stone", "Cy", "1980-11-30", "other"),
+        observation("urn:uuid:a", "2345-7", "2024-07-01T08:00:00+02:00", "final"),
+        observation("urn:uuid:a", "718-7", "2024-07-15", "final"),
+        observation("urn:uuid:b", "2345-7", "2024-08-02T12:00:00Z", "amended"),
+        observation("urn:uuid:c", "2345-7", "2023-12-31", "preliminary"),
+    ]});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{response}");
+    response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .map(|e| {
+            let location = e["response"]["location"].as_str().unwrap();
+            location.split('/').nth(1).unwrap().to_string()
+        })
+        .collect()
+}
+
+async fn ids(app: &TestApp, query: &str) -> BTreeSet<String> {
+    let (status, bundle) = app.get_json(query).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    matches(&bundle)
+}
+
+fn matches(bundle: &Value) -> BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The subjects (patient ids) of the observations a query finds.
+async fn subjects(app: &TestApp, query: &str) -> Vec<String> {
+    let (status, bundle) = app.get_json(query).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    let mut found: Vec<String> = bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| {
+                    let reference = e["resource"]["subject"]["reference"].as_str().unwrap();
+                    reference.trim_start_matches("Patient/").to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn token_reference_date_and_string_parameters_select_what_they_say() {
+    let app = spawn_app().await;
+    let p = seed(&app).await;
+    let (a, b, c) = (&p[0], &p[1], &p[2]);
+
+    // Tokens: system|code, a bare code, ORed alternatives.
+    let glucose = subjects(&app, "/Observation?code=http://loinc.org|2345-7").await;
+    assert_eq!(glucose, sorted(&[a, b, c]));
+    assert_eq!(
+        subjects(&app, "/Observation?code=718-7").await,
+        sorted(&[a])
+    );
+    assert!(
+        subjects(&app, "/Observation?code=http://snomed.info/sct|2345-7")
+            .await
+            .is_empty()
+    );
+    let statuses = subjects(&app, "/Observation?status=final,amended&code=2345-7").await;
+    assert_eq!(statuses, sorted(&[a, b]));
+    // References: Type/id or a bare id, by patient or subject.
+    let by_patient = subjects(&app, &format!("/Observation?patient=Patient/{a}")).await;
+    assert_eq!(by_patient.len(), 2);
+    assert_eq!(
+        subjects(&app, &format!("/Observation?subject={b}")).await,
+        sorted(&[b])
+    );
+    // Dates: prefixes, partial dates, and explicit zones (08:00+02:00 is 06:00Z).
+    let july = subjects(&app, "/Observation?date=ge2024-07&date=lt2024-08").await;
+    assert_eq!(july, sorted(&[a, a]));
+    assert_eq!(
+        subjects(&app, "/Observation?date=2024-07-01").await,
+        sorted(&[a])
+    );
+    let after = subjects(&app, "/Observation?date=gt2024-07-01T07:00:00Z&code=2345-7").await;
+    assert_eq!(after, sorted(&[b]), "06:00Z is not after 07:00Z");
+    // An unencoded + in a zone is read as a plus: 07:30+02:00 is 05:30Z, before 06:00Z.
+    let plus = subjects(
+        &app,
+        "/Observation?date=gt2024-07-01T07:30:00+02:00&code=2345-7",
+    )
+    .await;
+    assert_eq!(plus, sorted(&[a, b]));
+    assert_eq!(
+        subjects(&app, "/Observation?date=lt2024").await,
+        sorted(&[c])
+    );
+    assert_eq!(
+        ids(&app, "/Patient?birthdate=1980").await,
+        BTreeSet::from([a.clone(), c.clone()])
+    );
+    assert_eq!(
+        ids(&app, "/Patient?birthdate=ge1990-01-01").await,
+        BTreeSet::from([b.clone()])
+    );
+    // Strings: case-insensitive prefix by default, :exact, :contains.
+    assert_eq!(
+        ids(&app, "/Patient?name=qui").await,
+        BTreeSet::from([a.clone(), b.clone()])
+    );
+    assert_eq!(
+        ids(&app, "/Patient?family:exact=Quimby").await,
+        BTreeSet::from([b.clone()])
+    );
+    assert!(ids(&app, "/Patient?family:exact=quimby").await.is_empty());
+    assert_eq!(
+        ids(&app, "/Patient?name:contains=TON").await,
+        BTreeSet::from([c.clone()])
+    );
+    assert_eq!(
+        ids(&app, "/Patient?given=ada&gender=female").await,
+        BTreeSet::from([a.clone()])
+    );
+    // Search text is data, never SQL or a LIKE pattern.
+    assert!(ids(&app, "/Patient?name=%27%20OR%201%3D1%20--")
+        .await
+        .is_empty());
+    assert!(ids(&app, "/Patient?name=%25").await.is_empty());
+    assert!(ids(&app, "/Patient?name=_").await.is_empty());
+    // Everything of a type, and _lastUpdated.
+    assert_eq!(ids(&app, "/Patient").await.len(), 3);
+    assert_eq!(
+        ids(&app, "/Patient?_lastUpdated=gt2000-01-01").await.len(),
+        3
+    );
+    assert!(ids(&app, "/Patient?_lastUpdated=lt2000-01-01")
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn bad_values_are_400_and_unknown_parameters_warn_unless_strict() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    for query in [
+        "/Observation?date=ge2024-13-01",
+        "/Observation?patient=Group/g1",
+        "/Patient?_count=lots",
+        "/Patient?_sort=family",
+        "/Patient?_cursor=nonsense",
+    ] {
+        let (status, outcome) = app.get_json(query).await;
+        assert_eq!(status, 400, "{query}: {outcome}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+    }
+    let (status, bundle) = app.get_json("/Patient?gender=male&_elements=name").await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["entry"][0]["search"]["mode"], "outcome");
+    let warning = bundle["entry"][0]["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
+    assert!(warning.contains("_elements"), "{warning}");
+    assert_eq!(matches(&bundle).len(), 1);
+    let strict = app
+        .client
+        .get(format!("{}/Patient?gender=male&_elements=name", app.base))
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strict.status(), 400);
+}
+
+#[tokio::test]
+async fn pages_carry_every_parameter_and_new_resources_neither_repeat_nor_hide_old_ones() {
+    let app = spawn_app().await;
+    let create = |n: usize| {
+        let body = json!({"resourceType": "Patient", "name": [{"family": "Pager", "given": [format!("P{n}")]}]});
+        let request = app
+            .client
+            .post(format!("{}/Patient", app.base))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 201);
+            let created: Value = response.json().await.unwrap();
+            created["id"].as_str().unwrap().to_string()
+        }
+    };
+    let mut before = BTreeSet::new();
+    for n in 0..7 {
+        before.insert(create(n).await);
+    }
+    create(100).await; // another family: never in the results
+    let body = json!({"resourceType": "Patient", "name": [{"family": "Other"}]});
+    app.client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let mut seen = Vec::new();
+    let mut url = format!("{}/Patient?family=Pager&_count=3", app.base);
+    let mut pages = 0;
+    loop {
+        let bundle: Value = app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let page: Vec<String> = matches(&bundle).into_iter().collect();
+        assert!(!page.is_empty(), "no empty pages: {bundle}");
+        assert!(page.len() <= 3);
+        seen.extend(page);
+        pages += 1;
+        // A new match created while paging: it may appear later, but nothing seen repeats.
+        create(200 + pages).await;
+        let next = bundle["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        match next {
+            Some(next) => {
+                assert!(
+                    next.contains("family=Pager") && next.contains("_count=3"),
+                    "{next}"
+                );
+                url = next;
+            }
+            None => break,
+        }
+        assert!(pages < 20, "paging ends");
+    }
+    let unique: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no resource on two pages");
+    assert!(
+        before.is_subset(&unique),
+        "every resource present at the start is on a page"
+    );
+
+    let (_, counted) = app.get_json("/Patient?family=Pager&_summary=count").await;
+    assert!(counted.get("entry").is_none());
+    let total = counted["total"].as_u64().unwrap();
+    assert!(total >= 8, "{counted}");
+    let (_, accurate) = app
+        .get_json("/Patient?family=Pager&_count=2&_total=accurate")
+        .await;
+    assert_eq!(accurate["total"].as_u64(), Some(total));
+    let (_, none) = app
+        .get_json("/Patient?family=Pager&_count=2&_total=none")
+        .await;
+    assert!(none.get("total").is_none());
+
+    // Newest first, by the same keyset.
+    let (_, newest) = app
+        .get_json("/Patient?family=Pager&_sort=-_lastUpdated&_count=1")
+        .await;
+    let (_, oldest) = app.get_json("/Patient?family=Pager&_count=1").await;
+    assert_ne!(matches(&newest), matches(&oldest));
+    assert!(before.is_superset(&matches(&oldest)));
+}
+
+#[tokio::test]
+async fn post_search_reads_form_parameters() {
+    let app = spawn_app().await;
+    let p = seed(&app).await;
+    let response = app
+        .client
+        .post(format!("{}/Patient/_search", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("family=Quimby&_count=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bundle: Value = response.json().await.unwrap();
+    assert_eq!(matches(&bundle), BTreeSet::from([p[1].clone()]));
+    let refused = app
+        .client
+        .post(format!("{}/Patient/_search", app.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 415);
+}
