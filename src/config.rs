@@ -30,6 +30,9 @@ pub struct Config {
     /// `HL7BRIDGE_MAX_BUNDLE_ENTRIES`: the most entries one transaction or batch may hold.
     /// Default 20000.
     pub max_bundle_entries: usize,
+    /// `HL7BRIDGE_EVERYTHING_MAX_UNPAGED`: `Patient/$everything` without `_count` answers in
+    /// one Bundle up to this many resources, then in pages of this size. Default 1000.
+    pub everything_max_unpaged: u64,
     /// `HL7BRIDGE_HTTP_BODY_IDLE_TIMEOUT_MS`: how long a request body may stall between
     /// chunks before the request is answered 408. Default 30000.
     pub http_body_idle_timeout_ms: u64,
@@ -127,6 +130,7 @@ impl Default for Config {
             mllp_max_connections_per_peer: 64,
             mllp_idle_timeout_ms: 600_000,
             max_bundle_entries: 20_000,
+            everything_max_unpaged: 1000,
             http_body_idle_timeout_ms: 30_000,
             http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
@@ -173,6 +177,7 @@ impl Config {
         setting!(mllp_max_frame_bytes, "MLLP_MAX_FRAME_BYTES");
         setting!(shutdown_timeout_ms, "SHUTDOWN_TIMEOUT_MS");
         setting!(max_bundle_entries, "MAX_BUNDLE_ENTRIES");
+        setting!(everything_max_unpaged, "EVERYTHING_MAX_UNPAGED");
         setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
         setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
         setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");
@@ -224,6 +229,7 @@ impl Config {
             self.max_body_bytes,
             self.mllp_max_frame_bytes,
             self.max_bundle_entries,
+            self.everything_max_unpaged as usize,
             self.http_max_connections,
             self.http_body_idle_timeout_ms as usize,
             self.http_body_timeout_ms as usize,

@@ -196,6 +196,7 @@ fn http_server(
             max_entries: config.max_bundle_entries,
         },
         conditional_gate,
+        everything_page_limit: config.everything_max_unpaged,
         started: instant_text(now_us()),
     });
     let shutdown_secs = config.shutdown_timeout_ms.div_ceil(1000);

@@ -12,7 +12,8 @@ use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
 use super::search::{self, SearchRequest, Total};
 use super::{transaction, BodyTimeouts, FhirState};
-use crate::store::{Search, StoredResource, SupportingMode};
+use crate::store::search_params::date_range;
+use crate::store::{EverythingPage, Search, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
 
 pub(super) type Answer = Result<HttpResponse, FhirError>;
@@ -266,9 +267,73 @@ pub async fn everything(
     let id = path.into_inner();
     live_resource(&state, "Patient", &id).await?;
     let pairs = decode_pairs(req.query_string())?;
-    let unknown: Vec<String> = pairs.into_iter().map(|(name, _)| name).collect();
-    let ignored = ignored_parameters(&unknown, &req)?;
-    let found = state.store.everything(&id).await?;
+    let request = EverythingRequest::read(pairs, state.everything_page_limit)?;
+    let mut issues = Vec::new();
+    if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
+        issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
+    }
+    let mut page = request.page.clone();
+    page.limit += 1;
+    let mut found = state.store.everything(&id, &page).await?;
+    let matched = found
+        .iter()
+        .filter(|(m, _)| *m == SupportingMode::Match)
+        .count();
+    let more = matched as u64 > request.page.limit;
+    let mut next_cursor = None;
+    if more {
+        // Drop the one extra member fetched to learn there is more (a resource only it
+        // references stays included; it is included again on the next page).
+        let extra = found
+            .iter()
+            .rposition(|(m, _)| *m == SupportingMode::Match)
+            .expect("more than one match");
+        found.remove(extra);
+        let last = found
+            .iter()
+            .rfind(|(m, _)| *m == SupportingMode::Match)
+            .map(|(_, r)| r)
+            .expect("a page holds at least one match");
+        let last_type = if last.resource_type == "Patient" && last.id == id {
+            ""
+        } else {
+            last.resource_type.as_str()
+        };
+        next_cursor = Some(format!("{last_type}.{}", last.id));
+        if !request.counted {
+            issues.push(json!({"severity": "information", "code": "informational",
+                "diagnostics": format!("more than {} resources: the result is paged; follow the next link",
+                    request.page.limit)}));
+        }
+    }
+    let base = base_url(&state, &req);
+    let link = |cursor: Option<&String>| {
+        let mut params: Vec<String> = request
+            .applied
+            .iter()
+            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
+            .collect();
+        if let Some(cursor) = cursor {
+            params.push(format!("_cursor={}", encode_query_value(cursor)));
+        }
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        format!("{base}/Patient/{id}/$everything{query}")
+    };
+    let mut links = vec![("self", link(request.cursor.as_ref()))];
+    if let Some(cursor) = &next_cursor {
+        links.push(("next", link(Some(cursor))));
+    }
+    let single_page = request.cursor.is_none() && !more;
+    let total = single_page.then(|| {
+        found
+            .iter()
+            .filter(|(m, _)| *m == SupportingMode::Match)
+            .count()
+    });
     let entries: Vec<_> = found
         .iter()
         .map(|(mode, r)| SearchEntry {
@@ -276,21 +341,84 @@ pub async fn everything(
             mode: mode_name(*mode),
         })
         .collect();
-    let total = found
-        .iter()
-        .filter(|(m, _)| *m == SupportingMode::Match)
-        .count();
-    let base = base_url(&state, &req);
-    let self_link = format!("{base}/Patient/{id}/$everything");
+    let outcome =
+        (!issues.is_empty()).then(|| json!({"resourceType": "OperationOutcome", "issue": issues}));
     let body = searchset(
         &base,
-        &[("self", self_link)],
-        Some(total),
+        &links,
+        total,
         &entries,
         trace(&state).as_ref(),
-        ignored,
+        outcome,
     );
     Ok(bundle_response(body))
+}
+
+/// `$everything`'s parameters, read.
+struct EverythingRequest {
+    page: EverythingPage,
+    /// The parameters applied, for the links.
+    applied: Vec<(String, String)>,
+    cursor: Option<String>,
+    /// Whether the client chose the page size.
+    counted: bool,
+    unknown: Vec<String>,
+}
+
+impl EverythingRequest {
+    fn read(pairs: Vec<(String, String)>, unpaged_limit: u64) -> Result<Self, FhirError> {
+        let mut request = EverythingRequest {
+            page: EverythingPage {
+                limit: unpaged_limit,
+                ..EverythingPage::default()
+            },
+            applied: Vec::new(),
+            cursor: None,
+            counted: false,
+            unknown: Vec::new(),
+        };
+        let (mut low, mut high) = (None, None);
+        for (name, value) in pairs {
+            let invalid =
+                |what: &str| FhirError::invalid_at(format!("{name}: {what}"), name.clone());
+            let range =
+                || date_range(&value.replace(' ', "+")).ok_or_else(|| invalid("not a FHIR date"));
+            match name.as_str() {
+                "start" => low = Some(range()?.0),
+                "end" => high = Some(range()?.1),
+                "_since" => request.page.since_us = Some(range()?.0),
+                "_type" => {
+                    let types: Vec<String> = value.split(',').map(str::to_string).collect();
+                    if let Some(bad) = types.iter().find(|t| !is_resource_type(t)) {
+                        return Err(invalid(&format!("{bad:?} is not a resource type")));
+                    }
+                    request.page.types = Some(types);
+                }
+                "_count" => {
+                    let count: u64 = value.parse().map_err(|_| invalid("not a whole number"))?;
+                    request.page.limit = count.clamp(1, search::MAX_COUNT);
+                    request.counted = true;
+                }
+                "_cursor" => {
+                    let (t, id) = value
+                        .split_once('.')
+                        .ok_or_else(|| invalid("not a cursor this server wrote"))?;
+                    request.page.after = Some((t.to_string(), id.to_string()));
+                    request.cursor = Some(value);
+                    continue;
+                }
+                _ => {
+                    request.unknown.push(name);
+                    continue;
+                }
+            }
+            request.applied.push((name, value));
+        }
+        if low.is_some() || high.is_some() {
+            request.page.window = Some((low.unwrap_or(i64::MIN), high.unwrap_or(i64::MAX)));
+        }
+        Ok(request)
+    }
 }
 
 pub async fn post_bundle(

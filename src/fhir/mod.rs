@@ -44,6 +44,8 @@ pub struct FhirState {
     /// Held by Bundles with conditional parts from lookup to commit (see `transaction`).
     /// Shared with the Kafka FHIR path, so conditional creates from both find each other.
     pub conditional_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// `$everything` answers in one Bundle up to this many resources, then in pages this size.
+    pub everything_page_limit: u64,
     /// When this server started, as a FHIR instant.
     pub started: String,
 }

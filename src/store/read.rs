@@ -20,6 +20,23 @@ pub struct StoredResource {
     pub content: String,
 }
 
+/// What one `$everything` page asks for.
+#[derive(Debug, Clone, Default)]
+pub struct EverythingPage {
+    /// `_type`: only these types (members and includes).
+    pub types: Option<Vec<String>>,
+    /// `_since`: changed at or after this instant.
+    pub since_us: Option<i64>,
+    /// `start`/`end` as `[low, high)`, against each resource's clinical date.
+    pub window: Option<(i64, i64)>,
+    /// The (type, id) the previous page ended with (the Patient's type is `""`).
+    pub after: Option<(String, String)>,
+    pub limit: u64,
+}
+
+/// The date parameters that are a resource's clinical date for `start`/`end`.
+const CLINICAL_DATE_PARAMS: &[&str] = &["date", "onset-date", "authoredon"];
+
 /// How a resource came into a `$everything` result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SupportingMode {
@@ -180,15 +197,17 @@ impl Store {
         Ok(out)
     }
 
-    /// The patient's compartment (the Patient first), then the supporting resources its
-    /// members reference, each once. Two statements, whatever the size.
+    /// One page of the patient's compartment, then the supporting resources its members
+    /// reference, each once. The Patient comes first on the first page; the rest in (type, id)
+    /// order after the cursor. Two statements per page, whatever the size.
     pub async fn everything(
         &self,
         patient_id: &str,
+        page: &EverythingPage,
     ) -> Result<Vec<(SupportingMode, StoredResource)>, StoreError> {
         let span = self.db_span("SELECT", "compartment", "$everything members");
         let members = self
-            .compartment_members(patient_id)
+            .compartment_members(patient_id, page)
             .instrument(span.clone())
             .await?;
         span.record("hl7bridge.db.rows", members.len());
@@ -196,13 +215,27 @@ impl Store {
             .iter()
             .map(|r| (r.resource_type.clone(), r.id.clone()))
             .collect();
+        let wanted = |t: &str| {
+            page.types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|w| w == t))
+        };
+        let supporting: Vec<&str> = SUPPORTING_TYPES
+            .iter()
+            .copied()
+            .filter(|t| wanted(t))
+            .collect();
+        let keys: Vec<(&str, &str)> = members
+            .iter()
+            .map(|r| (r.resource_type.as_str(), r.id.as_str()))
+            .collect();
+        let span = self.db_span("SELECT", "resource_ref", "$everything includes");
+        let included = self.supporting(&keys, &supporting).instrument(span).await?;
         let mut out: Vec<_> = members
             .into_iter()
             .map(|r| (SupportingMode::Match, r))
             .collect();
-        out.sort_by_key(|(_, r)| r.resource_type != "Patient");
-        let span = self.db_span("SELECT", "resource_ref", "$everything includes");
-        for r in self.supporting(patient_id).instrument(span).await? {
+        for r in included {
             if !seen.contains(&(r.resource_type.clone(), r.id.clone())) {
                 out.push((SupportingMode::Include, r));
             }
@@ -213,33 +246,93 @@ impl Store {
     async fn compartment_members(
         &self,
         patient_id: &str,
+        page: &EverythingPage,
     ) -> Result<Vec<StoredResource>, StoreError> {
-        let sql = format!(
+        let mut sql = format!(
             "SELECT {COLUMNS} FROM compartment c JOIN resource r \
              ON r.resource_type = c.resource_type AND r.id = c.resource_id \
-             WHERE c.patient_id = ? AND r.deleted = ? ORDER BY r.resource_type, r.id"
+             WHERE c.patient_id = ? AND r.deleted = ?"
         );
-        let rows = self
-            .query(&sql, vec![patient_id.into(), false.into()])
-            .await?;
+        let mut params = vec![Value::from(patient_id), Value::from(false)];
+        if let Some(types) = &page.types {
+            sql.push_str(&format!(
+                " AND r.resource_type IN ({})",
+                placeholders(types.len())
+            ));
+            params.extend(types.iter().map(|t| Value::from(t.as_str())));
+        }
+        if let Some(since) = page.since_us {
+            sql.push_str(" AND r.last_updated_us >= ?");
+            params.push(since.into());
+        }
+        if let Some((low, high)) = page.window {
+            // Resources without a clinical date are not filtered; the others must overlap.
+            let dated = placeholders(CLINICAL_DATE_PARAMS.len());
+            sql.push_str(&format!(
+                " AND (NOT EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = r.resource_type \
+                 AND d.resource_id = r.id AND d.param IN ({dated})) \
+                 OR EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = r.resource_type \
+                 AND d.resource_id = r.id AND d.param IN ({dated}) AND d.low_us < ? AND d.high_us > ?))"
+            ));
+            params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
+            params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
+            params.extend([Value::from(high), Value::from(low)]);
+        }
+        // The Patient itself first: it sorts as the empty type.
+        let order =
+            "CASE WHEN r.resource_type = 'Patient' AND r.id = ? THEN '' ELSE r.resource_type END";
+        if let Some((t, id)) = &page.after {
+            sql.push_str(&format!(
+                " AND (({order}) > ? OR (({order}) = ? AND r.id > ?))"
+            ));
+            params.extend([
+                Value::from(patient_id),
+                Value::from(t.as_str()),
+                Value::from(patient_id),
+                Value::from(t.as_str()),
+                Value::from(id.as_str()),
+            ]);
+        }
+        sql.push_str(&format!(" ORDER BY {order}, r.id LIMIT {}", page.limit));
+        params.push(Value::from(patient_id));
+        let rows = self.query(&sql, params).await?;
         rows.iter().map(stored).collect()
     }
 
-    async fn supporting(&self, patient_id: &str) -> Result<Vec<StoredResource>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM resource r JOIN (SELECT DISTINCT rr.target_type, rr.target_id \
-             FROM compartment c JOIN resource_ref rr \
-             ON rr.source_type = c.resource_type AND rr.source_id = c.resource_id \
-             WHERE c.patient_id = ? AND rr.target_type IN ({})) t \
-             ON r.resource_type = t.target_type AND r.id = t.target_id \
-             WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
-            placeholders(SUPPORTING_TYPES.len())
-        );
-        let mut params = vec![Value::from(patient_id)];
-        params.extend(SUPPORTING_TYPES.iter().map(|t| Value::from(*t)));
-        params.push(false.into());
-        let rows = self.query(&sql, params).await?;
-        rows.iter().map(stored).collect()
+    /// The resources of `types` that `members` reference.
+    async fn supporting(
+        &self,
+        members: &[(&str, &str)],
+        types: &[&str],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut out = Vec::new();
+        if types.is_empty() || members.is_empty() {
+            return Ok(out);
+        }
+        let mut seen = HashSet::new();
+        for chunk in members.chunks(MAX_IN / 2) {
+            let pairs = vec!["(rr.source_type = ? AND rr.source_id = ?)"; chunk.len()].join(" OR ");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM resource r JOIN (SELECT DISTINCT rr.target_type, rr.target_id \
+                 FROM resource_ref rr WHERE ({pairs}) AND rr.target_type IN ({})) t \
+                 ON r.resource_type = t.target_type AND r.id = t.target_id \
+                 WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
+                placeholders(types.len())
+            );
+            let mut params = Vec::new();
+            for (t, id) in chunk {
+                params.extend([Value::from(*t), Value::from(*id)]);
+            }
+            params.extend(types.iter().map(|t| Value::from(*t)));
+            params.push(false.into());
+            for row in self.query(&sql, params).await? {
+                let r = stored(&row)?;
+                if seen.insert((r.resource_type.clone(), r.id.clone())) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `sql` written with `?` placeholders on whichever backend this store has.

@@ -6,6 +6,7 @@
 mod collector_config;
 mod corpus;
 mod fhir_api;
+mod fhir_everything;
 mod fhir_hostile;
 mod fhir_rest;
 mod fhir_search;

@@ -1,0 +1,198 @@
+//! `Patient/{id}/$everything` with its parameters: a date window kept across pages, `_type`,
+//! `_since`, cursor paging, supporting resources, and the unpaged limit.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app, spawn_app_with, TestApp};
+
+/// An invented patient with eight observations in 2019, four in 2020, an encounter in 2018 and
+/// a 2019 MedicationRequest naming a Medication and a Practitioner. Returns the patient's id.
+async fn seed(app: &TestApp) -> String {
+    let mut entries = vec![
+        json!({"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
+            "resource": {"resourceType": "Patient", "name": [{"family": "Windowson"}]}}),
+        json!({"fullUrl": "urn:uuid:med", "request": {"method": "POST", "url": "Medication"},
+            "resource": {"resourceType": "Medication", "code": {"text": "invented tablets"}}}),
+        json!({"fullUrl": "urn:uuid:doc", "request": {"method": "POST", "url": "Practitioner"},
+            "resource": {"resourceType": "Practitioner", "name": [{"family": "Prescriber"}]}}),
+        json!({"request": {"method": "POST", "url": "MedicationRequest"},
+            "resource": {"resourceType": "MedicationRequest", "status": "active",
+                "intent": "order", "subject": {"reference": "urn:uuid:p"},
+                "medicationReference": {"reference": "urn:uuid:med"},
+                "requester": {"reference": "urn:uuid:doc"}, "authoredOn": "2019-05-01"}}),
+        json!({"request": {"method": "POST", "url": "Encounter"},
+            "resource": {"resourceType": "Encounter", "status": "finished",
+                "class": {"code": "AMB"}, "subject": {"reference": "urn:uuid:p"},
+                "period": {"start": "2018-03-01T10:00:00Z", "end": "2018-03-01T11:00:00Z"}}}),
+    ];
+    for (n, when) in (1..=8)
+        .map(|m| format!("2019-{m:02}-10"))
+        .chain((1..=4).map(|m| format!("2020-{m:02}-10")))
+        .enumerate()
+    {
+        entries.push(json!({"request": {"method": "POST", "url": "Observation"},
+            "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": format!("invented measurement {n}")},
+                "subject": {"reference": "urn:uuid:p"}, "effectiveDateTime": when}}));
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{response}");
+    let location = response["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap();
+    location.split('/').nth(1).unwrap().to_string()
+}
+
+/// Follows `next` links from `first`; returns every page.
+async fn pages(app: &TestApp, first: &str) -> Vec<Value> {
+    let mut url = format!("{}{first}", app.base);
+    let mut out = Vec::new();
+    loop {
+        let response = app.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        out.push(page);
+        match next {
+            Some(next) => url = next,
+            None => return out,
+        }
+        assert!(out.len() < 50, "paging ends");
+    }
+}
+
+fn entries<'a>(page: &'a Value, mode: &str) -> Vec<&'a Value> {
+    page["entry"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["search"]["mode"] == mode).collect())
+        .unwrap_or_default()
+}
+
+fn key(entry: &Value) -> String {
+    let r = &entry["resource"];
+    format!(
+        "{}/{}",
+        r["resourceType"].as_str().unwrap(),
+        r["id"].as_str().unwrap()
+    )
+}
+
+#[tokio::test]
+async fn a_date_window_holds_on_every_page_and_supporting_resources_come_along() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let all = pages(
+        &app,
+        &format!("/Patient/{patient}/$everything?_count=5&start=2019-01-01&end=2019-12-31"),
+    )
+    .await;
+    assert!(all.len() >= 2, "paged by 5");
+    let mut seen = Vec::new();
+    let mut included = BTreeSet::new();
+    for (n, page) in all.iter().enumerate() {
+        let matches = entries(page, "match");
+        assert!(!matches.is_empty(), "no empty page");
+        assert!(matches.len() <= 5);
+        for entry in &matches {
+            let r = &entry["resource"];
+            for field in ["effectiveDateTime", "authoredOn"] {
+                if let Some(when) = r[field].as_str() {
+                    assert!(when.starts_with("2019"), "page {n} holds {when}");
+                }
+            }
+            assert_ne!(
+                r["resourceType"], "Encounter",
+                "the 2018 encounter is outside"
+            );
+            seen.push(key(entry));
+        }
+        for entry in entries(page, "include") {
+            included.insert(
+                entry["resource"]["resourceType"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        if n + 1 < all.len() {
+            let next = page["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .unwrap();
+            let next = next["url"].as_str().unwrap();
+            for part in ["_count=5", "start=2019-01-01", "end=2019-12-31"] {
+                assert!(next.contains(part), "{next} lacks {part}");
+            }
+        }
+    }
+    assert_eq!(
+        entries(&all[0], "match")[0]["resource"]["resourceType"],
+        "Patient"
+    );
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "nothing twice");
+    assert_eq!(
+        seen.len(),
+        1 + 8 + 1,
+        "the patient, 2019's observations, the medication request"
+    );
+    assert_eq!(
+        included,
+        BTreeSet::from(["Medication".to_string(), "Practitioner".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn type_and_since_narrow_the_result() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let (status, only) = app
+        .get_json(&format!("/Patient/{patient}/$everything?_type=Observation"))
+        .await;
+    assert_eq!(status, 200);
+    let matches = entries(&only, "match");
+    assert_eq!(matches.len(), 12);
+    assert!(matches
+        .iter()
+        .all(|e| e["resource"]["resourceType"] == "Observation"));
+    assert!(entries(&only, "include").is_empty());
+    let (_, later) = app
+        .get_json(&format!("/Patient/{patient}/$everything?_since=2999-01-01"))
+        .await;
+    assert!(entries(&later, "match").is_empty());
+    let (status, _) = app
+        .get_json(&format!("/Patient/{patient}/$everything?_type=Nonsense"))
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_large_result_without_count_is_paged_with_an_information_issue() {
+    let app = spawn_app_with(|config| config.everything_max_unpaged = 6).await;
+    let patient = seed(&app).await;
+    let all = pages(&app, &format!("/Patient/{patient}/$everything")).await;
+    assert_eq!(all.len(), 3, "1 + 12 + 2 members in pages of 6");
+    let outcome = entries(&all[0], "outcome");
+    assert_eq!(
+        outcome[0]["resource"]["issue"][0]["severity"],
+        "information"
+    );
+    let total: usize = all.iter().map(|p| entries(p, "match").len()).sum();
+    assert_eq!(total, 15);
+    assert!(all[0].get("total").is_none(), "no total for a paged result");
+    let (_, small) = spawn_app()
+        .await
+        .get_json("/Patient/none/$everything")
+        .await;
+    assert_eq!(small["resourceType"], "OperationOutcome");
+}
