@@ -248,15 +248,60 @@ async fn run_search(
         Total::Cheap if request.cursor.is_none() && !more => Some(page.len()),
         _ => None,
     };
+    let included = includes(state, &request, &page).await?;
     let entries: Vec<_> = page
         .iter()
         .map(|r| SearchEntry {
             resource: r,
             mode: "match",
         })
+        .chain(included.iter().map(|r| SearchEntry {
+            resource: r,
+            mode: "include",
+        }))
         .collect();
     let body = searchset(&base, &links, total, &entries, trace.as_ref(), ignored);
     Ok(bundle_response(body))
+}
+
+/// Most resources `_revinclude` adds to one page.
+const MAX_REVINCLUDED: u64 = 1000;
+
+/// `_include` and `_revinclude` for one page: one level, each resource once, none that is
+/// already a match.
+async fn includes(
+    state: &FhirState,
+    request: &SearchRequest,
+    page: &[StoredResource],
+) -> Result<Vec<StoredResource>, FhirError> {
+    let keys: Vec<(&str, &str)> = page
+        .iter()
+        .map(|r| (r.resource_type.as_str(), r.id.as_str()))
+        .collect();
+    let mut seen: std::collections::HashSet<(String, String)> = page
+        .iter()
+        .map(|r| (r.resource_type.clone(), r.id.clone()))
+        .collect();
+    let mut out = Vec::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    for (paths, target) in &request.includes {
+        let found = state
+            .store
+            .included(&keys, paths, target.as_deref())
+            .await?;
+        out.extend(found);
+    }
+    for (source, paths) in &request.revincludes {
+        let found = state
+            .store
+            .revincluded(source, paths, &keys, MAX_REVINCLUDED)
+            .await?;
+        out.extend(found);
+    }
+    out.retain(|r| seen.insert((r.resource_type.clone(), r.id.clone())));
+    Ok(out)
 }
 
 pub async fn everything(

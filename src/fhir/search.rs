@@ -33,6 +33,10 @@ pub struct SearchRequest {
     pub total: Total,
     /// `_summary=count`: the total only.
     pub count_only: bool,
+    /// `_include`: (paths, target type) of the searched type's reference parameters.
+    pub includes: Vec<(Vec<String>, Option<String>)>,
+    /// `_revinclude`: (source type, paths) of another type's reference parameter.
+    pub revincludes: Vec<(String, Vec<String>)>,
     /// Parameters (with their modifiers) that were not understood.
     pub unknown: Vec<String>,
 }
@@ -48,10 +52,28 @@ impl SearchRequest {
             cursor: None,
             total: Total::Cheap,
             count_only: false,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
             unknown: Vec::new(),
         };
         for (name, value) in pairs {
             if request.read_control(&name, &value)? {
+                continue;
+            }
+            if name == "_include" || name == "_revinclude" {
+                let Some((source, paths, target)) = include_target(&value) else {
+                    request.unknown.push(format!("{name}={value}"));
+                    continue;
+                };
+                if name == "_include" && source == resource_type {
+                    request.includes.push((paths, target));
+                } else if name == "_revinclude" {
+                    request.revincludes.push((source, paths));
+                } else {
+                    request.unknown.push(format!("{name}={value}"));
+                    continue;
+                }
+                request.applied.push((name, value));
                 continue;
             }
             match criterion(resource_type, &name, &value)? {
@@ -192,6 +214,20 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
         }
     };
     Ok(Some(criterion))
+}
+
+/// `Type:param[:Target]` naming a reference parameter: (Type, its paths, the target type).
+fn include_target(value: &str) -> Option<(String, Vec<String>, Option<String>)> {
+    let mut parts = value.split(':');
+    let (source, name) = (parts.next()?, parts.next()?);
+    let target = parts.next().map(str::to_string);
+    let param = find(source, name)?;
+    let Kind::Reference { target: fixed } = param.kind else {
+        return None;
+    };
+    let target = target.or(fixed.map(str::to_string));
+    let paths = param.paths.iter().map(|p| p.to_string()).collect();
+    Some((source.to_string(), paths, target))
 }
 
 /// `[system]|[code]` or `code`.

@@ -134,6 +134,85 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `_include`: the resources that `sources` reference at `paths` (of `target_type`, when
+    /// given), each once.
+    pub async fn included(
+        &self,
+        sources: &[(&str, &str)],
+        paths: &[String],
+        target_type: Option<&str>,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in sources.chunks(200) {
+            let pairs = vec!["(rr.source_type = ? AND rr.source_id = ?)"; chunk.len()].join(" OR ");
+            let mut sql = format!(
+                "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content \
+                 FROM resource r JOIN (SELECT DISTINCT rr.target_type, rr.target_id FROM resource_ref rr \
+                 WHERE ({pairs}) AND rr.path IN ({})",
+                placeholders(paths.len())
+            );
+            let mut params = Vec::new();
+            for (t, id) in chunk {
+                params.extend([Value::from(*t), Value::from(*id)]);
+            }
+            params.extend(paths.iter().map(|p| Value::from(p.as_str())));
+            if let Some(target) = target_type {
+                sql.push_str(" AND rr.target_type = ?");
+                params.push(Value::from(target));
+            }
+            sql.push_str(
+                ") t ON r.resource_type = t.target_type AND r.id = t.target_id \
+                 WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
+            );
+            params.push(Value::from(false));
+            for row in self.query(&sql, params).await? {
+                out.push(stored(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `_revinclude`: live resources of `source_type` that reference any of `targets` at
+    /// `paths`, at most `limit`.
+    pub async fn revincluded(
+        &self,
+        source_type: &str,
+        paths: &[String],
+        targets: &[(&str, &str)],
+        limit: u64,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in targets.chunks(200) {
+            if out.len() as u64 >= limit {
+                break;
+            }
+            let pairs = vec!["(rr.target_type = ? AND rr.target_id = ?)"; chunk.len()].join(" OR ");
+            let sql = format!(
+                "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content \
+                 FROM resource r WHERE r.resource_type = ? AND r.deleted = ? AND r.id IN \
+                 (SELECT rr.source_id FROM resource_ref rr WHERE rr.source_type = ? \
+                 AND rr.path IN ({}) AND ({pairs})) ORDER BY r.id LIMIT {}",
+                placeholders(paths.len()),
+                limit - out.len() as u64
+            );
+            let mut params = vec![
+                Value::from(source_type),
+                Value::from(false),
+                Value::from(source_type),
+            ];
+            params.extend(paths.iter().map(|p| Value::from(p.as_str())));
+            for (t, id) in chunk {
+                params.extend([Value::from(*t), Value::from(*id)]);
+            }
+            for row in self.query(&sql, params).await? {
+                out.push(stored(&row)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn where_clause(sql: &mut String, params: &mut Vec<Value>, t: &str, criteria: &[Criterion]) {
     sql.push_str(" WHERE r.resource_type = ? AND r.deleted = ?");
     params.extend([Value::from(t), Value::from(false)]);

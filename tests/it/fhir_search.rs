@@ -338,3 +338,44 @@ async fn post_search_reads_form_parameters() {
         .unwrap();
     assert_eq!(refused.status(), 415);
 }
+
+#[tokio::test]
+async fn include_and_revinclude_add_one_level_once() {
+    let app = spawn_app().await;
+    let p = seed(&app).await;
+    let (status, bundle) = app
+        .get_json("/Observation?code=2345-7&_include=Observation:patient")
+        .await;
+    assert_eq!(status, 200, "{bundle}");
+    let included: BTreeSet<String> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(included, p.iter().cloned().collect(), "each patient once");
+    assert_eq!(matches(&bundle).len(), 3);
+
+    let (_, bundle) = app
+        .get_json("/Patient?family=Quimby&_revinclude=Observation:subject")
+        .await;
+    let kinds: Vec<(&str, &str)> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["search"]["mode"].as_str().unwrap(),
+                e["resource"]["resourceType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("match", "Patient"), ("include", "Observation")]);
+
+    let (status, bundle) = app
+        .get_json("/Patient?family=Quimby&_include=Patient:nonsense")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["entry"][0]["search"]["mode"], "outcome");
+}
