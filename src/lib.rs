@@ -12,6 +12,7 @@
 //! - [`ops`]: `/health`, `/ready` and `/metrics` for load balancers and operators.
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
+//! - [`replay`]: `hl7bridge messages` and `hl7bridge replay`: the stored HL7v2 messages.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
 
 pub mod config;
@@ -19,6 +20,7 @@ pub mod fhir;
 pub mod ingest;
 pub mod kafka;
 pub mod ops;
+pub mod replay;
 pub mod send;
 pub mod startup;
 pub mod store;

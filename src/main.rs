@@ -7,12 +7,16 @@ use hl7bridge::config::Config;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 
-const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n\n\
+const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n       \
+hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n\n\
 serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
 variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
 127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite).\n\
 send: sends each HL7v2 file as one MLLP frame to HL7BRIDGE_MLLP_ADDR (default\n\
-127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.";
+127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.\n\
+messages: lists the HL7v2 messages stored in HL7BRIDGE_DATABASE_URL, newest first, one JSON\n\
+line each (sender, control id, type, ACK code; never content); default limit 100.\n\
+replay: sends the stored messages with these ids to HL7BRIDGE_MLLP_ADDR again, like send.";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -23,7 +27,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("send") => send(),
+        Some("send") => exit_code(send()),
+        Some("messages") => exit_code(messages()),
+        Some("replay") => exit_code(replay()),
         Some("--version" | "version") => {
             println!("hl7bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -39,15 +45,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn send() -> ExitCode {
+fn send() -> anyhow::Result<bool> {
     let files: Vec<String> = std::env::args().skip(2).collect();
-    if files.is_empty() {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    }
-    let result = Config::from_env()
-        .map_err(anyhow::Error::from)
-        .and_then(|config| hl7bridge::send::send_files(config.mllp_addr, &files));
+    anyhow::ensure!(!files.is_empty(), "{USAGE}");
+    let config = Config::from_env()?;
+    hl7bridge::send::send_files(config.mllp_addr, &files)
+}
+
+fn exit_code(result: anyhow::Result<bool>) -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -56,6 +61,44 @@ fn send() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn messages() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let mut ack = None;
+    let mut limit = 100;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match (arg.as_str(), rest.next()) {
+            ("--ack", Some(code)) => ack = Some(code.clone()),
+            ("--limit", Some(n)) => limit = n.parse()?,
+            _ => anyhow::bail!("{USAGE}"),
+        }
+    }
+    let config = Config::from_env()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(hl7bridge::replay::list(
+        &config.database_url,
+        ack.as_deref(),
+        limit,
+    ))?;
+    Ok(true)
+}
+
+fn replay() -> anyhow::Result<bool> {
+    let ids: Vec<String> = std::env::args().skip(2).collect();
+    anyhow::ensure!(!ids.is_empty(), "{USAGE}");
+    let config = Config::from_env()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(hl7bridge::replay::replay(
+        &config.database_url,
+        config.mllp_addr,
+        &ids,
+    ))
 }
 
 fn serve() -> anyhow::Result<()> {

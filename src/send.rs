@@ -13,16 +13,26 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends every file and prints each answer. Returns whether every answer was AA (or CA).
 pub fn send_files(addr: SocketAddr, files: &[String]) -> anyhow::Result<bool> {
+    let mut payloads = Vec::with_capacity(files.len());
+    for file in files {
+        let payload = std::fs::read(Path::new(file)).with_context(|| format!("reading {file}"))?;
+        payloads.push((file.clone(), payload));
+    }
+    send_payloads(addr, &payloads)
+}
+
+/// Sends each (name, payload) as one frame on one connection and prints each answer under its
+/// name. Returns whether every answer was AA (or CA).
+pub fn send_payloads(addr: SocketAddr, payloads: &[(String, Vec<u8>)]) -> anyhow::Result<bool> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
         .with_context(|| format!("connecting to MLLP on {addr}"))?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut all_accepted = true;
-    for file in files {
-        let payload = std::fs::read(Path::new(file)).with_context(|| format!("reading {file}"))?;
-        stream.write_all(&hl7bridge_mllp::encode(&payload))?;
+    for (name, payload) in payloads {
+        stream.write_all(&hl7bridge_mllp::encode(payload))?;
         let answer =
-            read_answer(&mut stream).with_context(|| format!("waiting for the ACK to {file}"))?;
-        println!("{file}:\n{}", answer.replace('\r', "\n"));
+            read_answer(&mut stream).with_context(|| format!("waiting for the ACK to {name}"))?;
+        println!("{name}:\n{}", answer.replace('\r', "\n"));
         all_accepted &= accepted(&answer);
     }
     Ok(all_accepted)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hl7bridge_kafka::{Consumer, Producer, Record};
+use hl7bridge_kafka::{is_too_large, Consumer, Producer, Record};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -269,13 +269,25 @@ impl Inbound {
         }
         let topic = &self.settings.dead_letter_topic;
         let mut backoff = FIRST_BACKOFF;
+        let size = record.payload.len().to_string();
+        let mut payload = record.payload.as_slice();
         loop {
             let sent = self
                 .dead_letters
-                .send(topic, record.key.as_deref(), &record.payload, &headers)
+                .send(topic, record.key.as_deref(), payload, &headers)
                 .await;
             match sent {
                 Ok(_) => return true,
+                Err(err) if is_too_large(&err) && !payload.is_empty() => {
+                    // It can never be published whole: the dead letter names the error and
+                    // the source offset, where the record itself stays.
+                    tracing::warn!(
+                        bytes = record.payload.len(),
+                        "the record is too large for the dead-letter topic; sending it without its payload"
+                    );
+                    payload = &[];
+                    headers.push(("hl7bridge.payload.omitted", size.as_bytes()));
+                }
                 Err(err) => {
                     tracing::warn!(error = %err, "dead-lettering a Kafka record failed; retrying");
                     if sleep_or_stop(&mut backoff, stop).await {

@@ -55,6 +55,7 @@ impl ConsumerObserver for LagToMetrics {
     fn rebalanced(&self, assigned: bool, partitions: usize) {
         let change = if assigned { "assigned" } else { "revoked" };
         tracing::info!(change, partitions, "Kafka partitions rebalanced");
+        metrics().kafka_assigned(if assigned { partitions } else { 0 });
     }
 }
 
@@ -69,10 +70,12 @@ impl Kafka {
         let consumer = Consumer::new(&settings.client, &topics, Arc::new(LagToMetrics))?;
         let delivery_timeout = Duration::from_millis(settings.delivery_timeout_ms);
         let producer = Producer::new(&settings.client, delivery_timeout)?;
+        // Its own instance: a dead letter never waits behind the change feed's backlog.
+        let dead_letters = Producer::new(&settings.client, delivery_timeout)?;
         let (stop, stopped) = watch::channel(false);
         let inbound = inbound::Inbound {
             consumer,
-            dead_letters: producer.clone(),
+            dead_letters,
             settings: settings.clone(),
             hl7,
             fhir: fhir.clone(),
@@ -84,6 +87,7 @@ impl Kafka {
             extension_url: fhir.trace_extension_url.clone(),
             public_base_url: fhir.public_base_url.clone(),
             retention: Duration::from_millis(settings.outbox_retention_ms),
+            oversize: Default::default(),
         };
         tracing::info!(
             brokers = %settings.client.brokers,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use hl7bridge_kafka::{Pending, Producer};
+use hl7bridge_kafka::{is_too_large, KafkaError, Pending, Producer};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -26,6 +26,8 @@ pub(super) struct Relay {
     pub extension_url: String,
     pub public_base_url: Option<String>,
     pub retention: Duration,
+    /// Changes the broker refused for their size: sent again without the resource.
+    pub oversize: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Relay {
@@ -43,7 +45,10 @@ impl Relay {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "publishing the change feed failed; retrying");
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "publishing the change feed failed; retrying"
+                    );
                     self.measure().await;
                     if stopping {
                         return;
@@ -81,48 +86,34 @@ impl Relay {
             return Ok(0);
         }
         let mut in_flight: Vec<(i64, Pending, tracing::Span)> = Vec::with_capacity(rows.len());
-        let mut failure = None;
+        let mut failure: Option<(i64, KafkaError)> = None;
         for row in &rows {
-            let span = publish_span(&self.topic);
-            let parent = TraceParent::from_carrier(
-                Some(row.traceparent.as_str()).filter(|t| !t.is_empty()),
-                Some(row.tracestate.as_str()).filter(|t| !t.is_empty()),
-            );
-            continue_trace(&span, parent.as_ref());
-            let trace = span_traceparent(&span);
-            let payload = self.bundle(row, trace.clone());
-            let mut headers: Vec<(&str, &[u8])> =
-                vec![("content-type", b"application/fhir+json".as_slice())];
-            if let Some((traceparent, tracestate)) = &trace {
-                headers.push(("traceparent", traceparent.as_bytes()));
-                if let Some(state) = tracestate {
-                    headers.push(("tracestate", state.as_bytes()));
-                }
-            }
-            let key = Some(row.partition_key.as_bytes());
-            match self
-                .producer
-                .enqueue(&self.topic, key, payload.as_bytes(), &headers)
-            {
-                Ok(pending) => in_flight.push((row.seq, pending, span)),
+            match self.enqueue(row) {
+                Ok((pending, span)) => in_flight.push((row.seq, pending, span)),
                 Err(err) => {
-                    failure = Some(err);
+                    failure = Some((row.seq, err));
                     break;
                 }
             }
         }
+        // Every queued record is awaited, so none is left to be delivered unrecorded.
         let mut published = Vec::with_capacity(in_flight.len());
+        let mut broken = false;
         for (seq, pending, span) in in_flight {
             match pending.delivered().await {
-                Ok(delivered) if failure.is_none() => {
+                Ok(delivered) => {
                     span.record("messaging.destination.partition.id", delivered.partition);
                     span.record("messaging.kafka.offset", delivered.offset);
-                    published.push(seq);
+                    if !broken {
+                        published.push(seq);
+                    }
                 }
-                Ok(_) => {}
                 Err(err) => {
                     span.record("error.type", "delivery_failed");
-                    failure.get_or_insert(err);
+                    broken = true;
+                    if failure.as_ref().is_none_or(|(first, _)| seq < *first) {
+                        failure = Some((seq, err));
+                    }
                 }
             }
         }
@@ -131,17 +122,71 @@ impl Relay {
             metrics().changes_published(published.len());
         }
         match failure {
-            Some(err) => Err(anyhow::anyhow!(err).context(format!(
-                "{} of {} changes published",
-                published.len(),
-                rows.len()
-            ))),
+            Some((seq, err)) => {
+                if is_too_large(&err) {
+                    self.oversize
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(seq);
+                }
+                Err(anyhow::Error::new(err).context(format!(
+                    "{} of {} changes published",
+                    published.len(),
+                    rows.len()
+                )))
+            }
             None => Ok(rows.len()),
         }
     }
 
+    /// Queues one change under its own producer span.
+    fn enqueue(&self, row: &ChangeRow) -> Result<(Pending, tracing::Span), KafkaError> {
+        let span = publish_span(&self.topic);
+        let parent = TraceParent::from_carrier(
+            Some(row.traceparent.as_str()).filter(|t| !t.is_empty()),
+            Some(row.tracestate.as_str()).filter(|t| !t.is_empty()),
+        );
+        continue_trace(&span, parent.as_ref());
+        let trace = span_traceparent(&span);
+        let oversize = self
+            .oversize
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&row.seq);
+        let mut payload = self.bundle(row, trace.clone(), oversize);
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("content-type", b"application/fhir+json".as_slice())];
+        if let Some((traceparent, tracestate)) = &trace {
+            headers.push(("traceparent", traceparent.as_bytes()));
+            if let Some(state) = tracestate {
+                headers.push(("tracestate", state.as_bytes()));
+            }
+        }
+        let key = Some(row.partition_key.as_bytes());
+        let queued = self
+            .producer
+            .enqueue(&self.topic, key, payload.as_bytes(), &headers);
+        let pending = match queued {
+            Err(err) if is_too_large(&err) && !oversize => {
+                // Too large for any record: the change goes out without its resource, which
+                // the consumer reads from the FHIR API instead.
+                payload = self.bundle(row, trace.clone(), true);
+                self.producer
+                    .enqueue(&self.topic, key, payload.as_bytes(), &headers)?
+            }
+            other => other?,
+        };
+        Ok((pending, span))
+    }
+
     /// A history Bundle holding the one change, its meta carrying the publish span's trace.
-    fn bundle(&self, row: &ChangeRow, trace: Option<(String, Option<String>)>) -> String {
+    /// `without_resource`: the entry says where to read the resource instead of holding it.
+    fn bundle(
+        &self,
+        row: &ChangeRow,
+        trace: Option<(String, Option<String>)>,
+        without_resource: bool,
+    ) -> String {
         let trace = trace.map(|(traceparent, tracestate)| BundleTrace {
             extension_url: self.extension_url.clone(),
             traceparent,
@@ -161,12 +206,17 @@ impl Relay {
             "type": "history",
         })
         .to_string();
+        let stored_entry = if without_resource {
+            resource_omitted(row)
+        } else {
+            row.entry.clone()
+        };
         let entry = match &self.public_base_url {
             Some(base) => {
                 let full_url = json!(format!("{base}/{}/{}", row.resource_type, row.resource_id));
-                format!(r#"{{"fullUrl":{full_url},{}"#, &row.entry[1..])
+                format!(r#"{{"fullUrl":{full_url},{}"#, &stored_entry[1..])
             }
-            None => row.entry.clone(),
+            None => stored_entry,
         };
         format!(r#"{},"entry":[{entry}]}}"#, &head[..head.len() - 1])
     }
@@ -189,6 +239,23 @@ impl Relay {
             Err(err) => tracing::warn!(error = %err, "pruning the outbox failed"),
         }
     }
+}
+
+/// The change's entry without its resource, with an outcome saying where to read it.
+fn resource_omitted(row: &ChangeRow) -> String {
+    let mut entry: serde_json::Value = serde_json::from_str(&row.entry).unwrap_or_default();
+    if let Some(map) = entry.as_object_mut() {
+        map.shift_remove("resource");
+    }
+    let at = format!(
+        "{}/{}/_history/{}",
+        row.resource_type, row.resource_id, row.version_id
+    );
+    entry["response"]["outcome"] = json!({"resourceType": "OperationOutcome", "issue": [{
+        "severity": "warning", "code": "too-long",
+        "diagnostics": format!("the resource is too large for the change feed; read {at}"),
+    }]});
+    entry.to_string()
 }
 
 /// A producer span per change. The key (a patient id) is not an attribute: no patient data

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
 use tracing::Instrument;
 
+use hl7bridge_entities::hl7_message;
+
 use super::compartment::SUPPORTING_TYPES;
 use super::{Store, StoreError};
 
@@ -333,6 +335,37 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Stored HL7v2 messages, newest first, without their content; only those answered
+    /// `ack_code` when given.
+    pub async fn messages(
+        &self,
+        ack_code: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<hl7_message::Model>, StoreError> {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+        let mut query = hl7_message::Entity::find()
+            .order_by_desc(hl7_message::Column::ReceivedAtUs)
+            .limit(limit);
+        if let Some(code) = ack_code {
+            query = query.filter(hl7_message::Column::AckCode.eq(code));
+        }
+        let mut rows = query.all(&self.db).await?;
+        for row in &mut rows {
+            row.raw.clear();
+            row.ack.clear();
+        }
+        Ok(rows)
+    }
+
+    /// The raw bytes of one stored HL7v2 message.
+    pub async fn message_raw(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        use sea_orm::EntityTrait;
+        let row = hl7_message::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|m| m.raw))
     }
 
     /// Runs `sql` written with `?` placeholders on whichever backend this store has.

@@ -71,6 +71,7 @@ pub struct Metrics {
     db_writes: Family<Histogram>,
     kafka_records: Family<u64>,
     kafka_lag: Family<f64>,
+    kafka_assigned: Family<f64>,
     changes_published: Family<u64>,
     outbox_depth: Family<f64>,
     outbox_age: Family<f64>,
@@ -108,6 +109,10 @@ pub fn metrics() -> &'static Metrics {
         kafka_lag: Family::new(
             "hl7bridge_kafka_consumer_lag",
             "Records on the broker not yet committed by this group, per assigned partition.",
+        ),
+        kafka_assigned: Family::new(
+            "hl7bridge_kafka_assigned_partitions",
+            "Partitions of the inbound topics this member consumes now (0: it consumes nothing).",
         ),
         changes_published: Family::new(
             "hl7bridge_change_feed_published_total",
@@ -183,6 +188,12 @@ impl Metrics {
         self.kafka_lag.with(labels, |g| *g = lag as f64);
     }
 
+    /// PartitionsAssigned (eager rebalancing: the whole assignment, or 0 when revoked).
+    pub fn kafka_assigned(&self, partitions: usize) {
+        self.kafka_assigned
+            .with(Vec::new(), |g| *g = partitions as f64);
+    }
+
     /// ChangesPublished.
     pub fn changes_published(&self, n: usize) {
         self.changes_published.with(Vec::new(), |c| *c += n as u64);
@@ -205,6 +216,7 @@ impl Metrics {
         render_histogram(&mut out, &self.db_writes);
         render_counter(&mut out, &self.kafka_records);
         render_gauge(&mut out, &self.kafka_lag);
+        render_gauge(&mut out, &self.kafka_assigned);
         render_counter(&mut out, &self.changes_published);
         render_gauge(&mut out, &self.outbox_depth);
         render_gauge(&mut out, &self.outbox_age);

@@ -359,15 +359,20 @@ async fn a_broker_outage_delays_the_change_feed_and_loses_nothing() {
         let body: Value = response.json().await.unwrap();
         ids.push(format!("Patient/{}", body["id"].as_str().unwrap()));
     }
-    // Longer than the producer's delivery timeout: deliveries fail and the relay retries.
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    let (_, metrics) = (200, app.get("/metrics").await.text().await.unwrap());
-    let depth: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("hl7bridge_outbox_depth "))
-        .expect("the outbox depth is reported")
-        .parse()
-        .unwrap();
+    // Deliveries fail after the producer's delivery timeout; the relay measures the outbox
+    // and retries.
+    let mut depth = 0.0;
+    for _ in 0..100 {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        depth = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("hl7bridge_outbox_depth "))
+            .map_or(0.0, |v| v.parse().unwrap());
+        if depth >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(depth >= 5.0, "the changes wait in the outbox: {depth}");
     broker.broker_up(1).unwrap();
     let changes = read_until(&broker, CHANGES, |records| {
@@ -519,5 +524,88 @@ async fn a_crash_between_the_database_commit_and_the_offset_commit_stores_each_r
             "CR{n} still once"
         );
     }
+    app.stop().await;
+}
+
+/// The server's clients refuse records over 100 kB here, as a broker's `message.max.bytes`
+/// would refuse larger ones.
+async fn app_with_small_records(broker: &MockBroker) -> TestApp {
+    let brokers = broker.bootstrap_servers();
+    spawn_app_with(|config: &mut Config| {
+        let mut kafka = settings(&brokers);
+        kafka
+            .client
+            .options
+            .insert("message.max.bytes".into(), "100000".into());
+        config.kafka = Some(kafka);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_dead_letter_goes_without_its_payload_and_the_partition_moves_on() {
+    let broker = broker(1);
+    let app = app_with_small_records(&broker).await;
+    let producer = producer(&broker);
+    let huge = vec![b'X'; 300_000];
+    producer.send(HL7, Some(b"big"), &huge, &[]).await.unwrap();
+    producer
+        .send(HL7, None, &oru("KAF0401", "KAF401"), &[])
+        .await
+        .unwrap();
+    wait_for_ids(&app, "/Patient?identifier=KAF401", 1).await;
+    let dead = read_until(&broker, DEAD, |records| !records.is_empty()).await;
+    assert!(dead[0].payload.is_empty(), "the payload is left out");
+    assert_eq!(header(&dead[0], "hl7bridge.payload.omitted"), "300000");
+    assert_eq!(header(&dead[0], "hl7bridge.source.offset"), "0");
+    assert_eq!(dead[0].key.as_deref(), Some(&b"big"[..]));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_too_large_for_a_record_is_published_without_its_resource_and_nothing_repeats() {
+    let broker = broker(1);
+    let app = app_with_small_records(&broker).await;
+    let big = json!({"resourceType": "Patient",
+        "text": {"status": "generated",
+            "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\">{}</div>", "y".repeat(200_000))},
+        "identifier": [{"system": "urn:test:mrn", "value": "BIG1"}]});
+    let mut entries: Vec<Value> = (0..5)
+        .map(|n| {
+            json!({"request": {"method": "POST", "url": "Patient"},
+                "resource": {"resourceType": "Patient",
+                    "identifier": [{"system": "urn:test:mrn", "value": format!("SMALL{n}")}]}})
+        })
+        .collect();
+    entries.push(json!({"request": {"method": "POST", "url": "Patient"}, "resource": big}));
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{response}");
+    let changes = read_until(&broker, CHANGES, |records| records.len() >= 6).await;
+    // Give a broken relay time to send the same changes again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = read_until(&broker, CHANGES, |records| records.len() >= changes.len()).await;
+    assert_eq!(again.len(), 6, "each change once");
+    let without: Vec<Value> = again
+        .iter()
+        .map(change_bundle)
+        .filter(|b| b["entry"][0].get("resource").is_none())
+        .collect();
+    assert_eq!(
+        without.len(),
+        1,
+        "only the large change goes without its resource"
+    );
+    let outcome = &without[0]["entry"][0]["response"]["outcome"]["issue"][0];
+    assert_eq!(outcome["code"], "too-long");
+    assert!(outcome["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("/_history/1"));
+    let (_, metrics) = (0, app.get("/metrics").await.text().await.unwrap());
+    assert!(
+        metrics.contains("hl7bridge_outbox_depth 0"),
+        "the outbox drains"
+    );
     app.stop().await;
 }

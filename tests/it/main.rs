@@ -17,5 +17,6 @@ mod mllp_hostile;
 mod mllp_ingest;
 mod ops_endpoints;
 mod otlp_export;
+mod replay_cli;
 mod support;
 mod trace_journey;

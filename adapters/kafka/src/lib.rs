@@ -17,5 +17,5 @@ pub mod testing;
 
 pub use config::{KafkaConfig, Security};
 pub use consumer::{committed_offsets, Consumer, ConsumerObserver, Record};
-pub use producer::{Delivered, Pending, Producer};
+pub use producer::{is_too_large, Delivered, Pending, Producer};
 pub use rdkafka::error::KafkaError;

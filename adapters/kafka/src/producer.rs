@@ -1,6 +1,7 @@
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::ClientConfig;
@@ -17,9 +18,20 @@ pub struct Delivered {
 
 /// An idempotent producer: librdkafka retries internally without duplicating or reordering the
 /// records of a partition, and a delivery fails only after the configured delivery timeout.
+///
+/// An idempotent producer can enter a fatal state (the broker lost its producer state, for
+/// one); librdkafka then refuses every record on that instance. The instance is replaced by a
+/// new one from the same settings the next time a record is queued.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer<ProducerLogs>,
+    config: ClientConfig,
+    inner: Arc<Mutex<FutureProducer<ProducerLogs>>>,
+}
+
+/// Whether the broker or the client refused a record for its size: sending it again cannot
+/// succeed.
+pub fn is_too_large(err: &KafkaError) -> bool {
+    err.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
 }
 
 /// A record handed to librdkafka, not yet acknowledged by the broker.
@@ -46,8 +58,19 @@ impl Producer {
 
     pub fn with_client_config(config: &ClientConfig) -> Result<Producer, KafkaError> {
         Ok(Producer {
-            inner: config.create_with_context(ProducerLogs)?,
+            config: config.clone(),
+            inner: Arc::new(Mutex::new(config.create_with_context(ProducerLogs)?)),
         })
+    }
+
+    /// The live instance, replaced first if it is in a fatal state.
+    fn current(&self) -> Result<FutureProducer<ProducerLogs>, KafkaError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((code, reason)) = inner.client().fatal_error() {
+            tracing::warn!(%code, reason, "the Kafka producer hit a fatal error; replacing it");
+            *inner = self.config.create_with_context(ProducerLogs)?;
+        }
+        Ok(inner.clone())
     }
 
     /// Queues a record and returns at once; await [`Pending::delivered`] for the broker's
@@ -72,7 +95,7 @@ impl Producer {
         if let Some(key) = key {
             record = record.key(key);
         }
-        self.inner
+        self.current()?
             .send_result(record)
             .map(Pending)
             .map_err(|(err, _)| err)
@@ -93,6 +116,6 @@ impl Producer {
 
     /// Waits for every queued record, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.inner.flush(timeout)
+        self.current()?.flush(timeout)
     }
 }
