@@ -64,6 +64,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/{type}", web::get().to(handlers::search))
         .route("/{type}/_search", web::post().to(handlers::search_post))
         .route("/{type}", web::post().to(rest::create))
+        .route("/{type}", web::put().to(rest::conditional_update))
+        .route("/{type}", web::delete().to(rest::conditional_delete))
         .route("/{type}/{id}/_history", web::get().to(handlers::history))
         .route("/{type}/{id}", web::put().to(rest::update))
         .route("/{type}/{id}", web::delete().to(rest::delete))

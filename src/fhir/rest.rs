@@ -50,6 +50,45 @@ pub async fn delete(
     run(&state, &req, &resource_type, entry).await
 }
 
+/// `PUT /{type}?identifier=…`: conditional update (the one match, else a create).
+pub async fn conditional_update(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+) -> Answer {
+    let resource_type = known_type(path.into_inner())?;
+    let url = conditional_url(&req, &resource_type)?;
+    let resource = read_json_body(&state, &req, body).await?;
+    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
+    run(&state, &req, &resource_type, entry).await
+}
+
+/// `DELETE /{type}?identifier=…`: conditional delete of the one match (412 when several match,
+/// 204 when none does).
+pub async fn conditional_delete(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Answer {
+    let resource_type = known_type(path.into_inner())?;
+    let url = conditional_url(&req, &resource_type)?;
+    let entry = json!({"request": {"method": "DELETE", "url": url}});
+    run(&state, &req, &resource_type, entry).await
+}
+
+/// `Type?query`, refusing a type-level PUT or DELETE without a condition.
+fn conditional_url(req: &HttpRequest, resource_type: &str) -> Result<String, FhirError> {
+    let query = req.query_string();
+    if query.is_empty() {
+        return Err(FhirError::invalid(format!(
+            "{} /{resource_type} needs search criteria (identifier=…)",
+            req.method()
+        )));
+    }
+    Ok(format!("{resource_type}?{query}"))
+}
+
 /// The checked type of an instance path and its `Type/id`.
 fn instance((resource_type, id): (String, String)) -> Result<(String, String), FhirError> {
     let resource_type = known_type(resource_type)?;

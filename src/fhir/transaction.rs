@@ -50,7 +50,7 @@ enum Request {
     },
     Delete {
         resource_type: String,
-        id: String,
+        target: Target,
     },
 }
 
@@ -459,15 +459,23 @@ fn read_update(url: &str, resource: Option<Value>) -> Result<Request, FhirError>
 }
 
 fn read_delete(url: &str) -> Result<Request, FhirError> {
-    if url.contains('?') {
-        return Err(FhirError::NotSupported(
-            "conditional delete is not supported yet".into(),
-        ));
+    if let Some((resource_type, query)) = url.split_once('?') {
+        if !is_resource_type(resource_type) {
+            return Err(FhirError::invalid_at(
+                format!("request.url names no resource type: {resource_type:?}"),
+                "request.url",
+            ));
+        }
+        let target = Target::Conditional(parse_identifier_query(resource_type, query)?);
+        return Ok(Request::Delete {
+            resource_type: resource_type.into(),
+            target,
+        });
     }
     let (resource_type, id) = type_and_id(url)?;
     Ok(Request::Delete {
         resource_type: resource_type.into(),
-        id: id.into(),
+        target: Target::Id(id.into()),
     })
 }
 
@@ -515,6 +523,13 @@ fn collect_lookups(entries: &[Result<Entry, FhirError>]) -> Vec<IdentifierLookup
                     lookups.insert(lookup.clone());
                 }
                 resource
+            }
+            Request::Delete {
+                target: Target::Conditional(lookup),
+                ..
+            } => {
+                lookups.insert(lookup.clone());
+                continue;
             }
             Request::Delete { .. } => continue,
         };
@@ -588,7 +603,24 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             };
             Ok(upsert(resource_type, id, resource))
         }
-        Request::Delete { resource_type, id } => {
+        Request::Delete {
+            resource_type,
+            target,
+        } => {
+            let id = match target {
+                Target::Id(id) => id,
+                // No match: a delete of an id nothing has, which answers 204 and writes nothing.
+                Target::Conditional(lookup) => match matches.ids(&lookup).as_slice() {
+                    [] => new_id,
+                    [id] => id.clone(),
+                    many => {
+                        return Err(FhirError::PreconditionFailed(format!(
+                            "the conditional delete matches {} resources; it deletes one at most",
+                            many.len()
+                        )))
+                    }
+                },
+            };
             Ok(Planned::Write(WriteOp::Delete { resource_type, id }))
         }
     }

@@ -254,3 +254,81 @@ async fn if_match_and_if_none_match_guard_updates_and_deletes() {
     assert_eq!(current.status(), 204);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_racing_conditional_updates_make_one_resource_and_conditional_delete_removes_it() {
+    let app = spawn_app().await;
+    let url = format!("{}/Patient?identifier=urn:cu%7CCU-1", app.base);
+    let body = json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:cu", "value": "CU-1"}], "gender": "female"});
+    let racers: Vec<_> = (0..20)
+        .map(|_| {
+            let request = app.client.put(&url);
+            let body = body.clone();
+            tokio::spawn(async move { send(request, body).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for racer in racers {
+        statuses.push(racer.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 200),
+        "{statuses:?}"
+    );
+    let (_, found) = app.get_json("/Patient?identifier=urn:cu|CU-1").await;
+    assert_eq!(
+        found["entry"].as_array().unwrap().len(),
+        1,
+        "exactly one resource"
+    );
+    let id = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A second resource with the same identifier makes the condition ambiguous: 412.
+    let (status, _, _) = send(
+        app.client.post(format!("{}/Patient", app.base)),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let ambiguous = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(ambiguous.status(), 412);
+    let other = found["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(other, id);
+    let (_, both) = app.get_json("/Patient?identifier=urn:cu|CU-1").await;
+    let second = both["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .find(|i| *i != id)
+        .unwrap();
+    let deleted = app
+        .client
+        .delete(format!("{}/Patient/{second}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+
+    let removed = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+    assert_eq!(app.get(&format!("/Patient/{id}")).await.status(), 410);
+    let nothing = app.client.delete(&url).send().await.unwrap();
+    assert_eq!(nothing.status(), 204, "no match: nothing to delete");
+    let unconditional = app
+        .client
+        .delete(format!("{}/Patient", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unconditional.status(), 400);
+}
