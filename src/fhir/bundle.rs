@@ -119,7 +119,7 @@ pub fn searchset(
 pub fn history(
     base: &str,
     links: &[(&str, String)],
-    total: i64,
+    total: Option<i64>,
     versions: &[StoredResource],
     trace: Option<&BundleTrace>,
 ) -> String {
@@ -127,15 +127,17 @@ pub fn history(
         .iter()
         .map(|(relation, url)| json!({"relation": relation, "url": url}))
         .collect();
-    let head = json!({
+    let mut head = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": meta(trace),
         "type": "history",
-        "total": total,
-        "link": links,
-    })
-    .to_string();
+    });
+    if let Some(total) = total {
+        head["total"] = json!(total);
+    }
+    head["link"] = Value::Array(links);
+    let head = head.to_string();
     if versions.is_empty() {
         return head;
     }

@@ -24,7 +24,8 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
         "rest": [{
             "mode": "server",
             "resource": resources,
-            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "interaction": [{"code": "transaction"}, {"code": "batch"},
+                {"code": "history-system"}],
         }],
     })
 }
@@ -33,11 +34,14 @@ fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-            {"code": "delete"}, {"code": "history-instance"}, {"code": "search-type"}],
+            {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+            {"code": "search-type"}],
         "versioning": "versioned-update",
         "readHistory": true,
         "updateCreate": true,
         "conditionalCreate": true,
+        "conditionalUpdate": true,
+        "conditionalDelete": "single",
     });
     let mut params = vec![
         json!({"name": "_id", "type": "token"}),

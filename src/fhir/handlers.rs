@@ -13,7 +13,7 @@ use super::id::{is_resource_type, is_valid_id};
 use super::search::{self, SearchRequest, Total};
 use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::search_params::date_range;
-use crate::store::{EverythingPage, Search, StoredResource, SupportingMode};
+use crate::store::{EverythingPage, HistoryCursor, Search, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
 
 pub(super) type Answer = Result<HttpResponse, FhirError>;
@@ -118,8 +118,113 @@ pub async fn history(
         links.push(("next", page_url(Some(oldest.version_id))));
     }
     let total = current.version_id;
-    let body = super::bundle::history(&base, &links, total, &versions, trace(&state).as_ref());
+    let body = super::bundle::history(
+        &base,
+        &links,
+        Some(total),
+        &versions,
+        trace(&state).as_ref(),
+    );
     Ok(bundle_response(body))
+}
+
+/// `GET /{type}/_history`: every version of every resource of the type, newest first.
+pub async fn type_history(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Answer {
+    let resource_type = searchable_type(path.into_inner())?;
+    changes_history(&state, &req, Some(&resource_type)).await
+}
+
+/// `GET /_history`: every version of every resource, newest first.
+pub async fn system_history(state: web::Data<FhirState>, req: HttpRequest) -> Answer {
+    changes_history(&state, &req, None).await
+}
+
+/// A page of type or system history: `_count`, `_since`, and a cursor in `next` links.
+async fn changes_history(
+    state: &FhirState,
+    req: &HttpRequest,
+    resource_type: Option<&str>,
+) -> Answer {
+    let mut count = DEFAULT_HISTORY_PAGE;
+    let mut since = None;
+    let mut cursor = None;
+    let mut unknown = Vec::new();
+    for (name, value) in decode_pairs(req.query_string())? {
+        let invalid = |what: &str| FhirError::invalid_at(format!("{name}: {what}"), name.clone());
+        match name.as_str() {
+            "_count" => {
+                let n: u32 = value.parse().map_err(|_| invalid("not a whole number"))?;
+                count = n.clamp(1, MAX_HISTORY_PAGE);
+            }
+            "_since" => {
+                let range = date_range(&value.replace(' ', "+"));
+                since = Some((range.ok_or_else(|| invalid("not a FHIR instant"))?.0, value));
+            }
+            "_cursor" => {
+                cursor = Some(
+                    parse_history_cursor(&value)
+                        .ok_or_else(|| invalid("not a cursor this server wrote"))?,
+                )
+            }
+            _ => unknown.push(name),
+        }
+    }
+    ignored_parameters(&unknown, req)?;
+    let versions = state
+        .store
+        .history_all(
+            resource_type,
+            since.as_ref().map(|(at, _)| *at),
+            cursor.as_ref(),
+            count,
+        )
+        .await?;
+    let base = base_url(state, req);
+    let path = resource_type.map_or("_history".to_string(), |t| format!("{t}/_history"));
+    let page_url = |after: Option<String>| {
+        let mut url = format!("{base}/{path}?_count={count}");
+        if let Some((_, text)) = &since {
+            url.push_str(&format!("&_since={}", encode_query_value(text)));
+        }
+        if let Some(after) = after {
+            url.push_str(&format!("&_cursor={}", encode_query_value(&after)));
+        }
+        url
+    };
+    let mut links = vec![("self", page_url(cursor.as_ref().map(history_cursor_text)))];
+    if let Some(last) = versions.last().filter(|_| versions.len() as u32 == count) {
+        let next = HistoryCursor {
+            last_updated_us: last.last_updated_us,
+            resource_type: last.resource_type.clone(),
+            id: last.id.clone(),
+            version_id: last.version_id,
+        };
+        links.push(("next", page_url(Some(history_cursor_text(&next)))));
+    }
+    let body = super::bundle::history(&base, &links, None, &versions, trace(state).as_ref());
+    Ok(bundle_response(body))
+}
+
+/// `<lastUpdated µs>.<version>.<type>.<id>` (ids may hold dots; they come last).
+fn history_cursor_text(c: &HistoryCursor) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        c.last_updated_us, c.version_id, c.resource_type, c.id
+    )
+}
+
+fn parse_history_cursor(text: &str) -> Option<HistoryCursor> {
+    let mut parts = text.splitn(4, '.');
+    Some(HistoryCursor {
+        last_updated_us: parts.next()?.parse().ok()?,
+        version_id: parts.next()?.parse().ok()?,
+        resource_type: parts.next()?.to_string(),
+        id: parts.next()?.to_string(),
+    })
 }
 
 fn resource_response(stored: StoredResource) -> HttpResponse {

@@ -61,6 +61,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/StructureDefinition/w3c-trace-context",
             web::get().to(handlers::trace_context_definition),
         )
+        .route("/_history", web::get().to(handlers::system_history))
+        .route("/{type}/_history", web::get().to(handlers::type_history))
         .route("/{type}", web::get().to(handlers::search))
         .route("/{type}/_search", web::post().to(handlers::search_post))
         .route("/{type}", web::post().to(rest::create))

@@ -20,7 +20,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use outbox::{ChangeRow, WriteTrace};
-pub use read::{EverythingPage, IdentifierLookup, StoredResource, SupportingMode};
+pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{
     payload_hash, Hl7MessageRow, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp, Written,

@@ -22,6 +22,15 @@ pub struct StoredResource {
     pub content: String,
 }
 
+/// Where a type or system history page ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCursor {
+    pub last_updated_us: i64,
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+}
+
 /// What one `$everything` page asks for.
 #[derive(Debug, Clone, Default)]
 pub struct EverythingPage {
@@ -102,6 +111,53 @@ impl Store {
             i64::from(limit).into(),
         ];
         let rows = self.query(sql, params).await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// Versions of every resource (of `resource_type`, when given), newest first, changed at or
+    /// after `since_us`, after the `before` cursor: (lastUpdated, type, id, version) of the
+    /// last version of the previous page.
+    pub async fn history_all(
+        &self,
+        resource_type: Option<&str>,
+        since_us: Option<i64>,
+        before: Option<&HistoryCursor>,
+        limit: u32,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let mut sql = String::from(
+            "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, \
+             r.content FROM resource_version r WHERE 1 = 1",
+        );
+        let mut params: Vec<Value> = Vec::new();
+        if let Some(t) = resource_type {
+            sql.push_str(" AND r.resource_type = ?");
+            params.push(t.into());
+        }
+        if let Some(since) = since_us {
+            sql.push_str(" AND r.last_updated_us >= ?");
+            params.push(since.into());
+        }
+        if let Some(c) = before {
+            sql.push_str(
+                " AND (r.last_updated_us < ? OR (r.last_updated_us = ? AND (r.resource_type > ? \
+                 OR (r.resource_type = ? AND (r.id > ? OR (r.id = ? AND r.version_id > ?))))))",
+            );
+            params.extend([
+                Value::from(c.last_updated_us),
+                Value::from(c.last_updated_us),
+                Value::from(c.resource_type.as_str()),
+                Value::from(c.resource_type.as_str()),
+                Value::from(c.id.as_str()),
+                Value::from(c.id.as_str()),
+                Value::from(c.version_id),
+            ]);
+        }
+        sql.push_str(
+            " ORDER BY r.last_updated_us DESC, r.resource_type, r.id, r.version_id LIMIT ?",
+        );
+        params.push(i64::from(limit).into());
+        let span = self.db_span("SELECT", "resource_version", "history page");
+        let rows = self.query(&sql, params).instrument(span).await?;
         rows.iter().map(stored).collect()
     }
 

@@ -332,3 +332,70 @@ async fn twenty_racing_conditional_updates_make_one_resource_and_conditional_del
         .unwrap();
     assert_eq!(unconditional.status(), 400);
 }
+
+#[tokio::test]
+async fn type_and_system_history_page_newest_first_through_every_version() {
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "gender": "male"});
+    let (_, _, created) = send(app.client.post(format!("{}/Patient", app.base)), patient).await;
+    let id = serde_json::from_str::<Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let updated = json!({"resourceType": "Patient", "id": id, "gender": "female"});
+    let url = format!("{}/Patient/{id}", app.base);
+    assert_eq!(send(app.client.put(&url), updated).await.0, 200);
+    let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+    let (_, _, made) = send(app.client.post(format!("{}/Observation", app.base)), obs).await;
+    let obs_id = serde_json::from_str::<Value>(&made).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gone = app
+        .client
+        .delete(format!("{}/Observation/{obs_id}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 204);
+
+    let (status, patients) = app.get_json("/Patient/_history").await;
+    assert_eq!(status, 200, "{patients}");
+    let versions: Vec<&str> = patients["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["etag"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["W/\"2\"", "W/\"1\""], "newest first");
+
+    let mut seen = Vec::new();
+    let mut next = Some(format!("{}/_history?_count=1", app.base));
+    while let Some(url) = next {
+        let page: Value = app
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["type"], "history");
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            let method = entry["request"]["method"].as_str().unwrap().to_string();
+            seen.push((entry["fullUrl"].as_str().unwrap().to_string(), method));
+        }
+        next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        assert!(seen.len() <= 4, "paging ends: {seen:?}");
+    }
+    let methods: Vec<&str> = seen.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(methods, ["DELETE", "POST", "PUT", "POST"], "{seen:?}");
+    let (_, later) = app.get_json("/_history?_since=2999-01-01T00:00:00Z").await;
+    assert!(later.get("entry").is_none());
+}

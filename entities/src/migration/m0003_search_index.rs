@@ -65,6 +65,13 @@ impl MigrationTrait for Migration {
                 .col("param")
                 .col("normalized")
                 .to_owned(),
+            // Type and system history, newest first.
+            Index::create()
+                .name("resource_version_recent")
+                .table("resource_version")
+                .col("last_updated_us")
+                .col("resource_type")
+                .to_owned(),
             // Search pages: one type's live resources in (lastUpdated, id) order.
             Index::create()
                 .name("resource_listing")
