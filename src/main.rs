@@ -11,7 +11,8 @@ const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n    
 hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n\n\
 serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
 variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
-127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite).\n\
+127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite). HL7BRIDGE_KAFKA_BROKERS switches\n\
+the Kafka adapter on (HL7v2 and FHIR topics in, the change feed out).\n\
 send: sends each HL7v2 file as one MLLP frame to HL7BRIDGE_MLLP_ADDR (default\n\
 127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.\n\
 messages: lists the HL7v2 messages stored in HL7BRIDGE_DATABASE_URL, newest first, one JSON\n\
@@ -19,6 +20,14 @@ line each (sender, control id, type, ACK code; never content); default limit 100
 replay: sends the stored messages with these ids to HL7BRIDGE_MLLP_ADDR again, like send.";
 
 fn main() -> ExitCode {
+    // `hl7bridge serve --help` must print help, not start a server.
+    if std::env::args()
+        .skip(1)
+        .any(|a| matches!(a.as_str(), "--help" | "-h"))
+    {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match std::env::args().nth(1).as_deref() {
         Some("serve") => match serve() {
             Ok(()) => ExitCode::SUCCESS,

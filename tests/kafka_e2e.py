@@ -159,7 +159,7 @@ def check(brokers, base):
         if bundle.get("type") != "history":
             fail(f"{resource}: change Bundle type {bundle.get('type')}")
         own_trace = hl7_trace if resource in from_hl7 else fhir_trace
-        expected_key = hl7_patient if resource in from_hl7 else fhir_patient
+        expected_key = f"Patient/{hl7_patient if resource in from_hl7 else fhir_patient}"
         if key != expected_key:
             fail(f"{resource}: key {key!r}, expected the patient id {expected_key!r}")
         header = headers.get("traceparent", "")
@@ -180,7 +180,6 @@ def check(brokers, base):
     headers = headers_of(message)
     expectations = {
         "hl7bridge.source.topic": FHIR_TOPIC,
-        "hl7bridge.source.partition": "0",
         "traceparent": fhir_trace,
     }
     for name, value in expectations.items():
@@ -188,8 +187,9 @@ def check(brokers, base):
             fail(f"dead letter header {name}: {headers.get(name)!r}, expected {value!r}")
     if not headers.get("hl7bridge.error.code", "").startswith("json"):
         fail(f"dead letter error code {headers.get('hl7bridge.error.code')!r}")
-    if not headers.get("hl7bridge.source.offset", "").isdigit():
-        fail("the dead letter does not name its source offset")
+    for name in ("hl7bridge.source.partition", "hl7bridge.source.offset"):
+        if not headers.get(name, "").isdigit():
+            fail(f"the dead letter's {name} is {headers.get(name)!r}")
     if message.key() != b"poison-key":
         fail(f"the dead letter's key is {message.key()!r}")
     print("kafka_e2e: dead letter checked")

@@ -7,8 +7,8 @@ pub struct Model {
     /// Assigned on insert; the relay publishes in this order.
     #[sea_orm(primary_key)]
     pub seq: i64,
-    /// The Kafka record key: the patient whose compartment holds the resource, else the
-    /// resource's own `Type/id`.
+    /// The Kafka record key: `Patient/<id>` of the patient whose compartment holds the
+    /// resource, else the resource's own `Type/id`.
     pub partition_key: String,
     pub resource_type: String,
     pub resource_id: String,

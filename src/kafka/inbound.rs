@@ -404,8 +404,9 @@ fn judge_response(response: &Value) -> Handled {
         .pointer("/response/outcome/issue/0/diagnostics")
         .and_then(Value::as_str)
         .unwrap_or("");
+    let code = first_status.split(' ').next().unwrap_or("500");
     let dead_letter = DeadLetter::new(
-        format!("fhir:batch:{first_status}"),
+        format!("fhir:batch:{code}"),
         format!(
             "{} of {} batch entries failed; the first, Bundle.entry[{first}]: {diagnostics}",
             failed.len(),
@@ -482,7 +483,7 @@ mod tests {
         let Handled::DeadLetter(dl) = judge_response(&partial) else {
             panic!("expected a dead letter");
         };
-        assert_eq!(dl.code, "fhir:batch:400 Bad Request");
+        assert_eq!(dl.code, "fhir:batch:400");
         assert!(dl.reason.starts_with("1 of 2"), "{}", dl.reason);
         let unavailable = json!({"type": "batch-response", "entry": [
             {"response": {"status": "503 Service Unavailable"}},

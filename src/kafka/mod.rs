@@ -80,6 +80,7 @@ impl Kafka {
             hl7,
             fhir: fhir.clone(),
         };
+        let producer_for_check = producer.clone();
         let relay = relay::Relay {
             store: fhir.store.clone(),
             producer,
@@ -89,14 +90,34 @@ impl Kafka {
             retention: Duration::from_millis(settings.outbox_retention_ms),
             oversize: Default::default(),
         };
+        metrics().changes_published(0);
         tracing::info!(
             brokers = %settings.client.brokers,
+            dead_letter_topic = %settings.dead_letter_topic,
             group = %settings.client.group_id,
             hl7_topic = %settings.hl7_topic,
             fhir_topic = %settings.fhir_topic,
             change_topic = %settings.change_topic,
             "Kafka adapter started"
         );
+        let topics = [
+            settings.hl7_topic.clone(),
+            settings.fhir_topic.clone(),
+            settings.change_topic.clone(),
+            settings.dead_letter_topic.clone(),
+        ];
+        let checker = producer_for_check;
+        tokio::task::spawn_blocking(move || {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            match checker.missing_topics(&names, Duration::from_secs(10)) {
+                Ok(missing) if missing.is_empty() => {}
+                Ok(missing) => tracing::warn!(
+                    missing = %missing.join(", "),
+                    "Kafka topics missing: create them (records for them wait or fail until then)"
+                ),
+                Err(err) => tracing::warn!(error = %err, "could not check the Kafka topics"),
+            }
+        });
         Ok(Kafka {
             stop,
             inbound: tokio::spawn(inbound.run(stopped.clone())),

@@ -18,6 +18,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// another node sharing the database, say).
 const POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const LAST_ATTEMPT: Duration = Duration::from_secs(2);
 
 pub(super) struct Relay {
     pub store: Store,
@@ -37,7 +38,20 @@ impl Relay {
         let mut last_prune: Option<Instant> = None;
         loop {
             let stopping = *stop.borrow();
-            match self.publish_some().await {
+            // Stopping: one last short attempt; what is not acknowledged by then stays in the
+            // outbox for the next start, instead of holding shutdown for a delivery timeout.
+            let round = async {
+                if stopping {
+                    tokio::time::timeout(LAST_ATTEMPT, self.publish_some())
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("stopping before the broker answered"))
+                        })
+                } else {
+                    self.publish_some().await
+                }
+            };
+            match round.await {
                 Ok(n) => {
                     backoff = Duration::from_millis(200);
                     if n as u64 == BATCH && !stopping {
@@ -85,6 +99,8 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        // Before waiting on the broker, which may take the whole delivery timeout.
+        self.measure().await;
         let mut in_flight: Vec<(i64, Pending, tracing::Span)> = Vec::with_capacity(rows.len());
         let mut failure: Option<(i64, KafkaError)> = None;
         for row in &rows {
@@ -223,10 +239,7 @@ impl Relay {
 
     async fn measure(&self) {
         match self.store.outbox_backlog().await {
-            Ok((depth, oldest)) => {
-                let age_us = oldest.map_or(0, |at| (now_us() - at).max(0));
-                metrics().outbox(depth, Duration::from_micros(age_us as u64));
-            }
+            Ok((depth, oldest)) => metrics().outbox(depth, oldest),
             Err(err) => tracing::debug!(error = %err, "measuring the outbox failed"),
         }
     }

@@ -52,9 +52,10 @@ pub(super) async fn rows_for(
         .map(|w| {
             let key = (w.resource_type.clone(), w.id.clone());
             let patient = patients.get(&key).or_else(|| deleted_patients.get(&key));
-            let partition_key = patient
-                .cloned()
-                .unwrap_or_else(|| format!("{}/{}", w.resource_type, w.id));
+            let partition_key = match patient {
+                Some(patient) => format!("Patient/{patient}"),
+                None => format!("{}/{}", w.resource_type, w.id),
+            };
             change_outbox::ActiveModel {
                 seq: ActiveValue::NotSet,
                 partition_key: ActiveValue::Set(partition_key),

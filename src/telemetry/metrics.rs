@@ -74,7 +74,9 @@ pub struct Metrics {
     kafka_assigned: Family<f64>,
     changes_published: Family<u64>,
     outbox_depth: Family<f64>,
-    outbox_age: Family<f64>,
+    /// When the oldest unpublished change was committed (µs since the epoch); its age is
+    /// computed when the metrics are read, so it keeps growing while the relay is stuck.
+    outbox_oldest_us: Mutex<Option<Option<i64>>>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -122,10 +124,7 @@ pub fn metrics() -> &'static Metrics {
             "hl7bridge_outbox_depth",
             "Committed changes not yet published on the change feed.",
         ),
-        outbox_age: Family::new(
-            "hl7bridge_outbox_oldest_age_seconds",
-            "Age of the oldest unpublished change (0 when none waits).",
-        ),
+        outbox_oldest_us: Mutex::new(None),
     })
 }
 
@@ -200,10 +199,12 @@ impl Metrics {
     }
 
     /// OutboxMeasured: how many changes wait and how old the oldest is.
-    pub fn outbox(&self, depth: i64, oldest_age: Duration) {
+    pub fn outbox(&self, depth: i64, oldest_created_us: Option<i64>) {
         self.outbox_depth.with(Vec::new(), |g| *g = depth as f64);
-        self.outbox_age
-            .with(Vec::new(), |g| *g = oldest_age.as_secs_f64());
+        *self
+            .outbox_oldest_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(oldest_created_us);
     }
 
     /// The exposition text.
@@ -219,7 +220,19 @@ impl Metrics {
         render_gauge(&mut out, &self.kafka_assigned);
         render_counter(&mut out, &self.changes_published);
         render_gauge(&mut out, &self.outbox_depth);
-        render_gauge(&mut out, &self.outbox_age);
+        let oldest = *self
+            .outbox_oldest_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(oldest) = oldest {
+            let name = "hl7bridge_outbox_oldest_age_seconds";
+            let now = chrono::Utc::now().timestamp_micros();
+            let age = oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1e6);
+            let _ = writeln!(
+                out,
+                "# HELP {name} Age of the oldest unpublished change (0 when none waits).\n# TYPE {name} gauge\n{name} {age}"
+            );
+        }
         let name = "hl7bridge_trace_context_rejected_total";
         let _ = writeln!(
             out,

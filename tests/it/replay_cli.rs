@@ -82,3 +82,21 @@ async fn stored_messages_are_listed_without_content_and_replayed_over_mllp() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no stored message"));
     app.stop().await;
 }
+
+#[test]
+fn help_on_a_subcommand_prints_usage_instead_of_starting_a_server() {
+    let dir = std::env::temp_dir().join(format!("hl7bridge-help-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for args in [&["serve", "--help"][..], &["send", "-h"], &["--help"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_hl7bridge"))
+            .args(args)
+            .current_dir(&dir)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains("usage: hl7bridge serve"));
+    }
+    assert!(!dir.join("hl7bridge.db").exists(), "no server started");
+    let _ = std::fs::remove_dir_all(&dir);
+}

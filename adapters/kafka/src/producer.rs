@@ -114,6 +114,28 @@ impl Producer {
             .await
     }
 
+    /// The `topics` the cluster does not have (blocking: call it off the async workers).
+    /// Asking may create a topic where the broker creates topics on demand.
+    pub fn missing_topics(
+        &self,
+        topics: &[&str],
+        timeout: Duration,
+    ) -> Result<Vec<String>, KafkaError> {
+        let producer = self.current()?;
+        let mut missing = Vec::new();
+        for topic in topics {
+            let metadata = producer.client().fetch_metadata(Some(topic), timeout)?;
+            let known = metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == *topic && t.error().is_none() && !t.partitions().is_empty());
+            if !known {
+                missing.push(topic.to_string());
+            }
+        }
+        Ok(missing)
+    }
+
     /// Waits for every queued record, at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current()?.flush(timeout)
