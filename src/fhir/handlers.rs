@@ -33,10 +33,45 @@ pub async fn trace_context_definition(state: web::Data<FhirState>) -> HttpRespon
         .body(body.to_string())
 }
 
-pub async fn read(state: web::Data<FhirState>, path: web::Path<(String, String)>) -> Answer {
+pub async fn read(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Answer {
     let (resource_type, id) = path.into_inner();
     let stored = live_resource(&state, &resource_type, &id).await?;
+    if not_modified(&req, &stored) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, format!("W/\"{}\"", stored.version_id)))
+            .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated_us)))
+            .finish());
+    }
     Ok(resource_response(stored))
+}
+
+/// Conditional read: `If-None-Match` naming the current version (or `*`), or, without it,
+/// `If-Modified-Since` at or after the last change (HTTP dates have whole seconds).
+fn not_modified(req: &HttpRequest, stored: &StoredResource) -> bool {
+    let text = |name: header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(tags) = text(header::IF_NONE_MATCH) {
+        let current = stored.version_id.to_string();
+        return tags.split(',').map(str::trim).any(|tag| {
+            let tag = tag.trim_start_matches("W/").trim_matches('"');
+            tag == "*" || tag == current
+        });
+    }
+    let Some(since) = text(header::IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    match chrono::DateTime::parse_from_rfc2822(&since.replace("GMT", "+0000")) {
+        Ok(at) => stored.last_updated_us / 1_000_000 <= at.timestamp(),
+        Err(_) => false,
+    }
 }
 
 pub async fn vread(
@@ -695,7 +730,7 @@ fn is_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
-fn http_date(us: i64) -> String {
+pub(super) fn http_date(us: i64) -> String {
     let at = chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
     at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }

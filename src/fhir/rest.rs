@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::{FhirError, FHIR_JSON};
-use super::handlers::{base_url, read_json_body, Answer};
+use super::handlers::{base_url, http_date, read_json_body, Answer};
 use super::id::{is_resource_type, is_valid_id};
 use super::{transaction, FhirState};
 
@@ -147,6 +147,13 @@ async fn answer(state: &FhirState, req: &HttpRequest, outcome: &Value) -> Answer
     ));
     if let Some(etag) = outcome["etag"].as_str() {
         response.insert_header((header::ETAG, etag.to_string()));
+    }
+    let modified = outcome["lastModified"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    if let Some(at) = modified {
+        let us = at.timestamp_micros();
+        response.insert_header((header::LAST_MODIFIED, http_date(us)));
     }
     let mut parts = location.split('/');
     let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {

@@ -399,3 +399,35 @@ async fn type_and_system_history_page_newest_first_through_every_version() {
     let (_, later) = app.get_json("/_history?_since=2999-01-01T00:00:00Z").await;
     assert!(later.get("entry").is_none());
 }
+
+#[tokio::test]
+async fn a_conditional_read_answers_304_when_nothing_changed() {
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "gender": "male"});
+    let (_, headers, body) = send(app.client.post(format!("{}/Patient", app.base)), patient).await;
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("{}/Patient/{id}", app.base);
+    let last_modified = headers["last-modified"].to_str().unwrap().to_string();
+    let read = |name: &'static str, value: String| {
+        let request = app.client.get(&url).header(name, value);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(read("if-none-match", "W/\"1\"".into()).await, 304);
+    assert_eq!(read("if-none-match", "W/\"2\"".into()).await, 200);
+    assert_eq!(read("if-modified-since", last_modified.clone()).await, 304);
+    assert_eq!(
+        read("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT".into()).await,
+        200
+    );
+    assert_eq!(read("if-modified-since", "yesterday".into()).await, 200);
+    let updated = json!({"resourceType": "Patient", "id": id, "gender": "female"});
+    assert_eq!(send(app.client.put(&url), updated).await.0, 200);
+    assert_eq!(
+        read("if-none-match", "W/\"1\"".into()).await,
+        200,
+        "changed since"
+    );
+}
