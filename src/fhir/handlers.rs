@@ -388,7 +388,19 @@ async fn run_search(
         Total::Cheap if request.cursor.is_none() && !more => Some(page.len()),
         _ => None,
     };
-    let included = includes(state, &request, &page).await?;
+    let (included, capped) = includes(state, &request, &page).await?;
+    let ignored = if capped {
+        let issue = json!({"severity": "warning", "code": "too-costly", "diagnostics":
+            format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")});
+        let mut outcome =
+            ignored.unwrap_or_else(|| json!({"resourceType": "OperationOutcome", "issue": []}));
+        if let Some(issues) = outcome["issue"].as_array_mut() {
+            issues.push(issue);
+        }
+        Some(outcome)
+    } else {
+        ignored
+    };
     let entries: Vec<_> = page
         .iter()
         .map(|r| SearchEntry {
@@ -408,12 +420,12 @@ async fn run_search(
 const MAX_REVINCLUDED: u64 = 1000;
 
 /// `_include` and `_revinclude` for one page: one level, each resource once, none that is
-/// already a match.
+/// already a match; and whether a `_revinclude` reached its cap.
 async fn includes(
     state: &FhirState,
     request: &SearchRequest,
     page: &[StoredResource],
-) -> Result<Vec<StoredResource>, FhirError> {
+) -> Result<(Vec<StoredResource>, bool), FhirError> {
     let keys: Vec<(&str, &str)> = page
         .iter()
         .map(|r| (r.resource_type.as_str(), r.id.as_str()))
@@ -423,8 +435,9 @@ async fn includes(
         .map(|r| (r.resource_type.clone(), r.id.clone()))
         .collect();
     let mut out = Vec::new();
+    let mut capped = false;
     if keys.is_empty() {
-        return Ok(out);
+        return Ok((out, capped));
     }
     for (paths, target) in &request.includes {
         let found = state
@@ -438,10 +451,11 @@ async fn includes(
             .store
             .revincluded(source, paths, &keys, MAX_REVINCLUDED)
             .await?;
+        capped |= found.len() as u64 >= MAX_REVINCLUDED;
         out.extend(found);
     }
     out.retain(|r| seen.insert((r.resource_type.clone(), r.id.clone())));
-    Ok(out)
+    Ok((out, capped))
 }
 
 pub async fn everything(
@@ -600,7 +614,11 @@ impl EverythingRequest {
             request.applied.push((name, value));
         }
         if low.is_some() || high.is_some() {
-            request.page.window = Some((low.unwrap_or(i64::MIN), high.unwrap_or(i64::MAX)));
+            let window = (low.unwrap_or(i64::MIN), high.unwrap_or(i64::MAX));
+            if window.0 >= window.1 {
+                return Err(FhirError::invalid("start is after end"));
+            }
+            request.page.window = Some(window);
         }
         Ok(request)
     }

@@ -12,6 +12,8 @@ pub const MAX_COUNT: u64 = 1000;
 /// Criteria one search may combine, and alternatives one criterion may list.
 const MAX_CRITERIA: usize = 16;
 const MAX_ALTERNATIVES: usize = 100;
+/// `_include` and `_revinclude` parameters one search may name, together.
+const MAX_INCLUDES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Total {
@@ -61,6 +63,13 @@ impl SearchRequest {
                 continue;
             }
             if name == "_include" || name == "_revinclude" {
+                if request
+                    .applied
+                    .iter()
+                    .any(|(n, v)| *n == name && *v == value)
+                {
+                    continue;
+                }
                 let Some((source, paths, target)) = include_target(&value) else {
                     request.unknown.push(format!("{name}={value}"));
                     continue;
@@ -73,7 +82,16 @@ impl SearchRequest {
                     request.unknown.push(format!("{name}={value}"));
                     continue;
                 }
+                if request.includes.len() + request.revincludes.len() > MAX_INCLUDES {
+                    return Err(FhirError::invalid(format!(
+                        "at most {MAX_INCLUDES} _include and _revinclude parameters are accepted"
+                    )));
+                }
                 request.applied.push((name, value));
+                continue;
+            }
+            // An empty value asks for nothing: the parameter is ignored.
+            if value.is_empty() {
                 continue;
             }
             match criterion(resource_type, &name, &value)? {
@@ -170,6 +188,21 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
     };
     let values = alternatives(value)?;
     let invalid = |what: &str| FhirError::invalid_at(format!("{name}: {what}"), name.to_string());
+    let unsupported = |what: &str| {
+        FhirError::invalid_at(
+            format!("{name}: {what} is not supported; refused rather than ignored, which would widen the result"),
+            name.to_string(),
+        )
+    };
+    if base.starts_with("_has") {
+        return Err(unsupported("_has"));
+    }
+    if let Some((param, _)) = base.split_once('.') {
+        if find(t, param).is_some() || param == "identifier" {
+            return Err(unsupported("chaining"));
+        }
+    }
+    let known = matches!(base, "_id" | "_lastUpdated" | "identifier") || find(t, base).is_some();
     let criterion = match (base, modifier) {
         ("_id", None) => Criterion::Ids(values.iter().map(|v| v.to_string()).collect()),
         ("_lastUpdated", None) => Criterion::LastUpdated(dates(&values).map_err(|e| invalid(&e))?),
@@ -179,7 +212,10 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
         },
         _ => {
             let Some(param) = find(t, base) else {
-                return Ok(None);
+                return match modifier {
+                    Some(m) if known => Err(unsupported(&format!(":{m}"))),
+                    _ => Ok(None),
+                };
             };
             match (param.kind, modifier) {
                 (Kind::Token, None) => Criterion::Token {
@@ -209,6 +245,7 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
                         .collect::<Option<Vec<_>>>()
                         .ok_or_else(|| invalid("expected Type/id or an id"))?,
                 },
+                _ if known => return Err(unsupported(&format!(":{}", modifier.unwrap_or("")))),
                 _ => return Ok(None),
             }
         }
@@ -225,6 +262,17 @@ fn include_target(value: &str) -> Option<(String, Vec<String>, Option<String>)> 
     let Kind::Reference { target: fixed } = param.kind else {
         return None;
     };
+    if let (Some(named), Some(fixed)) = (target.as_deref(), fixed) {
+        if named != fixed {
+            return None;
+        }
+    }
+    if target
+        .as_deref()
+        .is_some_and(|t| !super::id::is_resource_type(t))
+    {
+        return None;
+    }
     let target = target.or(fixed.map(str::to_string));
     let paths = param.paths.iter().map(|p| p.to_string()).collect();
     Some((source.to_string(), paths, target))

@@ -27,6 +27,37 @@ pub struct IndexRows {
     pub strings: BTreeSet<(String, String)>,
 }
 
+/// Bytes of a value an index column holds. PostgreSQL's B-tree refuses keys over about 2.7 kB,
+/// and a value of any length must not make a resource unstorable.
+const MAX_INDEXED: usize = 256;
+
+/// A token or string value as index columns hold it: itself when short, else its first 191
+/// bytes, `#`, and the SHA-256 of the whole, so equality stays exact. Searches transform the
+/// searched value the same way.
+pub fn index_key(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_INDEXED {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let cut = char_floor(text, MAX_INDEXED - 65);
+    let digest = super::write::payload_hash(text.as_bytes());
+    std::borrow::Cow::Owned(format!("{}#{digest}", &text[..cut]))
+}
+
+/// The first bytes of normalized text that prefix and substring matching index.
+pub fn index_prefix(text: &str) -> &str {
+    &text[..char_floor(text, MAX_INDEXED)]
+}
+
+fn char_floor(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
 pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
     collect_refs(content, &mut String::new(), &mut rows.refs);
@@ -141,6 +172,16 @@ mod tests {
         assert!(rows.patients.contains("p1"));
         assert!(rows.identifiers.contains(&("urn:mrn".into(), "123".into())));
         assert!(rows.identifiers.contains(&("".into(), "456".into())));
+    }
+
+    #[test]
+    fn long_values_are_indexed_by_a_bounded_exact_key() {
+        let long = "é".repeat(400);
+        let key = index_key(&long);
+        assert!(key.len() <= MAX_INDEXED, "{}", key.len());
+        assert_ne!(index_key(&format!("{long}x")), key, "still exact");
+        assert_eq!(index_key("short"), "short");
+        assert!(index_prefix(&long).len() <= MAX_INDEXED);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tracing::Instrument;
 use hl7bridge_entities::hl7_message;
 
 use super::compartment::SUPPORTING_TYPES;
+use super::index::index_key;
 use super::{Store, StoreError};
 
 /// One stored resource: its current version and canonical JSON.
@@ -197,15 +198,20 @@ impl Store {
     ) -> Result<HashMap<IdentifierLookup, Vec<String>>, StoreError> {
         // Rows are matched to lookups through an index on (type, value), so the work is linear
         // in rows plus lookups, however many lookups share a value.
+        // Values are compared as the index holds them (long ones by their bounded key).
+        let keys: Vec<String> = lookups
+            .iter()
+            .map(|l| index_key(&l.value).into_owned())
+            .collect();
         let mut by_key: HashMap<(&str, &str), Vec<&IdentifierLookup>> = HashMap::new();
-        for lookup in lookups {
+        for (lookup, key) in lookups.iter().zip(&keys) {
             by_key
-                .entry((&lookup.resource_type, &lookup.value))
+                .entry((&lookup.resource_type, key))
                 .or_default()
                 .push(lookup);
         }
         let types: Vec<&str> = unique(lookups.iter().map(|l| l.resource_type.as_str()));
-        let values: Vec<&str> = unique(lookups.iter().map(|l| l.value.as_str()));
+        let values: Vec<&str> = unique(keys.iter().map(String::as_str));
         let mut found: HashMap<IdentifierLookup, Vec<String>> = HashMap::new();
         let mut seen: HashSet<(&IdentifierLookup, String)> = HashSet::new();
         for chunk in values.chunks(MAX_IN) {
@@ -446,10 +452,14 @@ pub struct IdentifierLookup {
 }
 
 impl IdentifierLookup {
+    /// Whether an index row (system and value as the index holds them) answers this lookup.
     fn matches(&self, t: &str, system: &str, value: &str) -> bool {
         self.resource_type == t
-            && self.value == value
-            && self.system.as_deref().is_none_or(|s| s == system)
+            && index_key(&self.value) == value
+            && self
+                .system
+                .as_deref()
+                .is_none_or(|s| index_key(s) == system)
     }
 }
 

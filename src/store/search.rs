@@ -4,6 +4,7 @@
 
 use sea_orm::Value;
 
+use super::index::{index_key, index_prefix};
 use super::read::{placeholders, stored, StoredResource};
 use super::{Store, StoreError};
 
@@ -254,11 +255,11 @@ fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion:
                 .map(|(system, code)| {
                     let mut part = Vec::new();
                     if let Some(system) = system {
-                        params.push(Value::from(system.as_str()));
+                        params.push(Value::from(index_key(system).into_owned()));
                         part.push("system = ?");
                     }
                     if let Some(code) = code {
-                        params.push(Value::from(code.as_str()));
+                        params.push(Value::from(index_key(code).into_owned()));
                         part.push("value = ?");
                     }
                     if part.is_empty() {
@@ -304,26 +305,13 @@ fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion:
             param,
             alternatives,
         } => {
-            let negated = alternatives.iter().all(|d| d.prefix == Prefix::Ne);
-            // `ne`: no value of the resource equals the searched one.
-            sql.push_str(if negated { "r.id NOT IN" } else { "r.id IN" });
             sql.push_str(
-                " (SELECT resource_id FROM date_index WHERE resource_type = ? AND param = ? AND (",
+                "r.id IN (SELECT resource_id FROM date_index WHERE resource_type = ? AND param = ? AND (",
             );
             params.extend([Value::from(t), Value::from(param.as_str())]);
             let parts: Vec<String> = alternatives
                 .iter()
-                .map(|d| {
-                    let d = if negated {
-                        DateCriterion {
-                            prefix: Prefix::Eq,
-                            ..*d
-                        }
-                    } else {
-                        *d
-                    };
-                    date_condition(&d, "low_us", "high_us", params)
-                })
+                .map(|d| date_condition(d, "low_us", "high_us", params))
                 .collect();
             sql.push_str(&parts.join(" OR "));
             sql.push_str("))");
@@ -340,7 +328,7 @@ fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion:
                 .iter()
                 .map(|(how, text)| match how {
                     StrMatch::Exact => {
-                        params.push(Value::from(text.as_str()));
+                        params.push(Value::from(index_key(text).into_owned()));
                         "value = ?"
                     }
                     StrMatch::StartsWith => {
@@ -359,14 +347,24 @@ fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion:
     }
 }
 
-/// The condition for one date criterion on a stored range `[low, high)`.
+/// The condition for one date criterion on a stored range `[low, high)`, per R4 search
+/// (3.1.1.4.6): `eq` the searched range contains the value's; `ne` it does not; `gt`/`lt` the
+/// value's range reaches above/below the searched one; `ge`/`le` either of those; `sa`/`eb` it
+/// lies wholly after/before; `ap` they overlap.
 fn date_condition(d: &DateCriterion, low: &str, high: &str, params: &mut Vec<Value>) -> String {
+    let contained = format!("({low} >= ? AND {high} <= ?)");
     let (sql, values) = match d.prefix {
-        Prefix::Eq | Prefix::Ne => (format!("({low} >= ? AND {high} <= ?)"), vec![d.low, d.high]),
+        Prefix::Eq | Prefix::Ne => (contained, vec![d.low, d.high]),
         Prefix::Gt => (format!("{high} > ?"), vec![d.high]),
         Prefix::Lt => (format!("{low} < ?"), vec![d.low]),
-        Prefix::Ge => (format!("{high} > ?"), vec![d.low]),
-        Prefix::Le => (format!("{low} < ?"), vec![d.high]),
+        Prefix::Ge => (
+            format!("({high} > ? OR {contained})"),
+            vec![d.high, d.low, d.high],
+        ),
+        Prefix::Le => (
+            format!("({low} < ? OR {contained})"),
+            vec![d.low, d.low, d.high],
+        ),
         Prefix::Sa => (format!("{low} >= ?"), vec![d.high]),
         Prefix::Eb => (format!("{high} <= ?"), vec![d.low]),
         Prefix::Ap => (format!("({low} < ? AND {high} > ?)"), vec![d.high, d.low]),
@@ -381,7 +379,8 @@ fn date_condition(d: &DateCriterion, low: &str, high: &str, params: &mut Vec<Val
 
 /// `%`, `_` and the escape character itself, matched literally.
 fn like_escaped(text: &str) -> String {
-    let lowered = super::write::normalize(text);
+    let normalized = super::write::normalize(text);
+    let lowered = index_prefix(&normalized);
     let mut out = String::with_capacity(lowered.len());
     for ch in lowered.chars() {
         if matches!(ch, '%' | '_' | '\\') {

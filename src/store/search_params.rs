@@ -38,12 +38,7 @@ const ENCOUNTER: Kind = Kind::Reference {
     target: Some("Encounter"),
 };
 
-const CLINICAL_DATE: &[&str] = &[
-    "effectiveDateTime",
-    "effectivePeriod",
-    "effectiveInstant",
-    "issued",
-];
+const CLINICAL_DATE: &[&str] = &["effectiveDateTime", "effectivePeriod"];
 
 /// (resource type, its parameters). Every type also has `_id`, `_lastUpdated` and (through
 /// the identifier index) `identifier`.
@@ -82,6 +77,7 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("category", TOKEN, &["category"]),
             p("status", TOKEN, &["status"]),
             p("date", DATE, CLINICAL_DATE),
+            p("issued", DATE, &["issued"]),
             p("patient", PATIENT, &["subject"]),
             p("subject", ANY, &["subject"]),
             p("encounter", ENCOUNTER, &["encounter"]),

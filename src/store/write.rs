@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::telemetry::metrics::metrics;
 
-use super::index::{extract, IndexRows};
+use super::index::{extract, index_key, index_prefix, IndexRows};
 use super::outbox::{self, WriteTrace};
 use super::{instant_text, now_us, Store, StoreError};
 use crate::telemetry::span_traceparent;
@@ -438,8 +438,8 @@ fn add_index_rows(plan: &mut Plan, t: &str, id: &str, index: IndexRows) {
             resource_type: t.to_string(),
             resource_id: id.to_string(),
             param,
-            system,
-            value,
+            system: index_key(&system).into_owned(),
+            value: index_key(&value).into_owned(),
         });
     }
     for (param, low_us, high_us) in index.dates {
@@ -456,15 +456,41 @@ fn add_index_rows(plan: &mut Plan, t: &str, id: &str, index: IndexRows) {
             resource_type: t.to_string(),
             resource_id: id.to_string(),
             param,
-            normalized: normalize(&value),
-            value,
+            normalized: index_prefix(&normalize(&value)).to_string(),
+            value: index_key(&value).into_owned(),
         });
     }
 }
 
-/// How string search compares: case-insensitively.
+/// How string search compares: case- and accent-insensitively (Latin letters with diacritics
+/// fold to their base letter; other scripts are lowercased).
 pub fn normalize(text: &str) -> String {
-    text.to_lowercase()
+    text.to_lowercase().chars().map(fold_accent).collect()
+}
+
+fn fold_accent(c: char) -> char {
+    match c {
+        'à'..='å' | 'ā' | 'ă' | 'ą' => 'a',
+        'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => 'c',
+        'ď' | 'đ' => 'd',
+        'è'..='ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => 'e',
+        'ĝ' | 'ğ' | 'ġ' | 'ģ' => 'g',
+        'ĥ' | 'ħ' => 'h',
+        'ì'..='ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => 'i',
+        'ĵ' => 'j',
+        'ķ' => 'k',
+        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => 'l',
+        'ñ' | 'ń' | 'ņ' | 'ň' => 'n',
+        'ò'..='ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => 'o',
+        'ŕ' | 'ŗ' | 'ř' => 'r',
+        'ś' | 'ŝ' | 'ş' | 'š' => 's',
+        'ţ' | 'ť' | 'ŧ' => 't',
+        'ù'..='ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => 'u',
+        'ŵ' => 'w',
+        'ý' | 'ÿ' | 'ŷ' => 'y',
+        'ź' | 'ż' | 'ž' => 'z',
+        other => other,
+    }
 }
 
 async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError> {

@@ -379,3 +379,215 @@ async fn include_and_revinclude_add_one_level_once() {
     assert_eq!(status, 200);
     assert_eq!(bundle["entry"][0]["search"]["mode"], "outcome");
 }
+
+/// Text no compression shrinks, from a fixed seed.
+fn noise(len: usize, seed: u64) -> String {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+async fn create(app: &TestApp, resource: Value) -> String {
+    let response = app
+        .client
+        .post(format!(
+            "{}/{}",
+            app.base,
+            resource["resourceType"].as_str().unwrap()
+        ))
+        .header("content-type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn long_values_are_stored_and_found_exactly() {
+    let app = spawn_app().await;
+    let family = noise(3000, 7);
+    let mrn = noise(3000, 11);
+    let id = create(
+        &app,
+        json!({"resourceType": "Patient", "name": [{"family": family}],
+            "identifier": [{"system": "urn:long", "value": mrn}]}),
+    )
+    .await;
+    let found = ids(&app, &format!("/Patient?family:exact={family}")).await;
+    assert_eq!(found, BTreeSet::from([id.clone()]));
+    assert_eq!(
+        ids(&app, &format!("/Patient?family={}", &family[..300]))
+            .await
+            .len(),
+        1
+    );
+    let other = format!("{}x", &mrn[..2999]);
+    assert!(ids(&app, &format!("/Patient?identifier=urn:long|{other}"))
+        .await
+        .is_empty());
+    assert_eq!(
+        ids(&app, &format!("/Patient?identifier=urn:long|{mrn}")).await,
+        BTreeSet::from([id.clone()])
+    );
+    // A conditional create keyed on the long identifier finds the stored resource.
+    let response = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", format!("identifier=urn:long|{mrn}"))
+        .body(json!({"resourceType": "Patient"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "matched, not created");
+    let (status, _) = app
+        .get_json(&format!("/Patient?name={}", "a".repeat(50_000)))
+        .await;
+    assert_eq!(status, 200, "a long search text is no error");
+    // Over MLLP, a long name is stored (AA), not refused as a transient failure forever.
+    let message = format!(
+        "MSH|^~\\&|ADT|FAC|HL7BRIDGE|HOSP|20240101||ADT^A01|LONG1|P|2.5.1\rEVN|A01|20240101\r\
+         PID|1||LONGNAME1^^^FAC^MR||{}^Al||19700101|M\rPV1|1|I",
+        noise(4000, 3)
+    );
+    let answers = app.mllp_exchange(&[message.as_bytes()]).await;
+    assert!(answers[0].contains("MSA|AA"), "{}", answers[0]);
+}
+
+#[tokio::test]
+async fn date_prefixes_follow_the_r4_range_rules() {
+    let app = spawn_app().await;
+    let obs = |effective: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "t"}});
+        if let Value::Object(extra) = effective {
+            for (k, v) in extra {
+                o[k] = v;
+            }
+        }
+        o
+    };
+    let straddling = create(
+        &app,
+        obs(json!({"effectivePeriod": {"start": "2023-12-15", "end": "2024-01-15"}})),
+    )
+    .await;
+    let year = create(&app, obs(json!({"effectiveDateTime": "2024"}))).await;
+    let undated = create(&app, obs(json!({}))).await;
+    let inside = create(&app, obs(json!({"effectiveDateTime": "2024-06-01"}))).await;
+    let ge = ids(&app, "/Observation?date=ge2024").await;
+    assert!(
+        !ge.contains(&straddling),
+        "reaches into 2024 but not above it, nor inside"
+    );
+    assert!(ge.contains(&year) && ge.contains(&inside));
+    let le = ids(&app, "/Observation?date=le2024-01-01").await;
+    assert!(le.contains(&straddling));
+    assert!(
+        !le.contains(&year),
+        "2024 as a whole is not at or before its first day"
+    );
+    let ne = ids(&app, "/Observation?date=ne2024").await;
+    assert!(ne.contains(&straddling));
+    assert!(!ne.contains(&undated), "no value, no match");
+    assert!(!ne.contains(&inside));
+
+    let report = create(
+        &app,
+        json!({"resourceType": "DiagnosticReport", "status": "final",
+        "code": {"text": "r"}, "effectiveDateTime": "2024-01-01",
+        "issued": "2024-03-05T10:00:00Z"}),
+    )
+    .await;
+    assert!(
+        ids(&app, "/DiagnosticReport?date=2024-03-05")
+            .await
+            .is_empty(),
+        "date is effective[x]"
+    );
+    assert_eq!(
+        ids(&app, "/DiagnosticReport?issued=2024-03-05").await,
+        BTreeSet::from([report])
+    );
+}
+
+#[tokio::test]
+async fn what_would_widen_a_search_is_refused_and_accents_do_not_matter() {
+    let app = spawn_app().await;
+    let p = seed(&app).await;
+    for query in [
+        "/Observation?subject:Patient=nonexistent",
+        "/Patient?gender:not=male",
+        "/Patient?name:missing=true",
+        "/Observation?patient.name=Quimby",
+        "/Patient?_has:Observation:patient:code=1234",
+        "/Patient?_id:above=x",
+    ] {
+        let (status, outcome) = app.get_json(query).await;
+        assert_eq!(status, 400, "{query}: {outcome}");
+    }
+    let many = (0..9)
+        .map(|_| "_revinclude=Observation:subject")
+        .collect::<Vec<_>>()
+        .join("&");
+    let distinct = format!(
+        "/Patient?{}",
+        [
+            "Observation:subject",
+            "Observation:patient",
+            "Observation:encounter",
+            "Encounter:patient",
+            "Encounter:subject",
+            "Condition:patient",
+            "Condition:subject",
+            "Procedure:patient",
+            "Procedure:subject"
+        ]
+        .iter()
+        .map(|v| format!("_revinclude={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+    );
+    assert_eq!(
+        app.get_json(&format!("/Patient?{many}")).await.0,
+        200,
+        "repeats count once"
+    );
+    assert_eq!(app.get_json(&distinct).await.0, 400, "too many includes");
+    assert_eq!(
+        ids(&app, "/Patient?name=").await.len(),
+        3,
+        "an empty value is ignored"
+    );
+    assert_eq!(ids(&app, "/Patient?gender=").await.len(), 3);
+    let accented = create(
+        &app,
+        json!({"resourceType": "Patient", "name": [{"family": "Müller", "given": ["José"]}]}),
+    )
+    .await;
+    assert_eq!(
+        ids(&app, "/Patient?name=muller").await,
+        BTreeSet::from([accented.clone()])
+    );
+    assert_eq!(
+        ids(&app, "/Patient?given=JOSE").await,
+        BTreeSet::from([accented])
+    );
+    let (status, _) = app
+        .get_json(&format!(
+            "/Patient/{}/$everything?start=2025&end=2020",
+            p[0]
+        ))
+        .await;
+    assert_eq!(status, 400);
+}
