@@ -294,7 +294,19 @@ impl Store {
             .map(|r| (r.resource_type.as_str(), r.id.as_str()))
             .collect();
         let span = self.db_span("SELECT", "resource_ref", "$everything includes");
-        let included = self.supporting(&keys, &supporting).instrument(span).await?;
+        // The whole compartment on one page: its references are found by patient in one join.
+        let whole = page.after.is_none()
+            && (members.len() as u64) < page.limit
+            && page.since_us.is_none()
+            && page.window.is_none()
+            && page.types.is_none();
+        let included = if whole {
+            self.supporting_by_patient(patient_id)
+                .instrument(span)
+                .await?
+        } else {
+            self.supporting(&keys, &supporting).instrument(span).await?
+        };
         let mut out: Vec<_> = members
             .into_iter()
             .map(|r| (SupportingMode::Match, r))
@@ -359,6 +371,27 @@ impl Store {
         }
         sql.push_str(&format!(" ORDER BY {order}, r.id LIMIT {}", page.limit));
         params.push(Value::from(patient_id));
+        let rows = self.query(&sql, params).await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// The supporting resources that any member of the patient's compartment references.
+    async fn supporting_by_patient(
+        &self,
+        patient_id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM resource r JOIN (SELECT DISTINCT rr.target_type, rr.target_id \
+             FROM compartment c JOIN resource_ref rr \
+             ON rr.source_type = c.resource_type AND rr.source_id = c.resource_id \
+             WHERE c.patient_id = ? AND rr.target_type IN ({})) t \
+             ON r.resource_type = t.target_type AND r.id = t.target_id \
+             WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
+            placeholders(SUPPORTING_TYPES.len())
+        );
+        let mut params = vec![Value::from(patient_id)];
+        params.extend(SUPPORTING_TYPES.iter().map(|t| Value::from(*t)));
+        params.push(false.into());
         let rows = self.query(&sql, params).await?;
         rows.iter().map(stored).collect()
     }
