@@ -159,8 +159,16 @@ async fn answer(state: &FhirState, req: &HttpRequest, outcome: &Value) -> Answer
     let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {
         return Ok(response.finish());
     };
-    if prefers_minimal(req) {
-        return Ok(response.finish());
+    match preferred_return(req) {
+        Some(Return::Minimal) => return Ok(response.finish()),
+        Some(Return::Outcome) => {
+            let status = outcome["status"].as_str().unwrap_or("");
+            let body = json!({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "informational",
+                "diagnostics": format!("{status}: {location}")}]});
+            return Ok(response.content_type(FHIR_JSON).body(body.to_string()));
+        }
+        None => {}
     }
     match state.store.read(resource_type, id).await? {
         Some(stored) if !stored.deleted => {
@@ -221,14 +229,24 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, FhirErro
     Ok(Some(text.to_string()))
 }
 
-fn prefers_minimal(req: &HttpRequest) -> bool {
+enum Return {
+    Minimal,
+    Outcome,
+}
+
+/// `Prefer: return=minimal` (no body) or `return=OperationOutcome` (an outcome instead of the
+/// resource); `return=representation` is the default.
+fn preferred_return(req: &HttpRequest) -> Option<Return> {
     req.headers()
         .get_all("prefer")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|p| p.split(';').next())
         .filter_map(|p| p.split_once('='))
-        .any(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("return") && v.trim().eq_ignore_ascii_case("minimal")
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("return"))
+        .find_map(|(_, v)| match v.trim() {
+            v if v.eq_ignore_ascii_case("minimal") => Some(Return::Minimal),
+            v if v.eq_ignore_ascii_case("OperationOutcome") => Some(Return::Outcome),
+            _ => None,
         })
 }

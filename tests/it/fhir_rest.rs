@@ -431,3 +431,19 @@ async fn a_conditional_read_answers_304_when_nothing_changed() {
         "changed since"
     );
 }
+
+#[tokio::test]
+async fn prefer_return_operation_outcome_answers_with_an_outcome() {
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "gender": "male"});
+    let request = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("prefer", "return=OperationOutcome");
+    let (status, headers, body) = send(request, patient).await;
+    assert_eq!(status, 201);
+    assert!(headers.contains_key("location"));
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["severity"], "information");
+}
