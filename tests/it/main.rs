@@ -13,6 +13,7 @@ mod fhir_search;
 mod fhirpy_client;
 mod kafka;
 mod kafka_broker;
+mod mllp_client;
 mod mllp_hostile;
 mod mllp_ingest;
 mod ops_endpoints;
