@@ -374,8 +374,10 @@ async fn run_search(
         .await?;
     let more = page.len() as u64 > request.count;
     page.truncate(request.count as usize);
-    if let (true, Some(last)) = (more, page.last()) {
-        let cursor = search::cursor_text(last.last_updated_us, &last.id);
+    let cursor_of_last = page
+        .last()
+        .map(|last| search::cursor_text(last.last_updated_us, &last.id));
+    if let (true, Some(cursor)) = (more, cursor_of_last) {
         links.push(("next", link(Some(cursor))));
     }
     let total = match request.total {
@@ -389,6 +391,11 @@ async fn run_search(
         _ => None,
     };
     let (included, capped) = includes(state, &request, &page).await?;
+    if let Some(elements) = &request.elements {
+        for r in &mut page {
+            r.content = search::subset(&r.content, elements);
+        }
+    }
     let ignored = if capped {
         let issue = json!({"severity": "warning", "code": "too-costly", "diagnostics":
             format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")});

@@ -35,6 +35,8 @@ pub struct SearchRequest {
     pub total: Total,
     /// `_summary=count`: the total only.
     pub count_only: bool,
+    /// `_elements`: the top-level elements matches keep (besides id and meta).
+    pub elements: Option<Vec<String>>,
     /// `_include`: (paths, target type) of the searched type's reference parameters.
     pub includes: Vec<(Vec<String>, Option<String>)>,
     /// `_revinclude`: (source type, paths) of another type's reference parameter.
@@ -54,6 +56,7 @@ impl SearchRequest {
             cursor: None,
             total: Total::Cheap,
             count_only: false,
+            elements: None,
             includes: Vec::new(),
             revincludes: Vec::new(),
             unknown: Vec::new(),
@@ -149,14 +152,67 @@ impl SearchRequest {
                 }
             }
             "_summary" if value == "count" => self.count_only = true,
+            "_elements" => {
+                let names: Vec<String> = value
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names
+                    .iter()
+                    .any(|n| !n.chars().all(|c| c.is_ascii_alphanumeric()))
+                {
+                    return Err(FhirError::invalid_at(
+                        "_elements names top-level elements (letters and digits)",
+                        "_elements",
+                    ));
+                }
+                self.elements = Some(names);
+            }
             "_cursor" => self.cursor = Some(parse_cursor(value)?),
             _ => return Ok(false),
         }
-        if matches!(name, "_sort" | "_total" | "_summary") {
+        if matches!(name, "_sort" | "_total" | "_summary" | "_elements") {
             self.applied.push((name.into(), value.into()));
         }
         Ok(true)
     }
+}
+
+/// A resource cut down to `elements` (plus `resourceType`, `id` and `meta`), tagged
+/// SUBSETTED as R4 asks. A choice element is kept by its base name (`value` keeps
+/// `valueQuantity`).
+pub fn subset(content: &str, elements: &[String]) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(content)
+    else {
+        return content.to_string();
+    };
+    let wanted = |key: &str| {
+        let key = key.trim_start_matches('_');
+        matches!(key, "resourceType" | "id" | "meta")
+            || elements.iter().any(|e| {
+                key == e
+                    || key
+                        .strip_prefix(e.as_str())
+                        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
+            })
+    };
+    let mut out: serde_json::Map<String, serde_json::Value> =
+        map.into_iter().filter(|(k, _)| wanted(k)).collect();
+    let tag = serde_json::json!({
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "SUBSETTED",
+    });
+    let meta = out.entry("meta").or_insert_with(|| serde_json::json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        match meta.get_mut("tag").and_then(|t| t.as_array_mut()) {
+            Some(tags) => tags.push(tag),
+            None => {
+                meta.insert("tag".into(), serde_json::json!([tag]));
+            }
+        }
+    }
+    serde_json::Value::Object(out).to_string()
 }
 
 /// `<lastUpdated µs>.<id>`: where the previous page ended.
@@ -350,14 +406,14 @@ mod tests {
                 ("code", "http://loinc.org|2345-7"),
                 ("date", "ge2024-01"),
                 ("patient", "Patient/p1"),
-                ("_elements", "code"),
+                ("_contained", "true"),
                 ("_count", "10"),
             ],
         )
         .unwrap();
         assert_eq!(request.criteria.len(), 3);
         assert_eq!(request.count, 10);
-        assert_eq!(request.unknown, vec!["_elements".to_string()]);
+        assert_eq!(request.unknown, vec!["_contained".to_string()]);
         assert!(matches!(
             &request.criteria[1],
             Criterion::Date { alternatives, .. } if alternatives[0].prefix == Prefix::Ge
@@ -376,6 +432,18 @@ mod tests {
         let spaced = date("gt2024-03-05T10:00:00 01:00").unwrap();
         let encoded = date("gt2024-03-05T10:00:00+01:00").unwrap();
         assert_eq!(spaced, encoded);
+    }
+
+    #[test]
+    fn elements_keep_the_named_ones_and_say_the_resource_is_subsetted() {
+        let content = r#"{"resourceType":"Observation","id":"o","meta":{"versionId":"2"},"status":"final","valueQuantity":{"value":1},"note":[{"text":"x"}]}"#;
+        let cut: serde_json::Value =
+            serde_json::from_str(&subset(content, &["value".into(), "status".into()])).unwrap();
+        assert_eq!(cut["valueQuantity"]["value"], 1);
+        assert_eq!(cut["status"], "final");
+        assert!(cut.get("note").is_none());
+        assert_eq!(cut["meta"]["tag"][0]["code"], "SUBSETTED");
+        assert_eq!(cut["meta"]["versionId"], "2");
     }
 
     #[test]

@@ -197,17 +197,17 @@ async fn bad_values_are_400_and_unknown_parameters_warn_unless_strict() {
         assert_eq!(status, 400, "{query}: {outcome}");
         assert_eq!(outcome["resourceType"], "OperationOutcome");
     }
-    let (status, bundle) = app.get_json("/Patient?gender=male&_elements=name").await;
+    let (status, bundle) = app.get_json("/Patient?gender=male&_contained=true").await;
     assert_eq!(status, 200);
     assert_eq!(bundle["entry"][0]["search"]["mode"], "outcome");
     let warning = bundle["entry"][0]["resource"]["issue"][0]["diagnostics"]
         .as_str()
         .unwrap();
-    assert!(warning.contains("_elements"), "{warning}");
+    assert!(warning.contains("_contained"), "{warning}");
     assert_eq!(matches(&bundle).len(), 1);
     let strict = app
         .client
-        .get(format!("{}/Patient?gender=male&_elements=name", app.base))
+        .get(format!("{}/Patient?gender=male&_contained=true", app.base))
         .header("prefer", "handling=strict")
         .send()
         .await
@@ -590,4 +590,27 @@ async fn what_would_widen_a_search_is_refused_and_accents_do_not_matter() {
         ))
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn elements_subset_the_matches_and_say_so() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let (status, bundle) = app
+        .get_json("/Patient?family=Quimby&_elements=gender,birthDate")
+        .await;
+    assert_eq!(status, 200, "{bundle}");
+    let patient = &bundle["entry"][0]["resource"];
+    assert_eq!(patient["gender"], "male");
+    assert_eq!(patient["birthDate"], "1991-06-01");
+    assert!(patient.get("name").is_none(), "{patient}");
+    assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    let self_link = bundle["link"][0]["url"]
+        .as_str()
+        .unwrap()
+        .replace("%2C", ",");
+    assert!(
+        self_link.contains("_elements=gender,birthDate"),
+        "{self_link}"
+    );
 }
