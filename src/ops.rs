@@ -13,10 +13,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(state: web::Data<FhirState>) -> HttpResponse {
+    let mut text = crate::telemetry::metrics::metrics().render();
+    let (open, idle, max) = state.store.pool_usage();
+    let name = "hl7bridge_db_pool_connections";
+    text.push_str(&format!(
+        "# HELP {name} Database connections by state (busy, idle), and the pool's maximum.\n\
+         # TYPE {name} gauge\n\
+         {name}{{state=\"busy\"}} {}\n{name}{{state=\"idle\"}} {idle}\n{name}{{state=\"max\"}} {max}\n",
+        (open as usize).saturating_sub(idle)
+    ));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::telemetry::metrics::metrics().render())
+        .body(text)
 }
 
 async fn health() -> HttpResponse {

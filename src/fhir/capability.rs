@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::id::R4_RESOURCE_TYPES;
-use crate::store::search_params::{params_of, Kind};
+use crate::store::search_params::{all, params_of, Kind};
 
 /// `started` is the server's start instant: the statement can change only with a restart.
 pub fn capability_statement(base: &str, started: &str) -> Value {
@@ -42,6 +42,7 @@ fn resource(resource_type: &str) -> Value {
         "conditionalCreate": true,
         "conditionalUpdate": true,
         "conditionalDelete": "single",
+        "conditionalRead": "full-support",
     });
     let mut params = vec![
         json!({"name": "_id", "type": "token"}),
@@ -58,6 +59,24 @@ fn resource(resource_type: &str) -> Value {
         json!({"name": p.name, "type": kind})
     }));
     r["searchParam"] = Value::Array(params);
+    let includes: Vec<String> = params_of(resource_type)
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Reference { .. }))
+        .map(|p| format!("{resource_type}:{}", p.name))
+        .collect();
+    let revincludes: Vec<String> = all()
+        .filter(|(_, p)| match p.kind {
+            Kind::Reference { target } => target.is_none_or(|t| t == resource_type),
+            _ => false,
+        })
+        .map(|(t, p)| format!("{t}:{}", p.name))
+        .collect();
+    if !includes.is_empty() {
+        r["searchInclude"] = json!(includes);
+    }
+    if !revincludes.is_empty() {
+        r["searchRevInclude"] = json!(revincludes);
+    }
     if resource_type == "Patient" {
         r["operation"] = json!([{
             "name": "everything",

@@ -114,7 +114,7 @@ pub async fn history(
     let pairs = decode_pairs(req.query_string())?;
     let (known, unknown): (Vec<_>, Vec<_>) = pairs
         .into_iter()
-        .partition(|(name, _)| name == "_count" || name == "_page_before");
+        .partition(|(name, _)| matches!(name.as_str(), "_count" | "_page_before" | "_since"));
     let unknown: Vec<String> = unknown.into_iter().map(|(name, _)| name).collect();
     ignored_parameters(&unknown, &req)?;
     let number = |name: &str| -> Result<Option<i64>, FhirError> {
@@ -129,6 +129,14 @@ pub async fn history(
         .unwrap_or(DEFAULT_HISTORY_PAGE.into())
         .clamp(1, MAX_HISTORY_PAGE.into());
     let before = number("_page_before")?;
+    let since = match known.iter().rev().find(|(n, _)| n == "_since") {
+        Some((_, raw)) => {
+            let at = date_range(&raw.replace(' ', "+"))
+                .ok_or_else(|| FhirError::invalid_at("_since: not a FHIR instant", "_since"))?;
+            Some((at.0, raw.clone()))
+        }
+        None => None,
+    };
     let Some(current) = state.store.read(&resource_type, &id).await? else {
         return Err(FhirError::NotFound(format!(
             "{resource_type}/{id} is not known"
@@ -136,14 +144,24 @@ pub async fn history(
     };
     let versions = state
         .store
-        .history(&resource_type, &id, before, count as u32)
+        .history(
+            &resource_type,
+            &id,
+            before,
+            since.as_ref().map(|(at, _)| *at),
+            count as u32,
+        )
         .await?;
     let base = base_url(&state, &req);
     let page_url = |before: Option<i64>| {
         let cursor = before
             .map(|b| format!("&_page_before={b}"))
             .unwrap_or_default();
-        format!("{base}/{resource_type}/{id}/_history?_count={count}{cursor}")
+        let since = since
+            .as_ref()
+            .map(|(_, raw)| format!("&_since={}", encode_query_value(raw)))
+            .unwrap_or_default();
+        format!("{base}/{resource_type}/{id}/_history?_count={count}{since}{cursor}")
     };
     let mut links = vec![("self", page_url(before))];
     if let Some(oldest) = versions
@@ -152,14 +170,8 @@ pub async fn history(
     {
         links.push(("next", page_url(Some(oldest.version_id))));
     }
-    let total = current.version_id;
-    let body = super::bundle::history(
-        &base,
-        &links,
-        Some(total),
-        &versions,
-        trace(&state).as_ref(),
-    );
+    let total = since.is_none().then_some(current.version_id);
+    let body = super::bundle::history(&base, &links, total, &versions, trace(&state).as_ref());
     Ok(bundle_response(body))
 }
 
@@ -478,23 +490,9 @@ pub async fn everything(
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
         issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
     }
-    let mut page = request.page.clone();
-    page.limit += 1;
-    let mut found = state.store.everything(&id, &page).await?;
-    let matched = found
-        .iter()
-        .filter(|(m, _)| *m == SupportingMode::Match)
-        .count();
-    let more = matched as u64 > request.page.limit;
+    let (found, more) = state.store.everything(&id, &request.page).await?;
     let mut next_cursor = None;
     if more {
-        // Drop the one extra member fetched to learn there is more (a resource only it
-        // references stays included; it is included again on the next page).
-        let extra = found
-            .iter()
-            .rposition(|(m, _)| *m == SupportingMode::Match)
-            .expect("more than one match");
-        found.remove(extra);
         let last = found
             .iter()
             .rfind(|(m, _)| *m == SupportingMode::Match)

@@ -132,6 +132,28 @@ impl Store {
         Ok(Migrator::get_pending_migrations(&self.db).await?.is_empty())
     }
 
+    /// The connection pool now: (open connections, idle ones, the most it may open).
+    pub fn pool_usage(&self) -> (u32, usize, u32) {
+        match self.backend() {
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
+            }
+            _ => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (
+                    pool.size(),
+                    pool.num_idle(),
+                    pool.options().get_max_connections(),
+                )
+            }
+        }
+    }
+
     pub async fn close(self) {
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");

@@ -98,17 +98,19 @@ impl Store {
         resource_type: &str,
         id: &str,
         before: Option<i64>,
+        since_us: Option<i64>,
         limit: u32,
     ) -> Result<Vec<StoredResource>, StoreError> {
         let sql = "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, \
                    r.content FROM resource_version r \
                    WHERE r.resource_type = ? AND r.id = ? AND r.version_id < ? \
-                   ORDER BY r.version_id DESC LIMIT ?";
+                   AND r.last_updated_us >= ? ORDER BY r.version_id DESC LIMIT ?";
         let before = before.unwrap_or(i64::MAX);
         let params = vec![
             resource_type.into(),
             id.into(),
             before.into(),
+            since_us.unwrap_or(i64::MIN).into(),
             i64::from(limit).into(),
         ];
         let rows = self.query(sql, params).await?;
@@ -264,16 +266,21 @@ impl Store {
     /// One page of the patient's compartment, then the supporting resources its members
     /// reference, each once. The Patient comes first on the first page; the rest in (type, id)
     /// order after the cursor. Two statements per page, whatever the size.
+    /// Also says whether more members follow the page.
     pub async fn everything(
         &self,
         patient_id: &str,
         page: &EverythingPage,
-    ) -> Result<Vec<(SupportingMode, StoredResource)>, StoreError> {
+    ) -> Result<(Vec<(SupportingMode, StoredResource)>, bool), StoreError> {
         let span = self.db_span("SELECT", "compartment", "$everything members");
-        let members = self
+        let mut members = self
             .compartment_members(patient_id, page)
             .instrument(span.clone())
             .await?;
+        // One more than the page was fetched to learn whether another page follows; it takes
+        // no part in this page's includes.
+        let more = members.len() as u64 > page.limit;
+        members.truncate(page.limit as usize);
         span.record("hl7bridge.db.rows", members.len());
         let seen: HashSet<(String, String)> = members
             .iter()
@@ -296,7 +303,7 @@ impl Store {
         let span = self.db_span("SELECT", "resource_ref", "$everything includes");
         // The whole compartment on one page: its references are found by patient in one join.
         let whole = page.after.is_none()
-            && (members.len() as u64) < page.limit
+            && !more
             && page.since_us.is_none()
             && page.window.is_none()
             && page.types.is_none();
@@ -316,7 +323,7 @@ impl Store {
                 out.push((SupportingMode::Include, r));
             }
         }
-        Ok(out)
+        Ok((out, more))
     }
 
     async fn compartment_members(
@@ -369,7 +376,7 @@ impl Store {
                 Value::from(id.as_str()),
             ]);
         }
-        sql.push_str(&format!(" ORDER BY {order}, r.id LIMIT {}", page.limit));
+        sql.push_str(&format!(" ORDER BY {order}, r.id LIMIT {}", page.limit + 1));
         params.push(Value::from(patient_id));
         let rows = self.query(&sql, params).await?;
         rows.iter().map(stored).collect()

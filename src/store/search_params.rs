@@ -158,6 +158,13 @@ pub fn params_of(resource_type: &str) -> &'static [SearchParam] {
         .map_or(&[], |(_, params)| *params)
 }
 
+/// Every (resource type, parameter) of the table.
+pub fn all() -> impl Iterator<Item = (&'static str, &'static SearchParam)> {
+    PARAMS
+        .iter()
+        .flat_map(|(t, params)| params.iter().map(move |p| (*t, p)))
+}
+
 pub fn find(resource_type: &str, name: &str) -> Option<&'static SearchParam> {
     params_of(resource_type).iter().find(|p| p.name == name)
 }

@@ -196,3 +196,29 @@ async fn a_large_result_without_count_is_paged_with_an_information_issue() {
         .await;
     assert_eq!(small["resourceType"], "OperationOutcome");
 }
+
+#[tokio::test]
+async fn each_page_includes_only_what_its_own_members_reference() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let all = pages(&app, &format!("/Patient/{patient}/$everything?_count=1")).await;
+    assert_eq!(all.len(), 15);
+    let mut included_on = Vec::new();
+    for page in &all {
+        let matches = entries(page, "match");
+        assert_eq!(matches.len(), 1);
+        if !entries(page, "include").is_empty() {
+            included_on.push(
+                matches[0]["resource"]["resourceType"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        included_on,
+        ["MedicationRequest"],
+        "only the page that references them"
+    );
+}

@@ -447,3 +447,29 @@ async fn prefer_return_operation_outcome_answers_with_an_outcome() {
     assert_eq!(outcome["resourceType"], "OperationOutcome");
     assert_eq!(outcome["issue"][0]["severity"], "information");
 }
+
+#[tokio::test]
+async fn instance_history_honours_since() {
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "gender": "male"});
+    let (_, _, body) = send(app.client.post(format!("{}/Patient", app.base)), patient).await;
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, all) = app.get_json(&format!("/Patient/{id}/_history")).await;
+    assert_eq!(all["entry"].as_array().unwrap().len(), 1);
+    let (status, later) = app
+        .get_json(&format!(
+            "/Patient/{id}/_history?_since=2999-01-01T00:00:00Z"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert!(later.get("entry").is_none(), "{later}");
+    let link = later["link"][0]["url"].as_str().unwrap();
+    assert!(link.contains("_since="), "{link}");
+    let (status, _) = app
+        .get_json(&format!("/Patient/{id}/_history?_since=garbage"))
+        .await;
+    assert_eq!(status, 400);
+}

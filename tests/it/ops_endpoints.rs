@@ -33,6 +33,10 @@ async fn metrics_pass_promtool_check() {
     app.get_json("/Patient?identifier=TST100234").await;
     app.get_json("/Patient/missing").await;
     let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("hl7bridge_db_pool_connections{state=\"max\"}"),
+        "{text}"
+    );
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
