@@ -37,6 +37,18 @@ const ANY: Kind = Kind::Reference { target: None };
 const ENCOUNTER: Kind = Kind::Reference {
     target: Some("Encounter"),
 };
+const ORGANIZATION: Kind = Kind::Reference {
+    target: Some("Organization"),
+};
+const OBSERVATION: Kind = Kind::Reference {
+    target: Some("Observation"),
+};
+const LOCATION: Kind = Kind::Reference {
+    target: Some("Location"),
+};
+const MEDICATION: Kind = Kind::Reference {
+    target: Some("Medication"),
+};
 
 const CLINICAL_DATE: &[&str] = &["effectiveDateTime", "effectivePeriod"];
 
@@ -52,6 +64,8 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("birthdate", DATE, &["birthDate"]),
             p("gender", TOKEN, &["gender"]),
             p("active", TOKEN, &["active"]),
+            p("general-practitioner", ANY, &["generalPractitioner"]),
+            p("organization", ORGANIZATION, &["managingOrganization"]),
         ],
     ),
     (
@@ -68,6 +82,8 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("patient", PATIENT, &["subject"]),
             p("subject", ANY, &["subject"]),
             p("encounter", ENCOUNTER, &["encounter"]),
+            p("performer", ANY, &["performer"]),
+            p("has-member", ANY, &["hasMember"]),
         ],
     ),
     (
@@ -78,6 +94,8 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("status", TOKEN, &["status"]),
             p("date", DATE, CLINICAL_DATE),
             p("issued", DATE, &["issued"]),
+            p("result", OBSERVATION, &["result"]),
+            p("performer", ANY, &["performer"]),
             p("patient", PATIENT, &["subject"]),
             p("subject", ANY, &["subject"]),
             p("encounter", ENCOUNTER, &["encounter"]),
@@ -92,6 +110,9 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("date", DATE, &["period"]),
             p("patient", PATIENT, &["subject"]),
             p("subject", ANY, &["subject"]),
+            p("participant", ANY, &["participant.individual"]),
+            p("location", LOCATION, &["location.location"]),
+            p("service-provider", ORGANIZATION, &["serviceProvider"]),
         ],
     ),
     (
@@ -125,6 +146,8 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("category", TOKEN, &["category"]),
             p("status", TOKEN, &["status"]),
             p("authoredon", DATE, &["authoredOn"]),
+            p("medication", MEDICATION, &["medicationReference"]),
+            p("requester", ANY, &["requester"]),
             p("patient", PATIENT, &["subject"]),
             p("subject", ANY, &["subject"]),
             p("encounter", ENCOUNTER, &["encounter"]),

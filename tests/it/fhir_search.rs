@@ -614,3 +614,56 @@ async fn elements_subset_the_matches_and_say_so() {
         "{self_link}"
     );
 }
+
+#[tokio::test]
+async fn includes_follow_medication_requester_and_result_references() {
+    let app = spawn_app().await;
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
+            "resource": {"resourceType": "Patient"}},
+        {"fullUrl": "urn:uuid:m", "request": {"method": "POST", "url": "Medication"},
+            "resource": {"resourceType": "Medication", "code": {"text": "invented"}}},
+        {"fullUrl": "urn:uuid:d", "request": {"method": "POST", "url": "Practitioner"},
+            "resource": {"resourceType": "Practitioner"}},
+        {"fullUrl": "urn:uuid:o", "request": {"method": "POST", "url": "Observation"},
+            "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "o"},
+                "subject": {"reference": "urn:uuid:p"}}},
+        {"request": {"method": "POST", "url": "MedicationRequest"},
+            "resource": {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                "subject": {"reference": "urn:uuid:p"},
+                "medicationReference": {"reference": "urn:uuid:m"},
+                "requester": {"reference": "urn:uuid:d"}}},
+        {"request": {"method": "POST", "url": "DiagnosticReport"},
+            "resource": {"resourceType": "DiagnosticReport", "status": "final", "code": {"text": "r"},
+                "subject": {"reference": "urn:uuid:p"}, "result": [{"reference": "urn:uuid:o"}]}},
+    ]});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{response}");
+    let included = |bundle: &Value| -> BTreeSet<String> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include")
+            .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, found) = app
+        .get_json("/MedicationRequest?_include=MedicationRequest:medication&_include=MedicationRequest:requester")
+        .await;
+    assert_eq!(
+        included(&found),
+        BTreeSet::from(["Medication".into(), "Practitioner".into()])
+    );
+    let (_, found) = app
+        .get_json("/DiagnosticReport?_include=DiagnosticReport:result")
+        .await;
+    assert_eq!(included(&found), BTreeSet::from(["Observation".into()]));
+    let (_, found) = app
+        .get_json("/Observation?_revinclude=DiagnosticReport:result")
+        .await;
+    assert_eq!(
+        included(&found),
+        BTreeSet::from(["DiagnosticReport".into()])
+    );
+}
