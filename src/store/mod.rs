@@ -19,7 +19,7 @@ use hl7bridge_entities::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
-pub use outbox::{ChangeRow, WriteTrace};
+pub use outbox::{ChangeRow, RelayTurn, WriteTrace};
 pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{

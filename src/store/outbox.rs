@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use hl7bridge_entities::{change_outbox, compartment};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
 };
 use serde_json::json;
 
@@ -134,7 +134,49 @@ fn history_entry(w: &Written) -> String {
     }
 }
 
+/// The right to relay the outbox for one round. On PostgreSQL, where several nodes may share
+/// one database, it is a transaction-scoped advisory lock: one relay at a time publishes, so
+/// nodes do not each publish every change. SQLite is one node; its turn is always granted.
+pub struct RelayTurn {
+    txn: Option<DatabaseTransaction>,
+}
+
+/// The advisory lock key of the outbox relay (an arbitrary constant, fixed forever).
+const RELAY_LOCK: i64 = 0x686c_3762_7269_6467;
+
+impl RelayTurn {
+    /// Ends the turn, releasing the lock.
+    pub async fn finish(self) {
+        if let Some(txn) = self.txn {
+            let _ = txn.commit().await;
+        }
+    }
+}
+
 impl Store {
+    /// This node's turn to relay, or `None` while another node holds it.
+    pub async fn relay_turn(&self) -> Result<Option<RelayTurn>, StoreError> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(Some(RelayTurn { txn: None }));
+        }
+        let txn = self.db.begin().await?;
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1)",
+            [RELAY_LOCK.into()],
+        );
+        let granted: bool = match txn.query_one_raw(statement).await? {
+            Some(row) => row.try_get_by_index(0)?,
+            None => false,
+        };
+        if granted {
+            Ok(Some(RelayTurn { txn: Some(txn) }))
+        } else {
+            txn.rollback().await?;
+            Ok(None)
+        }
+    }
+
     /// Unpublished changes, oldest first.
     pub async fn pending_changes(&self, limit: u64) -> Result<Vec<ChangeRow>, StoreError> {
         Ok(change_outbox::Entity::find()

@@ -428,15 +428,30 @@ async fn a_rebalance_between_two_nodes_neither_loses_nor_duplicates_a_record() {
         assert_eq!(ids.len(), 1, "RB{n} stored exactly once");
     }
     let config = fast(&brokers, "hl7bridge");
+    let mut committed = 0;
     for _ in 0..100 {
-        let committed = committed_offsets(&config, FHIR, 2, Duration::from_secs(5)).unwrap();
-        if committed.iter().flatten().sum::<i64>() == 50 {
-            second.stop().await;
-            return;
+        let offsets = committed_offsets(&config, FHIR, 2, Duration::from_secs(5)).unwrap();
+        committed = offsets.iter().flatten().sum::<i64>();
+        if committed == 50 {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the group did not commit all 50 records");
+    assert_eq!(committed, 50, "the group committed every record");
+    // On PostgreSQL the nodes take turns relaying the shared outbox (an advisory lock), so
+    // each change is published once; SQLite is a single-node store and has no such lock.
+    if database_url.starts_with("postgres") {
+        read_until(&broker, CHANGES, |records| records.len() >= 50).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let changes = read_until(&broker, CHANGES, |records| records.len() >= 50).await;
+        let ids: BTreeSet<String> = changes
+            .iter()
+            .map(|r| change_bundle(r)["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(changes.len(), 50, "each change published once");
+        assert_eq!(ids.len(), 50);
+    }
+    second.stop().await;
 }
 
 /// The server binary, killed (SIGABRT from inside, at exactly the worst moment) after its first
@@ -606,4 +621,27 @@ async fn a_change_too_large_for_a_record_is_published_without_its_resource_and_n
         "the outbox drains"
     );
     app.stop().await;
+}
+
+/// Two nodes on one PostgreSQL database: while one holds the relay turn, the other is refused
+/// it, so they never publish the same changes side by side. (SQLite is one node: always granted.)
+#[tokio::test]
+async fn one_node_at_a_time_relays_a_shared_postgresql_outbox() {
+    let (url, _database) = crate::support::fresh_database().await;
+    let first = hl7bridge::store::Store::connect(&url).await.unwrap();
+    let second = hl7bridge::store::Store::connect(&url).await.unwrap();
+    let turn = first
+        .relay_turn()
+        .await
+        .unwrap()
+        .expect("the first node gets the turn");
+    let other = second.relay_turn().await.unwrap();
+    assert_eq!(other.is_none(), url.starts_with("postgres"), "{url}");
+    if let Some(other) = other {
+        other.finish().await;
+    }
+    turn.finish().await;
+    let next = second.relay_turn().await.unwrap();
+    assert!(next.is_some(), "released with the first node's turn");
+    next.unwrap().finish().await;
 }
