@@ -99,6 +99,13 @@ impl SearchRequest {
             }
             match criterion(resource_type, &name, &value)? {
                 Some(c) => {
+                    // A date's unencoded `+` arrived as a space: links carry the plus.
+                    let value = match c {
+                        Criterion::Date { .. } | Criterion::LastUpdated(_) => {
+                            value.replace(' ', "+")
+                        }
+                        _ => value,
+                    };
                     request.criteria.push(c);
                     request.applied.push((name, value));
                 }
@@ -299,7 +306,10 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
                         .iter()
                         .map(|v| reference(v, target))
                         .collect::<Option<Vec<_>>>()
-                        .ok_or_else(|| invalid("expected Type/id or an id"))?,
+                        .ok_or_else(|| match target {
+                            Some(t) => invalid(&format!("expected {t}/id or an id")),
+                            None => invalid("expected Type/id or an id"),
+                        })?,
                 },
                 _ if known => return Err(unsupported(&format!(":{}", modifier.unwrap_or("")))),
                 _ => return Ok(None),

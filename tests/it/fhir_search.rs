@@ -135,6 +135,17 @@ async fn token_reference_date_and_string_parameters_select_what_they_say() {
     )
     .await;
     assert_eq!(plus, sorted(&[a, b]));
+    let (_, bundle) = app
+        .get_json("/Observation?date=gt2024-07-01T07:30:00+02:00")
+        .await;
+    let link = bundle["link"][0]["url"].as_str().unwrap();
+    assert!(
+        link.contains("07:30:00%2B02:00"),
+        "the link keeps the plus: {link}"
+    );
+    let (_, outcome) = app.get_json("/Observation?patient=Group/g1").await;
+    let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("Patient/id"), "{diagnostics}");
     assert_eq!(
         subjects(&app, "/Observation?date=lt2024").await,
         sorted(&[c])
