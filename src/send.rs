@@ -32,7 +32,7 @@ pub fn send_payloads(addr: SocketAddr, payloads: &[(String, Vec<u8>)]) -> anyhow
         stream.write_all(&hl7bridge_mllp::encode(payload))?;
         let answer =
             read_answer(&mut stream).with_context(|| format!("waiting for the ACK to {name}"))?;
-        println!("{name}:\n{}", answer.replace('\r', "\n"));
+        println!("{name}:\n{}", summary(&answer));
         all_accepted &= accepted(&answer);
     }
     Ok(all_accepted)
@@ -50,6 +50,27 @@ fn read_answer(stream: &mut TcpStream) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf[start..buf.len() - 2]).into_owned())
 }
 
+/// The answer's MSA segments (ACK code and control id) and, for each ERR, its location and
+/// table 0357 code. The rest of an ACK (the header, ERR's diagnostic text) is left out of the
+/// terminal: what was said about a message stays in the server's message store.
+fn summary(answer: &str) -> String {
+    let separator = answer.chars().nth(3).unwrap_or('|');
+    answer
+        .split('\r')
+        .filter_map(|segment| {
+            if segment.starts_with("MSA") {
+                Some(segment.to_string())
+            } else if segment.starts_with("ERR") {
+                let fields: Vec<&str> = segment.split(separator).take(5).collect();
+                Some(fields.join(&separator.to_string()))
+            } else {
+                None
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Whether every MSA in the answer says AA or CA.
 fn accepted(answer: &str) -> bool {
     let separator = answer.chars().nth(3).unwrap_or('|');
@@ -64,6 +85,16 @@ fn accepted(answer: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_printed_summary_holds_codes_and_locations_only() {
+        let ack = "MSH|^~\\&|HL7BRIDGE|H|LAB|F|2024||ACK^R01^ACK|X|P|2.5.1\r\
+                   MSA|AE|C1\rERR||PID^1^7|102^Data type error^HL70357|E||||some text\r";
+        assert_eq!(
+            summary(ack),
+            "MSA|AE|C1\nERR||PID^1^7|102^Data type error^HL70357|E"
+        );
+    }
 
     #[test]
     fn only_answers_whose_every_msa_accepts_count_as_accepted() {

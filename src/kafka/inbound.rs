@@ -246,8 +246,7 @@ impl Inbound {
             partition = record.partition,
             offset = record.offset,
             code = %dead_letter.code,
-            reason = %dead_letter.reason,
-            "Kafka record dead-lettered"
+            "Kafka record dead-lettered (the reason travels in its hl7bridge.error header)"
         );
         let partition = record.partition.to_string();
         let offset = record.offset.to_string();

@@ -301,7 +301,8 @@ fn frame_outcome(bytes: &[u8]) -> String {
             );
             assert!(ack.contains("MSA|AR|"));
             format!(
-                "frame rejected ({err}); header control id {:?}",
+                "frame rejected (error {}); header control id {:?}",
+                AckError::from(&err).code,
                 header.control_id
             )
         }
@@ -327,7 +328,11 @@ fn message_outcome(raw: &RawMessage) -> String {
     let id = format!("[{}]", header.control_id.as_deref().unwrap_or("-"));
     let msg = match raw.parse() {
         Ok(msg) => msg,
-        Err(err) => return format!("{id} header only, AR: {err}"),
+        // Codes and locations only: error texts may quote the message.
+        Err(err) => {
+            let err = AckError::from(&err);
+            return format!("{id} header only, AR {} at {:?}", err.code, err.location);
+        }
     };
     match map_message(&msg, &MapContext::default()) {
         Ok(mapped) => {
@@ -340,10 +345,7 @@ fn message_outcome(raw: &RawMessage) -> String {
                 counts(&mapped)
             )
         }
-        Err(err) => format!(
-            "{id} parsed, map error {} at {:?}: {err}",
-            err.code, err.location
-        ),
+        Err(err) => format!("{id} parsed, map error {} at {:?}", err.code, err.location),
     }
 }
 
