@@ -63,6 +63,31 @@ pub struct SearchEntry<'a> {
     pub mode: &'static str,
 }
 
+/// A Bundle's opening elements as JSON text, without the entries: a new id, `meta` (the trace
+/// and `lastUpdated`), `type`, `total` when known, and the links as (relation, url).
+fn head(
+    kind: &str,
+    links: &[(&str, String)],
+    total: Option<i64>,
+    trace: Option<&BundleTrace>,
+) -> String {
+    let links: Vec<Value> = links
+        .iter()
+        .map(|(relation, url)| json!({"relation": relation, "url": url}))
+        .collect();
+    let mut head = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": meta(trace),
+        "type": kind,
+    });
+    if let Some(total) = total {
+        head["total"] = json!(total);
+    }
+    head["link"] = Value::Array(links);
+    head.to_string()
+}
+
 /// A searchset Bundle as JSON text: `links` as (relation, url), `total` when known. `outcome`,
 /// when given, is added as the first entry with `search.mode = outcome` (warnings about the
 /// search itself).
@@ -74,21 +99,7 @@ pub fn searchset(
     trace: Option<&BundleTrace>,
     outcome: Option<Value>,
 ) -> String {
-    let links: Vec<Value> = links
-        .iter()
-        .map(|(relation, url)| json!({"relation": relation, "url": url}))
-        .collect();
-    let mut head = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": meta(trace),
-        "type": "searchset",
-    });
-    if let Some(total) = total {
-        head["total"] = json!(total);
-    }
-    head["link"] = Value::Array(links);
-    let head = head.to_string();
+    let head = head("searchset", links, total.map(|t| t as i64), trace);
     let size: usize = entries.iter().map(|e| e.resource.content.len() + 128).sum();
     if entries.is_empty() && outcome.is_none() {
         // FHIR JSON has no empty arrays: an empty result has no `entry` at all.
@@ -123,21 +134,7 @@ pub fn history(
     versions: &[StoredResource],
     trace: Option<&BundleTrace>,
 ) -> String {
-    let links: Vec<Value> = links
-        .iter()
-        .map(|(relation, url)| json!({"relation": relation, "url": url}))
-        .collect();
-    let mut head = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": meta(trace),
-        "type": "history",
-    });
-    if let Some(total) = total {
-        head["total"] = json!(total);
-    }
-    head["link"] = Value::Array(links);
-    let head = head.to_string();
+    let head = head("history", links, total, trace);
     if versions.is_empty() {
         return head;
     }

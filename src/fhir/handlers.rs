@@ -10,6 +10,7 @@ use super::capability::capability_statement;
 use super::criteria::percent_decode;
 use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
+use super::rest::known_type;
 use super::search::{self, SearchRequest, Total};
 use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::search_params::date_range;
@@ -181,7 +182,7 @@ pub async fn type_history(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Answer {
-    let resource_type = searchable_type(path.into_inner())?;
+    let resource_type = known_type(path.into_inner())?;
     changes_history(&state, &req, Some(&resource_type)).await
 }
 
@@ -287,7 +288,7 @@ pub async fn search(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Answer {
-    let resource_type = searchable_type(path.into_inner())?;
+    let resource_type = known_type(path.into_inner())?;
     let pairs = decode_pairs(req.query_string())?;
     run_search(&state, &req, &resource_type, pairs).await
 }
@@ -300,7 +301,7 @@ pub async fn search_post(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Answer {
-    let resource_type = searchable_type(path.into_inner())?;
+    let resource_type = known_type(path.into_inner())?;
     let form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -319,16 +320,6 @@ pub async fn search_post(
     let mut pairs = decode_pairs(req.query_string())?;
     pairs.extend(decode_pairs(text)?);
     run_search(&state, &req, &resource_type, pairs).await
-}
-
-fn searchable_type(resource_type: String) -> Result<String, FhirError> {
-    if is_resource_type(&resource_type) {
-        Ok(resource_type)
-    } else {
-        Err(FhirError::NotFound(format!(
-            "unknown resource type {resource_type:?}"
-        )))
-    }
 }
 
 /// One page of results: at most `_count` resources after the cursor, a `next` link when there

@@ -35,9 +35,7 @@ pub async fn update(
     body: web::Payload,
 ) -> Answer {
     let (resource_type, url) = instance(path.into_inner())?;
-    let resource = read_json_body(&state, &req, body).await?;
-    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
-    run(&state, &req, &resource_type, entry).await
+    put(&state, &req, &resource_type, url, body).await
 }
 
 pub async fn delete(
@@ -46,8 +44,7 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Answer {
     let (resource_type, url) = instance(path.into_inner())?;
-    let entry = json!({"request": {"method": "DELETE", "url": url}});
-    run(&state, &req, &resource_type, entry).await
+    remove(&state, &req, &resource_type, url).await
 }
 
 /// `PUT /{type}?identifier=…`: conditional update (the one match, else a create).
@@ -59,9 +56,7 @@ pub async fn conditional_update(
 ) -> Answer {
     let resource_type = known_type(path.into_inner())?;
     let url = conditional_url(&req, &resource_type)?;
-    let resource = read_json_body(&state, &req, body).await?;
-    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
-    run(&state, &req, &resource_type, entry).await
+    put(&state, &req, &resource_type, url, body).await
 }
 
 /// `DELETE /{type}?identifier=…`: conditional delete of the one match (412 when several match,
@@ -73,8 +68,26 @@ pub async fn conditional_delete(
 ) -> Answer {
     let resource_type = known_type(path.into_inner())?;
     let url = conditional_url(&req, &resource_type)?;
+    remove(&state, &req, &resource_type, url).await
+}
+
+/// A PUT of the request body to `url` (`Type/id` or `Type?condition`).
+async fn put(
+    state: &FhirState,
+    req: &HttpRequest,
+    resource_type: &str,
+    url: String,
+    body: web::Payload,
+) -> Answer {
+    let resource = read_json_body(state, req, body).await?;
+    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
+    run(state, req, resource_type, entry).await
+}
+
+/// A DELETE of `url` (`Type/id` or `Type?condition`).
+async fn remove(state: &FhirState, req: &HttpRequest, resource_type: &str, url: String) -> Answer {
     let entry = json!({"request": {"method": "DELETE", "url": url}});
-    run(&state, &req, &resource_type, entry).await
+    run(state, req, resource_type, entry).await
 }
 
 /// `Type?query`, refusing a type-level PUT or DELETE without a condition.
@@ -198,7 +211,8 @@ fn without_entry(err: FhirError, resource_type: &str) -> FhirError {
     }
 }
 
-fn known_type(resource_type: String) -> Result<String, FhirError> {
+/// The resource type of a path, or 404 for a name R4 does not define.
+pub(super) fn known_type(resource_type: String) -> Result<String, FhirError> {
     if is_resource_type(&resource_type) {
         Ok(resource_type)
     } else {

@@ -25,7 +25,7 @@ use super::criteria::{parse_conditional_reference, parse_identifier_query};
 use super::error::FhirError;
 use super::id::{is_resource_type, is_valid_id};
 use super::references::{rewrite_references, visit_references};
-use crate::store::index::extract;
+use crate::store::index::identifiers;
 use crate::store::{
     instant_text, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store, StoreError,
     WriteBatch, WriteOp, Written,
@@ -562,7 +562,7 @@ fn plan_targets(
             plan_entry(e, matches).map(|p| (full_url, p))
         });
         if let Ok((_, Planned::Write(WriteOp::Upsert(w)))) = &result {
-            for (system, value) in extract(&w.resource_type, &w.id, &w.content).identifiers {
+            for (system, value) in identifiers(&w.content) {
                 matches.add_local(&w.resource_type, &w.id, system, value);
             }
         }

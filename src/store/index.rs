@@ -58,6 +58,14 @@ fn char_floor(text: &str, max: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// The (system, value) of a resource's identifiers, without the rest of [`extract`]'s work
+/// (for matching conditional references while a Bundle is planned).
+pub fn identifiers(content: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    collect_identifiers(content.get("identifier"), &mut out);
+    out
+}
+
 pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
     collect_refs(content, &mut String::new(), &mut rows.refs);

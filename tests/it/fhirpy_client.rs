@@ -2,24 +2,13 @@
 //! the way an application would. Skipped, saying why, when fhirpy is not installed; under CI
 //! (`CI` set) that fails instead, and `.ci/run` installs it.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::support::spawn_app;
+use crate::support::{spawn_app, tool_present};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fhirpy_creates_reads_updates_searches_pages_and_calls_everything() {
-    let installed = Command::new("python3")
-        .args(["-c", "import fhirpy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must provide fhirpy (.ci/run installs it)"
-        );
-        eprintln!("skipped: Python's fhirpy is not installed");
+    if !tool_present("python3", &["-c", "import fhirpy"], "Python's fhirpy") {
         return;
     }
     let app = spawn_app().await;

@@ -14,7 +14,7 @@ use hl7bridge_kafka::{
 };
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app_on, spawn_app_with, TestApp};
+use crate::support::{spawn_app_on, spawn_app_with, Running, TestApp};
 
 const HL7: &str = "hl7v2.inbound";
 const FHIR: &str = "fhir.inbound";
@@ -68,16 +68,6 @@ pub(crate) fn producer(broker: &MockBroker) -> Producer {
         Duration::from_secs(10),
     )
     .unwrap()
-}
-
-/// A child process killed when the test ends, passed or not.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Quiet;

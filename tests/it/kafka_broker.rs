@@ -9,24 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed when the test ends, passed or not.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn requirement_missing(what: &str) -> bool {
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI must provide {what} (.ci/run installs it)"
-    );
-    eprintln!("skipped: {what} is not installed");
-    true
-}
+use crate::support::{tool_present, Running};
 
 /// `HL7BRIDGE_TEST_TANSU`, else `tansu` on PATH, else cargo's bin directory.
 fn tansu() -> Option<PathBuf> {
@@ -43,15 +26,6 @@ fn tansu() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
     let in_cargo = cargo_home.map(|home| home.join("bin/tansu"));
     on_path.chain(in_cargo).find(|p| p.is_file())
-}
-
-fn has_confluent_kafka() -> bool {
-    Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn free_port() -> u16 {
@@ -79,13 +53,16 @@ fn e2e_script(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_broker_and_an_independent_client_see_records_stored_and_changes_published() {
-    let Some(tansu) = tansu() else {
-        requirement_missing(
-            "tansu (cargo install tansu --version 0.6.0 --locked --features dynostore)",
-        );
+    let tansu = tansu().unwrap_or_else(|| PathBuf::from("tansu"));
+    let what = "tansu (cargo install tansu --version 0.6.0 --locked --features dynostore)";
+    if !tool_present(&tansu.to_string_lossy(), &["--help"], what) {
         return;
-    };
-    if !has_confluent_kafka() && requirement_missing("Python's confluent-kafka") {
+    }
+    if !tool_present(
+        "python3",
+        &["-c", "import confluent_kafka"],
+        "Python's confluent-kafka",
+    ) {
         return;
     }
     let (database_url, _database) = crate::support::fresh_database().await;

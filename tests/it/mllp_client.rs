@@ -2,24 +2,13 @@
 //! their ACKs. Skipped, saying why, when it is not installed; under CI (`CI` set) that fails
 //! instead, and `.ci/run` installs it.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::support::spawn_app;
+use crate::support::{spawn_app, tool_present};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_hl7s_mllp_send_gets_an_aa_for_each_message() {
-    let installed = Command::new("mllp_send")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !installed {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must provide python-hl7's mllp_send (.ci/run installs it)"
-        );
-        eprintln!("skipped: python-hl7's mllp_send is not installed");
+    if !tool_present("mllp_send", &["--version"], "python-hl7's mllp_send") {
         return;
     }
     let app = spawn_app().await;

@@ -9,18 +9,8 @@ use crate::support::spawn_app;
 const ORU: &[u8] = include_bytes!("../fixtures/oru_r01_ztr.hl7");
 
 fn promtool_available() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || std::env::var("CI").is_err(),
-        "CI must provide promtool"
-    );
-    if !found {
-        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
-    }
-    found
+    let what = "promtool (apt-get install prometheus)";
+    crate::support::tool_present("promtool", &["--version"], what)
 }
 
 #[tokio::test]

@@ -222,6 +222,36 @@ async fn fresh_postgres_database(url: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// A child process killed when the test ends, passed or not.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether the tool a test drives the server with is installed (`program args` succeeds).
+/// Outside CI a missing tool skips the test, saying so; under CI (`CI` set) it fails it, since
+/// `.ci/run` installs every tool.
+pub fn tool_present(program: &str, args: &[&str], what: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must provide {what} (.ci/run installs it)"
+        );
+        eprintln!("skipped: {what} is not installed");
+    }
+    found
+}
+
 /// `../shared/corpus/<kind>` beside the repository, when present. Under CI it must be there.
 pub fn corpus_dir(kind: &str) -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
