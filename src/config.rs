@@ -33,6 +33,12 @@ pub struct Config {
     /// `HL7BRIDGE_EVERYTHING_MAX_UNPAGED`: `Patient/$everything` without `_count` answers in
     /// one Bundle up to this many resources, then in pages of this size. Default 1000.
     pub everything_max_unpaged: u64,
+    /// `HL7BRIDGE_GROUP_COMMIT_MAX_WRITES`: the most writes (messages, records, requests)
+    /// committed in one transaction. 1 turns group commit off. Default 256.
+    pub group_commit_max_writes: usize,
+    /// `HL7BRIDGE_GROUP_COMMIT_MAX_OPS`: the most resources one group commit writes (a single
+    /// larger write is committed alone). Default 4096.
+    pub group_commit_max_ops: usize,
     /// `HL7BRIDGE_HTTP_BODY_IDLE_TIMEOUT_MS`: how long a request body may stall between
     /// chunks before the request is answered 408. Default 30000.
     pub http_body_idle_timeout_ms: u64,
@@ -131,6 +137,8 @@ impl Default for Config {
             mllp_idle_timeout_ms: 600_000,
             max_bundle_entries: 20_000,
             everything_max_unpaged: 1000,
+            group_commit_max_writes: 256,
+            group_commit_max_ops: 4096,
             http_body_idle_timeout_ms: 30_000,
             http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
@@ -178,6 +186,8 @@ impl Config {
         setting!(shutdown_timeout_ms, "SHUTDOWN_TIMEOUT_MS");
         setting!(max_bundle_entries, "MAX_BUNDLE_ENTRIES");
         setting!(everything_max_unpaged, "EVERYTHING_MAX_UNPAGED");
+        setting!(group_commit_max_writes, "GROUP_COMMIT_MAX_WRITES");
+        setting!(group_commit_max_ops, "GROUP_COMMIT_MAX_OPS");
         setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
         setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
         setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
 use crate::kafka::{FhirIngest, Kafka};
-use crate::store::{instant_text, now_us, Store};
+use crate::store::{instant_text, now_us, GroupLimits, Store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -51,6 +51,12 @@ impl Application {
             .context("opening the database")?;
         if config.kafka.is_some() {
             store = store.with_change_feed();
+        }
+        if config.group_commit_max_writes > 1 {
+            store = store.with_group_commit(GroupLimits {
+                max_writes: config.group_commit_max_writes,
+                max_ops: config.group_commit_max_ops.max(1),
+            });
         }
         let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
         let (http, http_addr) =

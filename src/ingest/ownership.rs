@@ -6,7 +6,7 @@
 //! messages racing with the same number for two patients cannot both pass it. The locks are
 //! per server node; across nodes the race remains (a database constraint would close it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -17,49 +17,63 @@ use crate::store::{Store, StoreError, WriteOp};
 const DUPLICATE_KEY: u16 = 205;
 const OWNED_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Encounter"];
 
-/// Striped locks over the ids of owned resources.
+/// Locks over the ids of owned resources, one per id. Held from the ownership check until the
+/// commit returns, which under group commit includes the wait in the lane: coarser locks
+/// (stripes) would make unrelated messages, a STAT result among them, queue behind each other.
+#[derive(Default)]
 pub struct OwnerLocks {
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    held: std::sync::Mutex<HashSet<String>>,
+    released: tokio::sync::Notify,
 }
 
-const STRIPES: usize = 256;
+/// The ids one message holds; released on drop.
+pub struct OwnerGuard<'a> {
+    locks: &'a OwnerLocks,
+    ids: Vec<String>,
+}
 
-impl Default for OwnerLocks {
-    fn default() -> Self {
-        OwnerLocks {
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+impl Drop for OwnerGuard<'_> {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
         }
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &self.ids {
+            held.remove(id);
+        }
+        drop(held);
+        self.locks.released.notify_waiters();
     }
 }
 
 impl OwnerLocks {
-    /// Locks every stripe that the owned resources among `ops` fall in, in stripe order so that
-    /// two messages cannot deadlock.
-    pub async fn lock(&self, ops: &[WriteOp]) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
-        let mut stripes: Vec<usize> = ops
+    /// Takes every owned resource among `ops` at once (all or none, so two messages cannot
+    /// deadlock), waiting while any of them is held by another message.
+    pub async fn lock(&self, ops: &[WriteOp]) -> OwnerGuard<'_> {
+        let mut ids: Vec<String> = ops
             .iter()
             .filter_map(|op| match op {
                 WriteOp::Upsert(w) if OWNED_TYPES.contains(&w.resource_type.as_str()) => {
-                    Some(stripe(&w.id))
+                    Some(format!("{}/{}", w.resource_type, w.id))
                 }
                 _ => None,
             })
             .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let mut guards = Vec::with_capacity(stripes.len());
-        for s in stripes {
-            guards.push(self.stripes[s].lock().await);
+        ids.sort_unstable();
+        ids.dedup();
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = self.released.notified();
+            {
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                if ids.iter().all(|id| !held.contains(id)) {
+                    held.extend(ids.iter().cloned());
+                    return OwnerGuard { locks: self, ids };
+                }
+            }
+            released.await;
         }
-        guards
     }
-}
-
-fn stripe(id: &str) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut hasher);
-    (hasher.finish() % STRIPES as u64) as usize
 }
 
 /// An error naming the first resource that already belongs to another patient, if any.

@@ -12,9 +12,9 @@ use super::ownership::{foreign_owner, OwnerLocks};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
 };
-use super::verdict::{decide, Verdict};
+use super::verdict::{decide, Decision, Verdict};
 use crate::config::Config;
-use crate::store::{now_us, payload_hash, Hl7MessageRow, Store, WriteBatch};
+use crate::store::{now_us, payload_hash, Hl7MessageRow, Lane, Store, WriteBatch};
 use crate::telemetry::metrics::metrics;
 use crate::telemetry::{continue_trace, link_payload_context, span_traceparent, TraceParent};
 
@@ -119,17 +119,25 @@ impl Hl7Ingest {
         let header = raw.header().cloned();
         let context = self.map_context;
         let decided = tokio::task::spawn_blocking(move || {
-            let (verdict, trace) = decide(&raw, &context);
-            (raw, verdict, trace)
+            let decision = decide(&raw, &context);
+            (raw, decision)
         })
         .await;
-        let Ok((raw, verdict, trace)) = decided else {
+        let Ok((
+            raw,
+            Decision {
+                verdict,
+                trace,
+                lane,
+            },
+        )) = decided
+        else {
             // Processing panicked (a defect): the sender still gets an answer naming its message.
             tracing::error!("processing an HL7v2 message panicked");
             let error = internal("the message could not be processed");
             let verdict = Verdict::Refuse(AckCode::AE, error);
             return self
-                .commit(b"", header.as_ref(), verdict, origin, started)
+                .commit(b"", header.as_ref(), verdict, origin, Lane::Normal, started)
                 .await;
         };
         // Before the span is first entered: a started span cannot change its trace.
@@ -147,7 +155,7 @@ impl Hl7Ingest {
             };
             let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
-            self.commit(raw.bytes(), raw.header(), verdict, origin, started)
+            self.commit(raw.bytes(), raw.header(), verdict, origin, lane, started)
                 .await
         }
         .instrument(span)
@@ -215,6 +223,7 @@ impl Hl7Ingest {
         header: Option<&Header>,
         verdict: Verdict,
         origin: &Origin,
+        lane: Lane,
         started: Instant,
     ) -> Answer {
         let (code, errors, ops) = match verdict {
@@ -231,7 +240,7 @@ impl Hl7Ingest {
             hl7_messages: vec![row],
             ..WriteBatch::default()
         };
-        let stored = self.store.write(batch).await;
+        let stored = self.store.write_in(batch, lane).await;
         let Some(code) = code else {
             if let Err(err) = &stored {
                 tracing::warn!(error = %err, "storing an inbound acknowledgement failed");
@@ -269,8 +278,15 @@ impl Hl7Ingest {
         let started = Instant::now();
         let header = read_header(frame);
         let verdict = Verdict::Refuse(AckCode::AR, error);
-        self.commit(frame, header.as_ref(), verdict, origin, started)
-            .await
+        self.commit(
+            frame,
+            header.as_ref(),
+            verdict,
+            origin,
+            Lane::Normal,
+            started,
+        )
+        .await
     }
 }
 

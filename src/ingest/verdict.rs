@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::map::{map_message, MapContext, MapError};
 use super::v2::{AckCode, AckError, Message, RawMessage};
-use crate::store::{ResourceWrite, WriteOp};
+use crate::store::{Lane, ResourceWrite, WriteOp};
 use crate::telemetry::TraceParent;
 
 const REQUIRED_FIELD_MISSING: u16 = 101;
@@ -24,14 +24,52 @@ pub enum Verdict {
     Silent,
 }
 
-/// The verdict on `raw`, and the trace context its ZTR carried (when it parsed).
-pub fn decide(raw: &RawMessage, context: &MapContext) -> (Verdict, Option<TraceParent>) {
+/// The verdict on a message, the trace context its ZTR carried, and its lane.
+pub struct Decision {
+    pub verdict: Verdict,
+    pub trace: Option<TraceParent>,
+    pub lane: Lane,
+}
+
+/// The decision on `raw` (a message that does not parse has no trace and goes routine).
+pub fn decide(raw: &RawMessage, context: &MapContext) -> Decision {
     let message = match raw.parse() {
         Ok(message) => message,
-        Err(err) => return (Verdict::Refuse(AckCode::AR, AckError::from(&err)), None),
+        Err(err) => {
+            return Decision {
+                verdict: Verdict::Refuse(AckCode::AR, AckError::from(&err)),
+                trace: None,
+                lane: Lane::Normal,
+            }
+        }
     };
-    let trace = trace_parent(&message);
-    (decide_parsed(&message, context), trace)
+    Decision {
+        trace: trace_parent(&message),
+        lane: lane(&message),
+        verdict: decide_parsed(&message, context),
+    }
+}
+
+/// STAT (table 0027 `S`) anywhere an order's priority is carried: TQ1-9 (v2.5 and later),
+/// OBR-27.6 and ORC-7.6 (quantity/timing, up to v2.4, still sent), and OBR-5 (v2.3's
+/// priority field, which some analysers still fill). Everything else is routine.
+fn lane(message: &Message) -> Lane {
+    let stat = |value: Option<String>| value.is_some_and(|v| v.trim().eq_ignore_ascii_case("S"));
+    let field_component = |segment: &str, field: usize, component: usize| {
+        message.segments_named(segment).any(|s| {
+            s.field(field)
+                .is_some_and(|f| f.repetitions().any(|r| stat(r.component(component))))
+        })
+    };
+    let is_stat = field_component("TQ1", 9, 1)
+        || field_component("OBR", 27, 6)
+        || field_component("ORC", 7, 6)
+        || field_component("OBR", 5, 1);
+    if is_stat {
+        Lane::Stat
+    } else {
+        Lane::Normal
+    }
 }
 
 fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
@@ -106,5 +144,40 @@ fn checked_write(resource: Value) -> Result<ResourceWrite, AckError> {
                 message: format!("the {resource_type} made from this message is not valid FHIR"),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::v2::parse_message;
+
+    fn lane_of(segments: &str) -> Lane {
+        let text = format!("MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\r{segments}");
+        lane(&parse_message(text.as_bytes()).expect("the message parses"))
+    }
+
+    #[test]
+    fn stat_is_read_from_every_field_that_carries_an_order_priority() {
+        assert_eq!(lane_of("TQ1|1||||||||S\r"), Lane::Stat);
+        assert_eq!(lane_of("ORC|RE||||||^^^^^S\r"), Lane::Stat);
+        assert_eq!(
+            lane_of(&format!("OBR|1{}|^^^^^S\r", "|".repeat(25))),
+            Lane::Stat
+        );
+        assert_eq!(lane_of("OBR|1||||S\r"), Lane::Stat);
+        assert_eq!(lane_of("OBR|1||||s\r"), Lane::Stat, "case does not matter");
+    }
+
+    #[test]
+    fn everything_else_is_routine() {
+        assert_eq!(lane_of("OBR|1||||R\r"), Lane::Normal);
+        assert_eq!(lane_of("TQ1|1||||||||A\r"), Lane::Normal);
+        assert_eq!(
+            lane_of("OBX|1|ST|X||S\r"),
+            Lane::Normal,
+            "an OBX value is not a priority"
+        );
+        assert_eq!(lane_of(""), Lane::Normal);
     }
 }

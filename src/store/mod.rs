@@ -5,6 +5,7 @@
 //! bind-parameter limit, index rows replaced in bulk. Reads return stored canonical JSON as text
 //! so that Bundles are assembled by splicing, not by re-serialising.
 
+mod batcher;
 pub mod compartment;
 pub mod index;
 mod outbox;
@@ -19,11 +20,13 @@ use hl7bridge_entities::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
+pub use batcher::GroupLimits;
 pub use outbox::{ChangeRow, RelayTurn, WriteTrace};
 pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{
-    payload_hash, Hl7MessageRow, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp, Written,
+    payload_hash, Hl7MessageRow, Lane, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp,
+    Written,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ pub struct Store {
     change_feed: bool,
     /// Woken after a commit that recorded changes.
     changes: std::sync::Arc<tokio::sync::Notify>,
+    /// Group commit, when on: writes queue here and are committed together.
+    batcher: Option<std::sync::Arc<batcher::Batcher>>,
 }
 
 impl Store {
@@ -76,6 +81,7 @@ impl Store {
             write_gate: Default::default(),
             change_feed: false,
             changes: Default::default(),
+            batcher: None,
         })
     }
 
@@ -83,6 +89,17 @@ impl Store {
     /// [`outbox`]). Set it before the store is shared.
     pub fn with_change_feed(mut self) -> Store {
         self.change_feed = true;
+        self
+    }
+
+    /// From now on, writes are committed in groups (see [`batcher`]); each still returns only
+    /// after its own commit. Needs a Tokio runtime; set it last, after the other options.
+    pub fn with_group_commit(mut self, limits: GroupLimits) -> Store {
+        let direct = Store {
+            batcher: None,
+            ..self.clone()
+        };
+        self.batcher = Some(std::sync::Arc::new(batcher::Batcher::start(direct, limits)));
         self
     }
 

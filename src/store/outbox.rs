@@ -33,7 +33,7 @@ pub(super) async fn rows_for(
     txn: &DatabaseTransaction,
     written: &[Written],
     patients: &HashMap<(String, String), String>,
-    trace: &WriteTrace,
+    traces: &[&WriteTrace],
     now: i64,
 ) -> Result<Vec<change_outbox::ActiveModel>, StoreError> {
     let deleted: Vec<&Written> = written
@@ -43,13 +43,14 @@ pub(super) async fn rows_for(
     let deleted_patients = patients_of_deleted(txn, &deleted).await?;
     let rows = written
         .iter()
-        .filter(|w| {
+        .zip(traces)
+        .filter(|(w, _)| {
             matches!(
                 w.outcome,
                 Outcome::Created | Outcome::Updated | Outcome::Deleted
             )
         })
-        .map(|w| {
+        .map(|(w, trace)| {
             let key = (w.resource_type.clone(), w.id.clone());
             let patient = patients.get(&key).or_else(|| deleted_patients.get(&key));
             let partition_key = match patient {

@@ -128,9 +128,41 @@ const MAX_ATTEMPTS: usize = 3;
 const MAX_BINDS: usize = 16_000;
 const MAX_ROWS: usize = 500;
 
+/// The lane a write waits in for its group commit: STAT results go before routine work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Stat,
+    Normal,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Stat => "stat",
+            Lane::Normal => "normal",
+        }
+    }
+}
+
+/// One caller's share of a transaction: its batch and the trace it was written under.
+pub(super) struct Part {
+    pub batch: WriteBatch,
+    pub trace: WriteTrace,
+}
+
 impl Store {
-    /// Writes the batch in one transaction and reports what happened to each op, in order.
+    /// Writes the batch in one transaction (with other callers' batches when group commit is
+    /// on) and reports what happened to each op, in order. Returns only after the commit.
     pub async fn write(&self, batch: WriteBatch) -> Result<Vec<Written>, StoreError> {
+        self.write_in(batch, Lane::Normal).await
+    }
+
+    /// [`Store::write`], waiting in `lane`.
+    pub async fn write_in(
+        &self,
+        batch: WriteBatch,
+        lane: Lane,
+    ) -> Result<Vec<Written>, StoreError> {
         reject_duplicates(&batch.ops)?;
         // The caller's context (an HTTP request, an HL7v2 message), not the database span's:
         // the change feed continues the trace of whoever made the change.
@@ -140,19 +172,39 @@ impl Store {
                 tracestate: tracestate.unwrap_or_default(),
             })
             .unwrap_or_default();
+        let span = self.db_span("UPSERT", "resource", "write batch");
+        span.record(
+            "hl7bridge.db.rows",
+            batch.ops.len() + batch.hl7_messages.len(),
+        );
+        let part = Part { batch, trace };
+        match &self.batcher {
+            Some(batcher) => {
+                let caller = span.clone();
+                batcher.submit(part, lane, &caller).instrument(span).await
+            }
+            None => {
+                let parts = std::slice::from_ref(&part);
+                let written = self.commit_parts(parts).instrument(span).await?;
+                Ok(written.into_iter().next().unwrap_or_default())
+            }
+        }
+    }
+
+    /// Commits several callers' batches in one transaction, retrying a batch that lost a race
+    /// on a brand-new resource; returns each part's results, in order.
+    pub(super) async fn commit_parts(
+        &self,
+        parts: &[Part],
+    ) -> Result<Vec<Vec<Written>>, StoreError> {
         let _gate = match self.backend() {
             DbBackend::Sqlite => Some(self.write_gate.lock().await),
             _ => None,
         };
         let mut attempt = 1;
         loop {
-            let span = self.db_span("UPSERT", "resource", "write batch");
-            span.record(
-                "hl7bridge.db.rows",
-                batch.ops.len() + batch.hl7_messages.len(),
-            );
             let started = std::time::Instant::now();
-            let result = self.write_once(&batch, &trace).instrument(span).await;
+            let result = self.write_once(parts).await;
             metrics().db_write(result.is_ok(), started.elapsed());
             match result {
                 Err(StoreError::Database(err))
@@ -167,11 +219,9 @@ impl Store {
         }
     }
 
-    async fn write_once(
-        &self,
-        batch: &WriteBatch,
-        trace: &WriteTrace,
-    ) -> Result<Vec<Written>, StoreError> {
+    async fn write_once(&self, parts: &[Part]) -> Result<Vec<Vec<Written>>, StoreError> {
+        let ops: Vec<&WriteOp> = parts.iter().flat_map(|p| &p.batch.ops).collect();
+        reject_duplicates(ops.iter().copied())?;
         // SQLite: take the write lock at BEGIN, waiting for it under the busy timeout. A deferred
         // transaction that reads first cannot wait when another connection (another process
         // on the same file) commits in between; it fails with SQLITE_BUSY_SNAPSHOT instead.
@@ -180,13 +230,19 @@ impl Store {
             ..TransactionOptions::default()
         };
         let txn = self.db.begin_with_options(options).await?;
-        let current = load_current(&txn, &batch.ops).await?;
-        check_preconditions(&batch.preconditions, &current)?;
+        let current = load_current(&txn, &ops).await?;
+        for part in parts {
+            check_preconditions(&part.batch.preconditions, &current)?;
+        }
         let now = now_us();
-        let plan = plan(&batch.ops, &current, now);
+        let plan = plan(&ops, &current, now);
         // Before `apply`: the keys of deleted resources come from index rows it removes.
         let changes = if self.change_feed {
-            outbox::rows_for(&txn, &plan.written, &plan.patients, trace, now).await?
+            let traces: Vec<&WriteTrace> = parts
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(&p.trace, p.batch.ops.len()))
+                .collect();
+            outbox::rows_for(&txn, &plan.written, &plan.patients, &traces, now).await?
         } else {
             Vec::new()
         };
@@ -196,7 +252,11 @@ impl Store {
             change_outbox::Entity::insert_many(rows)
         })
         .await?;
-        insert_chunked(&txn, batch.hl7_messages.clone(), 12, |rows| {
+        let messages: Vec<Hl7MessageRow> = parts
+            .iter()
+            .flat_map(|p| p.batch.hl7_messages.iter().cloned())
+            .collect();
+        insert_chunked(&txn, messages, 12, |rows| {
             hl7_message::Entity::insert_many(rows)
         })
         .await?;
@@ -204,11 +264,15 @@ impl Store {
         if changed {
             self.changes.notify_one();
         }
-        Ok(plan.written)
+        let mut written = plan.written.into_iter();
+        Ok(parts
+            .iter()
+            .map(|p| written.by_ref().take(p.batch.ops.len()).collect())
+            .collect())
     }
 }
 
-fn reject_duplicates(ops: &[WriteOp]) -> Result<(), StoreError> {
+fn reject_duplicates<'a>(ops: impl IntoIterator<Item = &'a WriteOp>) -> Result<(), StoreError> {
     let mut seen = HashSet::new();
     for op in ops {
         let (t, id) = op.key();
@@ -221,7 +285,7 @@ fn reject_duplicates(ops: &[WriteOp]) -> Result<(), StoreError> {
 
 async fn load_current(
     txn: &DatabaseTransaction,
-    ops: &[WriteOp],
+    ops: &[&WriteOp],
 ) -> Result<HashMap<Key, Current>, StoreError> {
     let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
     for op in ops {
@@ -286,9 +350,9 @@ fn check_preconditions(
     Ok(())
 }
 
-fn plan(ops: &[WriteOp], current: &HashMap<Key, Current>, now: i64) -> Plan {
+fn plan(ops: &[&WriteOp], current: &HashMap<Key, Current>, now: i64) -> Plan {
     let mut plan = Plan::default();
-    for op in ops {
+    for &op in ops {
         let (t, id) = op.key();
         let existing = current.get(&(t.to_string(), id.to_string()));
         match op {
@@ -722,7 +786,7 @@ mod tests {
                 content_hash: hash,
             },
         )]);
-        let plan = plan(&[upsert("Patient", "p", content)], &current, 10);
+        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10);
         assert_eq!(plan.written[0].outcome, Outcome::Unchanged);
         assert_eq!(plan.written[0].version_id, 3);
         assert!(plan.resources.is_empty());
@@ -740,7 +804,7 @@ mod tests {
             },
         )]);
         let content = json!({"resourceType": "Patient", "id": "p", "gender": "female"});
-        let plan = plan(&[upsert("Patient", "p", content)], &current, 10);
+        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10);
         assert_eq!(plan.written[0].outcome, Outcome::Updated);
         assert_eq!(plan.written[0].version_id, 4);
         assert_eq!(plan.reindexed.len(), 1);
@@ -753,7 +817,7 @@ mod tests {
             resource_type: "Patient".into(),
             id: "p".into(),
         };
-        let plan = plan(&[op], &HashMap::new(), 10);
+        let plan = plan(&[&op], &HashMap::new(), 10);
         assert_eq!(plan.written[0].outcome, Outcome::NothingToDelete);
         assert!(plan.resources.is_empty());
     }

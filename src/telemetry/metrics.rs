@@ -16,6 +16,10 @@ use super::trace_context::rejected_count;
 const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Upper bounds of the size buckets (writes per group commit).
+const SIZE_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -28,13 +32,17 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, seconds: f64) {
-        for (bound, count) in BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if seconds <= *bound {
+        self.observe_in(&BUCKETS, seconds);
+    }
+
+    fn observe_in(&mut self, bounds: &[f64; BUCKETS.len()], value: f64) {
+        for (bound, count) in bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
                 *count += 1;
             }
         }
         self.count += 1;
-        self.sum += seconds;
+        self.sum += value;
     }
 }
 
@@ -69,6 +77,9 @@ pub struct Metrics {
     hl7_messages: Family<u64>,
     hl7_duration: Family<Histogram>,
     db_writes: Family<Histogram>,
+    group_sizes: Family<Histogram>,
+    lane_depth: Family<f64>,
+    lane_wait: Family<Histogram>,
     kafka_records: Family<u64>,
     kafka_lag: Family<f64>,
     kafka_assigned: Family<f64>,
@@ -103,6 +114,18 @@ pub fn metrics() -> &'static Metrics {
         db_writes: Family::new(
             "hl7bridge_db_write_duration_seconds",
             "Time to commit one write batch, by outcome.",
+        ),
+        group_sizes: Family::new(
+            "hl7bridge_group_commit_writes",
+            "Writes (an HL7v2 message, a Kafka record, a FHIR request) committed together in one transaction.",
+        ),
+        lane_depth: Family::new(
+            "hl7bridge_ingest_lane_depth",
+            "Writes waiting for the next group commit, by lane (stat or normal).",
+        ),
+        lane_wait: Family::new(
+            "hl7bridge_ingest_lane_wait_seconds",
+            "Time from a write's arrival at the batcher to its commit, by lane; the stat lane's is the STAT latency.",
         ),
         kafka_records: Family::new(
             "hl7bridge_kafka_records_total",
@@ -169,6 +192,25 @@ impl Metrics {
             });
     }
 
+    /// GroupCommitted: how many writes one transaction carried.
+    pub fn group_commit(&self, writes: usize) {
+        self.group_sizes
+            .with(Vec::new(), |h| h.observe_in(&SIZE_BUCKETS, writes as f64));
+    }
+
+    /// LaneMeasured: writes waiting in a lane (`stat` or `normal`).
+    pub fn lane_depth(&self, lane: &'static str, depth: usize) {
+        self.lane_depth
+            .with(vec![("lane", lane.to_string())], |g| *g = depth as f64);
+    }
+
+    /// WriteCommitted: its wait in the lane, commit included.
+    pub fn lane_wait(&self, lane: &'static str, elapsed: Duration) {
+        self.lane_wait.with(vec![("lane", lane.to_string())], |h| {
+            h.observe(elapsed.as_secs_f64())
+        });
+    }
+
     /// RecordProcessed: `outcome` is `stored` or `dead_lettered`; topics are configured names.
     pub fn kafka_record(&self, topic: &str, outcome: &'static str) {
         let labels = vec![
@@ -215,6 +257,9 @@ impl Metrics {
         render_counter(&mut out, &self.hl7_messages);
         render_histogram(&mut out, &self.hl7_duration);
         render_histogram(&mut out, &self.db_writes);
+        render_histogram_in(&mut out, &self.group_sizes, &SIZE_BUCKETS);
+        render_gauge(&mut out, &self.lane_depth);
+        render_histogram(&mut out, &self.lane_wait);
         render_counter(&mut out, &self.kafka_records);
         render_gauge(&mut out, &self.kafka_lag);
         render_gauge(&mut out, &self.kafka_assigned);
@@ -297,6 +342,14 @@ fn render_gauge(out: &mut String, family: &Family<f64>) {
 }
 
 fn render_histogram(out: &mut String, family: &Family<Histogram>) {
+    render_histogram_in(out, family, &BUCKETS);
+}
+
+fn render_histogram_in(
+    out: &mut String,
+    family: &Family<Histogram>,
+    bounds: &[f64; BUCKETS.len()],
+) {
     let _ = writeln!(
         out,
         "# HELP {} {}\n# TYPE {} histogram",
@@ -304,7 +357,7 @@ fn render_histogram(out: &mut String, family: &Family<Histogram>) {
     );
     let series = family.series.lock().unwrap_or_else(|p| p.into_inner());
     for (labels, h) in series.iter() {
-        for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
+        for (bound, count) in bounds.iter().zip(h.counts.iter()) {
             let le = Some(bound.to_string());
             let _ = writeln!(
                 out,
