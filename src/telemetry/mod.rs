@@ -2,9 +2,10 @@
 //!
 //! Logs are JSON lines on stdout, filtered by `RUST_LOG` (default `info`), each written inside a
 //! span carrying that span's `trace_id` and `span_id`. Spans always get
-//! W3C ids — every carrier needs them, exported or not — and are exported over OTLP
-//! (http/protobuf, batch processor) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set. The other standard `OTEL_*` variables (headers,
+//! W3C ids — every carrier needs them, exported or not — and are exported over OTLP (batch
+//! processor) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
+//! set, as `http/protobuf` (the default) or `grpc`, chosen by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
+//! or `OTEL_EXPORTER_OTLP_PROTOCOL`. The other standard `OTEL_*` variables (headers, timeout,
 //! service name, resource attributes, sampler) are read by the OpenTelemetry SDK itself.
 //!
 //! Level policy: per-message and per-request work at debug; lifecycle (listening, shutting down)
@@ -35,6 +36,9 @@ const SERVICE_NAME: &str = "hl7bridge";
 pub struct Telemetry {
     provider: SdkTracerProvider,
     exporting: bool,
+    /// The gRPC exporter's connection lives on a runtime of its own: the batch processor runs
+    /// on a plain thread, and the server's runtime does not exist yet when this is built.
+    grpc_runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Telemetry {
@@ -46,7 +50,7 @@ impl Telemetry {
 
     /// As [`Telemetry::init`], with another log filter for when `RUST_LOG` is unset.
     pub fn init_with_log_filter(default_filter: &str) -> anyhow::Result<Telemetry> {
-        let (provider, exporting) = tracer_provider()?;
+        let (provider, exporting, grpc_runtime) = tracer_provider()?;
         let tracer = provider.tracer(SERVICE_NAME);
         // The log filter applies to the log layer only: RUST_LOG=warn must not switch off the
         // spans whose ids every carrier propagates.
@@ -70,6 +74,7 @@ impl Telemetry {
         Ok(Telemetry {
             provider,
             exporting,
+            grpc_runtime,
         })
     }
 
@@ -82,23 +87,64 @@ impl Telemetry {
         if let Err(err) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
             eprintln!("hl7bridge: flushing spans failed: {err}");
         }
+        if let Some(runtime) = self.grpc_runtime {
+            // Not a blocking drop: this may run where blocking a runtime is not allowed.
+            runtime.shutdown_background();
+        }
     }
 }
 
-fn tracer_provider() -> anyhow::Result<(SdkTracerProvider, bool)> {
+type Provider = (SdkTracerProvider, bool, Option<tokio::runtime::Runtime>);
+
+fn tracer_provider() -> anyhow::Result<Provider> {
     let mut resource = Resource::builder();
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(SERVICE_NAME);
     }
     let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
     let exporting = otlp_configured();
+    let mut grpc_runtime = None;
     if exporting {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()?;
+        let exporter = match otlp_protocol()?.as_str() {
+            "grpc" => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("otlp-grpc")
+                    .enable_all()
+                    .build()?;
+                let exporter = {
+                    let _inside = runtime.enter();
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .build()?
+                };
+                grpc_runtime = Some(runtime);
+                exporter
+            }
+            _ => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()?,
+        };
         builder = builder.with_batch_exporter(exporter);
     }
-    Ok((builder.build(), exporting))
+    Ok((builder.build(), exporting, grpc_runtime))
+}
+
+/// `grpc` or `http/protobuf` (the default); anything else is refused at start, not ignored.
+fn otlp_protocol() -> anyhow::Result<String> {
+    let protocol = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+    .unwrap_or_else(|| "http/protobuf".to_string());
+    match protocol.trim() {
+        p @ ("grpc" | "http/protobuf") => Ok(p.to_string()),
+        other => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use grpc or http/protobuf"
+        ),
+    }
 }
 
 fn otlp_configured() -> bool {
