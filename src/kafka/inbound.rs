@@ -1,9 +1,11 @@
 //! Records in: HL7v2 (raw ER7) and FHIR JSON, through the MLLP and HTTP pipelines, offsets
 //! committed after the data.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use hl7bridge_kafka::{is_too_large, Consumer, Producer, Record};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -63,6 +65,9 @@ impl DeadLetter {
     }
 }
 
+/// Chains of records processed at once.
+const MAX_CHAINS: usize = 64;
+
 impl Inbound {
     pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
         let wait = Duration::from_millis(self.settings.batch_wait_ms);
@@ -95,53 +100,104 @@ impl Inbound {
         }
     }
 
-    /// Handles records in order; returns how many are finished (stored or dead-lettered). Fewer
-    /// than all only when stopping.
+    /// Handles a batch; returns how many records from its start are finished (stored or
+    /// dead-lettered), fewer than all only when stopping.
+    ///
+    /// Records run concurrently, in chains that keep the order Kafka promises: one chain per
+    /// topic, partition and key (a producer keys one patient's records alike), one per
+    /// partition for records without a key. Their writes meet in the group commit. A record
+    /// finished beyond the first unfinished one is handled again after a restart, which
+    /// changes nothing: new ids derive from the record's offset, and an HL7v2 resend gets its
+    /// stored ACK.
     async fn process_batch(
         &self,
         batch: &[Record],
         traces: &[Option<TraceParent>],
         stop: &mut watch::Receiver<bool>,
     ) -> usize {
-        for (index, (record, trace)) in batch.iter().zip(traces).enumerate() {
-            let mut backoff = FIRST_BACKOFF;
-            let mut failed_attempts = 0;
-            loop {
-                let dead_letter = match self.handle(record, trace.clone()).await {
-                    Handled::Stored => {
-                        metrics().kafka_record(&record.topic, "stored");
-                        break;
-                    }
-                    Handled::DeadLetter(dead_letter) => dead_letter,
-                    Handled::Retry(dead_letter) => {
-                        // An unreachable database is an outage: wait it out. One that answers
-                        // yet refuses this record again and again is refusing the record.
-                        if self.fhir.store.ready().await.is_ok() {
-                            failed_attempts += 1;
-                        }
-                        if failed_attempts < MAX_FAILED_ATTEMPTS {
-                            tracing::warn!(
-                                topic = %record.topic,
-                                partition = record.partition,
-                                offset = record.offset,
-                                "storing a Kafka record failed; retrying"
-                            );
-                            if sleep_or_stop(&mut backoff, stop).await {
-                                return index;
-                            }
-                            continue;
-                        }
-                        dead_letter
-                    }
-                };
-                if !self.dead_letter(record, &dead_letter, stop).await {
-                    return index;
-                }
-                metrics().kafka_record(&record.topic, "dead_lettered");
-                break;
-            }
+        let mut chains: Vec<Vec<usize>> = Vec::new();
+        let mut chain_of: HashMap<(&str, i32, Option<&[u8]>), usize> = HashMap::new();
+        for (index, record) in batch.iter().enumerate() {
+            let key = (
+                record.topic.as_str(),
+                record.partition,
+                record.key.as_deref(),
+            );
+            let chain = *chain_of.entry(key).or_insert_with(|| {
+                chains.push(Vec::new());
+                chains.len() - 1
+            });
+            chains[chain].push(index);
         }
-        batch.len()
+        let finished: Vec<std::sync::atomic::AtomicBool> =
+            batch.iter().map(|_| Default::default()).collect();
+        let runs = chains.into_iter().map(|chain| {
+            let mut stop = stop.clone();
+            let finished = &finished;
+            async move {
+                for index in chain {
+                    let record = &batch[index];
+                    if !self.process_record(record, &traces[index], &mut stop).await {
+                        return;
+                    }
+                    finished[index].store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        // Bounded, so a batch of 500 keys does not queue 500 tasks on a pool of 16 connections.
+        futures_util::stream::iter(runs)
+            .buffer_unordered(MAX_CHAINS)
+            .for_each(|_| async {})
+            .await;
+        finished
+            .iter()
+            .take_while(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            .count()
+    }
+
+    /// Stores or dead-letters one record; false when stopping first.
+    async fn process_record(
+        &self,
+        record: &Record,
+        trace: &Option<TraceParent>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut backoff = FIRST_BACKOFF;
+        let mut failed_attempts = 0;
+        loop {
+            let dead_letter = match self.handle(record, trace.clone()).await {
+                Handled::Stored => {
+                    metrics().kafka_record(&record.topic, "stored");
+                    return true;
+                }
+                Handled::DeadLetter(dead_letter) => dead_letter,
+                Handled::Retry(dead_letter) => {
+                    // An unreachable database is an outage: wait it out. One that answers
+                    // yet refuses this record again and again is refusing the record.
+                    if self.fhir.store.ready().await.is_ok() {
+                        failed_attempts += 1;
+                    }
+                    if failed_attempts < MAX_FAILED_ATTEMPTS {
+                        tracing::warn!(
+                            topic = %record.topic,
+                            partition = record.partition,
+                            offset = record.offset,
+                            "storing a Kafka record failed; retrying"
+                        );
+                        if sleep_or_stop(&mut backoff, stop).await {
+                            return false;
+                        }
+                        continue;
+                    }
+                    dead_letter
+                }
+            };
+            if !self.dead_letter(record, &dead_letter, stop).await {
+                return false;
+            }
+            metrics().kafka_record(&record.topic, "dead_lettered");
+            return true;
+        }
     }
 
     async fn handle(&self, record: &Record, trace: Option<TraceParent>) -> Handled {
