@@ -5,12 +5,14 @@
 
 mod collector_config;
 mod corpus;
+mod crash_safety;
 mod fhir_api;
 mod fhir_everything;
 mod fhir_hostile;
 mod fhir_rest;
 mod fhir_search;
 mod fhirpy_client;
+mod group_commit;
 mod kafka;
 mod kafka_broker;
 mod mllp_client;
