@@ -16,6 +16,9 @@ use crate::store::{Store, StoreError, WriteOp};
 /// Table 0357: duplicate key identifier.
 const DUPLICATE_KEY: u16 = 205;
 const OWNED_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Encounter"];
+/// Types locked while a message is checked and written without being owned: a Patient is
+/// merged with its stored version (`ingest::stored`), which must not change in between.
+const LOCKED_TYPES: &[&str] = &["Patient"];
 
 /// Striped locks over the ids of owned resources.
 pub struct OwnerLocks {
@@ -39,9 +42,7 @@ impl OwnerLocks {
         let mut stripes: Vec<usize> = ops
             .iter()
             .filter_map(|op| match op {
-                WriteOp::Upsert(w) if OWNED_TYPES.contains(&w.resource_type.as_str()) => {
-                    Some(stripe(&w.id))
-                }
+                WriteOp::Upsert(w) if is_locked(&w.resource_type) => Some(stripe(&w.id)),
                 _ => None,
             })
             .collect();
@@ -53,6 +54,10 @@ impl OwnerLocks {
         }
         guards
     }
+}
+
+fn is_locked(resource_type: &str) -> bool {
+    OWNED_TYPES.contains(&resource_type) || LOCKED_TYPES.contains(&resource_type)
 }
 
 fn stripe(id: &str) -> usize {

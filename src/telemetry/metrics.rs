@@ -263,7 +263,9 @@ const LABELLED_TYPES: &[(&str, &str)] = &[
     ("ADT", "A03"),
     ("ADT", "A04"),
     ("ADT", "A08"),
+    ("ADT", "A28"),
     ("ADT", "A31"),
+    ("ADT", "A40"),
     ("ORU", "R01"),
 ];
 

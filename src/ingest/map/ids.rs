@@ -118,14 +118,23 @@ impl Scope {
 
 /// The PID-3 repetition that identifies the patient: the first typed MR, else the first.
 pub(super) fn patient_identifier(pid: &Segment<'_>) -> Result<Ident, MapError> {
-    let idents: Vec<Ident> = pid
-        .field(PID_3)
+    identifier_list_key(pid, PID_3, "patient identifier list")
+}
+
+/// The repetition of a CX list (PID-3, MRG-1) that identifies a patient, by the PID-3 rule.
+pub(super) fn identifier_list_key(
+    seg: &Segment<'_>,
+    field: usize,
+    what: &str,
+) -> Result<Ident, MapError> {
+    let idents: Vec<Ident> = seg
+        .field(field)
         .map(|f| f.repetitions().filter_map(|r| Ident::from_cx(&r)).collect())
         .unwrap_or_default();
     let mr = idents.iter().find(|i| i.type_code.as_deref() == Some("MR"));
     mr.or(idents.first())
         .cloned()
-        .ok_or_else(|| MapError::required(pid, PID_3, "patient identifier list"))
+        .ok_or_else(|| MapError::required(seg, field, what))
 }
 
 pub(super) fn patient_key(ident: &Ident, scope: &Scope) -> String {

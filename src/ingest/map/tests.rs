@@ -174,7 +174,7 @@ fn unsupported_types_and_events_are_200_and_201() {
             .code,
         201
     );
-    assert_eq!(adt("A40", "").unwrap_err().code, 201);
+    assert_eq!(adt("A17", "").unwrap_err().code, 201);
 }
 
 #[test]
@@ -207,6 +207,71 @@ fn default_offset_is_applied_to_times_without_one() {
         of_type(&m, "DiagnosticReport")[0]["effectiveDateTime"],
         "2024-06-30T07:45:00+02:00"
     );
+}
+
+/// The invented fixtures of the integration tests, with what each maps to.
+const FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        "adt_a28",
+        include_str!("../../../tests/fixtures/adt_a28.hl7"),
+        "1 Patient",
+    ),
+    (
+        "adt_a40",
+        include_str!("../../../tests/fixtures/adt_a40.hl7"),
+        "2 Patient",
+    ),
+];
+
+fn fixture(name: &str) -> &'static str {
+    let found = FIXTURES.iter().find(|(n, ..)| *n == name);
+    found.map(|(_, text, _)| *text).unwrap()
+}
+
+fn type_counts(mapped: &Mapped) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for resource in &mapped.resources {
+        let kind = resource["resourceType"].as_str().unwrap();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+#[test]
+fn every_new_message_type_maps_its_fixture_deterministically() {
+    for (name, text, expected) in FIXTURES {
+        let m = mapped(text).unwrap();
+        let mut kinds: Vec<&str> = expected.split(", ").collect();
+        let mut got_kinds: Vec<String> = type_counts(&m).split(", ").map(String::from).collect();
+        kinds.sort_unstable();
+        got_kinds.sort_unstable();
+        assert_eq!(got_kinds, kinds, "{name}");
+        m.resources.iter().for_each(assert_fhir_shape);
+        assert_eq!(mapped(&text.replace('\r', "\n")).unwrap(), m, "{name}");
+        let ids: std::collections::HashSet<_> = m.resources.iter().map(|r| &r["id"]).collect();
+        assert_eq!(
+            ids.len(),
+            m.resources.len(),
+            "{name}: ids are unique in a message"
+        );
+    }
+}
+
+#[test]
+fn the_merged_patient_is_amended() {
+    let amended_types = |name: &str| {
+        let m = mapped(fixture(name)).unwrap();
+        let of = |id: &String| {
+            let found = m.resources.iter().find(|r| r["id"] == id.as_str());
+            found.unwrap()["resourceType"].as_str().unwrap().to_owned()
+        };
+        m.amended.iter().map(of).collect::<Vec<_>>()
+    };
+    assert_eq!(amended_types("adt_a40"), ["Patient"]);
 }
 
 /// Checks what strict FHIR JSON parsing cares about and this mapper could get wrong.

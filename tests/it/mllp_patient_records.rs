@@ -1,0 +1,106 @@
+//! Patient merges (ADT^A40) and person records (ADT^A28) over real MLLP connections, checked through the FHIR API.
+
+use serde_json::Value;
+
+use crate::support::{everything_for, field, replaced, resources_of, spawn_app, TestApp};
+
+const ADT_A01: &[u8] = include_bytes!("../fixtures/adt_a01.hl7");
+const ADT_A28: &[u8] = include_bytes!("../fixtures/adt_a28.hl7");
+const ADT_A40: &[u8] = include_bytes!("../fixtures/adt_a40.hl7");
+const SURVIVOR_MRN: &str = "TST200777";
+const MERGED_MRN: &str = "TST200999";
+
+/// The one Patient with identifier `mrn`.
+async fn patient(app: &TestApp, mrn: &str) -> Value {
+    let (status, found) = app.get_json(&format!("/Patient?identifier={mrn}")).await;
+    assert_eq!((status, found["total"].as_u64()), (200, Some(1)), "{found}");
+    found["entry"][0]["resource"].clone()
+}
+
+fn reference_to(resource: &Value) -> String {
+    format!("Patient/{}", resource["id"].as_str().unwrap())
+}
+
+/// A visit of the patient that A40 merges, so there is data to keep.
+fn merged_patient_visit() -> Vec<u8> {
+    let visit = "PV1|1|O|CLINIC-1^^^GENHOSP||||||||||||||||ENC9002^^^GENHOSP\r";
+    let mut text = replaced(
+        ADT_A28,
+        "ADT^A28^ADT_A05|ADT0028",
+        "ADT^A04^ADT_A01|ADT0004",
+    );
+    text = replaced(&text, "EVN|A28", "EVN|A04");
+    replaced(&text, "PV1|1|N\r", visit)
+}
+
+#[tokio::test]
+async fn an_adt_a40_links_the_two_patients_and_deletes_nothing() {
+    let app = spawn_app().await;
+    app.send_accepted(ADT_A01).await;
+    app.send_accepted(&merged_patient_visit()).await;
+    let ack = app.send_accepted(ADT_A40).await;
+    assert_eq!(field(&ack, "MSH", 9), "ACK^A40^ACK");
+    let survivor = patient(&app, SURVIVOR_MRN).await;
+    let merged = patient(&app, MERGED_MRN).await;
+    assert_eq!(merged["active"], false);
+    assert_eq!(merged["link"][0]["type"], "replaced-by");
+    assert_eq!(
+        merged["link"][0]["other"]["reference"],
+        reference_to(&survivor)
+    );
+    assert_eq!(
+        merged["name"][0]["family"], "Brooke",
+        "the merged record keeps its data"
+    );
+    assert_eq!(merged["birthDate"], "1975-11-03");
+    assert_eq!(survivor["link"][0]["type"], "replaces");
+    assert_eq!(
+        survivor["link"][0]["other"]["reference"],
+        reference_to(&merged)
+    );
+    let (_, visit) = app.get_json("/Encounter?identifier=ENC9002").await;
+    assert_eq!(
+        visit["total"], 1,
+        "the merged patient's visit is still there"
+    );
+    let everything = everything_for(&app, SURVIVOR_MRN).await;
+    assert_eq!(
+        resources_of(&everything, "Patient").len(),
+        2,
+        "the merged Patient is in the survivor's compartment through its link"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn later_messages_about_either_patient_keep_the_merge() {
+    let app = spawn_app().await;
+    app.send_accepted(ADT_A01).await;
+    app.send_accepted(ADT_A28).await;
+    app.send_accepted(ADT_A40).await;
+    let renamed = replaced(ADT_A01, "|ADT0001|", "|ADT0002|");
+    app.send_accepted(&replaced(&renamed, "Brook^Ivo", "Brook^Ivo^Jon"))
+        .await;
+    let late = replaced(ADT_A28, "|ADT0028|", "|ADT0029|");
+    app.send_accepted(&replaced(&late, "Brooke^Ivo", "Brooke^Ivan"))
+        .await;
+    let survivor = patient(&app, SURVIVOR_MRN).await;
+    assert_eq!(survivor["name"][0]["given"][1], "Jon");
+    assert_eq!(survivor["link"][0]["type"], "replaces");
+    let merged = patient(&app, MERGED_MRN).await;
+    assert_eq!(merged["name"][0]["given"][0], "Ivan");
+    assert_eq!(merged["active"], false);
+    assert_eq!(merged["link"][0]["type"], "replaced-by");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_adt_a28_adds_a_person_without_a_visit() {
+    let app = spawn_app().await;
+    let ack = app.send_accepted(ADT_A28).await;
+    assert_eq!(field(&ack, "MSH", 9), "ACK^A28^ACK");
+    let bundle = everything_for(&app, MERGED_MRN).await;
+    assert_eq!(resources_of(&bundle, "Patient").len(), 1);
+    assert!(resources_of(&bundle, "Encounter").is_empty());
+    app.stop().await;
+}
