@@ -1,6 +1,7 @@
-//! Reports, observations and visits get their ids from order and visit numbers (DESIGN.md,
-//! "ids"). A sender that reuses one of those numbers for another patient would otherwise move
-//! the stored report, with its results, to that patient; such a message is refused instead.
+//! Reports, observations, visits, orders and specimens get their ids from order, visit and
+//! specimen numbers (DESIGN.md, "ids"). A sender that reuses one of those numbers for another
+//! patient would otherwise move the stored resource, with what refers to it, to that patient;
+//! such a message is refused instead.
 //!
 //! The check and the commit run under [`OwnerLocks`] for the resources concerned, so two
 //! messages racing with the same number for two patients cannot both pass it. The locks are
@@ -15,7 +16,13 @@ use crate::store::{Store, StoreError, WriteOp};
 
 /// Table 0357: duplicate key identifier.
 const DUPLICATE_KEY: u16 = 205;
-const OWNED_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Encounter"];
+const OWNED_TYPES: &[&str] = &[
+    "DiagnosticReport",
+    "Observation",
+    "Encounter",
+    "ServiceRequest",
+    "Specimen",
+];
 /// Types locked while a message is checked and written without being owned: a Patient is
 /// merged with its stored version (`ingest::stored`), which must not change in between.
 const LOCKED_TYPES: &[&str] = &["Patient"];

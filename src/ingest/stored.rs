@@ -6,7 +6,8 @@
 //!   merge (ADT^A40) survives later messages about either patient;
 //! - an amended resource ([`Mapped::amended`](super::map::Mapped)) keeps every stored element
 //!   the message does not map, and its identifiers and links add up: the merged patient of an
-//!   A40 keeps its name and birth date.
+//!   A40 keeps its name and birth date, a cancelled order (an ORC without OBR) its code, a
+//!   Specimen what the order and the results each said of it.
 //!
 //! The merge reads the stored version and writes under a precondition on its version (or its
 //! absence), so a change in between fails the write (the sender is answered AE and resends)
@@ -227,7 +228,10 @@ mod tests {
     fn only_patients_and_amended_resources_are_merged() {
         let amended = vec!["x".to_owned()];
         assert_eq!(merge_of("Patient", "p", &amended), Some(Merge::Patient));
-        assert_eq!(merge_of("Patient", "x", &amended), Some(Merge::Amend));
+        assert_eq!(
+            merge_of("ServiceRequest", "x", &amended),
+            Some(Merge::Amend)
+        );
         assert_eq!(merge_of("Observation", "o", &amended), None);
     }
 }

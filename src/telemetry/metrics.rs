@@ -266,7 +266,10 @@ const LABELLED_TYPES: &[(&str, &str)] = &[
     ("ADT", "A28"),
     ("ADT", "A31"),
     ("ADT", "A40"),
+    ("OML", "O21"),
+    ("ORM", "O01"),
     ("ORU", "R01"),
+    ("OUL", "R22"),
 ];
 
 fn labelled_type(code: &str, trigger: &str) -> (String, String) {

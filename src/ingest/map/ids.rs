@@ -14,6 +14,12 @@
 //!   under SPM the SPM set id. When that repeats within one report (same code, no sub-id),
 //!   OBX-1 is added as a last resort, then the occurrence number.
 //! - Encounter: PV1-19 visit number with its authority.
+//! - ServiceRequest: the placer order number (OBR-2, else ORC-2), which the order has from its
+//!   first message on; else the filler order number under a different prefix.
+//! - Specimen: the placer's specimen id (SPM-2.1), which it has from its order on; else the
+//!   filler's (SPM-2.2) under a different prefix; else, in an order, the order's key with the
+//!   SPM set id.
+//! - Observations of an order or a specimen: as for a report, under that resource's key.
 //!
 //! Identifiers without an assigning authority are scoped by the sending facility (MSH-4), so
 //! that two senders' unqualified MRN `12345` do not become one patient. That scope appears only
@@ -173,16 +179,33 @@ pub(super) enum OrderNumber {
 }
 
 pub(super) fn report_key(order: &OrderNumber, scope: &Scope, seen: &mut KeyCounter) -> String {
+    order_key("DiagnosticReport", order, scope, seen)
+}
+
+/// The key of a resource identified by an order (or specimen) number.
+pub(super) fn order_key(
+    resource_type: &str,
+    order: &OrderNumber,
+    scope: &Scope,
+    seen: &mut KeyCounter,
+) -> String {
     let (kind, ident) = match order {
         OrderNumber::Filler(ident) => ("filler", ident),
         OrderNumber::Placer(ident) => ("placer", ident),
     };
     seen.unique(key(&[
-        "DiagnosticReport",
+        resource_type,
         kind,
         &scope.system(ident),
         &ident.value,
     ]))
+}
+
+/// The key of a resource that has no number of its own: `parts` under its parent's key.
+pub(super) fn derived_key(parent_key: &str, parts: &[&str], seen: &mut KeyCounter) -> String {
+    let mut all = vec![parent_key];
+    all.extend_from_slice(parts);
+    seen.unique(key(&all))
 }
 
 /// The key of one OBX within a report; `specimen` is the set id of the SPM it follows.

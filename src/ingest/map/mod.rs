@@ -1,9 +1,9 @@
 //! HL7v2 to FHIR R4 JSON: one parsed [`Message`] in, the resources it describes out.
 //!
 //! One file per target resource (`patient.rs`, `encounter.rs`, `diagnostic_report.rs`,
-//! `observation.rs`), each with the HL7 tables it uses as constants; `oru.rs` and `merge.rs`
-//! walk their messages' groups, `ids.rs` makes the deterministic ids, `datatypes.rs` converts
-//! the shared HL7 data types.
+//! `observation.rs`, `service_request.rs`, `specimen.rs`), each with the HL7 tables it uses as
+//! constants; `oru.rs`, `orders.rs`, `oul.rs` and `merge.rs` walk their messages' groups,
+//! `ids.rs` makes the deterministic ids, `datatypes.rs` converts the shared HL7 data types.
 //!
 //! Every resource has `resourceType` and `id`; references are `Patient/<id>`.
 //! No element is ever an empty string, array or object, and every `dateTime` with a time has
@@ -11,6 +11,10 @@
 //!
 //! Supported (each with Patient, and an Encounter when PV1-19 is present):
 //! - ORU^R01: a DiagnosticReport per OBR, an Observation per OBX including OBX under SPM;
+//! - OML^O21, ORM^O01 (`orders.rs`): a ServiceRequest per ORC, an Observation per OBX of the
+//!   order (its `supportingInfo`), a Specimen per SPM (OML) with its own OBX as Observations;
+//! - OUL^R22 (`oul.rs`): a Specimen per SPM, a DiagnosticReport per OBR and an Observation per
+//!   OBX, each referring to its Specimen;
 //! - ADT^A01/A03/A04/A08; ADT^A28/A31 (Patient only: their PV1 is a placeholder); ADT^A40
 //!   (`merge.rs`: the surviving and the merged Patient, linked).
 //!
@@ -40,8 +44,12 @@ mod encounter;
 mod ids;
 mod merge;
 mod observation;
+mod orders;
 mod oru;
+mod oul;
 mod patient;
+mod service_request;
+mod specimen;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -76,12 +84,13 @@ impl Default for MapContext {
 #[derive(Clone, PartialEq)]
 pub struct Mapped {
     /// Patient first, then Encounter, then the message's own resources (each DiagnosticReport
-    /// followed by its Observations, ...).
+    /// followed by its Observations, each ServiceRequest followed by its Observations and
+    /// Specimens, ...).
     pub resources: Vec<Value>,
     pub patient_id: Option<String>,
     /// Ids of resources the message only amends: their stored elements stay, and only the
     /// elements mapped here change (see `ingest::stored`). The merged Patient of an ADT^A40
-    /// is written so.
+    /// and a ServiceRequest named by an ORC without an OBR are written so.
     pub amended: Vec<String>,
 }
 
@@ -195,7 +204,19 @@ impl<'m> Ctx<'m> {
         field: usize,
         what: &str,
     ) -> Result<Option<String>, MapError> {
-        let Some(raw) = seg.field(field).and_then(|f| f.component(1)) else {
+        let raw = seg.field(field).and_then(|f| f.component(1));
+        self.date_time_of(raw, seg, field, what)
+    }
+
+    /// A value read from `seg`-`field` as a FHIR dateTime; errors name that field.
+    fn date_time_of(
+        &self,
+        raw: Option<String>,
+        seg: &Segment<'_>,
+        field: usize,
+        what: &str,
+    ) -> Result<Option<String>, MapError> {
+        let Some(raw) = raw else {
             return Ok(None);
         };
         let text = dtm::fhir_date_time(&raw, self.offset);
@@ -245,9 +266,11 @@ pub fn map_message(msg: &Message, ctx: &MapContext) -> Result<Mapped, MapError> 
     let ctx = Ctx::new(msg, ctx);
     match (header.message_code.as_deref(), trigger) {
         (Some("ORU"), Some("R01")) => oru::map_oru(&ctx),
+        (Some("OML"), Some("O21")) | (Some("ORM"), Some("O01")) => orders::map_orders(&ctx),
+        (Some("OUL"), Some("R22")) => oul::map_oul(&ctx),
         (Some("ADT"), Some("A40")) => merge::map_merge(&ctx),
         (Some("ADT"), Some(event)) if ADT_EVENTS.contains(&event) => map_adt(&ctx, event),
-        (Some("ORU" | "ADT"), _) => Err(unsupported(201, "event")),
+        (Some("ORU" | "OML" | "ORM" | "OUL" | "ADT"), _) => Err(unsupported(201, "event")),
         _ => Err(unsupported(200, "message type")),
     }
 }

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::{map_message, MapContext, MapError, Mapped};
+use super::{map_message, Ctx, MapContext, MapError, Mapped, Subject};
 use crate::ingest::v2::{
-    build_ack, parse_message, read_header, split_frame, AckCode, AckError, RawMessage, UtcOffset,
+    build_ack, parse_message, read_header, split_frame, AckCode, AckError, Message, RawMessage,
+    UtcOffset,
 };
 
 const ORU_R01_LAB: &str = "MSH|^~\\&|LABSYS|NORTHLAB^2.16.840.1.113883.19.8^ISO|EHR|HOSP|20240630121500-0500||ORU^R01^ORU_R01|LAB-0001|P|2.5.1\r\
@@ -27,6 +28,36 @@ const ADT_MSH: &str =
 const ADT_BODY: &str = "EVN|{EVENT}|20240701090000\r\
 PID|1||MRN-7310^^^NORTH^MR||Ashgrove^Tobias||19590923|M|||1 Quay St^^Harbourtown^ME^04001\r\
 PV1|1|I|WARD-4^12^A||||||||||||||||V-9902^^^NORTH^VN|||||||||||||||||||||||||202407010830|{DISCHARGE}\r";
+
+/// The patient the resource mappers' own tests map for: `Patient/p-1`, without a visit.
+pub(super) fn test_subject() -> Subject {
+    Subject {
+        patient: "p-1".to_owned(),
+        encounter: None,
+    }
+}
+
+/// Parses `msh` followed by `segments` and hands the message and its mapping context to `f`.
+pub(super) fn with_message<T>(
+    msh: &str,
+    segments: &str,
+    f: impl FnOnce(&Message, &Ctx<'_>) -> T,
+) -> T {
+    let msg = parse_message(format!("{msh}{segments}").as_bytes()).unwrap();
+    let ctx = Ctx::new(&msg, &MapContext::default());
+    f(&msg, &ctx)
+}
+
+/// One segment with the given fields set and the others empty, ending with CR:
+/// `seg("ORC", &[(1, "NW"), (9, "20240701")])`.
+pub(super) fn seg(name: &str, fields: &[(usize, &str)]) -> String {
+    let last = fields.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut values = vec![""; last];
+    for (n, value) in fields {
+        values[n - 1] = value;
+    }
+    format!("{name}|{}\r", values.join("|"))
+}
 
 fn mapped(text: &str) -> Result<Mapped, MapError> {
     let msg = parse_message(text.as_bytes()).unwrap();
@@ -221,6 +252,26 @@ const FIXTURES: &[(&str, &str, &str)] = &[
         include_str!("../../../tests/fixtures/adt_a40.hl7"),
         "2 Patient",
     ),
+    (
+        "oml_o21",
+        include_str!("../../../tests/fixtures/oml_o21.hl7"),
+        "1 Patient, 1 Encounter, 2 ServiceRequest, 1 Observation, 1 Specimen",
+    ),
+    (
+        "orm_o01",
+        include_str!("../../../tests/fixtures/orm_o01.hl7"),
+        "1 Patient, 1 ServiceRequest",
+    ),
+    (
+        "orm_o01_cancel",
+        include_str!("../../../tests/fixtures/orm_o01_cancel.hl7"),
+        "1 Patient, 1 ServiceRequest",
+    ),
+    (
+        "oul_r22",
+        include_str!("../../../tests/fixtures/oul_r22.hl7"),
+        "1 Patient, 1 DiagnosticReport, 3 Observation, 1 Specimen",
+    ),
 ];
 
 fn fixture(name: &str) -> &'static str {
@@ -262,7 +313,7 @@ fn every_new_message_type_maps_its_fixture_deterministically() {
 }
 
 #[test]
-fn the_merged_patient_is_amended() {
+fn amended_resources_are_the_merged_patient_cancelled_orders_and_specimens() {
     let amended_types = |name: &str| {
         let m = mapped(fixture(name)).unwrap();
         let of = |id: &String| {
@@ -272,6 +323,10 @@ fn the_merged_patient_is_amended() {
         m.amended.iter().map(of).collect::<Vec<_>>()
     };
     assert_eq!(amended_types("adt_a40"), ["Patient"]);
+    assert_eq!(amended_types("oml_o21"), ["Specimen"]);
+    assert_eq!(amended_types("orm_o01"), Vec::<String>::new());
+    assert_eq!(amended_types("orm_o01_cancel"), ["ServiceRequest"]);
+    assert_eq!(amended_types("oul_r22"), ["Specimen"]);
 }
 
 /// Checks what strict FHIR JSON parsing cares about and this mapper could get wrong.
