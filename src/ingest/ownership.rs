@@ -1,7 +1,7 @@
-//! Reports, observations, visits, orders and specimens get their ids from order, visit and
-//! specimen numbers (DESIGN.md, "ids"). A sender that reuses one of those numbers for another
-//! patient would otherwise move the stored resource, with what refers to it, to that patient;
-//! such a message is refused instead.
+//! Reports, observations, visits, orders, specimens and immunizations get their ids from
+//! order, visit and specimen numbers (DESIGN.md, "ids"). A sender that reuses one of those
+//! numbers for another patient would otherwise move the stored resource, with what refers to
+//! it, to that patient; such a message is refused instead.
 //!
 //! The check and the commit run under [`OwnerLocks`] for the resources concerned, so two
 //! messages racing with the same number for two patients cannot both pass it. The locks are
@@ -22,6 +22,7 @@ const OWNED_TYPES: &[&str] = &[
     "Encounter",
     "ServiceRequest",
     "Specimen",
+    "Immunization",
 ];
 /// Types locked while a message is checked and written without being owned: a Patient is
 /// merged with its stored version (`ingest::stored`), which must not change in between.
@@ -108,9 +109,10 @@ pub async fn foreign_owner(store: &Store, ops: &[WriteOp]) -> Result<Option<AckE
     Ok(None)
 }
 
+/// The patient a resource belongs to: `subject`, or `patient` for an Immunization.
 fn subject_of(resource: &Value) -> Option<String> {
-    resource
-        .pointer("/subject/reference")
-        .and_then(Value::as_str)
+    ["/subject/reference", "/patient/reference"]
+        .iter()
+        .find_map(|path| resource.pointer(path).and_then(Value::as_str))
         .map(String::from)
 }

@@ -270,6 +270,7 @@ const LABELLED_TYPES: &[(&str, &str)] = &[
     ("ORM", "O01"),
     ("ORU", "R01"),
     ("OUL", "R22"),
+    ("VXU", "V04"),
 ];
 
 fn labelled_type(code: &str, trigger: &str) -> (String, String) {

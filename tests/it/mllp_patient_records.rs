@@ -1,4 +1,4 @@
-//! Patient merges (ADT^A40) and person records (ADT^A28) over real MLLP connections, checked through the FHIR API.
+//! Patient merges (ADT^A40), person records (ADT^A28) and immunizations (VXU^V04) over real MLLP connections, checked through the FHIR API.
 
 use serde_json::Value;
 
@@ -7,6 +7,7 @@ use crate::support::{everything_for, field, replaced, resources_of, spawn_app, T
 const ADT_A01: &[u8] = include_bytes!("../fixtures/adt_a01.hl7");
 const ADT_A28: &[u8] = include_bytes!("../fixtures/adt_a28.hl7");
 const ADT_A40: &[u8] = include_bytes!("../fixtures/adt_a40.hl7");
+const VXU: &[u8] = include_bytes!("../fixtures/vxu_v04.hl7");
 const SURVIVOR_MRN: &str = "TST200777";
 const MERGED_MRN: &str = "TST200999";
 
@@ -102,5 +103,66 @@ async fn an_adt_a28_adds_a_person_without_a_visit() {
     let bundle = everything_for(&app, MERGED_MRN).await;
     assert_eq!(resources_of(&bundle, "Patient").len(), 1);
     assert!(resources_of(&bundle, "Encounter").is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_vxu_v04_stores_immunizations_and_their_observations() {
+    let app = spawn_app().await;
+    let ack = app.send_accepted(VXU).await;
+    assert_eq!(field(&ack, "MSH", 9), "ACK^V04^ACK");
+    let bundle = everything_for(&app, "TST500321").await;
+    let immunizations = resources_of(&bundle, "Immunization");
+    assert_eq!(immunizations.len(), 2);
+    let by_cvx = |code: &str| {
+        let found = immunizations
+            .iter()
+            .find(|i| i["vaccineCode"]["coding"][0]["code"] == code);
+        *found.unwrap_or_else(|| panic!("CVX {code}"))
+    };
+    let flu = by_cvx("141");
+    assert_eq!(
+        flu["vaccineCode"]["coding"][0]["system"],
+        "http://hl7.org/fhir/sid/cvx"
+    );
+    assert_eq!(flu["status"], "completed");
+    assert_eq!(flu["occurrenceDateTime"], "2024-07-06T11:30:00-04:00");
+    assert_eq!(flu["lotNumber"], "LOT-K773");
+    assert_eq!(flu["expirationDate"], "2025-06-30");
+    assert_eq!(flu["doseQuantity"]["value"].to_string(), "0.5");
+    assert_eq!(flu["route"]["coding"][0]["code"], "C28161");
+    assert_eq!(flu["identifier"][0]["value"], "IZ-44017");
+    let refused = by_cvx("998");
+    assert_eq!(refused["status"], "not-done");
+    assert_eq!(refused["statusReason"]["coding"][0]["code"], "00");
+    assert!(
+        refused.get("doseQuantity").is_none(),
+        "999 is an unknown amount"
+    );
+    let observations = resources_of(&bundle, "Observation");
+    assert_eq!(observations.len(), 1);
+    let flu_reference = format!("Immunization/{}", flu["id"].as_str().unwrap());
+    assert_eq!(observations[0]["partOf"][0]["reference"], flu_reference);
+    assert_eq!(
+        observations[0]["valueCodeableConcept"]["coding"][0]["code"],
+        "V02"
+    );
+    app.send_accepted(&replaced(VXU, "|IZ0001|", "|IZ0001-R|"))
+        .await;
+    let again = everything_for(&app, "TST500321").await;
+    let immunizations = resources_of(&again, "Immunization");
+    assert_eq!(immunizations.len(), 2, "a resend updates, not duplicates");
+    assert!(immunizations.iter().all(|i| i["meta"]["versionId"] == "1"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_completion_status_outside_table_0322_gets_ae_naming_rxa_20() {
+    let app = spawn_app().await;
+    let bad = replaced(VXU, "|CP|A", "|XX|A");
+    let ack = app.mllp_exchange(&[&bad]).await.remove(0);
+    assert_eq!(field(&ack, "MSA", 1), "AE", "{ack:?}");
+    assert_eq!(field(&ack, "ERR", 2), "RXA^1^20");
+    assert!(field(&ack, "ERR", 3).starts_with("103^"), "{ack:?}");
     app.stop().await;
 }

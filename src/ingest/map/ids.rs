@@ -19,7 +19,10 @@
 //! - Specimen: the placer's specimen id (SPM-2.1), which it has from its order on; else the
 //!   filler's (SPM-2.2) under a different prefix; else, in an order, the order's key with the
 //!   SPM set id.
-//! - Observations of an order or a specimen: as for a report, under that resource's key.
+//! - Immunization: the filler order number (ORC-3), else the placer's (ORC-2); else the
+//!   patient, the vaccine code (RXA-5) and the time given (RXA-3).
+//! - Observations of an order, a specimen or an immunization: as for a report, under that
+//!   resource's key.
 //!
 //! Identifiers without an assigning authority are scoped by the sending facility (MSH-4), so
 //! that two senders' unqualified MRN `12345` do not become one patient. That scope appears only
@@ -208,6 +211,18 @@ pub(super) fn derived_key(parent_key: &str, parts: &[&str], seen: &mut KeyCounte
     seen.unique(key(&all))
 }
 
+/// An immunization without an order number: the patient, the vaccine and when it was given.
+pub(super) fn immunization_fallback_key(
+    patient_id: &str,
+    vaccine: (&str, &str),
+    given: &str,
+    seen: &mut KeyCounter,
+) -> String {
+    let (system, code) = vaccine;
+    let parts = ["Immunization", "patient", patient_id, system, code, given];
+    seen.unique(key(&parts))
+}
+
 /// The key of one OBX within a report; `specimen` is the set id of the SPM it follows.
 pub(super) fn observation_key(
     report_key: &str,
@@ -218,7 +233,7 @@ pub(super) fn observation_key(
     let code = obx
         .field(OBX_3)
         .and_then(|f| f.repetition(1))
-        .and_then(|r| observation_code(&r));
+        .and_then(|r| cwe_key_part(&r));
     let (code, system) =
         code.ok_or_else(|| MapError::required(obx, OBX_3, "observation identifier"))?;
     let sub_id = obx.text(OBX_4).unwrap_or_default();
@@ -240,8 +255,9 @@ pub(super) fn observation_key(
     Ok(seen.unique(key(&[&base, "set id", &set_id])))
 }
 
-/// OBX-3 code and coding system; the text stands in for a missing code.
-fn observation_code(cwe: &Repetition<'_>) -> Option<(String, String)> {
+/// A CWE's code and coding system for a key (OBX-3, RXA-5); the text stands in for a missing
+/// code.
+pub(super) fn cwe_key_part(cwe: &Repetition<'_>) -> Option<(String, String)> {
     let code = code(cwe.component(1)).or_else(|| code(cwe.component(2)))?;
     Some((code, cwe.component(3).unwrap_or_default()))
 }

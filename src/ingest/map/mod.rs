@@ -1,9 +1,10 @@
 //! HL7v2 to FHIR R4 JSON: one parsed [`Message`] in, the resources it describes out.
 //!
 //! One file per target resource (`patient.rs`, `encounter.rs`, `diagnostic_report.rs`,
-//! `observation.rs`, `service_request.rs`, `specimen.rs`), each with the HL7 tables it uses as
-//! constants; `oru.rs`, `orders.rs`, `oul.rs` and `merge.rs` walk their messages' groups,
-//! `ids.rs` makes the deterministic ids, `datatypes.rs` converts the shared HL7 data types.
+//! `observation.rs`, `service_request.rs`, `specimen.rs`, `immunization.rs`), each with the
+//! HL7 tables it uses as constants; `oru.rs`, `orders.rs`, `oul.rs`, `vxu.rs` and `merge.rs`
+//! walk their messages' groups, `ids.rs` makes the deterministic ids, `datatypes.rs` converts
+//! the shared HL7 data types.
 //!
 //! Every resource has `resourceType` and `id`; references are `Patient/<id>`.
 //! No element is ever an empty string, array or object, and every `dateTime` with a time has
@@ -15,6 +16,7 @@
 //!   order (its `supportingInfo`), a Specimen per SPM (OML) with its own OBX as Observations;
 //! - OUL^R22 (`oul.rs`): a Specimen per SPM, a DiagnosticReport per OBR and an Observation per
 //!   OBX, each referring to its Specimen;
+//! - VXU^V04 (`vxu.rs`): an Immunization per RXA, an Observation (`partOf` it) per OBX;
 //! - ADT^A01/A03/A04/A08; ADT^A28/A31 (Patient only: their PV1 is a placeholder); ADT^A40
 //!   (`merge.rs`: the surviving and the merged Patient, linked).
 //!
@@ -42,6 +44,7 @@ mod datatypes;
 mod diagnostic_report;
 mod encounter;
 mod ids;
+mod immunization;
 mod merge;
 mod observation;
 mod orders;
@@ -50,6 +53,7 @@ mod oul;
 mod patient;
 mod service_request;
 mod specimen;
+mod vxu;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -268,9 +272,10 @@ pub fn map_message(msg: &Message, ctx: &MapContext) -> Result<Mapped, MapError> 
         (Some("ORU"), Some("R01")) => oru::map_oru(&ctx),
         (Some("OML"), Some("O21")) | (Some("ORM"), Some("O01")) => orders::map_orders(&ctx),
         (Some("OUL"), Some("R22")) => oul::map_oul(&ctx),
+        (Some("VXU"), Some("V04")) => vxu::map_vxu(&ctx),
         (Some("ADT"), Some("A40")) => merge::map_merge(&ctx),
         (Some("ADT"), Some(event)) if ADT_EVENTS.contains(&event) => map_adt(&ctx, event),
-        (Some("ORU" | "OML" | "ORM" | "OUL" | "ADT"), _) => Err(unsupported(201, "event")),
+        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "ADT"), _) => Err(unsupported(201, "event")),
         _ => Err(unsupported(200, "message type")),
     }
 }

@@ -72,13 +72,15 @@ const INTERPRETATION_0078: &[(&str, &str, &str)] = &[
 /// SN comparators that FHIR Quantity.comparator has.
 const SN_COMPARATORS: &[&str] = &["<", ">", "<=", ">="];
 
-/// The report (or order, specimen) an OBX belongs to.
+/// The report (or order, specimen, immunization) an OBX belongs to.
 pub(super) struct ReportContext<'a> {
     pub(super) subject: &'a Subject,
     /// OBR-7 as a FHIR dateTime.
     pub(super) effective: Option<&'a str>,
     /// The Specimen the observation was made on.
     pub(super) specimen: Option<&'a str>,
+    /// The Immunization the observation is part of (VXU).
+    pub(super) part_of: Option<&'a str>,
 }
 
 impl<'a> ReportContext<'a> {
@@ -87,11 +89,12 @@ impl<'a> ReportContext<'a> {
             subject,
             effective: None,
             specimen: None,
+            part_of: None,
         }
     }
 }
 
-/// The observations of one report, order or specimen, keyed under its key, and
+/// The observations of one report, order, specimen or immunization, keyed under its key, and
 /// whether an NTE now annotates the last of them.
 #[derive(Default)]
 pub(super) struct ObservationList {
@@ -157,7 +160,9 @@ pub(super) fn map_obx(
     let (value_key, value) = observation_value(obx, ctx)?.unzip();
     let effective = ctx.date_time(obx, OBX_14, "date/time of the observation")?;
     let effective = effective.or_else(|| report.effective.map(str::to_owned));
+    let part_of = report.part_of.map(|id| reference("Immunization", id));
     let observation = Obj::resource("Observation", id)
+        .list("partOf", part_of.into_iter().collect())
         .text("status", Some(lookup_status(obx.text(OBX_11))))
         .value("code", Some(observation_code(obx)?))
         .value("subject", Some(report.subject.patient_reference()))

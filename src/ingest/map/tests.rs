@@ -206,6 +206,8 @@ fn unsupported_types_and_events_are_200_and_201() {
         201
     );
     assert_eq!(adt("A17", "").unwrap_err().code, 201);
+    let vxu = ORU_R01_LAB.replace("ORU^R01^ORU_R01", "VXU^V05");
+    assert_eq!(mapped(&vxu).unwrap_err().code, 201);
 }
 
 #[test]
@@ -271,6 +273,11 @@ const FIXTURES: &[(&str, &str, &str)] = &[
         "oul_r22",
         include_str!("../../../tests/fixtures/oul_r22.hl7"),
         "1 Patient, 1 DiagnosticReport, 3 Observation, 1 Specimen",
+    ),
+    (
+        "vxu_v04",
+        include_str!("../../../tests/fixtures/vxu_v04.hl7"),
+        "1 Patient, 2 Immunization, 1 Observation",
     ),
 ];
 
