@@ -1,7 +1,7 @@
-//! Reports, observations, visits, orders, specimens and immunizations get their ids from
-//! order, visit and specimen numbers (DESIGN.md, "ids"). A sender that reuses one of those
-//! numbers for another patient would otherwise move the stored resource, with what refers to
-//! it, to that patient; such a message is refused instead.
+//! Reports, observations, visits, orders, specimens, immunizations and documents get their ids
+//! from order, visit, specimen and document numbers (DESIGN.md, "ids"). A sender that reuses
+//! one of those numbers for another patient would otherwise move the stored resource, with
+//! what refers to it, to that patient; such a message is refused instead.
 //!
 //! The check and the commit run under [`OwnerLocks`] for the resources concerned, so two
 //! messages racing with the same number for two patients cannot both pass it. The locks are
@@ -23,6 +23,7 @@ const OWNED_TYPES: &[&str] = &[
     "ServiceRequest",
     "Specimen",
     "Immunization",
+    "DocumentReference",
 ];
 /// Types locked while a message is checked and written without being owned: a Patient is
 /// merged with its stored version (`ingest::stored`), which must not change in between.

@@ -266,6 +266,7 @@ const LABELLED_TYPES: &[(&str, &str)] = &[
     ("ADT", "A28"),
     ("ADT", "A31"),
     ("ADT", "A40"),
+    ("MDM", "T02"),
     ("OML", "O21"),
     ("ORM", "O01"),
     ("ORU", "R01"),

@@ -1,4 +1,5 @@
-//! Patient merges (ADT^A40), person records (ADT^A28) and immunizations (VXU^V04) over real MLLP connections, checked through the FHIR API.
+//! Patient merges (ADT^A40), person records (ADT^A28), immunizations (VXU^V04) and documents
+//! (MDM^T02) over real MLLP connections, checked through the FHIR API.
 
 use serde_json::Value;
 
@@ -8,8 +9,12 @@ const ADT_A01: &[u8] = include_bytes!("../fixtures/adt_a01.hl7");
 const ADT_A28: &[u8] = include_bytes!("../fixtures/adt_a28.hl7");
 const ADT_A40: &[u8] = include_bytes!("../fixtures/adt_a40.hl7");
 const VXU: &[u8] = include_bytes!("../fixtures/vxu_v04.hl7");
+const MDM: &[u8] = include_bytes!("../fixtures/mdm_t02.hl7");
 const SURVIVOR_MRN: &str = "TST200777";
 const MERGED_MRN: &str = "TST200999";
+/// The text of the OBX of `mdm_t02.hl7`, base64.
+const SUMMARY_BASE64: &str =
+    "QWRtaXR0ZWQgd2l0aCBjaGVzdCBwYWluLgpUcm9wb25pbiBuZWdhdGl2ZS4KRGlzY2hhcmdlZCBob21lIG9uIGRheSB0d28u";
 
 /// The one Patient with identifier `mrn`.
 async fn patient(app: &TestApp, mrn: &str) -> Value {
@@ -164,5 +169,30 @@ async fn a_completion_status_outside_table_0322_gets_ae_naming_rxa_20() {
     assert_eq!(field(&ack, "MSA", 1), "AE", "{ack:?}");
     assert_eq!(field(&ack, "ERR", 2), "RXA^1^20");
     assert!(field(&ack, "ERR", 3).starts_with("103^"), "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_mdm_t02_stores_the_document_with_its_text() {
+    let app = spawn_app().await;
+    let ack = app.send_accepted(MDM).await;
+    assert_eq!(field(&ack, "MSH", 9), "ACK^T02^ACK");
+    let bundle = everything_for(&app, SURVIVOR_MRN).await;
+    let documents = resources_of(&bundle, "DocumentReference");
+    assert_eq!(documents.len(), 1);
+    let document = documents[0];
+    assert_eq!(document["masterIdentifier"]["value"], "DOC-7781");
+    assert_eq!(document["status"], "current");
+    assert_eq!(document["docStatus"], "final");
+    assert_eq!(document["type"]["coding"][0]["code"], "DS");
+    assert_eq!(document["date"], "2024-07-07T15:00:00+01:00");
+    let attachment = &document["content"][0]["attachment"];
+    assert_eq!(attachment["contentType"], "text/plain; charset=utf-8");
+    assert_eq!(attachment["data"], SUMMARY_BASE64);
+    let encounter = resources_of(&bundle, "Encounter")[0];
+    assert_eq!(
+        document["context"]["encounter"][0]["reference"],
+        format!("Encounter/{}", encounter["id"].as_str().unwrap())
+    );
     app.stop().await;
 }

@@ -21,6 +21,7 @@
 //!   SPM set id.
 //! - Immunization: the filler order number (ORC-3), else the placer's (ORC-2); else the
 //!   patient, the vaccine code (RXA-5) and the time given (RXA-3).
+//! - DocumentReference: the unique document number (TXA-12).
 //! - Observations of an order, a specimen or an immunization: as for a report, under that
 //!   resource's key.
 //!
@@ -209,6 +210,14 @@ pub(super) fn derived_key(parent_key: &str, parts: &[&str], seen: &mut KeyCounte
     let mut all = vec![parent_key];
     all.extend_from_slice(parts);
     seen.unique(key(&all))
+}
+
+pub(super) fn document_key(document: &Ident, scope: &Scope) -> String {
+    key(&[
+        "DocumentReference",
+        &scope.system(document),
+        &document.value,
+    ])
 }
 
 /// An immunization without an order number: the patient, the vaccine and when it was given.

@@ -1,10 +1,10 @@
 //! HL7v2 to FHIR R4 JSON: one parsed [`Message`] in, the resources it describes out.
 //!
 //! One file per target resource (`patient.rs`, `encounter.rs`, `diagnostic_report.rs`,
-//! `observation.rs`, `service_request.rs`, `specimen.rs`, `immunization.rs`), each with the
-//! HL7 tables it uses as constants; `oru.rs`, `orders.rs`, `oul.rs`, `vxu.rs` and `merge.rs`
-//! walk their messages' groups, `ids.rs` makes the deterministic ids, `datatypes.rs` converts
-//! the shared HL7 data types.
+//! `observation.rs`, `service_request.rs`, `specimen.rs`, `immunization.rs`,
+//! `document_reference.rs`), each with the HL7 tables it uses as constants; `oru.rs`,
+//! `orders.rs`, `oul.rs`, `vxu.rs` and `merge.rs` walk their messages' groups, `ids.rs` makes
+//! the deterministic ids, `datatypes.rs` converts the shared HL7 data types.
 //!
 //! Every resource has `resourceType` and `id`; references are `Patient/<id>`.
 //! No element is ever an empty string, array or object, and every `dateTime` with a time has
@@ -17,6 +17,7 @@
 //! - OUL^R22 (`oul.rs`): a Specimen per SPM, a DiagnosticReport per OBR and an Observation per
 //!   OBX, each referring to its Specimen;
 //! - VXU^V04 (`vxu.rs`): an Immunization per RXA, an Observation (`partOf` it) per OBX;
+//! - MDM^T02 (`document_reference.rs`): a DocumentReference from TXA with the OBX content;
 //! - ADT^A01/A03/A04/A08; ADT^A28/A31 (Patient only: their PV1 is a placeholder); ADT^A40
 //!   (`merge.rs`: the surviving and the merged Patient, linked).
 //!
@@ -42,6 +43,7 @@
 
 mod datatypes;
 mod diagnostic_report;
+mod document_reference;
 mod encounter;
 mod ids;
 mod immunization;
@@ -273,9 +275,12 @@ pub fn map_message(msg: &Message, ctx: &MapContext) -> Result<Mapped, MapError> 
         (Some("OML"), Some("O21")) | (Some("ORM"), Some("O01")) => orders::map_orders(&ctx),
         (Some("OUL"), Some("R22")) => oul::map_oul(&ctx),
         (Some("VXU"), Some("V04")) => vxu::map_vxu(&ctx),
+        (Some("MDM"), Some("T02")) => document_reference::map_mdm(&ctx),
         (Some("ADT"), Some("A40")) => merge::map_merge(&ctx),
         (Some("ADT"), Some(event)) if ADT_EVENTS.contains(&event) => map_adt(&ctx, event),
-        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "ADT"), _) => Err(unsupported(201, "event")),
+        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "MDM" | "ADT"), _) => {
+            Err(unsupported(201, "event"))
+        }
         _ => Err(unsupported(200, "message type")),
     }
 }

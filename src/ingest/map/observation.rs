@@ -147,7 +147,8 @@ pub(super) fn is_attachment(obx: &Segment<'_>) -> bool {
     value_type(obx).as_deref() == Some("ED")
 }
 
-fn value_type(obx: &Segment<'_>) -> Option<String> {
+/// OBX-2, upper case.
+pub(super) fn value_type(obx: &Segment<'_>) -> Option<String> {
     code(obx.text(OBX_2)).map(|t| t.to_ascii_uppercase())
 }
 
@@ -255,7 +256,7 @@ fn single_value<'m>(obx: &Segment<'m>, field: &Field<'m>) -> Result<Repetition<'
 }
 
 /// ST/TX/FT: repetitions are lines; empty repetitions are blank lines.
-fn text_value(field: &Field<'_>) -> Option<String> {
+pub(super) fn text_value(field: &Field<'_>) -> Option<String> {
     let lines: Vec<String> = field
         .repetitions()
         .map(|r| r.text().unwrap_or_default())

@@ -194,7 +194,7 @@ fn same_patient_gets_the_same_id_from_adt_and_oru_of_one_sender() {
 
 #[test]
 fn unsupported_types_and_events_are_200_and_201() {
-    let err = mapped(&ORU_R01_LAB.replace("ORU^R01^ORU_R01", "MDM^T02^MDM_T02")).unwrap_err();
+    let err = mapped(&ORU_R01_LAB.replace("ORU^R01^ORU_R01", "DFT^P03^DFT_P03")).unwrap_err();
     assert_eq!(
         (err.code, err.location),
         (200, Some(("MSH".to_owned(), 1, 9)))
@@ -278,6 +278,11 @@ const FIXTURES: &[(&str, &str, &str)] = &[
         "vxu_v04",
         include_str!("../../../tests/fixtures/vxu_v04.hl7"),
         "1 Patient, 2 Immunization, 1 Observation",
+    ),
+    (
+        "mdm_t02",
+        include_str!("../../../tests/fixtures/mdm_t02.hl7"),
+        "1 Patient, 1 Encounter, 1 DocumentReference",
     ),
 ];
 
