@@ -1,7 +1,8 @@
 //! HL7v2 ingest: what happens to a frame between the MLLP transport and the ACK.
 //!
 //! For each message in a frame: parse ([`v2`]), continue the sender's trace from its `ZTR`,
-//! map to FHIR ([`map`]), check every resource against the R4 model, then write the resources
+//! map to FHIR ([`map`]), check every resource against the R4 model, merge the few that must
+//! keep what is stored (`stored`: patient links, amended resources), then write the resources
 //! and the raw message with its ACK in one transaction. The ACK goes back only after that
 //! commit: AA when stored, AE when the content is wrong or the store failed (the sender may
 //! retry), AR when the message cannot be read or is of a type not handled. Rejected messages are
@@ -10,6 +11,7 @@
 pub mod map;
 mod ownership;
 mod process;
+mod stored;
 pub mod v2;
 mod verdict;
 

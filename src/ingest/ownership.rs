@@ -1,6 +1,7 @@
-//! Reports, observations and visits get their ids from order and visit numbers (DESIGN.md,
-//! "ids"). A sender that reuses one of those numbers for another patient would otherwise move
-//! the stored report, with its results, to that patient; such a message is refused instead.
+//! Reports, observations, visits, orders, specimens, immunizations and documents get their ids
+//! from order, visit, specimen and document numbers (DESIGN.md, "ids"). A sender that reuses
+//! one of those numbers for another patient would otherwise move the stored resource, with
+//! what refers to it, to that patient; such a message is refused instead.
 //!
 //! The check and the commit run under [`OwnerLocks`] for the resources concerned, so two
 //! messages racing with the same number for two patients cannot both pass it. The locks are
@@ -15,7 +16,18 @@ use crate::store::{Store, StoreError, WriteOp};
 
 /// Table 0357: duplicate key identifier.
 const DUPLICATE_KEY: u16 = 205;
-const OWNED_TYPES: &[&str] = &["DiagnosticReport", "Observation", "Encounter"];
+const OWNED_TYPES: &[&str] = &[
+    "DiagnosticReport",
+    "Observation",
+    "Encounter",
+    "ServiceRequest",
+    "Specimen",
+    "Immunization",
+    "DocumentReference",
+];
+/// Types locked while a message is checked and written without being owned: a Patient is
+/// merged with its stored version (`ingest::stored`), which must not change in between.
+const LOCKED_TYPES: &[&str] = &["Patient"];
 
 /// Locks over the ids of owned resources, one per id. Held from the ownership check until the
 /// commit returns, which under group commit includes the wait in the lane: coarser locks
@@ -53,7 +65,7 @@ impl OwnerLocks {
         let mut ids: Vec<String> = ops
             .iter()
             .filter_map(|op| match op {
-                WriteOp::Upsert(w) if OWNED_TYPES.contains(&w.resource_type.as_str()) => {
+                WriteOp::Upsert(w) if is_locked(&w.resource_type) => {
                     Some(format!("{}/{}", w.resource_type, w.id))
                 }
                 _ => None,
@@ -74,6 +86,10 @@ impl OwnerLocks {
             released.await;
         }
     }
+}
+
+fn is_locked(resource_type: &str) -> bool {
+    OWNED_TYPES.contains(&resource_type) || LOCKED_TYPES.contains(&resource_type)
 }
 
 /// An error naming the first resource that already belongs to another patient, if any.
@@ -110,9 +126,10 @@ pub async fn foreign_owner(store: &Store, ops: &[WriteOp]) -> Result<Option<AckE
     Ok(None)
 }
 
+/// The patient a resource belongs to: `subject`, or `patient` for an Immunization.
 fn subject_of(resource: &Value) -> Option<String> {
-    resource
-        .pointer("/subject/reference")
-        .and_then(Value::as_str)
+    ["/subject/reference", "/patient/reference"]
+        .iter()
+        .find_map(|path| resource.pointer(path).and_then(Value::as_str))
         .map(String::from)
 }

@@ -9,10 +9,11 @@ use tracing::Instrument;
 
 use super::map::MapContext;
 use super::ownership::{foreign_owner, OwnerLocks};
+use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
 };
-use super::verdict::{decide, Decision, Verdict};
+use super::verdict::{decide, Accepted, Decision, Verdict};
 use crate::config::Config;
 use crate::store::{now_us, payload_hash, Hl7MessageRow, Lane, Store, WriteBatch};
 use crate::telemetry::metrics::metrics;
@@ -150,11 +151,12 @@ impl Hl7Ingest {
         }
         async {
             let ops: &[_] = match &verdict {
-                Verdict::Accept(ops) => ops,
+                Verdict::Accept(accepted) => &accepted.ops,
                 _ => &[],
             };
             let _owners = self.owner_locks.lock(ops).await;
             let verdict = self.check_ownership(verdict).await;
+            let verdict = self.merge_stored(verdict).await;
             self.commit(raw.bytes(), raw.header(), verdict, origin, lane, started)
                 .await
         }
@@ -200,11 +202,11 @@ impl Hl7Ingest {
     }
 
     async fn check_ownership(&self, verdict: Verdict) -> Verdict {
-        let Verdict::Accept(ops) = verdict else {
+        let Verdict::Accept(accepted) = verdict else {
             return verdict;
         };
-        match foreign_owner(&self.store, &ops).await {
-            Ok(None) => Verdict::Accept(ops),
+        match foreign_owner(&self.store, &accepted.ops).await {
+            Ok(None) => Verdict::Accept(accepted),
             Ok(Some(error)) => Verdict::Refuse(AckCode::AE, error),
             Err(err) => {
                 tracing::warn!(error = %err, "checking stored owners failed; answering AE");
@@ -212,6 +214,32 @@ impl Hl7Ingest {
                     AckCode::AE,
                     internal("the message could not be stored; resend it later"),
                 )
+            }
+        }
+    }
+
+    /// Merges the resources that keep what is stored with their stored versions
+    /// (`ingest::stored`); the write then requires those versions to be current still.
+    async fn merge_stored(&self, verdict: Verdict) -> Verdict {
+        let Verdict::Accept(mut accepted) = verdict else {
+            return verdict;
+        };
+        let merged = merge_with_stored(&self.store, &mut accepted.ops, &accepted.amended).await;
+        match merged {
+            Ok(preconditions) => {
+                accepted.preconditions = preconditions;
+                Verdict::Accept(accepted)
+            }
+            Err(MergeError::Store(err)) => {
+                tracing::warn!(error = %err, "reading stored versions failed; answering AE");
+                let error = internal("the message could not be stored; resend it later");
+                Verdict::Refuse(AckCode::AE, error)
+            }
+            Err(MergeError::Invalid { resource_type }) => {
+                tracing::error!(%resource_type, "a merged resource failed R4 validation");
+                let message =
+                    format!("the {resource_type} merged from this message is not valid FHIR");
+                Verdict::Refuse(AckCode::AE, internal(&message))
             }
         }
     }
@@ -226,19 +254,19 @@ impl Hl7Ingest {
         lane: Lane,
         started: Instant,
     ) -> Answer {
-        let (code, errors, ops) = match verdict {
-            Verdict::Accept(ops) => (Some(AckCode::AA), Vec::new(), ops),
-            Verdict::Refuse(code, error) => (Some(code), vec![error], Vec::new()),
-            Verdict::Silent => (None, Vec::new(), Vec::new()),
+        let (code, errors, accepted) = match verdict {
+            Verdict::Accept(accepted) => (Some(AckCode::AA), Vec::new(), accepted),
+            Verdict::Refuse(code, error) => (Some(code), vec![error], Accepted::default()),
+            Verdict::Silent => (None, Vec::new(), Accepted::default()),
         };
         let ack = code
             .map(|code| ack_for(header, code, &errors))
             .unwrap_or_default();
         let row = message_row(bytes, header, code, &ack, &origin.peer);
         let batch = WriteBatch {
-            ops,
+            ops: accepted.ops,
             hl7_messages: vec![row],
-            ..WriteBatch::default()
+            preconditions: accepted.preconditions,
         };
         let stored = self.store.write_in(batch, lane).await;
         let Some(code) = code else {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::map::{map_message, MapContext, MapError};
 use super::v2::{AckCode, AckError, Message, RawMessage};
-use crate::store::{Lane, ResourceWrite, WriteOp};
+use crate::store::{Lane, Precondition, ResourceWrite, WriteOp};
 use crate::telemetry::TraceParent;
 
 const REQUIRED_FIELD_MISSING: u16 = 101;
@@ -18,10 +18,20 @@ const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
 
 /// What to do with a message.
 pub enum Verdict {
-    Accept(Vec<WriteOp>),
+    Accept(Accepted),
     Refuse(AckCode, AckError),
     /// Store it, answer nothing: an acknowledgement is never acknowledged.
     Silent,
+}
+
+/// The writes of an accepted message.
+#[derive(Default)]
+pub struct Accepted {
+    pub ops: Vec<WriteOp>,
+    /// Ids of the resources that amend their stored version (see `ingest::stored`).
+    pub amended: Vec<String>,
+    /// What the stored versions must still be for the merges made from them to stand.
+    pub preconditions: Vec<(String, String, Precondition)>,
 }
 
 /// The verdict on a message, the trace context its ZTR carried, and its lane.
@@ -96,7 +106,11 @@ fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
             Err(err) => return Verdict::Refuse(AckCode::AE, err),
         }
     }
-    Verdict::Accept(ops)
+    Verdict::Accept(Accepted {
+        ops,
+        amended: mapped.amended,
+        preconditions: Vec::new(),
+    })
 }
 
 fn trace_parent(message: &Message) -> Option<TraceParent> {

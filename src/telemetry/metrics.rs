@@ -308,8 +308,15 @@ const LABELLED_TYPES: &[(&str, &str)] = &[
     ("ADT", "A03"),
     ("ADT", "A04"),
     ("ADT", "A08"),
+    ("ADT", "A28"),
     ("ADT", "A31"),
+    ("ADT", "A40"),
+    ("MDM", "T02"),
+    ("OML", "O21"),
+    ("ORM", "O01"),
     ("ORU", "R01"),
+    ("OUL", "R22"),
+    ("VXU", "V04"),
 ];
 
 fn labelled_type(code: &str, trigger: &str) -> (String, String) {

@@ -18,6 +18,8 @@ mod kafka_broker;
 mod mllp_client;
 mod mllp_hostile;
 mod mllp_ingest;
+mod mllp_lab_orders;
+mod mllp_patient_records;
 mod ops_endpoints;
 mod otlp_export;
 mod replay_cli;

@@ -2,38 +2,12 @@
 
 use serde_json::Value;
 
-use crate::support::{field, spawn_app};
+use crate::support::{everything_for, field, resources_of, spawn_app};
 
 const ORU: &[u8] = include_bytes!("../fixtures/oru_r01_ztr.hl7");
 const ADT: &[u8] = include_bytes!("../fixtures/adt_a01.hl7");
 const SENDER_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const SENDER_SPAN_ID: &str = "b7ad6b7169203331";
-
-async fn everything_for(app: &crate::support::TestApp, mrn: &str) -> Value {
-    let (status, found) = app.get_json(&format!("/Patient?identifier={mrn}")).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        found["total"], 1,
-        "one patient with identifier {mrn}: {found}"
-    );
-    let id = found["entry"][0]["resource"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (status, bundle) = app.get_json(&format!("/Patient/{id}/$everything")).await;
-    assert_eq!(status, 200);
-    bundle
-}
-
-fn resources_of<'a>(bundle: &'a Value, resource_type: &str) -> Vec<&'a Value> {
-    bundle["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| &e["resource"])
-        .filter(|r| r["resourceType"] == resource_type)
-        .collect()
-}
 
 #[tokio::test]
 async fn an_oru_with_a_ztr_is_acknowledged_aa_continuing_its_trace() {

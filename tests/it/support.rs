@@ -141,6 +141,13 @@ impl TestApp {
         answers
     }
 
+    /// Sends one message on a new connection and returns its ACK, which must be an AA.
+    pub async fn send_accepted(&self, message: &[u8]) -> String {
+        let ack = self.mllp_exchange(&[message]).await.remove(0);
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack:?}");
+        ack
+    }
+
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -150,6 +157,41 @@ impl TestApp {
             result.expect("the server stops in time").unwrap().unwrap();
         }
     }
+}
+
+/// `$everything` of the one patient with identifier `mrn`.
+pub async fn everything_for(app: &TestApp, mrn: &str) -> Value {
+    let (status, found) = app.get_json(&format!("/Patient?identifier={mrn}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        found["total"], 1,
+        "one patient with identifier {mrn}: {found}"
+    );
+    let id = found["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, bundle) = app.get_json(&format!("/Patient/{id}/$everything")).await;
+    assert_eq!(status, 200);
+    bundle
+}
+
+/// The resources of one type in a Bundle.
+pub fn resources_of<'a>(bundle: &'a Value, resource_type: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == resource_type)
+        .collect()
+}
+
+/// A fixture with one text in it replaced, which must be there.
+pub fn replaced(message: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = String::from_utf8(message.to_vec()).unwrap();
+    assert!(text.contains(from), "{from}");
+    text.replace(from, to).into_bytes()
 }
 
 /// Reads one MLLP frame and returns its payload as text.

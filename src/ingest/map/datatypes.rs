@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use crate::ingest::v2::Repetition;
+use crate::ingest::v2::{Repetition, Segment};
 
 /// Coding-system names (HL7 table 0396) with a known FHIR system URI. `HL7nnnn` names become
 /// `http://terminology.hl7.org/CodeSystem/v2-nnnn`; any other name becomes
@@ -28,8 +28,9 @@ const CODING_SYSTEMS: &[(&str, &str)] = &[
 /// HL7 table 0203 identifier types written as codes of the FHIR v2-0203 system; any other
 /// CX-5 value is kept as `type.text`.
 const IDENTIFIER_TYPES_0203: &[&str] = &[
-    "AN", "BR", "DL", "DN", "EI", "EN", "FILL", "JHN", "MA", "MC", "MR", "NH", "NI", "NIIP", "NPI",
-    "PI", "PLAC", "PN", "PPN", "PRN", "PT", "RRI", "SB", "SN", "SR", "SS", "TAX", "U", "VN", "XX",
+    "AN", "BR", "DL", "DN", "EI", "EN", "FGN", "FILL", "JHN", "MA", "MC", "MR", "NH", "NI", "NIIP",
+    "NPI", "PGN", "PI", "PLAC", "PN", "PPN", "PRN", "PT", "RRI", "SB", "SN", "SR", "SS", "TAX",
+    "U", "VN", "XX",
 ];
 
 const V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
@@ -153,6 +154,21 @@ pub(super) fn codeable_concept(cwe: &Repetition<'_>) -> Option<Value> {
         .build_non_empty()
 }
 
+/// The first repetition of a CWE field as a CodeableConcept.
+pub(super) fn first_cwe(seg: &Segment<'_>, field: usize) -> Option<Value> {
+    let rep = seg.field(field)?.repetition(1)?;
+    codeable_concept(&rep)
+}
+
+/// Every repetition of a CWE field, each a CodeableConcept.
+pub(super) fn all_cwe(seg: &Segment<'_>, field: usize) -> Vec<Value> {
+    let Some(field) = seg.field(field) else {
+        return Vec::new();
+    };
+    let concepts = field.repetitions().filter_map(|r| codeable_concept(&r));
+    concepts.collect()
+}
+
 fn coding(cwe: &Repetition<'_>, code_at: usize, display: usize, system: usize) -> Option<Value> {
     let code = code(cwe.component(code_at))?;
     let system = cwe.component(system).map(|name| coding_system_uri(&name));
@@ -189,6 +205,22 @@ impl Ident {
         Some(Ident {
             value: trimmed(ei.component(1))?,
             system,
+            type_code: None,
+        })
+    }
+
+    /// The EI in the first repetition of `seg`-`field` (an order number).
+    pub(super) fn ei_at(seg: &Segment<'_>, field: usize) -> Option<Ident> {
+        let rep = seg.field(field)?.repetition(1)?;
+        Ident::from_ei(&rep)
+    }
+
+    /// EI written in the subcomponents of component `n` (EIP: 1 placer's, 2 filler's part).
+    pub(super) fn from_ei_in(rep: &Repetition<'_>, n: usize) -> Option<Ident> {
+        let sub = |m| rep.subcomponent(n, m);
+        Some(Ident {
+            value: trimmed(sub(1))?,
+            system: super::ids::authority_system(sub(2), sub(3), sub(4)),
             type_code: None,
         })
     }

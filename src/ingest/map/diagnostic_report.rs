@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::datatypes::{codeable_concept, reference, Ident, Obj};
-use super::ids::{observation_key, report_key, resource_id, KeyCounter, OrderNumber};
-use super::observation::{self, ReportContext};
+use super::ids::{report_key, resource_id, KeyCounter, OrderNumber};
+use super::observation::{self, ObservationList, ReportContext};
 use super::{Ctx, MapError, Subject};
 use crate::ingest::v2::Segment;
 
@@ -40,12 +40,11 @@ pub(super) struct ReportBuilder<'m> {
     key: String,
     identifiers: Vec<Value>,
     effective: Option<String>,
-    observations: Vec<Value>,
+    observations: ObservationList,
     attachments: Vec<Value>,
     specimen: Option<String>,
-    /// Whether an NTE now annotates the last observation.
-    notes_to_last: bool,
-    observation_keys: KeyCounter,
+    /// The Specimen resource the report is about (OUL^R22).
+    specimen_id: Option<String>,
 }
 
 impl<'m> ReportBuilder<'m> {
@@ -77,18 +76,23 @@ impl<'m> ReportBuilder<'m> {
                 .collect(),
             effective: ctx.date_time(&obr, OBR_7, "observation date/time")?,
             obr,
-            observations: Vec::new(),
+            observations: ObservationList::default(),
             attachments: Vec::new(),
             specimen: None,
-            notes_to_last: false,
-            observation_keys: KeyCounter::default(),
+            specimen_id: None,
         })
+    }
+
+    /// The report and its observations are about this Specimen.
+    pub(super) fn on_specimen(mut self, specimen_id: &str) -> Self {
+        self.specimen_id = Some(specimen_id.to_owned());
+        self
     }
 
     /// OBX after this SPM describe the specimen.
     pub(super) fn enter_specimen(&mut self, spm: &Segment<'_>) {
         self.specimen = Some(spm.text(SPM_1).unwrap_or_else(|| "1".to_owned()));
-        self.notes_to_last = false;
+        self.observations.end_notes();
     }
 
     pub(super) fn add_obx(
@@ -97,44 +101,37 @@ impl<'m> ReportBuilder<'m> {
         ctx: &Ctx<'_>,
         subject: &Subject,
     ) -> Result<(), MapError> {
-        self.notes_to_last = false;
         if observation::is_attachment(obx) {
+            self.observations.end_notes();
             self.attachments.extend(observation::attachment(obx)?);
             return Ok(());
         }
-        let key = observation_key(
-            &self.key,
-            obx,
-            self.specimen.as_deref(),
-            &mut self.observation_keys,
-        )?;
         let report = ReportContext {
-            subject,
             effective: self.effective.as_deref(),
+            specimen: self.specimen_id.as_deref(),
+            ..ReportContext::of(subject)
         };
-        let mapped = observation::map_obx(obx, &resource_id(&key), &report, ctx)?;
-        self.observations.push(mapped);
-        self.notes_to_last = true;
-        Ok(())
+        let specimen_set = self.specimen.as_deref();
+        self.observations
+            .add(obx, &self.key, specimen_set, &report, ctx)
     }
 
     pub(super) fn add_note(&mut self, nte: &Segment<'_>) {
-        if let Some(last) = self.observations.last_mut().filter(|_| self.notes_to_last) {
-            observation::add_note(last, nte);
-        }
+        self.observations.add_note(nte);
     }
 
     /// A segment other than NTE or PRT ends the notes of the last observation.
     pub(super) fn end_notes(&mut self) {
-        self.notes_to_last = false;
+        self.observations.end_notes();
     }
 
     /// The DiagnosticReport followed by its Observations.
     pub(super) fn finish(self, ctx: &Ctx<'_>, subject: &Subject) -> Result<Vec<Value>, MapError> {
         let obr = &self.obr;
         let issued = ctx.instant(obr, OBR_22, "results report date/time")?;
-        let results = self.observations.iter().filter_map(|o| o["id"].as_str());
-        let results = results.map(|id| reference("Observation", id)).collect();
+        let results = self.observations.ids().into_iter();
+        let results = results.map(|id| reference("Observation", &id)).collect();
+        let specimen = self.specimen_id.map(|id| reference("Specimen", &id));
         let report = Obj::resource("DiagnosticReport", &self.id)
             .list("identifier", self.identifiers)
             .text("status", Some(report_status(obr.text(OBR_25))))
@@ -143,10 +140,11 @@ impl<'m> ReportBuilder<'m> {
             .value("encounter", subject.encounter_reference())
             .text("effectiveDateTime", self.effective)
             .text("issued", issued)
+            .list("specimen", specimen.into_iter().collect())
             .list("result", results)
             .list("presentedForm", self.attachments);
         Ok(std::iter::once(report.build())
-            .chain(self.observations)
+            .chain(self.observations.into_resources())
             .collect())
     }
 }
@@ -158,7 +156,7 @@ fn service_code(obr: &Segment<'_>) -> Result<Value, MapError> {
 }
 
 /// The EI of an OBR field, else of the matching ORC field.
-fn order_ident(
+pub(super) fn order_ident(
     obr: &Segment<'_>,
     orc: Option<&Segment<'_>>,
     at_obr: usize,

@@ -14,6 +14,16 @@
 //!   under SPM the SPM set id. When that repeats within one report (same code, no sub-id),
 //!   OBX-1 is added as a last resort, then the occurrence number.
 //! - Encounter: PV1-19 visit number with its authority.
+//! - ServiceRequest: the placer order number (OBR-2, else ORC-2), which the order has from its
+//!   first message on; else the filler order number under a different prefix.
+//! - Specimen: the placer's specimen id (SPM-2.1), which it has from its order on; else the
+//!   filler's (SPM-2.2) under a different prefix; else, in an order, the order's key with the
+//!   SPM set id.
+//! - Immunization: the filler order number (ORC-3), else the placer's (ORC-2); else the
+//!   patient, the vaccine code (RXA-5) and the time given (RXA-3).
+//! - DocumentReference: the unique document number (TXA-12).
+//! - Observations of an order, a specimen or an immunization: as for a report, under that
+//!   resource's key.
 //!
 //! Identifiers without an assigning authority are scoped by the sending facility (MSH-4), so
 //! that two senders' unqualified MRN `12345` do not become one patient. That scope appears only
@@ -118,14 +128,23 @@ impl Scope {
 
 /// The PID-3 repetition that identifies the patient: the first typed MR, else the first.
 pub(super) fn patient_identifier(pid: &Segment<'_>) -> Result<Ident, MapError> {
-    let idents: Vec<Ident> = pid
-        .field(PID_3)
+    identifier_list_key(pid, PID_3, "patient identifier list")
+}
+
+/// The repetition of a CX list (PID-3, MRG-1) that identifies a patient, by the PID-3 rule.
+pub(super) fn identifier_list_key(
+    seg: &Segment<'_>,
+    field: usize,
+    what: &str,
+) -> Result<Ident, MapError> {
+    let idents: Vec<Ident> = seg
+        .field(field)
         .map(|f| f.repetitions().filter_map(|r| Ident::from_cx(&r)).collect())
         .unwrap_or_default();
     let mr = idents.iter().find(|i| i.type_code.as_deref() == Some("MR"));
     mr.or(idents.first())
         .cloned()
-        .ok_or_else(|| MapError::required(pid, PID_3, "patient identifier list"))
+        .ok_or_else(|| MapError::required(seg, field, what))
 }
 
 pub(super) fn patient_key(ident: &Ident, scope: &Scope) -> String {
@@ -164,16 +183,53 @@ pub(super) enum OrderNumber {
 }
 
 pub(super) fn report_key(order: &OrderNumber, scope: &Scope, seen: &mut KeyCounter) -> String {
+    order_key("DiagnosticReport", order, scope, seen)
+}
+
+/// The key of a resource identified by an order (or specimen) number.
+pub(super) fn order_key(
+    resource_type: &str,
+    order: &OrderNumber,
+    scope: &Scope,
+    seen: &mut KeyCounter,
+) -> String {
     let (kind, ident) = match order {
         OrderNumber::Filler(ident) => ("filler", ident),
         OrderNumber::Placer(ident) => ("placer", ident),
     };
     seen.unique(key(&[
-        "DiagnosticReport",
+        resource_type,
         kind,
         &scope.system(ident),
         &ident.value,
     ]))
+}
+
+/// The key of a resource that has no number of its own: `parts` under its parent's key.
+pub(super) fn derived_key(parent_key: &str, parts: &[&str], seen: &mut KeyCounter) -> String {
+    let mut all = vec![parent_key];
+    all.extend_from_slice(parts);
+    seen.unique(key(&all))
+}
+
+pub(super) fn document_key(document: &Ident, scope: &Scope) -> String {
+    key(&[
+        "DocumentReference",
+        &scope.system(document),
+        &document.value,
+    ])
+}
+
+/// An immunization without an order number: the patient, the vaccine and when it was given.
+pub(super) fn immunization_fallback_key(
+    patient_id: &str,
+    vaccine: (&str, &str),
+    given: &str,
+    seen: &mut KeyCounter,
+) -> String {
+    let (system, code) = vaccine;
+    let parts = ["Immunization", "patient", patient_id, system, code, given];
+    seen.unique(key(&parts))
 }
 
 /// The key of one OBX within a report; `specimen` is the set id of the SPM it follows.
@@ -186,7 +242,7 @@ pub(super) fn observation_key(
     let code = obx
         .field(OBX_3)
         .and_then(|f| f.repetition(1))
-        .and_then(|r| observation_code(&r));
+        .and_then(|r| cwe_key_part(&r));
     let (code, system) =
         code.ok_or_else(|| MapError::required(obx, OBX_3, "observation identifier"))?;
     let sub_id = obx.text(OBX_4).unwrap_or_default();
@@ -208,8 +264,9 @@ pub(super) fn observation_key(
     Ok(seen.unique(key(&[&base, "set id", &set_id])))
 }
 
-/// OBX-3 code and coding system; the text stands in for a missing code.
-fn observation_code(cwe: &Repetition<'_>) -> Option<(String, String)> {
+/// A CWE's code and coding system for a key (OBX-3, RXA-5); the text stands in for a missing
+/// code.
+pub(super) fn cwe_key_part(cwe: &Repetition<'_>) -> Option<(String, String)> {
     let code = code(cwe.component(1)).or_else(|| code(cwe.component(2)))?;
     Some((code, cwe.component(3).unwrap_or_default()))
 }

@@ -1,15 +1,26 @@
 //! HL7v2 to FHIR R4 JSON: one parsed [`Message`] in, the resources it describes out.
 //!
 //! One file per target resource (`patient.rs`, `encounter.rs`, `diagnostic_report.rs`,
-//! `observation.rs`), each with the HL7 tables it uses as constants; `oru.rs` walks the
-//! ORU^R01 groups, `ids.rs` makes the deterministic ids, `datatypes.rs` converts the shared
-//! HL7 data types. Every resource has `resourceType` and `id`; references are `Patient/<id>`.
+//! `observation.rs`, `service_request.rs`, `specimen.rs`, `immunization.rs`,
+//! `document_reference.rs`), each with the HL7 tables it uses as constants; `oru.rs`,
+//! `orders.rs`, `oul.rs`, `vxu.rs` and `merge.rs` walk their messages' groups, `ids.rs` makes
+//! the deterministic ids, `datatypes.rs` converts the shared HL7 data types.
+//!
+//! Every resource has `resourceType` and `id`; references are `Patient/<id>`.
 //! No element is ever an empty string, array or object, and every `dateTime` with a time has
 //! an offset ([`MapContext::default_utc_offset`] when the sender gave none).
 //!
-//! Supported: ORU^R01 (Patient, Encounter when PV1-19 is present, a DiagnosticReport per OBR,
-//! an Observation per OBX including OBX under SPM); ADT^A01/A03/A04/A08 (Patient, and an
-//! Encounter when PV1-19 is present) and ADT^A31 (Patient only: its PV1 is a placeholder).
+//! Supported (each with Patient, and an Encounter when PV1-19 is present):
+//! - ORU^R01: a DiagnosticReport per OBR, an Observation per OBX including OBX under SPM;
+//! - OML^O21, ORM^O01 (`orders.rs`): a ServiceRequest per ORC, an Observation per OBX of the
+//!   order (its `supportingInfo`), a Specimen per SPM (OML) with its own OBX as Observations;
+//! - OUL^R22 (`oul.rs`): a Specimen per SPM, a DiagnosticReport per OBR and an Observation per
+//!   OBX, each referring to its Specimen;
+//! - VXU^V04 (`vxu.rs`): an Immunization per RXA, an Observation (`partOf` it) per OBX;
+//! - MDM^T02 (`document_reference.rs`): a DocumentReference from TXA with the OBX content;
+//! - ADT^A01/A03/A04/A08; ADT^A28/A31 (Patient only: their PV1 is a placeholder); ADT^A40
+//!   (`merge.rs`: the surviving and the merged Patient, linked).
+//!
 //! Anything else is a [`MapError`] with code 200 (message type) or 201 (event).
 //!
 //! Choices, so that a reader knows where data goes or does not go:
@@ -32,11 +43,19 @@
 
 mod datatypes;
 mod diagnostic_report;
+mod document_reference;
 mod encounter;
 mod ids;
+mod immunization;
+mod merge;
 mod observation;
+mod orders;
 mod oru;
+mod oul;
 mod patient;
+mod service_request;
+mod specimen;
+mod vxu;
 
 use serde_json::Value;
 use thiserror::Error;
@@ -47,8 +66,10 @@ use crate::ingest::v2::{AckError, Message, Segment};
 const MSH_4: usize = 4;
 const MSH_9: usize = 9;
 
-/// ADT events mapped here.
-const ADT_EVENTS: &[&str] = &["A01", "A03", "A04", "A08", "A31"];
+/// ADT events mapped by [`map_adt`]; A40 has its own mapper.
+const ADT_EVENTS: &[&str] = &["A01", "A03", "A04", "A08", "A28", "A31"];
+/// ADT events about a person, whose PV1 is a placeholder without a visit.
+const PERSON_EVENTS: &[&str] = &["A28", "A31"];
 
 /// Settings for one mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,9 +89,25 @@ impl Default for MapContext {
 /// The resources one message maps to.
 #[derive(Clone, PartialEq)]
 pub struct Mapped {
-    /// Patient first, then Encounter, then each DiagnosticReport followed by its Observations.
+    /// Patient first, then Encounter, then the message's own resources (each DiagnosticReport
+    /// followed by its Observations, each ServiceRequest followed by its Observations and
+    /// Specimens, ...).
     pub resources: Vec<Value>,
     pub patient_id: Option<String>,
+    /// Ids of resources the message only amends: their stored elements stay, and only the
+    /// elements mapped here change (see `ingest::stored`). The merged Patient of an ADT^A40
+    /// and a ServiceRequest named by an ORC without an OBR are written so.
+    pub amended: Vec<String>,
+}
+
+impl Mapped {
+    fn new(resources: Vec<Value>, patient_id: String) -> Self {
+        Mapped {
+            resources,
+            patient_id: Some(patient_id),
+            amended: Vec::new(),
+        }
+    }
 }
 
 /// Shows `type/id` of each resource only: the resources hold patient data.
@@ -83,6 +120,7 @@ impl std::fmt::Debug for Mapped {
         f.debug_struct("Mapped")
             .field("resources", &ids.collect::<Vec<_>>())
             .field("patient_id", &self.patient_id)
+            .field("amended", &self.amended)
             .finish()
     }
 }
@@ -172,7 +210,19 @@ impl<'m> Ctx<'m> {
         field: usize,
         what: &str,
     ) -> Result<Option<String>, MapError> {
-        let Some(raw) = seg.field(field).and_then(|f| f.component(1)) else {
+        let raw = seg.field(field).and_then(|f| f.component(1));
+        self.date_time_of(raw, seg, field, what)
+    }
+
+    /// A value read from `seg`-`field` as a FHIR dateTime; errors name that field.
+    fn date_time_of(
+        &self,
+        raw: Option<String>,
+        seg: &Segment<'_>,
+        field: usize,
+        what: &str,
+    ) -> Result<Option<String>, MapError> {
+        let Some(raw) = raw else {
             return Ok(None);
         };
         let text = dtm::fhir_date_time(&raw, self.offset);
@@ -222,8 +272,15 @@ pub fn map_message(msg: &Message, ctx: &MapContext) -> Result<Mapped, MapError> 
     let ctx = Ctx::new(msg, ctx);
     match (header.message_code.as_deref(), trigger) {
         (Some("ORU"), Some("R01")) => oru::map_oru(&ctx),
+        (Some("OML"), Some("O21")) | (Some("ORM"), Some("O01")) => orders::map_orders(&ctx),
+        (Some("OUL"), Some("R22")) => oul::map_oul(&ctx),
+        (Some("VXU"), Some("V04")) => vxu::map_vxu(&ctx),
+        (Some("MDM"), Some("T02")) => document_reference::map_mdm(&ctx),
+        (Some("ADT"), Some("A40")) => merge::map_merge(&ctx),
         (Some("ADT"), Some(event)) if ADT_EVENTS.contains(&event) => map_adt(&ctx, event),
-        (Some("ORU" | "ADT"), _) => Err(unsupported(201, "event")),
+        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "MDM" | "ADT"), _) => {
+            Err(unsupported(201, "event"))
+        }
         _ => Err(unsupported(200, "message type")),
     }
 }
@@ -236,23 +293,40 @@ fn unsupported(code: u16, what: &str) -> MapError {
     }
 }
 
+/// The Patient of the message's one PID, and its Encounter when PV1-19 names a visit.
+fn patient_and_visit(ctx: &Ctx<'_>) -> Result<(Subject, Vec<Value>), MapError> {
+    let pid = oru::only_patient(ctx.msg)?;
+    let patient = patient::map_patient(&pid, ctx)?;
+    let encounter = match ctx.msg.segment("PV1") {
+        Some(pv1) => encounter::map_encounter(&pv1, ctx, &patient.id)?,
+        None => None,
+    };
+    let subject = Subject {
+        patient: patient.id,
+        encounter: encounter.as_ref().map(|e| e.id.clone()),
+    };
+    let mut resources = vec![patient.resource];
+    resources.extend(encounter.map(|e| e.resource));
+    Ok((subject, resources))
+}
+
 fn map_adt(ctx: &Ctx<'_>, event: &str) -> Result<Mapped, MapError> {
     let pid = ctx
         .msg
         .segment("PID")
         .ok_or_else(|| MapError::missing_segment("PID"))?;
     let patient = patient::map_patient(&pid, ctx)?;
-    let pv1 = ctx.msg.segment("PV1").filter(|_| event != "A31");
+    let pv1 = ctx
+        .msg
+        .segment("PV1")
+        .filter(|_| !PERSON_EVENTS.contains(&event));
     let encounter = match pv1 {
         Some(pv1) => encounter::map_encounter(&pv1, ctx, &patient.id)?,
         None => None,
     };
     let mut resources = vec![patient.resource];
     resources.extend(encounter.map(|e| e.resource));
-    Ok(Mapped {
-        resources,
-        patient_id: Some(patient.id),
-    })
+    Ok(Mapped::new(resources, patient.id))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 
 use serde_json::{Number, Value};
 
-use super::datatypes::{base64, code, codeable_concept, decimal, is_base64, Obj};
+use super::datatypes::{base64, code, codeable_concept, decimal, is_base64, reference, Obj};
+use super::ids::{observation_key, resource_id, KeyCounter};
 use super::{Ctx, MapError, Subject};
 use crate::ingest::v2::{dtm, Field, Repetition, Segment};
 
@@ -71,11 +72,74 @@ const INTERPRETATION_0078: &[(&str, &str, &str)] = &[
 /// SN comparators that FHIR Quantity.comparator has.
 const SN_COMPARATORS: &[&str] = &["<", ">", "<=", ">="];
 
-/// The report an OBX belongs to.
+/// The report (or order, specimen, immunization) an OBX belongs to.
 pub(super) struct ReportContext<'a> {
     pub(super) subject: &'a Subject,
     /// OBR-7 as a FHIR dateTime.
     pub(super) effective: Option<&'a str>,
+    /// The Specimen the observation was made on.
+    pub(super) specimen: Option<&'a str>,
+    /// The Immunization the observation is part of (VXU).
+    pub(super) part_of: Option<&'a str>,
+}
+
+impl<'a> ReportContext<'a> {
+    pub(super) fn of(subject: &'a Subject) -> Self {
+        ReportContext {
+            subject,
+            effective: None,
+            specimen: None,
+            part_of: None,
+        }
+    }
+}
+
+/// The observations of one report, order, specimen or immunization, keyed under its key, and
+/// whether an NTE now annotates the last of them.
+#[derive(Default)]
+pub(super) struct ObservationList {
+    observations: Vec<Value>,
+    keys: KeyCounter,
+    notes_to_last: bool,
+}
+
+impl ObservationList {
+    /// Maps `obx` as an Observation of the resource keyed `parent_key`; `specimen_set` is the
+    /// set id of the SPM an OBX of a report follows.
+    pub(super) fn add(
+        &mut self,
+        obx: &Segment<'_>,
+        parent_key: &str,
+        specimen_set: Option<&str>,
+        report: &ReportContext<'_>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), MapError> {
+        let key = observation_key(parent_key, obx, specimen_set, &mut self.keys)?;
+        let mapped = map_obx(obx, &resource_id(&key), report, ctx)?;
+        self.observations.push(mapped);
+        self.notes_to_last = true;
+        Ok(())
+    }
+
+    /// An NTE annotates the last observation, until another segment comes between.
+    pub(super) fn add_note(&mut self, nte: &Segment<'_>) {
+        if let Some(last) = self.observations.last_mut().filter(|_| self.notes_to_last) {
+            add_note(last, nte);
+        }
+    }
+
+    pub(super) fn end_notes(&mut self) {
+        self.notes_to_last = false;
+    }
+
+    pub(super) fn ids(&self) -> Vec<String> {
+        let ids = self.observations.iter().filter_map(|o| o["id"].as_str());
+        ids.map(str::to_owned).collect()
+    }
+
+    pub(super) fn into_resources(self) -> Vec<Value> {
+        self.observations
+    }
 }
 
 /// Whether the OBX carries encapsulated data (OBX-2 `ED`).
@@ -83,7 +147,8 @@ pub(super) fn is_attachment(obx: &Segment<'_>) -> bool {
     value_type(obx).as_deref() == Some("ED")
 }
 
-fn value_type(obx: &Segment<'_>) -> Option<String> {
+/// OBX-2, upper case.
+pub(super) fn value_type(obx: &Segment<'_>) -> Option<String> {
     code(obx.text(OBX_2)).map(|t| t.to_ascii_uppercase())
 }
 
@@ -96,7 +161,9 @@ pub(super) fn map_obx(
     let (value_key, value) = observation_value(obx, ctx)?.unzip();
     let effective = ctx.date_time(obx, OBX_14, "date/time of the observation")?;
     let effective = effective.or_else(|| report.effective.map(str::to_owned));
+    let part_of = report.part_of.map(|id| reference("Immunization", id));
     let observation = Obj::resource("Observation", id)
+        .list("partOf", part_of.into_iter().collect())
         .text("status", Some(lookup_status(obx.text(OBX_11))))
         .value("code", Some(observation_code(obx)?))
         .value("subject", Some(report.subject.patient_reference()))
@@ -104,6 +171,10 @@ pub(super) fn map_obx(
         .text("effectiveDateTime", effective)
         .value(value_key.unwrap_or("value"), value)
         .list("interpretation", interpretations(obx))
+        .value(
+            "specimen",
+            report.specimen.map(|id| reference("Specimen", id)),
+        )
         .list("referenceRange", reference_range(obx));
     Ok(observation.build())
 }
@@ -185,7 +256,7 @@ fn single_value<'m>(obx: &Segment<'m>, field: &Field<'m>) -> Result<Repetition<'
 }
 
 /// ST/TX/FT: repetitions are lines; empty repetitions are blank lines.
-fn text_value(field: &Field<'_>) -> Option<String> {
+pub(super) fn text_value(field: &Field<'_>) -> Option<String> {
     let lines: Vec<String> = field
         .repetitions()
         .map(|r| r.text().unwrap_or_default())
@@ -197,15 +268,20 @@ fn timestamp(value: &Repetition<'_>, ctx: &Ctx<'_>) -> Option<String> {
     dtm::fhir_date_time(&value.component(1)?, ctx.offset).ok()
 }
 
-/// OBX-6: with coding system UCUM, a UCUM code; otherwise the unit as text only.
-struct Unit {
+/// A unit (OBX-6, RXA-7, SPM-12.2): with coding system UCUM, a UCUM code; otherwise the unit
+/// as text only.
+pub(super) struct Unit {
     text: Option<String>,
     ucum_code: Option<String>,
 }
 
 fn unit(obx: &Segment<'_>) -> Unit {
     let cwe = obx.field(OBX_6).and_then(|f| f.repetition(1));
-    let component = |n| cwe.as_ref().and_then(|r| r.component(n));
+    unit_from(|n| cwe.as_ref().and_then(|r| r.component(n)))
+}
+
+/// A unit from a CWE whose parts `component` reads (components, or subcomponents in a CQ).
+pub(super) fn unit_from(component: impl Fn(usize) -> Option<String>) -> Unit {
     let is_ucum = component(3).is_some_and(|s| s.trim().eq_ignore_ascii_case("UCUM"));
     match (is_ucum, code(component(1))) {
         (true, Some(ucum)) => Unit {
@@ -219,7 +295,7 @@ fn unit(obx: &Segment<'_>) -> Unit {
     }
 }
 
-fn quantity(value: Number, comparator: Option<&str>, unit: &Unit) -> Value {
+pub(super) fn quantity(value: Number, comparator: Option<&str>, unit: &Unit) -> Value {
     Obj::new()
         .value("value", Some(Value::Number(value)))
         .text("comparator", comparator)
@@ -429,8 +505,8 @@ mod tests {
             encounter: None,
         };
         let report = ReportContext {
-            subject: &subject,
             effective: Some("2024-06-30"),
+            ..ReportContext::of(&subject)
         };
         map_obx(&msg.segment("OBX").unwrap(), "o-1", &report, &ctx)
     }

@@ -4,34 +4,19 @@
 use serde_json::Value;
 
 use super::diagnostic_report::ReportBuilder;
-use super::encounter::map_encounter;
 use super::ids::KeyCounter;
-use super::patient::{map_patient, PID_3};
-use super::{Ctx, MapError, Mapped, Subject};
+use super::patient::PID_3;
+use super::{patient_and_visit, Ctx, MapError, Mapped, Subject};
 use crate::ingest::v2::{Message, Segment};
 
 pub(super) fn map_oru(ctx: &Ctx<'_>) -> Result<Mapped, MapError> {
-    let pid = only_patient(ctx.msg)?;
-    let patient = map_patient(&pid, ctx)?;
-    let encounter = match ctx.msg.segment("PV1") {
-        Some(pv1) => map_encounter(&pv1, ctx, &patient.id)?,
-        None => None,
-    };
-    let subject = Subject {
-        patient: patient.id.clone(),
-        encounter: encounter.as_ref().map(|e| e.id.clone()),
-    };
-    let mut resources = vec![patient.resource];
-    resources.extend(encounter.map(|e| e.resource));
+    let (subject, mut resources) = patient_and_visit(ctx)?;
     resources.extend(map_reports(ctx, &subject)?);
-    Ok(Mapped {
-        resources,
-        patient_id: Some(patient.id),
-    })
+    Ok(Mapped::new(resources, subject.patient))
 }
 
 /// The message's one PID; a second patient group is not supported.
-fn only_patient<'m>(msg: &'m Message) -> Result<Segment<'m>, MapError> {
+pub(super) fn only_patient<'m>(msg: &'m Message) -> Result<Segment<'m>, MapError> {
     let mut pids = msg.segments_named("PID");
     let pid = pids
         .next()

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::{map_message, MapContext, MapError, Mapped};
+use super::{map_message, Ctx, MapContext, MapError, Mapped, Subject};
 use crate::ingest::v2::{
-    build_ack, parse_message, read_header, split_frame, AckCode, AckError, RawMessage, UtcOffset,
+    build_ack, parse_message, read_header, split_frame, AckCode, AckError, Message, RawMessage,
+    UtcOffset,
 };
 
 const ORU_R01_LAB: &str = "MSH|^~\\&|LABSYS|NORTHLAB^2.16.840.1.113883.19.8^ISO|EHR|HOSP|20240630121500-0500||ORU^R01^ORU_R01|LAB-0001|P|2.5.1\r\
@@ -27,6 +28,36 @@ const ADT_MSH: &str =
 const ADT_BODY: &str = "EVN|{EVENT}|20240701090000\r\
 PID|1||MRN-7310^^^NORTH^MR||Ashgrove^Tobias||19590923|M|||1 Quay St^^Harbourtown^ME^04001\r\
 PV1|1|I|WARD-4^12^A||||||||||||||||V-9902^^^NORTH^VN|||||||||||||||||||||||||202407010830|{DISCHARGE}\r";
+
+/// The patient the resource mappers' own tests map for: `Patient/p-1`, without a visit.
+pub(super) fn test_subject() -> Subject {
+    Subject {
+        patient: "p-1".to_owned(),
+        encounter: None,
+    }
+}
+
+/// Parses `msh` followed by `segments` and hands the message and its mapping context to `f`.
+pub(super) fn with_message<T>(
+    msh: &str,
+    segments: &str,
+    f: impl FnOnce(&Message, &Ctx<'_>) -> T,
+) -> T {
+    let msg = parse_message(format!("{msh}{segments}").as_bytes()).unwrap();
+    let ctx = Ctx::new(&msg, &MapContext::default());
+    f(&msg, &ctx)
+}
+
+/// One segment with the given fields set and the others empty, ending with CR:
+/// `seg("ORC", &[(1, "NW"), (9, "20240701")])`.
+pub(super) fn seg(name: &str, fields: &[(usize, &str)]) -> String {
+    let last = fields.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let mut values = vec![""; last];
+    for (n, value) in fields {
+        values[n - 1] = value;
+    }
+    format!("{name}|{}\r", values.join("|"))
+}
 
 fn mapped(text: &str) -> Result<Mapped, MapError> {
     let msg = parse_message(text.as_bytes()).unwrap();
@@ -163,7 +194,7 @@ fn same_patient_gets_the_same_id_from_adt_and_oru_of_one_sender() {
 
 #[test]
 fn unsupported_types_and_events_are_200_and_201() {
-    let err = mapped(&ORU_R01_LAB.replace("ORU^R01^ORU_R01", "MDM^T02^MDM_T02")).unwrap_err();
+    let err = mapped(&ORU_R01_LAB.replace("ORU^R01^ORU_R01", "DFT^P03^DFT_P03")).unwrap_err();
     assert_eq!(
         (err.code, err.location),
         (200, Some(("MSH".to_owned(), 1, 9)))
@@ -174,7 +205,9 @@ fn unsupported_types_and_events_are_200_and_201() {
             .code,
         201
     );
-    assert_eq!(adt("A40", "").unwrap_err().code, 201);
+    assert_eq!(adt("A17", "").unwrap_err().code, 201);
+    let vxu = ORU_R01_LAB.replace("ORU^R01^ORU_R01", "VXU^V05");
+    assert_eq!(mapped(&vxu).unwrap_err().code, 201);
 }
 
 #[test]
@@ -207,6 +240,105 @@ fn default_offset_is_applied_to_times_without_one() {
         of_type(&m, "DiagnosticReport")[0]["effectiveDateTime"],
         "2024-06-30T07:45:00+02:00"
     );
+}
+
+/// The invented fixtures of the integration tests, with what each maps to.
+const FIXTURES: &[(&str, &str, &str)] = &[
+    (
+        "adt_a28",
+        include_str!("../../../tests/fixtures/adt_a28.hl7"),
+        "1 Patient",
+    ),
+    (
+        "adt_a40",
+        include_str!("../../../tests/fixtures/adt_a40.hl7"),
+        "2 Patient",
+    ),
+    (
+        "oml_o21",
+        include_str!("../../../tests/fixtures/oml_o21.hl7"),
+        "1 Patient, 1 Encounter, 2 ServiceRequest, 1 Observation, 1 Specimen",
+    ),
+    (
+        "orm_o01",
+        include_str!("../../../tests/fixtures/orm_o01.hl7"),
+        "1 Patient, 1 ServiceRequest",
+    ),
+    (
+        "orm_o01_cancel",
+        include_str!("../../../tests/fixtures/orm_o01_cancel.hl7"),
+        "1 Patient, 1 ServiceRequest",
+    ),
+    (
+        "oul_r22",
+        include_str!("../../../tests/fixtures/oul_r22.hl7"),
+        "1 Patient, 1 DiagnosticReport, 3 Observation, 1 Specimen",
+    ),
+    (
+        "vxu_v04",
+        include_str!("../../../tests/fixtures/vxu_v04.hl7"),
+        "1 Patient, 2 Immunization, 1 Observation",
+    ),
+    (
+        "mdm_t02",
+        include_str!("../../../tests/fixtures/mdm_t02.hl7"),
+        "1 Patient, 1 Encounter, 1 DocumentReference",
+    ),
+];
+
+fn fixture(name: &str) -> &'static str {
+    let found = FIXTURES.iter().find(|(n, ..)| *n == name);
+    found.map(|(_, text, _)| *text).unwrap()
+}
+
+fn type_counts(mapped: &Mapped) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for resource in &mapped.resources {
+        let kind = resource["resourceType"].as_str().unwrap();
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+#[test]
+fn every_new_message_type_maps_its_fixture_deterministically() {
+    for (name, text, expected) in FIXTURES {
+        let m = mapped(text).unwrap();
+        let mut kinds: Vec<&str> = expected.split(", ").collect();
+        let mut got_kinds: Vec<String> = type_counts(&m).split(", ").map(String::from).collect();
+        kinds.sort_unstable();
+        got_kinds.sort_unstable();
+        assert_eq!(got_kinds, kinds, "{name}");
+        m.resources.iter().for_each(assert_fhir_shape);
+        assert_eq!(mapped(&text.replace('\r', "\n")).unwrap(), m, "{name}");
+        let ids: std::collections::HashSet<_> = m.resources.iter().map(|r| &r["id"]).collect();
+        assert_eq!(
+            ids.len(),
+            m.resources.len(),
+            "{name}: ids are unique in a message"
+        );
+    }
+}
+
+#[test]
+fn amended_resources_are_the_merged_patient_cancelled_orders_and_specimens() {
+    let amended_types = |name: &str| {
+        let m = mapped(fixture(name)).unwrap();
+        let of = |id: &String| {
+            let found = m.resources.iter().find(|r| r["id"] == id.as_str());
+            found.unwrap()["resourceType"].as_str().unwrap().to_owned()
+        };
+        m.amended.iter().map(of).collect::<Vec<_>>()
+    };
+    assert_eq!(amended_types("adt_a40"), ["Patient"]);
+    assert_eq!(amended_types("oml_o21"), ["Specimen"]);
+    assert_eq!(amended_types("orm_o01"), Vec::<String>::new());
+    assert_eq!(amended_types("orm_o01_cancel"), ["ServiceRequest"]);
+    assert_eq!(amended_types("oul_r22"), ["Specimen"]);
 }
 
 /// Checks what strict FHIR JSON parsing cares about and this mapper could get wrong.
