@@ -39,6 +39,9 @@ pub struct Config {
     /// `HL7BRIDGE_GROUP_COMMIT_MAX_OPS`: the most resources one group commit writes (a single
     /// larger write is committed alone). Default 4096.
     pub group_commit_max_ops: usize,
+    /// `HL7BRIDGE_READ_CACHE_MAX_BYTES`: resource text the read cache holds at most; 0 turns
+    /// it off. Default 64 MiB.
+    pub read_cache_max_bytes: usize,
     /// `HL7BRIDGE_HTTP_BODY_IDLE_TIMEOUT_MS`: how long a request body may stall between
     /// chunks before the request is answered 408. Default 30000.
     pub http_body_idle_timeout_ms: u64,
@@ -139,6 +142,7 @@ impl Default for Config {
             everything_max_unpaged: 1000,
             group_commit_max_writes: 256,
             group_commit_max_ops: 4096,
+            read_cache_max_bytes: 64 << 20,
             http_body_idle_timeout_ms: 30_000,
             http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
@@ -188,6 +192,7 @@ impl Config {
         setting!(everything_max_unpaged, "EVERYTHING_MAX_UNPAGED");
         setting!(group_commit_max_writes, "GROUP_COMMIT_MAX_WRITES");
         setting!(group_commit_max_ops, "GROUP_COMMIT_MAX_OPS");
+        setting!(read_cache_max_bytes, "READ_CACHE_MAX_BYTES");
         setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
         setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
         setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");

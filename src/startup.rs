@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
 use crate::kafka::{FhirIngest, Kafka};
-use crate::store::{instant_text, now_us, GroupLimits, Store};
+use crate::store::{instant_text, now_us, CacheLimits, GroupLimits, Store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -51,6 +51,16 @@ impl Application {
             .context("opening the database")?;
         if config.kafka.is_some() {
             store = store.with_change_feed();
+        }
+        if config.read_cache_max_bytes > 0 {
+            let limits = CacheLimits {
+                max_bytes: config.read_cache_max_bytes,
+                ..CacheLimits::default()
+            };
+            store = store
+                .with_read_cache(limits)
+                .await
+                .context("starting the read cache")?;
         }
         if config.group_commit_max_writes > 1 {
             store = store.with_group_commit(GroupLimits {

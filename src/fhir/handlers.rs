@@ -481,7 +481,7 @@ pub async fn everything(
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
         issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
     }
-    let (found, more) = state.store.everything(&id, &request.page).await?;
+    let (found, more) = state.store.everything_cached(&id, &request.page).await?;
     let mut next_cursor = None;
     if more {
         let last = found
@@ -684,7 +684,7 @@ async fn live_resource(
     if !is_valid_id(id) {
         return Err(FhirError::NotFound(format!("{id:?} is not a valid id")));
     }
-    match state.store.read(resource_type, id).await? {
+    match state.store.read_cached(resource_type, id).await? {
         None => Err(FhirError::NotFound(format!(
             "{resource_type}/{id} is not known"
         ))),

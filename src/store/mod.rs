@@ -6,6 +6,7 @@
 //! so that Bundles are assembled by splicing, not by re-serialising.
 
 mod batcher;
+mod cache;
 pub mod compartment;
 pub mod index;
 mod outbox;
@@ -21,6 +22,7 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use batcher::GroupLimits;
+pub use cache::CacheLimits;
 pub use outbox::{ChangeRow, RelayTurn, WriteTrace};
 pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
@@ -59,6 +61,7 @@ impl From<DbErr> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    url: String,
     /// SQLite allows one writer; a transaction that reads and then writes would fail with
     /// SQLITE_BUSY under contention instead of waiting, so writers queue here instead.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -68,6 +71,10 @@ pub struct Store {
     changes: std::sync::Arc<tokio::sync::Notify>,
     /// Group commit, when on: writes queue here and are committed together.
     batcher: Option<std::sync::Arc<batcher::Batcher>>,
+    /// The read cache, when on (see [`cache`]).
+    cache: Option<std::sync::Arc<cache::ReadCache>>,
+    /// SQLite with the cache on: a connection of its own for `PRAGMA data_version`.
+    data_version_probe: Option<DatabaseConnection>,
 }
 
 impl Store {
@@ -78,10 +85,13 @@ impl Store {
         Migrator::up(&db, None).await?;
         Ok(Store {
             db,
+            url: url.to_string(),
             write_gate: Default::default(),
             change_feed: false,
             changes: Default::default(),
             batcher: None,
+            cache: None,
+            data_version_probe: None,
         })
     }
 
@@ -90,6 +100,31 @@ impl Store {
     pub fn with_change_feed(mut self) -> Store {
         self.change_feed = true;
         self
+    }
+
+    /// Turns the read cache on (see [`cache`]): on PostgreSQL with a listener for other nodes'
+    /// writes, on SQLite with a connection that watches the file's data version. Needs a Tokio
+    /// runtime; set it before group commit.
+    pub async fn with_read_cache(mut self, limits: CacheLimits) -> Result<Store, StoreError> {
+        match self.backend() {
+            DbBackend::Postgres => {
+                // Off until the listener is in place: writes of other nodes would go unseen.
+                let cache = std::sync::Arc::new(cache::ReadCache::new(limits, false));
+                self.cache = Some(cache.clone());
+                tokio::spawn(cache::listen(
+                    self.clone(),
+                    std::sync::Arc::downgrade(&cache),
+                ));
+            }
+            _ => {
+                let url = self.url.clone();
+                let mut options = connect_options(&url)?;
+                options.max_connections(1).min_connections(1);
+                self.data_version_probe = Some(Database::connect(options).await?);
+                self.cache = Some(std::sync::Arc::new(cache::ReadCache::new(limits, true)));
+            }
+        }
+        Ok(self)
     }
 
     /// From now on, writes are committed in groups (see [`batcher`]); each still returns only

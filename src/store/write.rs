@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::telemetry::metrics::metrics;
 
+use super::cache;
 use super::index::{extract, index_key, index_prefix, IndexRows};
 use super::outbox::{self, WriteTrace};
 use super::{instant_text, now_us, Store, StoreError};
@@ -121,6 +122,8 @@ struct Plan {
     written: Vec<Written>,
     /// The first patient compartment of each created or updated resource (change-feed key).
     patients: HashMap<Key, String>,
+    /// Every patient compartment the written resources are in now (cache invalidation).
+    all_patients: HashSet<String>,
 }
 
 const MAX_ATTEMPTS: usize = 3;
@@ -247,6 +250,16 @@ impl Store {
             Vec::new()
         };
         let changed = !changes.is_empty();
+        // Also before `apply`, for the compartments the changed resources were in.
+        let invalidated = match &self.cache {
+            Some(_) => Some(cache::changed_by(&txn, &plan.written, &plan.all_patients).await?),
+            None => None,
+        };
+        if let Some(invalidated) = invalidated.as_ref().filter(|c| !c.is_empty()) {
+            if txn.get_database_backend() == DbBackend::Postgres {
+                cache::notify(&txn, invalidated).await?;
+            }
+        }
         apply(&txn, &plan).await?;
         insert_chunked(&txn, changes, 9, |rows| {
             change_outbox::Entity::insert_many(rows)
@@ -263,6 +276,9 @@ impl Store {
         txn.commit().await?;
         if changed {
             self.changes.notify_one();
+        }
+        if let (Some(cache), Some(invalidated)) = (&self.cache, &invalidated) {
+            cache.invalidate(invalidated);
         }
         let mut written = plan.written.into_iter();
         Ok(parts
@@ -388,6 +404,7 @@ fn plan_upsert(plan: &mut Plan, w: &ResourceWrite, existing: Option<&Current>, n
         plan.reindexed.push((w.resource_type.clone(), w.id.clone()));
     }
     let index = extract(&w.resource_type, &w.id, &w.content);
+    plan.all_patients.extend(index.patients.iter().cloned());
     if let Some(patient) = index.patients.first() {
         let key = (w.resource_type.clone(), w.id.clone());
         plan.patients.insert(key, patient.clone());

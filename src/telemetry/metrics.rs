@@ -80,6 +80,7 @@ pub struct Metrics {
     group_sizes: Family<Histogram>,
     lane_depth: Family<f64>,
     lane_wait: Family<Histogram>,
+    cache_lookups: Family<u64>,
     kafka_records: Family<u64>,
     kafka_lag: Family<f64>,
     kafka_assigned: Family<f64>,
@@ -126,6 +127,10 @@ pub fn metrics() -> &'static Metrics {
         lane_wait: Family::new(
             "hl7bridge_ingest_lane_wait_seconds",
             "Time from a write's arrival at the batcher to its commit, by lane; the stat lane's is the STAT latency.",
+        ),
+        cache_lookups: Family::new(
+            "hl7bridge_read_cache_lookups_total",
+            "Read-cache lookups, by kind (resource or everything) and result (hit or miss).",
         ),
         kafka_records: Family::new(
             "hl7bridge_kafka_records_total",
@@ -211,6 +216,13 @@ impl Metrics {
         });
     }
 
+    /// CacheLookedUp.
+    pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        let labels = vec![("kind", kind.to_string()), ("result", result.to_string())];
+        self.cache_lookups.with(labels, |n| *n += 1);
+    }
+
     /// RecordProcessed: `outcome` is `stored` or `dead_lettered`; topics are configured names.
     pub fn kafka_record(&self, topic: &str, outcome: &'static str) {
         let labels = vec![
@@ -260,6 +272,7 @@ impl Metrics {
         render_histogram_in(&mut out, &self.group_sizes, &SIZE_BUCKETS);
         render_gauge(&mut out, &self.lane_depth);
         render_histogram(&mut out, &self.lane_wait);
+        render_counter(&mut out, &self.cache_lookups);
         render_counter(&mut out, &self.kafka_records);
         render_gauge(&mut out, &self.kafka_lag);
         render_gauge(&mut out, &self.kafka_assigned);

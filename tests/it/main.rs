@@ -22,6 +22,7 @@ mod mllp_lab_orders;
 mod mllp_patient_records;
 mod ops_endpoints;
 mod otlp_export;
+mod read_cache;
 mod replay_cli;
 mod support;
 mod trace_journey;

@@ -114,6 +114,19 @@ impl TestApp {
         (status, response.json().await.expect("the body is JSON"))
     }
 
+    /// PUTs a resource as FHIR JSON and returns the status.
+    pub async fn put_status(&self, path: &str, body: &Value) -> u16 {
+        let response = self
+            .client
+            .put(format!("{}/{path}", self.base))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("PUT is answered");
+        response.status().as_u16()
+    }
+
     pub async fn post_bundle(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let response = self
             .client
