@@ -173,9 +173,11 @@ pub struct BundleLimits {
 
 /// Processes a transaction or batch Bundle and returns the response Bundle.
 ///
-/// Bundles with conditional parts (ifNoneExist, conditional update, conditional references)
-/// hold `conditional_gate` from their identifier lookups until their writes commit, so that
-/// racing conditional creates on this node find each other instead of duplicating.
+/// Bundles with conditional writes (ifNoneExist, conditional update or delete) hold
+/// `conditional_gate` from their identifier lookups until their writes commit, so that racing
+/// conditional creates on this node find each other instead of duplicating. Conditional
+/// references alone create nothing and do not take it: a Synthea patient Bundle refers to its
+/// practitioners and organizations by identifier, and such Bundles load side by side.
 pub async fn process(
     store: &Store,
     conditional_gate: &tokio::sync::Mutex<()>,
@@ -205,10 +207,10 @@ pub async fn process(
         })
         .collect();
     let lookups = collect_lookups(&entries);
-    let _gate = if lookups.is_empty() {
-        None
-    } else {
+    let _gate = if has_conditional_writes(&entries) {
         Some(conditional_gate.lock().await)
+    } else {
+        None
     };
     let stored = store.ids_by_identifier(&lookups).await?;
     let preconditions: Vec<Option<Precondition>> = entries
@@ -505,6 +507,16 @@ fn resource_of_type(resource_type: &str, resource: Option<Value>) -> Result<Valu
             "resource.resourceType",
         )),
     }
+}
+
+/// Whether any entry creates, updates or deletes by search criteria.
+fn has_conditional_writes(entries: &[Result<Entry, FhirError>]) -> bool {
+    entries.iter().flatten().any(|entry| match &entry.request {
+        Request::Create { if_none_exist, .. } => if_none_exist.is_some(),
+        Request::Update { target, .. } | Request::Delete { target, .. } => {
+            matches!(target, Target::Conditional(_))
+        }
+    })
 }
 
 fn collect_lookups(entries: &[Result<Entry, FhirError>]) -> Vec<IdentifierLookup> {
