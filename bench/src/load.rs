@@ -65,6 +65,8 @@ pub struct Sample {
     pub failed: u64,
     pub units: u64,
     pub first_error: Option<String>,
+    /// Operations done, warm-up included: what the phase's CPU time was spent on.
+    pub all_ops: u64,
     /// From the end of the warm-up until the last operation finished.
     pub elapsed: Duration,
 }
@@ -96,6 +98,7 @@ impl Sample {
         self.ok += other.ok;
         self.failed += other.failed;
         self.units += other.units;
+        self.all_ops += other.all_ops;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -157,6 +160,7 @@ async fn drive<W: Worker>(
             break;
         }
         let outcome = worker.call(seq).await;
+        sample.all_ops += 1;
         if began < measured_from {
             continue;
         }

@@ -14,7 +14,7 @@ usage: hl7bridge-bench create-db|drop-db ADMIN_URL NAME
        hl7bridge-bench report --dir DIR --out FILE --commit REV --date TEXT --command TEXT --elapsed-s S
 
 SIZE: --quick (a few seconds per figure) or any of
-  --patients N         patient Bundles imported into PostgreSQL (default 300, quick 6)
+  --patients N         patient Bundles imported into PostgreSQL (default 500, quick 6)
   --sqlite-patients N  of those, imported into SQLite (default 100, quick 3)
   --mllp-patients N    patients the ORU^R01 messages name (default 2000, quick 50)
   --seconds S          length of each timed load (default 30, quick 2); ceilings take half
@@ -117,7 +117,7 @@ impl Flags {
         let pick = |given: Option<u64>, full: u64, small: u64| {
             given.unwrap_or(if quick { small } else { full })
         };
-        let patients = pick(self.patients, 300, 6);
+        let patients = pick(self.patients, 500, 6);
         Size {
             seed: self.seed.unwrap_or(1),
             patients,

@@ -115,6 +115,11 @@ pub struct PhaseUsage {
     pub server_pct: f64,
     pub postgres_pct: f64,
     pub bench_pct: f64,
+    /// CPU seconds of the server and of PostgreSQL (for our database) during the phase.
+    pub server_cpu_s: f64,
+    pub postgres_cpu_s: f64,
+    /// Operations the phase did and what they were (`Bundle`, `message`), when counted.
+    pub ops: Option<(u64, String)>,
     /// Highest `VmRSS` polled during the phase, in MB.
     pub server_rss_peak_mb: f64,
 }
@@ -122,13 +127,22 @@ pub struct PhaseUsage {
 fn usage(phase: &str, wall: Duration, before: Ticks, after: Ticks, rss_mb: f64) -> PhaseUsage {
     let capacity = after.total.saturating_sub(before.total).max(1) as f64;
     let share = |a: u64, b: u64| 100.0 * a.saturating_sub(b) as f64 / capacity;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let seconds = |pct: f64| pct / 100.0 * cores * wall.as_secs_f64();
+    let (server_pct, postgres_pct) = (
+        share(after.server, before.server),
+        share(after.postgres, before.postgres),
+    );
     PhaseUsage {
         phase: phase.to_string(),
         wall_s: wall.as_secs_f64(),
         busy_pct: share(after.busy, before.busy),
-        server_pct: share(after.server, before.server),
-        postgres_pct: share(after.postgres, before.postgres),
+        server_pct,
+        postgres_pct,
         bench_pct: share(after.bench, before.bench),
+        server_cpu_s: seconds(server_pct),
+        postgres_cpu_s: seconds(postgres_pct),
+        ops: None,
         server_rss_peak_mb: rss_mb,
     }
 }
@@ -194,6 +208,13 @@ impl Meter {
         self.phases
             .push(usage(name, wall, before, after, megabytes(peak)));
         out
+    }
+
+    /// Says how many operations (of what) the last phase did, for CPU time per operation.
+    pub fn count(&mut self, ops: u64, what: &str) {
+        if let Some(last) = self.phases.last_mut() {
+            last.ops = Some((ops, what.to_string()));
+        }
     }
 
     /// The server's resident memory now, in MB.

@@ -112,14 +112,23 @@ fn cpu_table(modes: &[ModeResult]) -> String {
     let mut out = String::from(
         "\n## Where the CPU went\n\n\
          Share of the whole machine (every core) during each phase; \"other\" is whatever else \
-         ran (builds, other users). The load generator shares the machine with the server.\n\n\
-         | phase | wall s | busy | server | PostgreSQL | bench | other | server peak RSS |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+         ran (builds, other users). The load generator shares the machine with the server. \
+         CPU per operation is the server's and PostgreSQL's CPU time over the operations done.\n\n\
+         | phase | wall s | busy | server | PostgreSQL | bench | other | operations | server CPU/op | PostgreSQL CPU/op | server peak RSS |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for p in modes.iter().flat_map(|m| &m.phases) {
         let other = (p.busy_pct - p.server_pct - p.postgres_pct - p.bench_pct).max(0.0);
+        let (ops, server_per_op, postgres_per_op) = match &p.ops {
+            Some((n, what)) if *n > 0 => (
+                format!("{} {what}", thousands(*n as f64)),
+                ms(p.server_cpu_s * 1000.0 / *n as f64),
+                ms(p.postgres_cpu_s * 1000.0 / *n as f64),
+            ),
+            _ => ("—".into(), "—".into(), "—".into()),
+        };
         out.push_str(&format!(
-            "| {} | {:.1} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {other:.0}% | {:.0} MB |\n",
+            "| {} | {:.1} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {other:.0}% | {ops} | {server_per_op} | {postgres_per_op} | {:.0} MB |\n",
             p.phase,
             p.wall_s,
             p.busy_pct,

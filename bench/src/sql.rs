@@ -58,6 +58,12 @@ pub async fn pg_pool(url: &str, connections: u32) -> anyhow::Result<PgPool> {
         .await?)
 }
 
+/// Fresh planner statistics for the whole database.
+pub async fn analyze(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql("ANALYZE").execute(pool).await?;
+    Ok(())
+}
+
 pub async fn pg_version(pool: &PgPool) -> anyhow::Result<String> {
     let sql = "SELECT current_setting('server_version')";
     Ok(sqlx::query_scalar(sql).fetch_one(pool).await?)

@@ -27,9 +27,11 @@ pub async fn run(target: Target, size: &Size) -> anyhow::Result<ModeResult> {
     let (import, _) = meter
         .phase("6 SQLite import", target.server.import(&dataset))
         .await;
+    meter.count(import.all_ops, "Bundles");
     let insert = meter
         .phase("6 ceiling: SQLite INSERT", insert(&target, &dataset))
         .await?;
+    meter.count(insert.all_ops, "Bundles");
     let ceiling = with_failures(
         format!(
             "{} rows/s (the same resources inserted from one task, a transaction a Bundle, \
