@@ -26,8 +26,10 @@ while read -r name; do unset "$name"; done < <(compgen -e | grep '^HL7BRIDGE_' |
 cd "$root"
 # Two builds, not one: building both packages together would unify their features and
 # rebuild the server's dependencies differently from a plain `cargo build --release`.
+build_started=$SECONDS
 cargo build --release --quiet -p hl7bridge
 cargo build --release --quiet -p hl7bridge-bench
+build_s=$((SECONDS - build_started))
 server_bin=$target_dir/release/hl7bridge
 bench_bin=$target_dir/release/hl7bridge-bench
 
@@ -102,6 +104,6 @@ results=$root/benches/RESULTS.md
 if $quick; then results=$run_dir/RESULTS.md; fi
 "$bench_bin" report --dir "$run_dir" --out "$results" --commit "$commit" \
     --date "$(date -u '+%Y-%m-%d %H:%M UTC')" --command "benches/run.sh${*:+ $*}" \
-    --elapsed-s "$SECONDS"
+    --elapsed-s "$SECONDS" --build-s "$build_s"
 cat "$results"
 if ! $quick; then echo "written to benches/RESULTS.md" >&2; fi

@@ -89,6 +89,7 @@ fn write_report(flags: &Flags) -> anyhow::Result<()> {
         commit: required(&flags.commit, "--commit")?,
         date: required(&flags.date, "--date")?,
         elapsed_s: required(&flags.elapsed_s, "--elapsed-s")?,
+        build_s: required(&flags.build_s, "--build-s")?,
     };
     let text = report::render(&required(&flags.dir, "--dir")?, &info);
     let out = required(&flags.out, "--out")?;

@@ -11,7 +11,7 @@ pub const USAGE: &str = "\
 usage: hl7bridge-bench create-db|drop-db ADMIN_URL NAME
        hl7bridge-bench postgres --http URL --mllp ADDR --database-url URL --server-pid PID --out FILE [SIZE]
        hl7bridge-bench sqlite --http URL --scratch-db FILE --server-pid PID --out FILE [SIZE]
-       hl7bridge-bench report --dir DIR --out FILE --commit REV --date TEXT --command TEXT --elapsed-s S
+       hl7bridge-bench report --dir DIR --out FILE --commit REV --date TEXT --command TEXT --elapsed-s S --build-s S
 
 SIZE: --quick (a few seconds per figure) or any of
   --patients N         patient Bundles imported into PostgreSQL (default 500, quick 6)
@@ -61,6 +61,7 @@ pub struct Flags {
     pub date: Option<String>,
     pub command: Option<String>,
     pub elapsed_s: Option<f64>,
+    pub build_s: Option<f64>,
     quick: bool,
     seed: Option<u64>,
     patients: Option<u64>,
@@ -102,6 +103,7 @@ impl Flags {
             "--date" => self.date = text(),
             "--command" => self.command = text(),
             "--elapsed-s" => self.elapsed_s = Some(value.parse()?),
+            "--build-s" => self.build_s = Some(value.parse()?),
             "--seed" => self.seed = Some(value.parse()?),
             "--patients" => self.patients = Some(positive(value)?),
             "--sqlite-patients" => self.sqlite_patients = Some(positive(value)?),
