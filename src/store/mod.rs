@@ -5,6 +5,7 @@
 //! bind-parameter limit, index rows replaced in bulk. Reads return stored canonical JSON as text
 //! so that Bundles are assembled by splicing, not by re-serialising.
 
+mod analyze;
 mod batcher;
 mod cache;
 pub mod compartment;
@@ -69,6 +70,8 @@ pub struct Store {
     change_feed: bool,
     /// Woken after a commit that recorded changes.
     changes: std::sync::Arc<tokio::sync::Notify>,
+    /// PostgreSQL: rows written since the planner statistics were last refreshed.
+    unanalyzed: std::sync::Arc<analyze::Unanalyzed>,
     /// Group commit, when on: writes queue here and are committed together.
     batcher: Option<std::sync::Arc<batcher::Batcher>>,
     /// The read cache, when on (see [`cache`]).
@@ -89,6 +92,7 @@ impl Store {
             write_gate: Default::default(),
             change_feed: false,
             changes: Default::default(),
+            unanalyzed: Default::default(),
             batcher: None,
             cache: None,
             data_version_probe: None,

@@ -280,11 +280,26 @@ impl Store {
         if let (Some(cache), Some(invalidated)) = (&self.cache, &invalidated) {
             cache.invalidate(invalidated);
         }
+        if self.backend() == DbBackend::Postgres {
+            self.written_rows(plan.index_rows());
+        }
         let mut written = plan.written.into_iter();
         Ok(parts
             .iter()
             .map(|p| written.by_ref().take(p.batch.ops.len()).collect())
             .collect())
+    }
+}
+
+impl Plan {
+    /// Rows this plan adds to the tables `$everything` and search plan their queries on.
+    fn index_rows(&self) -> usize {
+        self.resources.len()
+            + self.compartments.len()
+            + self.refs.len()
+            + self.tokens.len()
+            + self.dates.len()
+            + self.strings.len()
     }
 }
 

@@ -222,3 +222,55 @@ async fn each_page_includes_only_what_its_own_members_reference() {
         "only the page that references them"
     );
 }
+
+/// After a bulk load, PostgreSQL's planner statistics are refreshed without waiting for
+/// autovacuum (which would plan `$everything` on empty-table statistics for a minute or more).
+#[tokio::test]
+async fn a_bulk_load_refreshes_the_planner_statistics_on_postgresql() {
+    let (url, _database) = crate::support::fresh_database().await;
+    let app = crate::support::spawn_app_on(&url, |_| {}).await;
+    let entries: Vec<serde_json::Value> = (0..4000)
+        .map(|n| {
+            serde_json::json!({
+                "resource": {"resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+                    "subject": {"reference": "Patient/bulk-1"},
+                    "effectiveDateTime": "2024-06-30T10:15:00Z",
+                    "identifier": [{"system": "urn:test:bulk", "value": format!("o{n}")}]},
+                "request": {"method": "POST", "url": "Observation"}
+            })
+        })
+        .collect();
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+    let (status, _) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200);
+    if !url.starts_with("postgres") {
+        // SQLite plans without table statistics of this kind; nothing to refresh.
+        app.stop().await;
+        return;
+    }
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(&url).await.unwrap();
+    let analyzed = "SELECT COUNT(*) AS n FROM pg_stat_user_tables \
+                    WHERE relname IN ('compartment', 'resource_ref') AND last_analyze IS NOT NULL";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                analyzed.to_string(),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        if row.try_get::<i64>("", "n").unwrap() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tables were analyzed after the load"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
