@@ -1,4 +1,5 @@
-//! Request handlers: each reads its input, calls the store, and answers FHIR JSON.
+//! Request handlers: each reads its input, calls the store, and answers FHIR JSON (which
+//! [`super::negotiate`] turns into XML when asked).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -625,7 +626,7 @@ pub async fn post_bundle(
     req: HttpRequest,
     body: web::Payload,
 ) -> Answer {
-    let bundle = read_json_body(&state, &req, body).await?;
+    let bundle = read_resource_body(&state, &req, body).await?;
     let extension_url = BundleTrace::extension_url(&state.canonical_base);
     let carried = super::bundle::carried_trace(&bundle, &extension_url);
     crate::telemetry::link_payload_context(&tracing::Span::current(), carried.as_ref());
@@ -644,19 +645,28 @@ pub async fn post_bundle(
     Ok(bundle_response(response.to_string()))
 }
 
-/// The request body as JSON: content type checked, size and time bounded, parsed off the I/O
-/// worker. The memory budget is held only while reading and parsing.
-pub(super) async fn read_json_body(
+/// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
+/// content type checked, size and time bounded, parsed off the I/O worker. The memory budget is
+/// held only while reading and parsing.
+pub(super) async fn read_resource_body(
     state: &FhirState,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<Value, FhirError> {
-    check_content_type(req)?;
+    let format = body_format(req)?;
+    if format == BodyFormat::JsonPatch {
+        return Err(FhirError::UnsupportedMediaType(
+            "a JSON Patch is only taken by PATCH".into(),
+        ));
+    }
     let _budget = state.body_budget.reserve(declared_length(req)).await;
     let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
-    tokio::task::spawn_blocking(move || parse_json(&bytes))
-        .await
-        .map_err(|_| FhirError::Internal)?
+    tokio::task::spawn_blocking(move || match format {
+        BodyFormat::Xml => parse_xml(&bytes),
+        _ => parse_json(&bytes),
+    })
+    .await
+    .map_err(|_| FhirError::Internal)?
 }
 
 pub async fn unsupported(req: HttpRequest) -> Answer {
@@ -749,8 +759,16 @@ pub(super) fn http_date(us: i64) -> String {
     at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
-/// JSON in UTF-8, not compressed: anything else is answered 415 rather than misread.
-fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFormat {
+    Json,
+    Xml,
+    JsonPatch,
+}
+
+/// FHIR JSON or XML (or a JSON Patch) in UTF-8, not compressed: anything else is answered 415
+/// rather than misread. No content type means JSON.
+fn body_format(req: &HttpRequest) -> Result<BodyFormat, FhirError> {
     let unsupported = |what: String| Err(FhirError::UnsupportedMediaType(what));
     if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("?").trim().to_ascii_lowercase();
@@ -759,19 +777,25 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
         }
     }
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(BodyFormat::Json);
     };
     let value = value.to_str().unwrap_or("").to_ascii_lowercase();
     let mut parts = value.split(';').map(str::trim);
     let mime = parts.next().unwrap_or("");
-    if !matches!(
-        mime,
-        "application/fhir+json" | "application/json" | "application/json+fhir"
-    ) {
-        return unsupported(format!(
-            "content type {mime:?} is not supported; send application/fhir+json"
-        ));
-    }
+    let format = match mime {
+        "application/fhir+json" | "application/json" | "application/json+fhir" => {
+            BodyFormat::Json
+        }
+        "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "text/xml" => {
+            BodyFormat::Xml
+        }
+        "application/json-patch+json" => BodyFormat::JsonPatch,
+        _ => {
+            return unsupported(format!(
+                "content type {mime:?} is not supported; send application/fhir+json or application/fhir+xml"
+            ))
+        }
+    };
     let charset = parts
         .find_map(|p| {
             p.split_once('=')
@@ -780,7 +804,7 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
         })
         .map(|c| c.trim_matches('"'));
     match charset {
-        None | Some("utf-8" | "utf8") => Ok(()),
+        None | Some("utf-8" | "utf8") => Ok(format),
         Some(other) => unsupported(format!("charset {other:?} is not supported; send UTF-8")),
     }
 }
@@ -822,6 +846,11 @@ fn declared_length(req: &HttpRequest) -> Option<usize> {
         .ok()
 }
 
+/// FHIR XML from a request body, as the JSON fhirbolt writes for it.
+fn parse_xml(bytes: &[u8]) -> Result<Value, FhirError> {
+    hl7bridge_fhir_codec::xml_to_json(bytes).map_err(transaction::codec_error)
+}
+
 /// JSON from a request body; a UTF-8 byte-order mark is skipped (fhirbolt would fail on it).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -834,7 +863,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     })
 }
 
-/// Parameters that change nothing in a JSON-only server.
+/// Parameters the format negotiation reads (see [`super::negotiate`]), not the handlers.
 const HARMLESS: &[&str] = &["_format", "_pretty"];
 
 /// The query's (name, value) pairs, percent-decoded, without the harmless ones.

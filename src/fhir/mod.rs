@@ -1,4 +1,4 @@
-//! The FHIR R4 REST facade (JSON), on actix-web.
+//! The FHIR R4 REST facade (JSON, and XML at the boundary: see [`negotiate`]), on actix-web.
 //!
 //! Routes: `GET /metadata`, `POST /` (transaction or batch), `POST /{type}` (create, with
 //! `If-None-Exist`), `PUT /{type}/{id}` (update or create), `DELETE /{type}/{id}`,
@@ -26,7 +26,7 @@ pub mod transaction;
 use actix_web::web;
 
 pub use http_trace::trace_requests;
-pub use negotiate::json_only;
+pub use negotiate::negotiate;
 
 use crate::store::Store;
 

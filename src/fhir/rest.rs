@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::{FhirError, FHIR_JSON};
-use super::handlers::{base_url, http_date, read_json_body, Answer};
+use super::handlers::{base_url, http_date, read_resource_body, Answer};
 use super::id::{is_resource_type, is_valid_id};
 use super::{transaction, FhirState};
 
@@ -19,7 +19,7 @@ pub async fn create(
     body: web::Payload,
 ) -> Answer {
     let resource_type = known_type(path.into_inner())?;
-    let resource = read_json_body(&state, &req, body).await?;
+    let resource = read_resource_body(&state, &req, body).await?;
     let mut request = json!({"method": "POST", "url": resource_type});
     if let Some(query) = header_text(&req, "if-none-exist")? {
         request["ifNoneExist"] = json!(query);
@@ -79,7 +79,7 @@ async fn put(
     url: String,
     body: web::Payload,
 ) -> Answer {
-    let resource = read_json_body(state, req, body).await?;
+    let resource = read_resource_body(state, req, body).await?;
     let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
     run(state, req, resource_type, entry).await
 }

@@ -721,6 +721,9 @@ pub fn codec_error(err: hl7bridge_fhir_codec::CodecError) -> FhirError {
         CodecError::Model(message) => {
             FhirError::invalid(format!("not a valid R4 resource: {message}"))
         }
+        CodecError::Xml(message) => FhirError::invalid(format!(
+            "the body is not FHIR XML that this server reads: {message}"
+        )),
     }
 }
 
