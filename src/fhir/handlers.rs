@@ -13,6 +13,7 @@ use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
 use super::rest::known_type;
 use super::search::{self, SearchRequest, Total};
+use super::summary::{summarise, Summary};
 use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::search_params::date_range;
 use crate::store::{EverythingPage, HistoryCursor, Search, StoredResource, SupportingMode};
@@ -41,12 +42,16 @@ pub async fn read(
     path: web::Path<(String, String)>,
 ) -> Answer {
     let (resource_type, id) = path.into_inner();
-    let stored = live_resource(&state, &resource_type, &id).await?;
+    let summary = Summary::from_query(&decode_pairs(req.query_string())?)?;
+    let mut stored = live_resource(&state, &resource_type, &id).await?;
     if not_modified(&req, &stored) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, format!("W/\"{}\"", stored.version_id)))
             .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated_us)))
             .finish());
+    }
+    if let Some(summary) = summary {
+        stored.content = summarise(&stored.content, &resource_type, summary);
     }
     Ok(resource_response(stored))
 }
@@ -394,23 +399,40 @@ async fn run_search(
         Total::Cheap if request.cursor.is_none() && !more => Some(page.len()),
         _ => None,
     };
-    let (included, capped) = includes(state, &request, &page).await?;
+    let (mut included, capped) = includes(state, &request, &page).await?;
     if let Some(elements) = &request.elements {
         for r in &mut page {
             r.content = search::subset(&r.content, elements);
         }
     }
-    let ignored = if capped {
-        let issue = json!({"severity": "warning", "code": "too-costly", "diagnostics":
-            format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")});
+    let mut uncovered = std::collections::BTreeSet::new();
+    if let Some(summary) = request.summary {
+        for r in page.iter_mut().chain(included.iter_mut()) {
+            if !summary.covers(&r.resource_type) {
+                uncovered.insert(r.resource_type.clone());
+            }
+            r.content = summarise(&r.content, &r.resource_type, summary);
+        }
+    }
+    let mut warnings = Vec::new();
+    if capped {
+        warnings.push(json!({"severity": "warning", "code": "too-costly", "diagnostics":
+            format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")}));
+    }
+    if !uncovered.is_empty() {
+        let types: Vec<String> = uncovered.into_iter().collect();
+        warnings.push(json!({"severity": "warning", "code": "not-supported", "diagnostics":
+            format!("_summary has no element table for {}: those resources are whole", types.join(", "))}));
+    }
+    let ignored = if warnings.is_empty() {
+        ignored
+    } else {
         let mut outcome =
             ignored.unwrap_or_else(|| json!({"resourceType": "OperationOutcome", "issue": []}));
         if let Some(issues) = outcome["issue"].as_array_mut() {
-            issues.push(issue);
+            issues.extend(warnings);
         }
         Some(outcome)
-    } else {
-        ignored
     };
     let entries: Vec<_> = page
         .iter()

@@ -21,6 +21,7 @@ mod negotiate;
 mod references;
 mod rest;
 mod search;
+mod summary;
 pub mod transaction;
 
 use actix_web::web;

@@ -10,6 +10,7 @@ mod fhir_everything;
 mod fhir_hostile;
 mod fhir_rest;
 mod fhir_search;
+mod fhir_summary;
 mod fhir_xml;
 mod fhirpy_client;
 mod kafka;
