@@ -34,7 +34,7 @@ fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-            {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+            {"code": "patch"}, {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
             {"code": "search-type"}],
         "versioning": "versioned-update",
         "readHistory": true,

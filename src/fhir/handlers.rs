@@ -691,6 +691,24 @@ pub(super) async fn read_resource_body(
     .map_err(|_| FhirError::Internal)?
 }
 
+/// A JSON Patch body (`application/json-patch+json`), as JSON.
+pub(super) async fn read_patch_body(
+    state: &FhirState,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<Value, FhirError> {
+    if body_format(req)? != BodyFormat::JsonPatch {
+        return Err(FhirError::UnsupportedMediaType(
+            "PATCH takes application/json-patch+json".into(),
+        ));
+    }
+    let _budget = state.body_budget.reserve(declared_length(req)).await;
+    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
+    tokio::task::spawn_blocking(move || parse_json(&bytes))
+        .await
+        .map_err(|_| FhirError::Internal)?
+}
+
 pub async fn unsupported(req: HttpRequest) -> Answer {
     let method = req.method().as_str();
     if method == "GET" || method == "POST" {
@@ -703,7 +721,7 @@ pub async fn unsupported(req: HttpRequest) -> Answer {
     )))
 }
 
-async fn live_resource(
+pub(super) async fn live_resource(
     state: &FhirState,
     resource_type: &str,
     id: &str,

@@ -18,6 +18,7 @@ mod handlers;
 mod http_trace;
 pub mod id;
 mod negotiate;
+mod patch;
 mod references;
 mod rest;
 mod search;
@@ -72,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/{type}/{id}/_history", web::get().to(handlers::history))
         .route("/{type}/{id}", web::put().to(rest::update))
         .route("/{type}/{id}", web::delete().to(rest::delete))
+        .route("/{type}/{id}", web::patch().to(rest::patch))
         .route("/{type}/{id}", web::get().to(handlers::read))
         .route(
             "/{type}/{id}/_history/{vid}",

@@ -374,7 +374,7 @@ fn read_precondition(method: &str, request: &Value) -> Result<Option<Preconditio
 }
 
 /// `W/"3"`, `"3"` or `3` → 3.
-fn parse_etag(value: Option<&str>) -> Result<i64, FhirError> {
+pub(super) fn parse_etag(value: Option<&str>) -> Result<i64, FhirError> {
     let version = value
         .map(|v| v.strip_prefix("W/").unwrap_or(v).trim_matches('"'))
         .and_then(|v| v.parse::<i64>().ok())

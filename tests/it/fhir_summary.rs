@@ -10,15 +10,8 @@ fn narrative(text: &str) -> Value {
 }
 
 async fn put(app: &TestApp, path: &str, resource: Value) {
-    let response = app
-        .client
-        .put(format!("{}{path}", app.base))
-        .header("content-type", "application/fhir+json")
-        .body(resource.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "{path}");
+    let (status, _) = app.put_json(path, resource.to_string()).await;
+    assert_eq!(status, 201, "{path}");
 }
 
 fn keys(resource: &Value) -> Vec<&str> {

@@ -8,6 +8,7 @@ mod corpus;
 mod fhir_api;
 mod fhir_everything;
 mod fhir_hostile;
+mod fhir_patch;
 mod fhir_rest;
 mod fhir_search;
 mod fhir_summary;
