@@ -137,6 +137,34 @@ async fn a_resource_posted_as_xml_is_stored_as_the_same_json_as_its_json_form() 
 }
 
 #[tokio::test]
+async fn an_update_sent_as_xml_creates_then_versions_the_resource() {
+    let app = spawn_app().await;
+    let with_id = PATIENT_XML.replace(
+        "<Patient xmlns=\"http://hl7.org/fhir\">",
+        "<Patient xmlns=\"http://hl7.org/fhir\"><id value=\"xml-put\"/>",
+    );
+    let put = |body: String| {
+        app.client
+            .put(format!("{}/Patient/xml-put", app.base))
+            .header("content-type", "application/xml")
+            .body(body)
+    };
+    assert_eq!(send(put(with_id.clone())).await.status, 201);
+    let changed = with_id.replace("value=\"female\"", "value=\"other\"");
+    let updated = send(put(changed)).await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let (_, stored) = app.get_json("/Patient/xml-put").await;
+    assert_eq!(
+        (
+            stored["gender"].as_str(),
+            stored["meta"]["versionId"].as_str()
+        ),
+        (Some("other"), Some("2"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn every_kind_of_answer_comes_out_in_xml_when_asked() {
     let app = spawn_app().await;
     let id = create_patient(&app).await;
