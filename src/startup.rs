@@ -220,7 +220,7 @@ fn http_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(from_fn(fhir::json_only))
+            .wrap(from_fn(fhir::negotiate))
             .wrap(from_fn(fhir::trace_requests))
             .configure(crate::ops::routes)
             .configure(fhir::routes)

@@ -20,7 +20,7 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
         "software": {"name": "hl7bridge", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "hl7bridge FHIR R4 facade", "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "rest": [{
             "mode": "server",
             "resource": resources,
@@ -34,7 +34,7 @@ fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
         "interaction": [{"code": "read"}, {"code": "vread"}, {"code": "create"}, {"code": "update"},
-            {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
+            {"code": "patch"}, {"code": "delete"}, {"code": "history-instance"}, {"code": "history-type"},
             {"code": "search-type"}],
         "versioning": "versioned-update",
         "readHistory": true,

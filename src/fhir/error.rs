@@ -35,6 +35,9 @@ pub enum FhirError {
     NotAcceptable(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request is well-formed but cannot be applied (a JSON Patch whose `test` fails).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("the database is unavailable; retry later")]
     Unavailable,
     #[error("internal error")]
@@ -91,6 +94,7 @@ impl FhirError {
             FhirError::NotAcceptable(_) => "not-supported",
             FhirError::PreconditionFailed(_) => "duplicate",
             FhirError::Conflict(_) => "conflict",
+            FhirError::Unprocessable(_) => "processing",
             FhirError::Unavailable => "transient",
             FhirError::Internal => "exception",
             FhirError::AtEntry { error, .. } => error.issue_code(),
@@ -124,6 +128,7 @@ impl ResponseError for FhirError {
             FhirError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             FhirError::Conflict(_) => StatusCode::CONFLICT,
+            FhirError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             FhirError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             FhirError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             FhirError::AtEntry { error, .. } => error.status_code(),

@@ -1,4 +1,5 @@
-//! Request handlers: each reads its input, calls the store, and answers FHIR JSON.
+//! Request handlers: each reads its input, calls the store, and answers FHIR JSON (which
+//! [`super::negotiate`] turns into XML when asked).
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,6 +13,7 @@ use super::error::{FhirError, FHIR_JSON};
 use super::id::{is_resource_type, is_valid_id};
 use super::rest::known_type;
 use super::search::{self, SearchRequest, Total};
+use super::summary::{summarise, Summary};
 use super::{transaction, BodyTimeouts, FhirState};
 use crate::store::search_params::date_range;
 use crate::store::{EverythingPage, HistoryCursor, Search, StoredResource, SupportingMode};
@@ -40,12 +42,16 @@ pub async fn read(
     path: web::Path<(String, String)>,
 ) -> Answer {
     let (resource_type, id) = path.into_inner();
-    let stored = live_resource(&state, &resource_type, &id).await?;
+    let summary = Summary::from_query(&decode_pairs(req.query_string())?)?;
+    let mut stored = live_resource(&state, &resource_type, &id).await?;
     if not_modified(&req, &stored) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, format!("W/\"{}\"", stored.version_id)))
             .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated_us)))
             .finish());
+    }
+    if let Some(summary) = summary {
+        stored.content = summarise(&stored.content, &resource_type, summary);
     }
     Ok(resource_response(stored))
 }
@@ -393,23 +399,40 @@ async fn run_search(
         Total::Cheap if request.cursor.is_none() && !more => Some(page.len()),
         _ => None,
     };
-    let (included, capped) = includes(state, &request, &page).await?;
+    let (mut included, capped) = includes(state, &request, &page).await?;
     if let Some(elements) = &request.elements {
         for r in &mut page {
             r.content = search::subset(&r.content, elements);
         }
     }
-    let ignored = if capped {
-        let issue = json!({"severity": "warning", "code": "too-costly", "diagnostics":
-            format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")});
+    let mut uncovered = std::collections::BTreeSet::new();
+    if let Some(summary) = request.summary {
+        for r in page.iter_mut().chain(included.iter_mut()) {
+            if !summary.covers(&r.resource_type) {
+                uncovered.insert(r.resource_type.clone());
+            }
+            r.content = summarise(&r.content, &r.resource_type, summary);
+        }
+    }
+    let mut warnings = Vec::new();
+    if capped {
+        warnings.push(json!({"severity": "warning", "code": "too-costly", "diagnostics":
+            format!("_revinclude added at most {MAX_REVINCLUDED} resources per parameter; use a smaller _count")}));
+    }
+    if !uncovered.is_empty() {
+        let types: Vec<String> = uncovered.into_iter().collect();
+        warnings.push(json!({"severity": "warning", "code": "not-supported", "diagnostics":
+            format!("_summary has no element table for {}: those resources are whole", types.join(", "))}));
+    }
+    let ignored = if warnings.is_empty() {
+        ignored
+    } else {
         let mut outcome =
             ignored.unwrap_or_else(|| json!({"resourceType": "OperationOutcome", "issue": []}));
         if let Some(issues) = outcome["issue"].as_array_mut() {
-            issues.push(issue);
+            issues.extend(warnings);
         }
         Some(outcome)
-    } else {
-        ignored
     };
     let entries: Vec<_> = page
         .iter()
@@ -625,7 +648,7 @@ pub async fn post_bundle(
     req: HttpRequest,
     body: web::Payload,
 ) -> Answer {
-    let bundle = read_json_body(&state, &req, body).await?;
+    let bundle = read_resource_body(&state, &req, body).await?;
     let extension_url = BundleTrace::extension_url(&state.canonical_base);
     let carried = super::bundle::carried_trace(&bundle, &extension_url);
     crate::telemetry::link_payload_context(&tracing::Span::current(), carried.as_ref());
@@ -644,14 +667,41 @@ pub async fn post_bundle(
     Ok(bundle_response(response.to_string()))
 }
 
-/// The request body as JSON: content type checked, size and time bounded, parsed off the I/O
-/// worker. The memory budget is held only while reading and parsing.
-pub(super) async fn read_json_body(
+/// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
+/// content type checked, size and time bounded, parsed off the I/O worker. The memory budget is
+/// held only while reading and parsing.
+pub(super) async fn read_resource_body(
     state: &FhirState,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<Value, FhirError> {
-    check_content_type(req)?;
+    let format = body_format(req)?;
+    if format == BodyFormat::JsonPatch {
+        return Err(FhirError::UnsupportedMediaType(
+            "a JSON Patch is only taken by PATCH".into(),
+        ));
+    }
+    let _budget = state.body_budget.reserve(declared_length(req)).await;
+    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
+    tokio::task::spawn_blocking(move || match format {
+        BodyFormat::Xml => parse_xml(&bytes),
+        _ => parse_json(&bytes),
+    })
+    .await
+    .map_err(|_| FhirError::Internal)?
+}
+
+/// A JSON Patch body (`application/json-patch+json`), as JSON.
+pub(super) async fn read_patch_body(
+    state: &FhirState,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<Value, FhirError> {
+    if body_format(req)? != BodyFormat::JsonPatch {
+        return Err(FhirError::UnsupportedMediaType(
+            "PATCH takes application/json-patch+json".into(),
+        ));
+    }
     let _budget = state.body_budget.reserve(declared_length(req)).await;
     let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
     tokio::task::spawn_blocking(move || parse_json(&bytes))
@@ -671,7 +721,7 @@ pub async fn unsupported(req: HttpRequest) -> Answer {
     )))
 }
 
-async fn live_resource(
+pub(super) async fn live_resource(
     state: &FhirState,
     resource_type: &str,
     id: &str,
@@ -749,8 +799,16 @@ pub(super) fn http_date(us: i64) -> String {
     at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 
-/// JSON in UTF-8, not compressed: anything else is answered 415 rather than misread.
-fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BodyFormat {
+    Json,
+    Xml,
+    JsonPatch,
+}
+
+/// FHIR JSON or XML (or a JSON Patch) in UTF-8, not compressed: anything else is answered 415
+/// rather than misread. No content type means JSON.
+fn body_format(req: &HttpRequest) -> Result<BodyFormat, FhirError> {
     let unsupported = |what: String| Err(FhirError::UnsupportedMediaType(what));
     if let Some(encoding) = req.headers().get(header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("?").trim().to_ascii_lowercase();
@@ -759,19 +817,25 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
         }
     }
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(BodyFormat::Json);
     };
     let value = value.to_str().unwrap_or("").to_ascii_lowercase();
     let mut parts = value.split(';').map(str::trim);
     let mime = parts.next().unwrap_or("");
-    if !matches!(
-        mime,
-        "application/fhir+json" | "application/json" | "application/json+fhir"
-    ) {
-        return unsupported(format!(
-            "content type {mime:?} is not supported; send application/fhir+json"
-        ));
-    }
+    let format = match mime {
+        "application/fhir+json" | "application/json" | "application/json+fhir" => {
+            BodyFormat::Json
+        }
+        "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "text/xml" => {
+            BodyFormat::Xml
+        }
+        "application/json-patch+json" => BodyFormat::JsonPatch,
+        _ => {
+            return unsupported(format!(
+                "content type {mime:?} is not supported; send application/fhir+json or application/fhir+xml"
+            ))
+        }
+    };
     let charset = parts
         .find_map(|p| {
             p.split_once('=')
@@ -780,7 +844,7 @@ fn check_content_type(req: &HttpRequest) -> Result<(), FhirError> {
         })
         .map(|c| c.trim_matches('"'));
     match charset {
-        None | Some("utf-8" | "utf8") => Ok(()),
+        None | Some("utf-8" | "utf8") => Ok(format),
         Some(other) => unsupported(format!("charset {other:?} is not supported; send UTF-8")),
     }
 }
@@ -822,6 +886,11 @@ fn declared_length(req: &HttpRequest) -> Option<usize> {
         .ok()
 }
 
+/// FHIR XML from a request body, as the JSON fhirbolt writes for it.
+fn parse_xml(bytes: &[u8]) -> Result<Value, FhirError> {
+    hl7bridge_fhir_codec::xml_to_json(bytes).map_err(transaction::codec_error)
+}
+
 /// JSON from a request body; a UTF-8 byte-order mark is skipped (fhirbolt would fail on it).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -834,7 +903,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     })
 }
 
-/// Parameters that change nothing in a JSON-only server.
+/// Parameters the format negotiation reads (see [`super::negotiate`]), not the handlers.
 const HARMLESS: &[&str] = &["_format", "_pretty"];
 
 /// The query's (name, value) pairs, percent-decoded, without the harmless ones.

@@ -1,4 +1,4 @@
-//! The FHIR R4 REST facade (JSON), on actix-web.
+//! The FHIR R4 REST facade (JSON, and XML at the boundary: see [`negotiate`]), on actix-web.
 //!
 //! Routes: `GET /metadata`, `POST /` (transaction or batch), `POST /{type}` (create, with
 //! `If-None-Exist`), `PUT /{type}/{id}` (update or create), `DELETE /{type}/{id}`,
@@ -18,15 +18,17 @@ mod handlers;
 mod http_trace;
 pub mod id;
 mod negotiate;
+mod patch;
 mod references;
 mod rest;
 mod search;
+mod summary;
 pub mod transaction;
 
 use actix_web::web;
 
 pub use http_trace::trace_requests;
-pub use negotiate::json_only;
+pub use negotiate::negotiate;
 
 use crate::store::Store;
 
@@ -71,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/{type}/{id}/_history", web::get().to(handlers::history))
         .route("/{type}/{id}", web::put().to(rest::update))
         .route("/{type}/{id}", web::delete().to(rest::delete))
+        .route("/{type}/{id}", web::patch().to(rest::patch))
         .route("/{type}/{id}", web::get().to(handlers::read))
         .route(
             "/{type}/{id}/_history/{vid}",

@@ -1,14 +1,17 @@
-//! Single-resource interactions: create (`POST /{type}`), update (`PUT /{type}/{id}`) and delete
-//! (`DELETE /{type}/{id}`). Each runs as a one-entry transaction, so every rule of the Bundle
-//! path holds for both: the model check, `If-None-Exist` (conditional create), reference
-//! resolution, versioning, and the per-node serialisation of conditional creates.
+//! Single-resource interactions: create (`POST /{type}`), update (`PUT /{type}/{id}`), patch
+//! (`PATCH /{type}/{id}`, written as an update) and delete (`DELETE /{type}/{id}`). Each runs as
+//! a one-entry transaction, so every rule of the Bundle path holds for all of them: the model
+//! check, `If-None-Exist` (conditional create), reference resolution, versioning, and the
+//! per-node serialisation of conditional creates.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::error::{FhirError, FHIR_JSON};
-use super::handlers::{base_url, http_date, read_json_body, Answer};
+use super::handlers::{
+    base_url, http_date, live_resource, read_patch_body, read_resource_body, Answer,
+};
 use super::id::{is_resource_type, is_valid_id};
 use super::{transaction, FhirState};
 
@@ -19,7 +22,7 @@ pub async fn create(
     body: web::Payload,
 ) -> Answer {
     let resource_type = known_type(path.into_inner())?;
-    let resource = read_json_body(&state, &req, body).await?;
+    let resource = read_resource_body(&state, &req, body).await?;
     let mut request = json!({"method": "POST", "url": resource_type});
     if let Some(query) = header_text(&req, "if-none-exist")? {
         request["ifNoneExist"] = json!(query);
@@ -71,6 +74,55 @@ pub async fn conditional_delete(
     remove(&state, &req, &resource_type, url).await
 }
 
+/// How often a PATCH without `If-Match` is tried again when another write got in between.
+const PATCH_ATTEMPTS: usize = 3;
+
+/// `PATCH /{type}/{id}` with a JSON Patch: applied to the current version, checked through the
+/// codec (422 when the result is not a valid resource), and written as an update that holds
+/// only if that version is still current. With `If-Match` a stale version is a 412; without
+/// it, a write that got in between makes the patch start again on the newer version.
+pub async fn patch(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Payload,
+) -> Answer {
+    let (resource_type, url) = instance(path.into_inner())?;
+    let id = url[resource_type.len() + 1..].to_string();
+    let operations = read_patch_body(&state, &req, body).await?;
+    let asked = header_text(&req, "if-match")?
+        .map(|tag| transaction::parse_etag(Some(&tag)))
+        .transpose()?;
+    for attempt in 1..=PATCH_ATTEMPTS {
+        let current = live_resource(&state, &resource_type, &id).await?;
+        if asked.is_some_and(|version| version != current.version_id) {
+            return Err(FhirError::PreconditionFailed(format!(
+                "{url} is at version {}",
+                current.version_id
+            )));
+        }
+        let mut resource: Value =
+            serde_json::from_str(&current.content).map_err(|_| FhirError::Internal)?;
+        super::patch::apply(&mut resource, &operations)?;
+        if let Err(err) = hl7bridge_fhir_codec::canonicalize(resource.clone()) {
+            return Err(FhirError::Unprocessable(format!(
+                "the patched resource is not valid: {err}"
+            )));
+        }
+        let if_match = format!("W/\"{}\"", current.version_id);
+        let entry = json!({"resource": resource,
+            "request": {"method": "PUT", "url": url, "ifMatch": if_match}});
+        match run(&state, &req, &resource_type, entry).await {
+            Err(FhirError::PreconditionFailed(_))
+                if asked.is_none() && attempt < PATCH_ATTEMPTS => {}
+            answer => return answer,
+        }
+    }
+    Err(FhirError::Conflict(format!(
+        "{url} kept changing while it was patched; try again"
+    )))
+}
+
 /// A PUT of the request body to `url` (`Type/id` or `Type?condition`).
 async fn put(
     state: &FhirState,
@@ -79,7 +131,7 @@ async fn put(
     url: String,
     body: web::Payload,
 ) -> Answer {
-    let resource = read_json_body(state, req, body).await?;
+    let resource = read_resource_body(state, req, body).await?;
     let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
     run(state, req, resource_type, entry).await
 }

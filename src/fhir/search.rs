@@ -4,7 +4,10 @@
 use crate::store::search_params::{date_range, find, Kind};
 use crate::store::{Criterion, DateCriterion, Order, Prefix, StrMatch};
 
+use serde_json::{Map, Value};
+
 use super::error::FhirError;
+use super::summary::Summary;
 
 /// Results per page unless `_count` says otherwise, and the most `_count` may ask for.
 pub const DEFAULT_COUNT: u64 = 50;
@@ -37,6 +40,8 @@ pub struct SearchRequest {
     pub count_only: bool,
     /// `_elements`: the top-level elements matches keep (besides id and meta).
     pub elements: Option<Vec<String>>,
+    /// `_summary=true|text|data`: what every returned resource keeps.
+    pub summary: Option<Summary>,
     /// `_include`: (paths, target type) of the searched type's reference parameters.
     pub includes: Vec<(Vec<String>, Option<String>)>,
     /// `_revinclude`: (source type, paths) of another type's reference parameter.
@@ -57,6 +62,7 @@ impl SearchRequest {
             total: Total::Cheap,
             count_only: false,
             elements: None,
+            summary: None,
             includes: Vec::new(),
             revincludes: Vec::new(),
             unknown: Vec::new(),
@@ -159,6 +165,7 @@ impl SearchRequest {
                 }
             }
             "_summary" if value == "count" => self.count_only = true,
+            "_summary" => self.summary = Summary::parse(value)?,
             "_elements" => {
                 let names: Vec<String> = value
                     .split(',')
@@ -190,8 +197,7 @@ impl SearchRequest {
 /// SUBSETTED as R4 asks. A choice element is kept by its base name (`value` keeps
 /// `valueQuantity`).
 pub fn subset(content: &str, elements: &[String]) -> String {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(content)
-    else {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(content) else {
         return content.to_string();
     };
     let wanted = |key: &str| {
@@ -204,8 +210,22 @@ pub fn subset(content: &str, elements: &[String]) -> String {
                         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
             })
     };
-    let mut out: serde_json::Map<String, serde_json::Value> =
-        map.into_iter().filter(|(k, _)| wanted(k)).collect();
+    tagged(map.into_iter().filter(|(k, _)| wanted(k)).collect())
+}
+
+/// A resource without the top-level elements `keep` refuses, tagged SUBSETTED; `None` when
+/// it refuses none.
+pub fn keep_only(content: &str, keep: impl Fn(&str) -> bool) -> Option<String> {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(content) else {
+        return None;
+    };
+    if map.keys().all(|k| keep(k)) {
+        return None;
+    }
+    Some(tagged(map.into_iter().filter(|(k, _)| keep(k)).collect()))
+}
+
+fn tagged(mut out: Map<String, Value>) -> String {
     let tag = serde_json::json!({
         "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
         "code": "SUBSETTED",
@@ -219,7 +239,7 @@ pub fn subset(content: &str, elements: &[String]) -> String {
             }
         }
     }
-    serde_json::Value::Object(out).to_string()
+    Value::Object(out).to_string()
 }
 
 /// `<lastUpdated µs>.<id>`: where the previous page ended.

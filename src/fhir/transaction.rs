@@ -376,7 +376,7 @@ fn read_precondition(method: &str, request: &Value) -> Result<Option<Preconditio
 }
 
 /// `W/"3"`, `"3"` or `3` → 3.
-fn parse_etag(value: Option<&str>) -> Result<i64, FhirError> {
+pub(super) fn parse_etag(value: Option<&str>) -> Result<i64, FhirError> {
     let version = value
         .map(|v| v.strip_prefix("W/").unwrap_or(v).trim_matches('"'))
         .and_then(|v| v.parse::<i64>().ok())
@@ -733,6 +733,9 @@ pub fn codec_error(err: hl7bridge_fhir_codec::CodecError) -> FhirError {
         CodecError::Model(message) => {
             FhirError::invalid(format!("not a valid R4 resource: {message}"))
         }
+        CodecError::Xml(message) => FhirError::invalid(format!(
+            "the body is not FHIR XML that this server reads: {message}"
+        )),
     }
 }
 

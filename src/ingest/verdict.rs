@@ -150,7 +150,7 @@ fn checked_write(resource: Value) -> Result<ResourceWrite, AckError> {
             location: None,
             message: format!("{path}: {message}"),
         }),
-        Err(CodecError::Model(_)) => {
+        Err(CodecError::Model(_) | CodecError::Xml(_)) => {
             tracing::error!(%resource_type, "a mapped resource failed R4 validation (mapping defect)");
             Err(AckError {
                 code: INTERNAL_ERROR,

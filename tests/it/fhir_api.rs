@@ -306,7 +306,9 @@ async fn broken_json_and_xml_bodies_get_operation_outcomes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 415);
+    assert_eq!(response.status(), 400, "a Bundle without its type");
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
     let (status, body) = app
         .post_bundle(json!({"resourceType": "Patient"}).to_string())
         .await;

@@ -140,6 +140,20 @@ impl TestApp {
         (status, response.json().await.expect("the body is JSON"))
     }
 
+    /// `PUT {path}` of a FHIR JSON body: the status and the body, JSON when there is one.
+    pub async fn put_json(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .expect("PUT is answered");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Sends each payload framed on one connection and returns the answers, in order.
     pub async fn mllp_exchange(&self, payloads: &[&[u8]]) -> Vec<String> {
         let mut stream = TcpStream::connect(self.mllp).await.expect("MLLP connects");

@@ -1,4 +1,5 @@
-//! The one place that calls fhirbolt.
+//! The one place that calls fhirbolt: FHIR JSON checked into canonical form, and FHIR XML
+//! in and out (see [`xml`]).
 //!
 //! fhirbolt's (de)serialisation is generic and is monomorphised in whichever crate calls it; a
 //! crate calling it directly takes minutes to rebuild in release. Keeping every call here, behind
@@ -13,11 +14,15 @@
 //! - parsing straight into a concrete type fails on real bundles, so input always goes through
 //!   the `Resource` enum.
 
+mod xml;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::{Map, Value};
+
+pub use xml::{json_to_xml, xml_to_json};
 
 /// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).
 pub const MAX_DEPTH: usize = 64;
@@ -35,6 +40,10 @@ pub enum CodecError {
     /// fhirbolt rejected the content (unknown element, wrong type, missing required element).
     #[error("{0}")]
     Model(String),
+    /// The XML is not well-formed, or holds what FHIR XML forbids or this server refuses
+    /// (a DOCTYPE, entities, CDATA, nesting deeper than [`MAX_DEPTH`]).
+    #[error("{0}")]
+    Xml(String),
 }
 
 /// Checks one resource against the R4 model and returns it in canonical form: elements in

@@ -1,0 +1,350 @@
+//! FHIR XML in and out, through fhirbolt, with the checks it lacks.
+//!
+//! The server keeps and splices canonical JSON; XML exists only at the HTTP boundary. A posted
+//! XML document becomes the JSON the JSON path would have produced ([`xml_to_json`]), and a
+//! response is written as XML from its JSON text ([`json_to_xml`]).
+//!
+//! Before fhirbolt sees a document, [`prepare`] walks it once with quick-xml (the parser
+//! fhirbolt itself uses) and refuses what a server facing untrusted input must not read:
+//! DOCTYPE declarations (so no entity can be defined, let alone expanded), processing
+//! instructions, CDATA, unknown entity references, nesting deeper than [`MAX_DEPTH`] (fhirbolt
+//! recurses per element) and more than [`MAX_NODES`] elements. It also normalises what real
+//! senders write and fhirbolt refuses (LIBRARIES.md, fhirbolt item 6): a lower-case `utf-8` or
+//! a `standalone` in the declaration, and `xsi` namespace declarations and `xsi:*` attributes
+//! (a `schemaLocation`) on the root element.
+//!
+//! Known losses on the way out (fhirbolt item 7): narrative XHTML is re-indented, so
+//! whitespace next to inline tags changes; exponents are written in lower case.
+
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fhirbolt::model::r4::Resource;
+use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::Reader;
+use serde_json::Value;
+
+use crate::{CodecError, MAX_DEPTH, MAX_NODES};
+
+const XSI_NAMESPACE: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
+
+/// One FHIR XML resource (a Bundle included) as the JSON fhirbolt writes for it.
+pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
+    let prepared = prepare(bytes)?;
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::xml::from_slice::<Resource>(&prepared, Some(config))
+    }))
+    .map_err(|_| CodecError::Model("the XML resource could not be read".into()))?
+    .map_err(|e| CodecError::Model(e.to_string()))?;
+    catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::json::to_json_value(parsed, None)
+    }))
+    .map_err(|_| CodecError::Model("the resource could not be written".into()))?
+    .map_err(|e| CodecError::Model(e.to_string()))
+}
+
+/// A FHIR JSON resource (compact, as the server writes it) as indented FHIR XML.
+///
+/// A narrative `div` that is not XHTML (plain text is legal-looking JSON that fhirbolt accepts)
+/// would come out as text without its `<div>`, which no XML reader takes back, so it is an
+/// error here instead.
+pub fn json_to_xml(json: &[u8]) -> Result<Vec<u8>, CodecError> {
+    if let Some(at) = plain_text_div(json) {
+        return Err(CodecError::Model(format!(
+            "a narrative div at byte {at} is not XHTML and cannot be written as XML"
+        )));
+    }
+    let config = DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    };
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        fhirbolt::json::from_slice::<Resource>(json, Some(config))
+    }))
+    .map_err(|_| CodecError::Model("the resource could not be read".into()))?
+    .map_err(|e| CodecError::Model(e.to_string()))?;
+    catch_unwind(AssertUnwindSafe(|| fhirbolt::xml::to_vec(&parsed, None)))
+        .map_err(|_| CodecError::Model("the resource could not be written as XML".into()))?
+        .map_err(|e| CodecError::Model(e.to_string()))
+}
+
+/// Where a `"div":"` value does not start with `<div`. In compact JSON that pattern can only be
+/// a key and its string value: inside a string the quotes would be escaped.
+fn plain_text_div(json: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"div\":\"";
+    let mut from = 0;
+    while let Some(found) = find(&json[from..], KEY) {
+        let value = from + found + KEY.len();
+        if !json[value..].starts_with(b"<div") {
+            return Some(value);
+        }
+        from = value;
+    }
+    None
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The document checked and normalised for fhirbolt (see the module documentation).
+pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut reader = Reader::from_reader(bytes);
+    reader.check_end_names(true);
+    let mut scan = Scan::default();
+    loop {
+        let start = reader.buffer_position();
+        let event = reader
+            .read_event()
+            .map_err(|e| xml_error(reader.buffer_position(), &e.to_string()))?;
+        let end = reader.buffer_position();
+        if !scan.visit(event, start..end)? {
+            break;
+        }
+    }
+    if scan.depth != 0 || scan.root.is_none() {
+        return Err(xml_error(
+            bytes.len(),
+            "the document ends before its root element",
+        ));
+    }
+    Ok(scan.rewrite(bytes))
+}
+
+/// What [`prepare`] learns while reading the document once.
+#[derive(Default)]
+struct Scan {
+    depth: usize,
+    elements: usize,
+    /// Where the XML declaration is, to be dropped once checked.
+    declaration: Option<std::ops::Range<usize>>,
+    /// The root start tag, and its replacement when it carried `xsi` attributes.
+    root: Option<(std::ops::Range<usize>, Option<Vec<u8>>)>,
+    closed: bool,
+}
+
+impl Scan {
+    /// Checks one event; `false` at the end of the document.
+    fn visit(&mut self, event: Event<'_>, at: std::ops::Range<usize>) -> Result<bool, CodecError> {
+        let refuse = |what: &str| Err(xml_error(at.start, what));
+        match event {
+            Event::Eof => return Ok(false),
+            Event::DocType(_) => return refuse("DOCTYPE declarations (and entities) are refused"),
+            Event::PI(_) => return refuse("processing instructions are refused"),
+            Event::CData(_) => return refuse("CDATA sections are not FHIR XML"),
+            Event::Decl(decl) if self.root.is_none() && self.elements == 0 => {
+                check_declaration(&decl, at.start)?;
+                self.declaration = Some(at);
+            }
+            Event::Decl(_) => return refuse("an XML declaration after the start"),
+            Event::Start(start) => {
+                self.open(&start, at.clone(), false)?;
+                self.depth += 1;
+                if self.depth > MAX_DEPTH {
+                    return refuse("elements nested too deeply");
+                }
+            }
+            Event::Empty(start) => self.open(&start, at.clone(), true)?,
+            Event::End(_) => {
+                self.depth = self.depth.saturating_sub(1);
+                self.closed = self.depth == 0;
+            }
+            Event::Text(text) => {
+                text.unescape()
+                    .map_err(|e| xml_error(at.start, &e.to_string()))?;
+            }
+            Event::Comment(_) => {}
+        }
+        Ok(true)
+    }
+
+    /// An element starts: counted, its attribute values checked, the root remembered.
+    fn open(
+        &mut self,
+        start: &BytesStart<'_>,
+        at: std::ops::Range<usize>,
+        empty: bool,
+    ) -> Result<(), CodecError> {
+        if self.closed || (self.depth == 0 && self.root.is_some()) {
+            return Err(xml_error(at.start, "content after the root element"));
+        }
+        self.elements += 1;
+        if self.elements > MAX_NODES {
+            return Err(xml_error(
+                at.start,
+                "more elements than one resource may hold",
+            ));
+        }
+        for attribute in start.attributes() {
+            let attribute = attribute.map_err(|e| xml_error(at.start, &e.to_string()))?;
+            attribute
+                .unescape_value()
+                .map_err(|e| xml_error(at.start, &e.to_string()))?;
+        }
+        if self.depth == 0 {
+            let replacement = without_xsi(start, at.end - at.start, empty);
+            self.root = Some((at, replacement));
+        }
+        Ok(())
+    }
+
+    fn rewrite<'a>(&self, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+        let root = self.root.as_ref();
+        let replacement = root.and_then(|(range, tag)| tag.as_ref().map(|t| (range, t)));
+        match (&self.declaration, replacement) {
+            (None, None) => Cow::Borrowed(bytes),
+            (Some(decl), None) => Cow::Borrowed(&bytes[decl.end..]),
+            (decl, Some((range, tag))) => {
+                let from = decl.as_ref().map_or(0, |d| d.end);
+                let mut out = Vec::with_capacity(bytes.len());
+                out.extend_from_slice(&bytes[from..range.start]);
+                out.extend_from_slice(tag);
+                out.extend_from_slice(&bytes[range.end..]);
+                Cow::Owned(out)
+            }
+        }
+    }
+}
+
+/// Version 1.0 and UTF-8 in any case; `standalone` is ignored (the declaration is dropped).
+fn check_declaration(decl: &quick_xml::events::BytesDecl<'_>, at: usize) -> Result<(), CodecError> {
+    let version = decl.version().map_err(|e| xml_error(at, &e.to_string()))?;
+    if version.as_ref() != b"1.0" {
+        return Err(xml_error(at, "only XML version 1.0 is read"));
+    }
+    if let Some(encoding) = decl.encoding() {
+        let encoding = encoding.map_err(|e| xml_error(at, &e.to_string()))?;
+        if !encoding.eq_ignore_ascii_case(b"utf-8") {
+            return Err(xml_error(at, "only UTF-8 is read"));
+        }
+    }
+    Ok(())
+}
+
+/// The root start tag rebuilt without `xmlns:p` declarations of the XML Schema instance
+/// namespace and without `p:*` attributes; `None` when it has none.
+fn without_xsi(start: &BytesStart<'_>, len: usize, empty: bool) -> Option<Vec<u8>> {
+    let attributes: Vec<_> = start.attributes().flatten().collect();
+    let prefixes: Vec<&[u8]> = attributes
+        .iter()
+        .filter(|a| a.value.as_ref() == XSI_NAMESPACE)
+        .filter_map(|a| a.key.as_ref().strip_prefix(b"xmlns:"))
+        .collect();
+    if prefixes.is_empty() {
+        return None;
+    }
+    let is_xsi = |key: &[u8]| {
+        key.strip_prefix(b"xmlns:")
+            .is_some_and(|p| prefixes.contains(&p))
+            || prefixes
+                .iter()
+                .any(|p| key.len() > p.len() && key.starts_with(p) && key[p.len()] == b':')
+    };
+    let mut tag = Vec::with_capacity(len);
+    tag.push(b'<');
+    tag.extend_from_slice(start.name().as_ref());
+    for attribute in attributes.iter().filter(|a| !is_xsi(a.key.as_ref())) {
+        let quote = if attribute.value.contains(&b'"') {
+            b'\''
+        } else {
+            b'"'
+        };
+        tag.push(b' ');
+        tag.extend_from_slice(attribute.key.as_ref());
+        tag.extend_from_slice(&[b'=', quote]);
+        tag.extend_from_slice(&attribute.value);
+        tag.push(quote);
+    }
+    tag.extend_from_slice(if empty { b"/>" } else { b">" });
+    Some(tag)
+}
+
+fn xml_error(at: usize, message: &str) -> CodecError {
+    CodecError::Xml(format!("byte {at}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATIENT: &str = r#"<Patient xmlns="http://hl7.org/fhir"><id value="x1"/><gender value="female"/></Patient>"#;
+
+    #[test]
+    fn xml_becomes_the_json_the_json_path_produces() {
+        let json = xml_to_json(PATIENT.as_bytes()).unwrap();
+        let expected =
+            serde_json::json!({"resourceType": "Patient", "id": "x1", "gender": "female"});
+        assert_eq!(json, crate::canonicalize(expected).unwrap());
+    }
+
+    #[test]
+    fn json_comes_back_from_its_xml() {
+        let json = r#"{"resourceType":"Patient","id":"x1","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Ann</p></div>"},"gender":"female"}"#;
+        let xml = json_to_xml(json.as_bytes()).unwrap();
+        let back = xml_to_json(&xml).unwrap();
+        assert_eq!(back, serde_json::from_str::<Value>(json).unwrap());
+    }
+
+    #[test]
+    fn a_doctype_is_refused_so_no_entity_is_ever_defined() {
+        let bomb = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><Patient xmlns="http://hl7.org/fhir"><gender value="&lol2;"/></Patient>"#;
+        let err = xml_to_json(bomb.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("DOCTYPE"), "{err}");
+    }
+
+    #[test]
+    fn an_undefined_entity_is_refused() {
+        let xml = r#"<Patient xmlns="http://hl7.org/fhir"><gender value="&lol;"/></Patient>"#;
+        assert!(matches!(
+            xml_to_json(xml.as_bytes()),
+            Err(CodecError::Xml(_))
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_fhirbolt_recurses() {
+        let depth = 100_000;
+        let xml = format!(
+            "<Patient xmlns=\"http://hl7.org/fhir\">{}{}</Patient>",
+            "<extension url=\"u\">".repeat(depth),
+            "</extension>".repeat(depth)
+        );
+        let err = xml_to_json(xml.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("nested too deeply"), "{err}");
+    }
+
+    #[test]
+    fn what_real_senders_write_is_normalised() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8" standalone="yes"?>
+<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir ../patient.xsd"><id value="x1"/><gender value="female"/></Patient>"#;
+        let json = xml_to_json(xml.as_bytes()).unwrap();
+        assert_eq!(json["gender"], "female");
+    }
+
+    #[test]
+    fn broken_and_trailing_documents_are_refused() {
+        for bad in [
+            "<Patient xmlns=\"http://hl7.org/fhir\"><gender value=\"female\"></Patient>",
+            "<Patient xmlns=\"http://hl7.org/fhir\">",
+            "<Patient xmlns=\"http://hl7.org/fhir\"/><Patient xmlns=\"http://hl7.org/fhir\"/>",
+            "<Patient xmlns=\"http://hl7.org/fhir\"><![CDATA[x]]></Patient>",
+            "",
+            "{\"resourceType\":\"Patient\"}",
+        ] {
+            assert!(
+                matches!(xml_to_json(bad.as_bytes()), Err(CodecError::Xml(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_text_div_is_an_error_not_a_broken_document() {
+        let json = r#"{"resourceType":"Patient","text":{"status":"generated","div":"just text"}}"#;
+        assert!(json_to_xml(json.as_bytes()).is_err());
+    }
+}
