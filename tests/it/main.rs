@@ -13,6 +13,7 @@ mod fhir_rest;
 mod fhir_search;
 mod fhirpy_client;
 mod group_commit;
+mod import_cli;
 mod kafka;
 mod kafka_broker;
 mod mllp_client;
