@@ -13,10 +13,12 @@
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
 //! - [`replay`]: `hl7bridge messages` and `hl7bridge replay`: the stored HL7v2 messages.
+//! - [`import`]: `hl7bridge import`: Bundles and NDJSON files written straight to the database.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
 
 pub mod config;
 pub mod fhir;
+pub mod import;
 pub mod ingest;
 pub mod kafka;
 pub mod ops;

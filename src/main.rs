@@ -1,14 +1,17 @@
 //! `hl7bridge serve`: load the configuration, start telemetry, build the application, run until
-//! SIGINT or SIGTERM, and say how it ended.
+//! SIGINT or SIGTERM, and say how it ended. Also the small commands beside it: `send`,
+//! `messages`, `replay` and `import`.
 
 use std::process::ExitCode;
 
 use hl7bridge::config::Config;
+use hl7bridge::import::ImportOptions;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 
 const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n       \
-hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n\n\
+hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n       \
+hl7bridge import [--ndjson] [--jobs N] FILE|DIR...\n\n\
 serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
 variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
 127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite). HL7BRIDGE_KAFKA_BROKERS switches\n\
@@ -17,7 +20,13 @@ send: sends each HL7v2 file as one MLLP frame to HL7BRIDGE_MLLP_ADDR (default\n\
 127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.\n\
 messages: lists the HL7v2 messages stored in HL7BRIDGE_DATABASE_URL, newest first, one JSON\n\
 line each (sender, control id, type, ACK code; never content); default limit 100.\n\
-replay: sends the stored messages with these ids to HL7BRIDGE_MLLP_ADDR again, like send.";
+replay: sends the stored messages with these ids to HL7BRIDGE_MLLP_ADDR again, like send.\n\
+import: writes FHIR files straight into HL7BRIDGE_DATABASE_URL (no server needed): transaction\n\
+or batch Bundles (*.json) as POST / would, NDJSON (*.ndjson, one resource per line) as upserts.\n\
+A directory means its *.json and *.ndjson files, in name order; Bundles with conditional\n\
+references go after the rest. --ndjson reads every file as NDJSON; --jobs N imports N files or\n\
+NDJSON chunks at once (default 2). Importing the same files again writes nothing new. Failures\n\
+are reported and skipped; exits 1 if there were any.";
 
 fn main() -> ExitCode {
     // `hl7bridge serve --help` must print help, not start a server.
@@ -39,6 +48,7 @@ fn main() -> ExitCode {
         Some("send") => exit_code(send()),
         Some("messages") => exit_code(messages()),
         Some("replay") => exit_code(replay()),
+        Some("import") => exit_code(import()),
         Some("--version" | "version") => {
             println!("hl7bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -108,6 +118,21 @@ fn replay() -> anyhow::Result<bool> {
         config.mllp_addr,
         &ids,
     ))
+}
+
+fn import() -> anyhow::Result<bool> {
+    let options = ImportOptions::parse(std::env::args().skip(2))
+        .map_err(|problem| anyhow::anyhow!("{problem}\n\n{USAGE}"))?;
+    let config = Config::from_env()?;
+    // Warnings and errors only: the progress and failure lines on stderr say the rest.
+    let telemetry = Telemetry::init_with_log_filter("warn")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(hl7bridge::import::run(&config, &options));
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
 fn serve() -> anyhow::Result<()> {

@@ -46,28 +46,7 @@ impl Application {
         let mllp = MllpServer::bind(config.mllp_addr, mllp_config)
             .await
             .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
-        let mut store = Store::connect(&config.database_url)
-            .await
-            .context("opening the database")?;
-        if config.kafka.is_some() {
-            store = store.with_change_feed();
-        }
-        if config.read_cache_max_bytes > 0 {
-            let limits = CacheLimits {
-                max_bytes: config.read_cache_max_bytes,
-                ..CacheLimits::default()
-            };
-            store = store
-                .with_read_cache(limits)
-                .await
-                .context("starting the read cache")?;
-        }
-        if config.group_commit_max_writes > 1 {
-            store = store.with_group_commit(GroupLimits {
-                max_writes: config.group_commit_max_writes,
-                max_ops: config.group_commit_max_ops.max(1),
-            });
-        }
+        let store = open_store(&config).await?;
         let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
         let (http, http_addr) =
             http_server(&config, listener, store.clone(), conditional_gate.clone())?;
@@ -150,6 +129,35 @@ impl Application {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The database `config` names, migrated, with the change feed on when Kafka is configured and
+/// group commit as configured. Needs a Tokio runtime.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let mut store = Store::connect(&config.database_url)
+        .await
+        .context("opening the database")?;
+    if config.kafka.is_some() {
+        store = store.with_change_feed();
+    }
+    // Before group commit: the committers' writes must invalidate it.
+    if config.read_cache_max_bytes > 0 {
+        let limits = CacheLimits {
+            max_bytes: config.read_cache_max_bytes,
+            ..CacheLimits::default()
+        };
+        store = store
+            .with_read_cache(limits)
+            .await
+            .context("starting the read cache")?;
+    }
+    if config.group_commit_max_writes > 1 {
+        store = store.with_group_commit(GroupLimits {
+            max_writes: config.group_commit_max_writes,
+            max_ops: config.group_commit_max_ops.max(1),
+        });
+    }
+    Ok(store)
 }
 
 async fn run_mllp(

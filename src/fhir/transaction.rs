@@ -91,7 +91,8 @@ pub enum NewIds {
 }
 
 impl NewIds {
-    fn for_entry(&self, index: usize) -> String {
+    /// The id the entry at `index` gets if it creates a resource.
+    pub fn for_entry(&self, index: usize) -> String {
         match self {
             NewIds::Random => uuid::Uuid::new_v4().to_string(),
             NewIds::Derived(name) => {
@@ -261,6 +262,20 @@ pub async fn process(
         response["entry"] = Value::Array(entries);
     }
     Ok(response)
+}
+
+/// A lone resource as a one-entry transaction: an update of its id when it has one, else a
+/// create.
+pub fn single_entry_transaction(resource: Value, resource_type: &str) -> Value {
+    let request = match resource.get("id").and_then(Value::as_str) {
+        Some(id) => json!({"method": "PUT", "url": format!("{resource_type}/{id}")}),
+        None => json!({"method": "POST", "url": resource_type}),
+    };
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": resource, "request": request}],
+    })
 }
 
 fn entries_of(bundle: Value, limits: &BundleLimits) -> Result<Vec<Value>, FhirError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hl7bridge_kafka::{is_too_large, Consumer, Producer, Record};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -418,15 +418,7 @@ fn fhir_bundle(payload: &[u8]) -> Result<Value, DeadLetter> {
             )),
         };
     }
-    let request = match value.get("id").and_then(Value::as_str) {
-        Some(id) => json!({"method": "PUT", "url": format!("{resource_type}/{id}")}),
-        None => json!({"method": "POST", "url": resource_type}),
-    };
-    Ok(json!({
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [{"resource": value, "request": request}],
-    }))
+    Ok(transaction::single_entry_transaction(value, &resource_type))
 }
 
 /// A transaction that returned committed everything. A batch may have failed in part: the
@@ -506,6 +498,7 @@ async fn sleep_or_stop(backoff: &mut Duration, stop: &mut watch::Receiver<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_lone_resource_becomes_a_one_entry_transaction() {

@@ -16,6 +16,7 @@ mod fhir_summary;
 mod fhir_xml;
 mod fhirpy_client;
 mod group_commit;
+mod import_cli;
 mod kafka;
 mod kafka_broker;
 mod mllp_client;
