@@ -23,5 +23,6 @@ mod mllp_patient_records;
 mod ops_endpoints;
 mod otlp_export;
 mod replay_cli;
+mod replica;
 mod support;
 mod trace_journey;
