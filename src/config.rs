@@ -19,6 +19,13 @@ pub struct Config {
     /// `HL7BRIDGE_DATABASE_URL`: `sqlite://FILE` or `postgres://…`. Default
     /// `sqlite://hl7bridge.db` (created in the working directory).
     pub database_url: String,
+    /// `HL7BRIDGE_DATABASE_REPLICA_URL`: a PostgreSQL streaming replica of the database, for
+    /// reads that feed no write (see `store::replica`). PostgreSQL only. Default: none, every
+    /// read goes to the database.
+    pub database_replica_url: Option<String>,
+    /// `HL7BRIDGE_REPLICA_MAX_LAG_MS`: a replica further behind the primary than this is not
+    /// read. Default 1000.
+    pub replica_max_lag_ms: u64,
     /// `HL7BRIDGE_PUBLIC_BASE_URL`: the FHIR base URL clients see, used in `fullUrl` and links.
     /// Default: taken from each request's scheme and Host header.
     pub public_base_url: Option<String>,
@@ -131,6 +138,8 @@ impl Default for Config {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             mllp_addr: SocketAddr::from(([127, 0, 0, 1], 2575)),
             database_url: "sqlite://hl7bridge.db".into(),
+            database_replica_url: None,
+            replica_max_lag_ms: 1000,
             public_base_url: None,
             canonical_base: "https://hl7bridge.dev/fhir".into(),
             max_body_bytes: 64 << 20,
@@ -202,8 +211,18 @@ impl Config {
             "MLLP_MAX_CONNECTIONS_PER_PEER"
         );
         setting!(mllp_idle_timeout_ms, "MLLP_IDLE_TIMEOUT_MS");
+        let max_lag = take("REPLICA_MAX_LAG_MS");
+        let lag_given = max_lag.is_some();
+        set(&mut config.replica_max_lag_ms, max_lag, &mut problems);
         if let Some((_, url)) = take("DATABASE_URL") {
             config.database_url = url;
+        }
+        if let Some((_, url)) = take("DATABASE_REPLICA_URL") {
+            config.database_replica_url = Some(url.trim().to_string());
+        } else if lag_given {
+            problems.push(format!(
+                "{PREFIX}REPLICA_MAX_LAG_MS without {PREFIX}DATABASE_REPLICA_URL"
+            ));
         }
         if let Some((_, url)) = take("PUBLIC_BASE_URL") {
             config.public_base_url = Some(url.trim_end_matches('/').to_string());
@@ -232,13 +251,23 @@ impl Config {
 
     fn check(&self, problems: &mut Vec<String>) {
         let db = &self.database_url;
-        if !(db.starts_with("sqlite:")
-            || db.starts_with("postgres:")
-            || db.starts_with("postgresql:"))
-        {
+        if !(db.starts_with("sqlite:") || is_postgres(db)) {
             problems.push(format!(
                 "{PREFIX}DATABASE_URL: expected sqlite://… or postgres://…"
             ));
+        }
+        if let Some(replica) = &self.database_replica_url {
+            if !is_postgres(db) {
+                problems.push(format!(
+                    "{PREFIX}DATABASE_REPLICA_URL: read replicas need PostgreSQL, and \
+                     {PREFIX}DATABASE_URL is not a postgres:// URL"
+                ));
+            }
+            if !is_postgres(replica) {
+                problems.push(format!(
+                    "{PREFIX}DATABASE_REPLICA_URL: expected postgres://…"
+                ));
+            }
         }
         let limits = [
             self.max_body_bytes,
@@ -251,11 +280,16 @@ impl Config {
             self.mllp_max_connections,
             self.mllp_max_connections_per_peer,
             self.mllp_idle_timeout_ms as usize,
+            self.replica_max_lag_ms as usize,
         ];
         if limits.contains(&0) {
             problems.push("size, count and time limits must be greater than zero".into());
         }
     }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres:") || url.starts_with("postgresql:")
 }
 
 const KAFKA: &str = "KAFKA_";
@@ -447,6 +481,36 @@ mod tests {
         let err = Config::from_vars(vars(&[("HL7BRIDGE_KAFKA_GROUP", "lab")])).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert!(err.to_string().contains("HL7BRIDGE_KAFKA_BROKERS"), "{err}");
+    }
+
+    #[test]
+    fn a_replica_is_refused_beside_sqlite() {
+        let err = Config::from_vars(vars(&[(
+            "HL7BRIDGE_DATABASE_REPLICA_URL",
+            "postgres://127.0.0.1:5433/h",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.to_string().contains("read replicas need PostgreSQL"));
+    }
+
+    #[test]
+    fn a_replica_beside_postgres_takes_its_lag_bound() {
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_DATABASE_URL", "postgres://127.0.0.1/h"),
+            (
+                "HL7BRIDGE_DATABASE_REPLICA_URL",
+                "postgres://127.0.0.1:5433/h",
+            ),
+            ("HL7BRIDGE_REPLICA_MAX_LAG_MS", "250"),
+        ]))
+        .unwrap();
+        assert_eq!(config.replica_max_lag_ms, 250);
+        assert!(config.database_replica_url.is_some());
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_REPLICA_MAX_LAG_MS", "250")])).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("without HL7BRIDGE_DATABASE_REPLICA_URL"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
 use crate::kafka::{FhirIngest, Kafka};
-use crate::store::{instant_text, now_us, CacheLimits, GroupLimits, Store};
+use crate::store::{instant_text, now_us, CacheLimits, GroupLimits, ReplicaSettings, Store};
 
 /// A built, bound, not yet running server.
 pub struct Application {
@@ -74,6 +74,7 @@ impl Application {
             http = %http_addr,
             mllp = %mllp.local_addr(),
             database = %redacted_url(&config.database_url),
+            replica = config.database_replica_url.as_deref().map(redacted_url),
             "hl7bridge listening"
         );
         Ok(Application {
@@ -137,6 +138,16 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let mut store = Store::connect(&config.database_url)
         .await
         .context("opening the database")?;
+    if let Some(url) = &config.database_replica_url {
+        let settings = ReplicaSettings {
+            url: url.clone(),
+            max_lag: Duration::from_millis(config.replica_max_lag_ms),
+        };
+        store = store
+            .with_replica(&settings)
+            .await
+            .context("opening the read replica")?;
+    }
     if config.kafka.is_some() {
         store = store.with_change_feed();
     }
@@ -204,6 +215,7 @@ fn http_server(
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let addr = listener.local_addr()?;
     let state = web::Data::new(FhirState {
+        reads: store.replica_reads(),
         store,
         public_base_url: config.public_base_url.clone(),
         canonical_base: config.canonical_base.clone(),

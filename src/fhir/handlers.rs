@@ -93,7 +93,7 @@ pub async fn vread(
         .filter(|_| is_resource_type(&resource_type) && is_valid_id(&id))
         .ok_or_else(|| FhirError::NotFound(format!("{label} is not known")))?;
     match state
-        .store
+        .reads
         .read_version(&resource_type, &id, version)
         .await?
     {
@@ -144,13 +144,13 @@ pub async fn history(
         }
         None => None,
     };
-    let Some(current) = state.store.read(&resource_type, &id).await? else {
+    let Some(current) = state.reads.read(&resource_type, &id).await? else {
         return Err(FhirError::NotFound(format!(
             "{resource_type}/{id} is not known"
         )));
     };
     let versions = state
-        .store
+        .reads
         .history(
             &resource_type,
             &id,
@@ -229,7 +229,7 @@ async fn changes_history(
     }
     ignored_parameters(&unknown, req)?;
     let versions = state
-        .store
+        .reads
         .history_all(
             resource_type,
             since.as_ref().map(|(at, _)| *at),
@@ -358,7 +358,7 @@ async fn run_search(
     let trace = trace(state);
     if request.count_only {
         let total = state
-            .store
+            .reads
             .search_count(resource_type, &request.criteria)
             .await?;
         let body = searchset(
@@ -372,7 +372,7 @@ async fn run_search(
         return Ok(bundle_response(body));
     }
     let mut page = state
-        .store
+        .reads
         .search(&Search {
             resource_type: resource_type.to_string(),
             criteria: request.criteria.clone(),
@@ -392,7 +392,7 @@ async fn run_search(
     let total = match request.total {
         Total::Accurate => Some(
             state
-                .store
+                .reads
                 .search_count(resource_type, &request.criteria)
                 .await? as usize,
         ),
@@ -474,14 +474,14 @@ async fn includes(
     }
     for (paths, target) in &request.includes {
         let found = state
-            .store
+            .reads
             .included(&keys, paths, target.as_deref())
             .await?;
         out.extend(found);
     }
     for (source, paths) in &request.revincludes {
         let found = state
-            .store
+            .reads
             .revincluded(source, paths, &keys, MAX_REVINCLUDED)
             .await?;
         capped |= found.len() as u64 >= MAX_REVINCLUDED;
@@ -504,7 +504,7 @@ pub async fn everything(
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
         issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
     }
-    let (found, more) = state.store.everything_cached(&id, &request.page).await?;
+    let (found, more) = state.reads.everything_cached(&id, &request.page).await?;
     let mut next_cursor = None;
     if more {
         let last = found
@@ -734,7 +734,7 @@ pub(super) async fn live_resource(
     if !is_valid_id(id) {
         return Err(FhirError::NotFound(format!("{id:?} is not a valid id")));
     }
-    match state.store.read_cached(resource_type, id).await? {
+    match state.reads.read_cached(resource_type, id).await? {
         None => Err(FhirError::NotFound(format!(
             "{resource_type}/{id} is not known"
         ))),

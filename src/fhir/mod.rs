@@ -34,7 +34,10 @@ use crate::store::Store;
 
 /// What the handlers share.
 pub struct FhirState {
+    /// For writes, and for the reads that decide what to write.
     pub store: Store,
+    /// For the read interactions: may be served by the read replica.
+    pub reads: Store,
     /// The base URL clients see; when `None`, taken from each request.
     pub public_base_url: Option<String>,
     pub canonical_base: String,

@@ -225,7 +225,9 @@ fn resource_of(line: &[u8], new_id: impl FnOnce() -> String) -> Result<ResourceW
     let content =
         hl7bridge_fhir_codec::canonicalize(Value::Object(map)).map_err(|err| match err {
             CodecError::Structure { path, message } => format!("invalid at {path}: {message}"),
-            CodecError::Model(_) => format!("invalid: not a valid R4 {resource_type}"),
+            CodecError::Model(_) | CodecError::Xml(_) => {
+                format!("invalid: not a valid R4 {resource_type}")
+            }
         })?;
     Ok(ResourceWrite {
         resource_type,

@@ -482,7 +482,7 @@ mod wiring {
             match cache.resource(resource_type, id) {
                 Ok(found) => Ok(found),
                 Err(ticket) => {
-                    let found = self.read(resource_type, id).await?;
+                    let found = self.primary().read(resource_type, id).await?;
                     cache.keep_resource(ticket, resource_type, id, &found);
                     Ok(found)
                 }
@@ -501,10 +501,20 @@ mod wiring {
             match cache.page(patient_id, page) {
                 Ok(found) => Ok(found),
                 Err(ticket) => {
-                    let found = self.everything(patient_id, page).await?;
+                    let found = self.primary().everything(patient_id, page).await?;
                     cache.keep_page(ticket, patient_id, page, &found);
                     Ok(found)
                 }
+            }
+        }
+
+        /// This store with its reads on the primary. A miss is read there: another node's
+        /// write reaches this cache by NOTIFY at its commit, possibly before a lagging replica
+        /// has it, and the page read after the notification must not be the replaced one.
+        fn primary(&self) -> Store {
+            Store {
+                replica_reads: false,
+                ..self.clone()
             }
         }
 

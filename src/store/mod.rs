@@ -4,6 +4,10 @@
 //! Writes go through [`Store::write`]: one transaction per batch, bulk upserts chunked under the
 //! bind-parameter limit, index rows replaced in bulk. Reads return stored canonical JSON as text
 //! so that Bundles are assembled by splicing, not by re-serialising.
+//!
+//! Every read goes to the primary unless it is made through [`Store::replica_reads`], which the
+//! FHIR read interactions use: those may be served by a PostgreSQL read replica (see
+//! [`replica`]). Writes, and the reads that decide what to write, always use the primary.
 
 mod analyze;
 mod batcher;
@@ -12,10 +16,12 @@ pub mod compartment;
 pub mod index;
 mod outbox;
 mod read;
+mod replica;
 mod search;
 pub mod search_params;
 mod write;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hl7bridge_entities::{Migrator, MigratorTrait};
@@ -26,6 +32,7 @@ pub use batcher::GroupLimits;
 pub use cache::CacheLimits;
 pub use outbox::{ChangeRow, RelayTurn, WriteTrace};
 pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
+pub use replica::ReplicaSettings;
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{
     payload_hash, Hl7MessageRow, Lane, Outcome, Precondition, ResourceWrite, WriteBatch, WriteOp,
@@ -45,6 +52,8 @@ pub enum StoreError {
     DuplicateInBatch(String),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
+    #[error("a read replica needs a PostgreSQL database and a postgres:// replica URL")]
+    ReplicaNeedsPostgres,
     /// A write's precondition did not hold; nothing was written.
     #[error("{message}")]
     PreconditionFailed { key: String, message: String },
@@ -61,8 +70,15 @@ impl From<DbErr> for StoreError {
 
 #[derive(Clone)]
 pub struct Store {
+    /// The primary: every write, and every read not made through [`Store::replica_reads`].
     db: DatabaseConnection,
     url: String,
+    /// Where the primary listens (PostgreSQL), for database spans.
+    server: Option<Arc<replica::Server>>,
+    /// The read replica, when one is configured.
+    replica: Option<Arc<replica::Replica>>,
+    /// Whether this handle's reads may go to the replica.
+    replica_reads: bool,
     /// SQLite allows one writer; a transaction that reads and then writes would fail with
     /// SQLITE_BUSY under contention instead of waiting, so writers queue here instead.
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -86,9 +102,16 @@ impl Store {
         let options = connect_options(url)?;
         let db = Database::connect(options).await?;
         Migrator::up(&db, None).await?;
+        let server = match db.get_database_backend() {
+            DbBackend::Postgres => replica::Server::of_postgres_url(url).map(Arc::new),
+            _ => None,
+        };
         Ok(Store {
             db,
             url: url.to_string(),
+            server,
+            replica: None,
+            replica_reads: false,
             write_gate: Default::default(),
             change_feed: false,
             changes: Default::default(),
@@ -97,6 +120,28 @@ impl Store {
             cache: None,
             data_version_probe: None,
         })
+    }
+
+    /// Adds a read replica for the reads made through [`Store::replica_reads`], and starts
+    /// watching it. A replica that is down now is not an error: reads use the primary until it
+    /// answers. Set it before group commit, whose committers must see it.
+    pub async fn with_replica(mut self, settings: &ReplicaSettings) -> Result<Store, StoreError> {
+        if self.backend() != DbBackend::Postgres || !settings.url.starts_with("postgres") {
+            return Err(StoreError::ReplicaNeedsPostgres);
+        }
+        self.replica = Some(replica::Replica::start(settings, self.db.clone()).await?);
+        Ok(self)
+    }
+
+    /// This store, with reads that may be served by the replica when it is up, within its lag
+    /// bound, and has replayed this node's newest commit (the same store when there is no
+    /// replica). For reads that feed no write: a lookup that decides what to write must see the
+    /// primary, since another node may have committed moments ago.
+    pub fn replica_reads(&self) -> Store {
+        Store {
+            replica_reads: true,
+            ..self.clone()
+        }
     }
 
     /// From now on, every committed change is also written to the outbox (see
@@ -160,7 +205,8 @@ impl Store {
     }
 
     /// A client span for one database operation, named and attributed per the OpenTelemetry
-    /// database conventions (`db.system.name` uses the registry's `postgresql`).
+    /// database conventions (`db.system.name` uses the registry's `postgresql`). The server it
+    /// went to is recorded with [`record_server`] once that is decided.
     fn db_span(
         &self,
         operation: &'static str,
@@ -179,7 +225,10 @@ impl Store {
             db.operation.name = operation,
             db.collection.name = collection,
             db.query.summary = summary,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
             hl7bridge.db.rows = tracing::field::Empty,
+            hl7bridge.db.replica_fallback = tracing::field::Empty,
         )
     }
 
@@ -211,6 +260,9 @@ impl Store {
     }
 
     pub async fn close(self) {
+        if let Some(replica) = &self.replica {
+            replica.close().await;
+        }
         if let Err(err) = self.db.close().await {
             tracing::warn!(error = %err, "closing the database pool failed");
         }
@@ -253,6 +305,14 @@ fn sqlite_url(url: &str) -> String {
         format!("{url}&mode=rwc")
     } else {
         format!("{url}?mode=rwc")
+    }
+}
+
+/// Puts the server a statement went to on its span (nothing for SQLite, a file).
+fn record_server(span: &tracing::Span, server: Option<&replica::Server>) {
+    if let Some(server) = server {
+        span.record("server.address", server.address.as_str());
+        span.record("server.port", server.port);
     }
 }
 

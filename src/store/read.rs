@@ -8,9 +8,12 @@ use tracing::Instrument;
 
 use hl7bridge_entities::hl7_message;
 
+use crate::telemetry::metrics::metrics;
+
 use super::compartment::SUPPORTING_TYPES;
 use super::index::index_key;
-use super::{Store, StoreError};
+use super::replica::Route;
+use super::{record_server, Store, StoreError};
 
 /// One stored resource: its current version and canonical JSON.
 #[derive(Debug, Clone)]
@@ -69,9 +72,8 @@ impl Store {
     ) -> Result<Option<StoredResource>, StoreError> {
         let sql =
             format!("SELECT {COLUMNS} FROM resource r WHERE r.resource_type = ? AND r.id = ?");
-        let rows = self
-            .query(&sql, vec![resource_type.into(), id.into()])
-            .await?;
+        let params = vec![resource_type.into(), id.into()];
+        let rows = self.query(select("resource", "read"), &sql, params).await?;
         rows.first().map(stored).transpose()
     }
 
@@ -86,7 +88,9 @@ impl Store {
                    r.content FROM resource_version r \
                    WHERE r.resource_type = ? AND r.id = ? AND r.version_id = ?";
         let params = vec![resource_type.into(), id.into(), version_id.into()];
-        let rows = self.query(sql, params).await?;
+        let rows = self
+            .query(select("resource_version", "vread"), sql, params)
+            .await?;
         rows.first().map(stored).transpose()
     }
 
@@ -113,7 +117,9 @@ impl Store {
             since_us.unwrap_or(i64::MIN).into(),
             i64::from(limit).into(),
         ];
-        let rows = self.query(sql, params).await?;
+        let rows = self
+            .query(select("resource_version", "history"), sql, params)
+            .await?;
         rows.iter().map(stored).collect()
     }
 
@@ -159,8 +165,9 @@ impl Store {
             " ORDER BY r.last_updated_us DESC, r.resource_type, r.id, r.version_id LIMIT ?",
         );
         params.push(i64::from(limit).into());
-        let span = self.db_span("SELECT", "resource_version", "history page");
-        let rows = self.query(&sql, params).instrument(span).await?;
+        let rows = self
+            .query(select("resource_version", "history page"), &sql, params)
+            .await?;
         rows.iter().map(stored).collect()
     }
 
@@ -180,7 +187,9 @@ impl Store {
             sending_facility.into(),
             control_id.into(),
         ];
-        let rows = self.query(sql, params).await?;
+        let rows = self
+            .query(select("hl7_message", "earlier receipts"), sql, params)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok((
@@ -225,7 +234,8 @@ impl Store {
             );
             let mut params: Vec<Value> = chunk.iter().map(|v| Value::from(*v)).collect();
             params.extend(types.iter().map(|t| Value::from(*t)));
-            for row in self.query(&sql, params).await? {
+            let what = select("token_index", "identifier lookup");
+            for row in self.query(what, &sql, params).await? {
                 let (t, id, system, value) = token_row(&row)?;
                 let candidates = by_key
                     .get(&(t.as_str(), value.as_str()))
@@ -256,7 +266,10 @@ impl Store {
             );
             let mut params = vec![Value::from(resource_type), Value::from(false)];
             params.extend(chunk.iter().map(|id| Value::from(id.as_str())));
-            for row in self.query(&sql, params).await? {
+            for row in self
+                .query(select("resource", "read many"), &sql, params)
+                .await?
+            {
                 out.push(stored(&row)?);
             }
         }
@@ -272,16 +285,11 @@ impl Store {
         patient_id: &str,
         page: &EverythingPage,
     ) -> Result<(Vec<(SupportingMode, StoredResource)>, bool), StoreError> {
-        let span = self.db_span("SELECT", "compartment", "$everything members");
-        let mut members = self
-            .compartment_members(patient_id, page)
-            .instrument(span.clone())
-            .await?;
+        let mut members = self.compartment_members(patient_id, page).await?;
         // One more than the page was fetched to learn whether another page follows; it takes
         // no part in this page's includes.
         let more = members.len() as u64 > page.limit;
         members.truncate(page.limit as usize);
-        span.record("hl7bridge.db.rows", members.len());
         let seen: HashSet<(String, String)> = members
             .iter()
             .map(|r| (r.resource_type.clone(), r.id.clone()))
@@ -300,7 +308,6 @@ impl Store {
             .iter()
             .map(|r| (r.resource_type.as_str(), r.id.as_str()))
             .collect();
-        let span = self.db_span("SELECT", "resource_ref", "$everything includes");
         // The whole compartment on one page: its references are found by patient in one join.
         let whole = page.after.is_none()
             && !more
@@ -308,11 +315,9 @@ impl Store {
             && page.window.is_none()
             && page.types.is_none();
         let included = if whole {
-            self.supporting_by_patient(patient_id)
-                .instrument(span)
-                .await?
+            self.supporting_by_patient(patient_id).await?
         } else {
-            self.supporting(&keys, &supporting).instrument(span).await?
+            self.supporting(&keys, &supporting).await?
         };
         let mut out: Vec<_> = members
             .into_iter()
@@ -378,7 +383,8 @@ impl Store {
         }
         sql.push_str(&format!(" ORDER BY {order}, r.id LIMIT {}", page.limit + 1));
         params.push(Value::from(patient_id));
-        let rows = self.query(&sql, params).await?;
+        let what = select("compartment", "$everything members");
+        let rows = self.query(what, &sql, params).await?;
         rows.iter().map(stored).collect()
     }
 
@@ -399,7 +405,8 @@ impl Store {
         let mut params = vec![Value::from(patient_id)];
         params.extend(SUPPORTING_TYPES.iter().map(|t| Value::from(*t)));
         params.push(false.into());
-        let rows = self.query(&sql, params).await?;
+        let what = select("resource_ref", "$everything includes");
+        let rows = self.query(what, &sql, params).await?;
         rows.iter().map(stored).collect()
     }
 
@@ -429,7 +436,8 @@ impl Store {
             }
             params.extend(types.iter().map(|t| Value::from(*t)));
             params.push(false.into());
-            for row in self.query(&sql, params).await? {
+            let what = select("resource_ref", "$everything includes");
+            for row in self.query(what, &sql, params).await? {
                 let r = stored(&row)?;
                 if seen.insert((r.resource_type.clone(), r.id.clone())) {
                     out.push(r);
@@ -470,15 +478,66 @@ impl Store {
         Ok(row.map(|m| m.raw))
     }
 
-    /// Runs `sql` written with `?` placeholders on whichever backend this store has.
+    /// Runs one SELECT written with `?` placeholders on whichever backend this store has, in a
+    /// database span of its own: on the replica when this handle may read from it and the
+    /// replica may serve (see `Replica::route`), on the primary otherwise. A statement that
+    /// fails on the replica is run again on the primary.
     pub(super) async fn query(
         &self,
+        select: Select,
         sql: &str,
         params: Vec<Value>,
     ) -> Result<Vec<QueryResult>, StoreError> {
         let backend = self.backend();
         let statement = Statement::from_sql_and_values(backend, dialect(backend, sql), params);
+        let span = self.db_span("SELECT", select.collection, select.summary);
+        let rows = self
+            .routed(statement, &span)
+            .instrument(span.clone())
+            .await?;
+        span.record("hl7bridge.db.rows", rows.len());
+        Ok(rows)
+    }
+
+    async fn routed(
+        &self,
+        statement: Statement,
+        span: &tracing::Span,
+    ) -> Result<Vec<QueryResult>, StoreError> {
+        if let Some(replica) = self.replica.as_ref().filter(|_| self.replica_reads) {
+            let fallback = match replica.route().await {
+                Route::Replica => {
+                    record_server(span, Some(&replica.server));
+                    match replica.db.query_all_raw(statement.clone()).await {
+                        Ok(rows) => {
+                            metrics().replica_read("replica");
+                            return Ok(rows);
+                        }
+                        Err(err) => replica.read_failed(&err),
+                    }
+                }
+                Route::Primary(fallback) => fallback,
+            };
+            span.record("hl7bridge.db.replica_fallback", fallback.as_str());
+            metrics().replica_fallback(fallback.as_str());
+            metrics().replica_read("primary");
+        }
+        record_server(span, self.server.as_deref());
         Ok(self.db.query_all_raw(statement).await?)
+    }
+}
+
+/// What a read statement is, for its span: the table it reads and a short summary.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Select {
+    collection: &'static str,
+    summary: &'static str,
+}
+
+pub(super) const fn select(collection: &'static str, summary: &'static str) -> Select {
+    Select {
+        collection,
+        summary,
     }
 }
 

@@ -5,7 +5,7 @@
 use sea_orm::Value;
 
 use super::index::{index_key, index_prefix};
-use super::read::{placeholders, stored, StoredResource};
+use super::read::{placeholders, select, stored, StoredResource};
 use super::{Store, StoreError};
 
 /// Date comparison prefixes (FHIR R4 search, 3.1.1.4.6).
@@ -112,8 +112,8 @@ impl Store {
             " ORDER BY r.last_updated_us {dir}, r.id {dir} LIMIT {}",
             search.limit
         ));
-        let span = self.db_span("SELECT", "resource", "search page");
-        let rows = tracing::Instrument::instrument(self.query(&sql, params), span).await?;
+        let what = select("resource", "search page");
+        let rows = self.query(what, &sql, params).await?;
         rows.iter().map(stored).collect()
     }
 
@@ -126,7 +126,9 @@ impl Store {
         let mut sql = String::from("SELECT COUNT(*) FROM resource r");
         let mut params = Vec::new();
         where_clause(&mut sql, &mut params, resource_type, criteria);
-        let rows = self.query(&sql, params).await?;
+        let rows = self
+            .query(select("resource", "search count"), &sql, params)
+            .await?;
         let count: i64 = match rows.first() {
             Some(row) => row.try_get_by_index(0)?,
             None => 0,
@@ -167,7 +169,8 @@ impl Store {
                  WHERE r.deleted = ? ORDER BY r.resource_type, r.id",
             );
             params.push(Value::from(false));
-            for row in self.query(&sql, params).await? {
+            let what = select("resource_ref", "_include");
+            for row in self.query(what, &sql, params).await? {
                 out.push(stored(&row)?);
             }
         }
@@ -206,7 +209,8 @@ impl Store {
             for (t, id) in chunk {
                 params.extend([Value::from(*t), Value::from(*id)]);
             }
-            for row in self.query(&sql, params).await? {
+            let what = select("resource_ref", "_revinclude");
+            for row in self.query(what, &sql, params).await? {
                 out.push(stored(&row)?);
             }
         }

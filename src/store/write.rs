@@ -176,6 +176,7 @@ impl Store {
             })
             .unwrap_or_default();
         let span = self.db_span("UPSERT", "resource", "write batch");
+        super::record_server(&span, self.server.as_deref());
         span.record(
             "hl7bridge.db.rows",
             batch.ops.len() + batch.hl7_messages.len(),
@@ -274,6 +275,10 @@ impl Store {
         })
         .await?;
         txn.commit().await?;
+        // Before anyone is answered: their next read must not go to a replica without this.
+        if let Some(replica) = &self.replica {
+            replica.committed(&self.db).await;
+        }
         if changed {
             self.changes.notify_one();
         }

@@ -81,6 +81,10 @@ pub struct Metrics {
     lane_depth: Family<f64>,
     lane_wait: Family<Histogram>,
     cache_lookups: Family<u64>,
+    replica_reads: Family<u64>,
+    replica_fallbacks: Family<u64>,
+    replica_up: Family<f64>,
+    replica_lag: Family<f64>,
     kafka_records: Family<u64>,
     kafka_lag: Family<f64>,
     kafka_assigned: Family<f64>,
@@ -131,6 +135,22 @@ pub fn metrics() -> &'static Metrics {
         cache_lookups: Family::new(
             "hl7bridge_read_cache_lookups_total",
             "Read-cache lookups, by kind (resource or everything) and result (hit or miss).",
+        ),
+        replica_reads: Family::new(
+            "hl7bridge_replica_reads_total",
+            "Read statements that may use the read replica, by the server that served them (replica or primary).",
+        ),
+        replica_fallbacks: Family::new(
+            "hl7bridge_replica_fallbacks_total",
+            "Read statements sent to the primary instead of the replica, by reason (down, lagging, read_your_writes, error).",
+        ),
+        replica_up: Family::new(
+            "hl7bridge_replica_up",
+            "Whether the read replica answered its last probe (1) or not (0).",
+        ),
+        replica_lag: Family::new(
+            "hl7bridge_replica_lag_seconds",
+            "How far the read replica was behind the primary at its last probe (an upper bound).",
         ),
         kafka_records: Family::new(
             "hl7bridge_kafka_records_total",
@@ -223,6 +243,31 @@ impl Metrics {
         self.cache_lookups.with(labels, |n| *n += 1);
     }
 
+    /// ReplicaRead: a read statement that could use the replica, and the server that served it
+    /// (`replica` or `primary`).
+    pub fn replica_read(&self, served_by: &'static str) {
+        self.replica_reads
+            .with(vec![("served_by", served_by.to_string())], |n| *n += 1);
+    }
+
+    /// ReplicaFallback: why such a read went to the primary (a closed set of reasons).
+    pub fn replica_fallback(&self, reason: &'static str) {
+        self.replica_fallbacks
+            .with(vec![("reason", reason.to_string())], |n| *n += 1);
+    }
+
+    /// ReplicaProbed: whether the replica answers.
+    pub fn replica_up(&self, up: bool) {
+        self.replica_up
+            .with(Vec::new(), |g| *g = if up { 1.0 } else { 0.0 });
+    }
+
+    /// ReplicaProbed: its lag behind the primary.
+    pub fn replica_lag(&self, lag: Duration) {
+        self.replica_lag
+            .with(Vec::new(), |g| *g = lag.as_secs_f64());
+    }
+
     /// RecordProcessed: `outcome` is `stored` or `dead_lettered`; topics are configured names.
     pub fn kafka_record(&self, topic: &str, outcome: &'static str) {
         let labels = vec![
@@ -273,6 +318,10 @@ impl Metrics {
         render_gauge(&mut out, &self.lane_depth);
         render_histogram(&mut out, &self.lane_wait);
         render_counter(&mut out, &self.cache_lookups);
+        render_counter(&mut out, &self.replica_reads);
+        render_counter(&mut out, &self.replica_fallbacks);
+        render_gauge(&mut out, &self.replica_up);
+        render_gauge(&mut out, &self.replica_lag);
         render_counter(&mut out, &self.kafka_records);
         render_gauge(&mut out, &self.kafka_lag);
         render_gauge(&mut out, &self.kafka_assigned);

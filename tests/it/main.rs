@@ -28,5 +28,6 @@ mod ops_endpoints;
 mod otlp_export;
 mod read_cache;
 mod replay_cli;
+mod replica;
 mod support;
 mod trace_journey;
