@@ -168,8 +168,8 @@ async fn commit_group(store: &Store, lane: Lane, group: Vec<Job>) {
         .into_iter()
         .map(|job| (job.part, (job.arrived, job.reply)))
         .unzip();
-    let results = commit_isolated(store, &parts).instrument(span).await;
     metrics().group_commit(parts.len());
+    let results = commit_isolated(store, parts).instrument(span).await;
     for ((arrived, reply), result) in waiting.into_iter().zip(results) {
         metrics().lane_wait(lane.as_str(), arrived.elapsed());
         // A caller that gave up (a closed connection) no longer waits; its write stands.
@@ -179,8 +179,13 @@ async fn commit_group(store: &Store, lane: Lane, group: Vec<Job>) {
 
 /// The parts' results: together when the group commits, one by one when it fails for a
 /// reason other than the database being out of reach.
-async fn commit_isolated(store: &Store, parts: &[Part]) -> Vec<Result<Vec<Written>, StoreError>> {
-    match store.commit_parts(parts).await {
+/// A failed precondition names its resource, so only its part is answered with it and the
+/// others are committed together still: a stale `If-Match` does not break up the group.
+async fn commit_isolated(
+    store: &Store,
+    mut parts: Vec<Part>,
+) -> Vec<Result<Vec<Written>, StoreError>> {
+    match store.commit_parts(&parts).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
         Err(err) if parts.len() == 1 => vec![Err(err)],
         // Out of reach for one is out of reach for all: every caller may retry later.
@@ -188,15 +193,34 @@ async fn commit_isolated(store: &Store, parts: &[Part]) -> Vec<Result<Vec<Writte
             let text = err.to_string();
             parts.iter().map(|_| Err(unavailable(&text))).collect()
         }
+        Err(StoreError::PreconditionFailed { key, message })
+            if precondition_of(&parts, &key).is_some() =>
+        {
+            let failed = precondition_of(&parts, &key).expect("checked");
+            parts.remove(failed);
+            let mut results = Box::pin(commit_isolated(store, parts)).await;
+            results.insert(failed, Err(StoreError::PreconditionFailed { key, message }));
+            results
+        }
         Err(_) => {
             let mut results = Vec::with_capacity(parts.len());
-            for part in parts {
+            for part in &parts {
                 let single = store.commit_parts(std::slice::from_ref(part)).await;
                 results.push(single.map(|mut w| w.pop().unwrap_or_default()));
             }
             results
         }
     }
+}
+
+/// The part whose precondition on `key` (`Type/id`) failed.
+fn precondition_of(parts: &[Part], key: &str) -> Option<usize> {
+    parts.iter().position(|p| {
+        p.batch
+            .preconditions
+            .iter()
+            .any(|(t, id, _)| key.strip_prefix(t.as_str()) == Some(&format!("/{id}")))
+    })
 }
 
 fn unavailable(reason: &str) -> StoreError {

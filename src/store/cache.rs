@@ -197,8 +197,12 @@ impl ReadCache {
     }
 
     pub fn keep_page(&self, ticket: Ticket, patient: &str, page: &EverythingPage, found: &Page) {
-        let key = Key::Page(patient.into(), page_key(page));
-        let bytes = found.0.iter().map(|(_, r)| r.content.len() + 64).sum();
+        let page_key = page_key(page);
+        // The entry costs memory even when the page is empty (a `_since` after everything):
+        // counted, so that distinct empty pages are evicted like any other.
+        let text: usize = found.0.iter().map(|(_, r)| r.content.len() + 64).sum();
+        let bytes = 64 + patient.len() + page_key.len() + text;
+        let key = Key::Page(patient.into(), page_key);
         let mark = |inner: &Inner| inner.patient_marks.get(patient).copied().unwrap_or(0);
         self.keep(ticket, key, Value::Page(found.clone()), bytes, false, mark);
     }

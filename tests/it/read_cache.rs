@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{json, Value};
 
-use crate::support::{fresh_database, spawn_app_on, TestApp};
+use crate::otlp_export::start_server;
+use crate::support::{fresh_database, spawn_app_on, Running, TestApp};
 
 async fn put(app: &TestApp, path: &str, body: Value) -> u16 {
     app.put_status(path, &body).await
@@ -166,4 +167,67 @@ async fn a_node_sees_another_nodes_writes_and_direct_database_writes() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+/// `$everything` lookups of kind `result` counted by the server at `http` (its own process).
+async fn everything_lookups(client: &reqwest::Client, http: &str, result: &str) -> u64 {
+    let text = client
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series =
+        format!("hl7bridge_read_cache_lookups_total{{kind=\"everything\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// An empty `$everything` page (a `_since` after everything, a `_type` the patient has none
+/// of) holds no resource text, but its entry still costs memory: distinct empty pages must
+/// be evicted like any other, or a client can grow the cache without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_everything_pages_count_against_the_cache_limit() {
+    let dir = std::env::temp_dir().join(format!("hl7bridge-cache-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("cache.db").display());
+    let env = [
+        ("HL7BRIDGE_DATABASE_URL", url.as_str()),
+        ("HL7BRIDGE_READ_CACHE_MAX_BYTES", "4096"),
+    ];
+    let (child, http, _) = tokio::task::block_in_place(|| start_server(&dir, &env));
+    let _running = Running(child);
+    let client = reqwest::Client::new();
+    let status = client
+        .put(format!("http://{http}/Patient/pe"))
+        .header("content-type", "application/fhir+json")
+        .body(patient("pe", "Empty").to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+    let since = |n: usize| format!("2090-01-01T00:00:00.{n:03}Z");
+    for n in 0..500 {
+        let url = format!("http://{http}/Patient/pe/$everything?_since={}", since(n));
+        let bundle: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        assert!(
+            bundle["entry"].as_array().is_none_or(|e| e.is_empty()),
+            "{bundle}"
+        );
+    }
+    let hits = everything_lookups(&client, &http, "hit").await;
+    // 500 entries cannot fit in 4096 bytes: the first page has long been evicted.
+    let url = format!("http://{http}/Patient/pe/$everything?_since={}", since(0));
+    assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        everything_lookups(&client, &http, "hit").await,
+        hits,
+        "the first of 500 distinct empty pages is still cached under a 4096-byte limit"
+    );
+    drop(_running);
+    let _ = std::fs::remove_dir_all(&dir);
 }
