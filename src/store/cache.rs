@@ -254,6 +254,20 @@ impl ReadCache {
                 expires,
             },
         );
+        // Keys of entries invalidated or expired stay in `order` until evicted: compact it
+        // before it outgrows the entries it orders.
+        if inner.order.len() > 2 * inner.entries.len() + 1024 {
+            let Inner { order, entries, .. } = &mut *inner;
+            let mut seen = HashSet::new();
+            // Newest first, so each entry keeps its latest place.
+            let kept: Vec<Key> = order
+                .iter()
+                .rev()
+                .filter(|k| entries.contains_key(*k) && seen.insert((*k).clone()))
+                .cloned()
+                .collect();
+            *order = kept.into_iter().rev().collect();
+        }
         while inner.bytes > self.limits.max_bytes {
             let Some(oldest) = inner.order.pop_front() else {
                 break;
@@ -430,6 +444,21 @@ mod tests {
             cache.resource("Observation", "o999").is_ok(),
             "the newest stays"
         );
+    }
+
+    #[test]
+    fn entries_cached_again_and_again_do_not_grow_the_eviction_order() {
+        let cache = ReadCache::new(CacheLimits::default(), true);
+        let changed = Changed {
+            resources: [("Observation".to_string(), "o1".to_string())].into(),
+            ..Changed::default()
+        };
+        for _ in 0..10_000 {
+            let ticket = cache.resource("Observation", "o1").err().unwrap();
+            cache.keep_resource(ticket, "Observation", "o1", &Some(resource("o1")));
+            cache.invalidate(&changed);
+        }
+        assert!(cache.lock().order.len() <= 1026);
     }
 
     #[test]
