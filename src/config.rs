@@ -76,6 +76,11 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// The Kafka adapter; `None` (the default) when `HL7BRIDGE_KAFKA_BROKERS` is unset.
     pub kafka: Option<KafkaSettings>,
+    /// Bearer-token authentication on the FHIR API (see `auth`): `None` when off. Off by
+    /// default on a loopback `HTTP_ADDR`; on any other address `HL7BRIDGE_AUTH_JWKS_FILE` (or
+    /// `_JWKS_URL`), `_ISSUER` and `_AUDIENCE` are required, unless `HL7BRIDGE_AUTH=off` says
+    /// that a gateway in front authenticates callers.
+    pub auth: Option<crate::auth::AuthSettings>,
 }
 
 /// `HL7BRIDGE_KAFKA_*`: the Kafka adapter's settings.
@@ -158,6 +163,7 @@ impl Default for Config {
             default_utc_offset: UtcOffset::UTC,
             shutdown_timeout_ms: 10_000,
             kafka: None,
+            auth: None,
         }
     }
 }
@@ -240,6 +246,7 @@ impl Config {
             }
         }
         config.kafka = kafka_settings(&mut vars, &mut problems);
+        config.auth = auth_settings(&mut vars, config.http_addr, &mut problems);
         config.check(&mut problems);
         problems.extend(vars.keys().map(|k| format!("{k}: unknown setting")));
         if problems.is_empty() {
@@ -408,6 +415,98 @@ fn kafka_settings(
     Some(kafka)
 }
 
+/// Takes every `HL7BRIDGE_AUTH*` variable out of `vars`.
+fn auth_settings(
+    vars: &mut BTreeMap<String, String>,
+    http_addr: SocketAddr,
+    problems: &mut Vec<String>,
+) -> Option<crate::auth::AuthSettings> {
+    use crate::auth::{AuthSettings, JwksSource};
+    let mut take = |name: &str| vars.remove(&format!("{PREFIX}{name}"));
+    let switch = take("AUTH");
+    let file = take("AUTH_JWKS_FILE");
+    let url = take("AUTH_JWKS_URL");
+    let issuer = take("AUTH_ISSUER");
+    let audience = take("AUTH_AUDIENCE");
+    let leeway = take("AUTH_LEEWAY_S");
+    let any_token_setting =
+        file.is_some() || url.is_some() || issuer.is_some() || audience.is_some();
+    match switch.as_deref().map(str::trim) {
+        None => {}
+        Some("off") if any_token_setting => {
+            problems.push(format!(
+                "{PREFIX}AUTH=off beside {PREFIX}AUTH_* token settings: choose one"
+            ));
+            return None;
+        }
+        Some("off") => return None,
+        Some(other) => {
+            problems.push(format!(
+                "{PREFIX}AUTH: the only value is `off` (got {other:?}); authentication is on \
+                 whenever {PREFIX}AUTH_JWKS_FILE or _JWKS_URL is set"
+            ));
+            return None;
+        }
+    }
+    if !any_token_setting {
+        if !http_addr.ip().is_loopback() {
+            problems.push(format!(
+                "{PREFIX}HTTP_ADDR {http_addr} is not loopback, so the FHIR API needs \
+                 authentication: set {PREFIX}AUTH_JWKS_FILE (or _JWKS_URL), _ISSUER and \
+                 _AUDIENCE, or {PREFIX}AUTH=off when a gateway in front authenticates callers"
+            ));
+        }
+        return None;
+    }
+    let jwks = match (file, url) {
+        (Some(file), None) => Some(JwksSource::File(file.trim().into())),
+        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+            Some(JwksSource::Url(url.trim().to_string()))
+        }
+        (None, Some(url)) => {
+            problems.push(format!(
+                "{PREFIX}AUTH_JWKS_URL: expected an http:// or https:// URL, got {url:?}"
+            ));
+            None
+        }
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{PREFIX}AUTH_JWKS_FILE and _JWKS_URL: set one, not both"
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{PREFIX}AUTH_*: token settings without {PREFIX}AUTH_JWKS_FILE or _JWKS_URL"
+            ));
+            None
+        }
+    };
+    let mut required = |name: &str, value: Option<String>| match value {
+        Some(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
+        _ => {
+            problems.push(format!(
+                "{PREFIX}{name} is required when authentication is on"
+            ));
+            None
+        }
+    };
+    let issuer = required("AUTH_ISSUER", issuer);
+    let audience = required("AUTH_AUDIENCE", audience);
+    let mut settings = AuthSettings {
+        jwks: jwks?,
+        issuer: issuer?,
+        audience: audience?,
+        leeway_s: 30,
+    };
+    set(
+        &mut settings.leeway_s,
+        leeway.map(|v| ("AUTH_LEEWAY_S".to_string(), v)),
+        problems,
+    );
+    Some(settings)
+}
+
 fn set<T: std::str::FromStr>(
     slot: &mut T,
     var: Option<(String, String)>,
@@ -511,6 +610,44 @@ mod tests {
         assert!(err
             .to_string()
             .contains("without HL7BRIDGE_DATABASE_REPLICA_URL"));
+    }
+
+    #[test]
+    fn a_listener_off_loopback_needs_authentication_or_an_explicit_off() {
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_HTTP_ADDR", "0.0.0.0:8080")])).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.to_string().contains("needs authentication"), "{err}");
+        let off = Config::from_vars(vars(&[
+            ("HL7BRIDGE_HTTP_ADDR", "0.0.0.0:8080"),
+            ("HL7BRIDGE_AUTH", "off"),
+        ]))
+        .unwrap();
+        assert!(off.auth.is_none());
+        let on = Config::from_vars(vars(&[
+            ("HL7BRIDGE_HTTP_ADDR", "0.0.0.0:8080"),
+            ("HL7BRIDGE_AUTH_JWKS_FILE", "/etc/hl7bridge/jwks.json"),
+            ("HL7BRIDGE_AUTH_ISSUER", "https://idp.example"),
+            ("HL7BRIDGE_AUTH_AUDIENCE", "https://fhir.example"),
+        ]))
+        .unwrap();
+        let auth = on.auth.unwrap();
+        assert_eq!(auth.issuer, "https://idp.example");
+        assert_eq!(auth.leeway_s, 30);
+        assert!(Config::from_vars(vars(&[])).unwrap().auth.is_none());
+    }
+
+    #[test]
+    fn incomplete_or_contradictory_auth_settings_are_refused() {
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_AUTH_JWKS_FILE", "k.json")])).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_AUTH", "off"),
+            ("HL7BRIDGE_AUTH_ISSUER", "x"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("choose one"), "{err}");
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_AUTH", "on")])).unwrap_err();
+        assert!(err.to_string().contains("the only value is `off`"), "{err}");
     }
 
     #[test]

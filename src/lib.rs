@@ -14,8 +14,11 @@
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
 //! - [`replay`]: `hl7bridge messages` and `hl7bridge replay`: the stored HL7v2 messages.
 //! - [`import`]: `hl7bridge import`: Bundles and NDJSON files written straight to the database.
+//! - [`auth`]: bearer tokens and SMART scopes for the FHIR API; [`audit`]: the audit trail.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod fhir;
 pub mod import;

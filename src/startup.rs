@@ -14,6 +14,8 @@ use anyhow::Context;
 use hl7bridge_mllp::{DrainOutcome, MllpConfig, MllpServer};
 use tokio::sync::watch;
 
+use crate::audit::AuditTrail;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
@@ -28,6 +30,9 @@ pub struct Application {
     ingest: Arc<Hl7Ingest>,
     kafka: Option<Kafka>,
     store: Store,
+    audit: AuditTrail,
+    /// The audit writer: it ends once the trail is closed and written out.
+    audit_writer: tokio::task::JoinHandle<()>,
     shutdown_timeout: Duration,
 }
 
@@ -47,10 +52,26 @@ impl Application {
             .await
             .with_context(|| format!("binding MLLP on {}", config.mllp_addr))?;
         let store = open_store(&config).await?;
+        let auth = match &config.auth {
+            Some(settings) => Some(Arc::new(
+                Authenticator::load(settings.clone())
+                    .await
+                    .context("loading the token signing keys (HL7BRIDGE_AUTH_JWKS_*)")?,
+            )),
+            None => None,
+        };
+        let (audit, audit_writer) = AuditTrail::start(store.clone());
+        let audit_handle = audit.clone();
         let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
-        let (http, http_addr) =
-            http_server(&config, listener, store.clone(), conditional_gate.clone())?;
-        let ingest = Arc::new(Hl7Ingest::new(store.clone(), &config));
+        let (http, http_addr) = http_server(
+            &config,
+            listener,
+            store.clone(),
+            conditional_gate.clone(),
+            auth,
+            audit.clone(),
+        )?;
+        let ingest = Arc::new(Hl7Ingest::new(store.clone(), &config).with_audit(audit));
         let kafka = match &config.kafka {
             Some(settings) => {
                 let fhir = Arc::new(FhirIngest {
@@ -84,6 +105,8 @@ impl Application {
             ingest,
             kafka,
             store,
+            audit: audit_handle,
+            audit_writer,
             shutdown_timeout: Duration::from_millis(config.shutdown_timeout_ms),
         })
     }
@@ -122,6 +145,14 @@ impl Application {
             mllp
         })
         .await;
+        // The trail of everything answered so far, written out before the database closes.
+        self.audit.close().await;
+        if tokio::time::timeout(self.shutdown_timeout, self.audit_writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("writing out the audit trail passed its deadline");
+        }
         match drained {
             Ok(Ok(DrainOutcome::Finished)) => tracing::info!("drained; stopped cleanly"),
             Ok(outcome) => tracing::warn!(?outcome, "stopped without draining every connection"),
@@ -212,6 +243,8 @@ fn http_server(
     listener: TcpListener,
     store: Store,
     conditional_gate: Arc<tokio::sync::Mutex<()>>,
+    auth: Option<Arc<Authenticator>>,
+    audit: AuditTrail,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let addr = listener.local_addr()?;
     let state = web::Data::new(FhirState {
@@ -234,12 +267,15 @@ fn http_server(
         conditional_gate,
         everything_page_limit: config.everything_max_unpaged,
         started: instant_text(now_us()),
+        auth,
+        audit,
     });
     let shutdown_secs = config.shutdown_timeout_ms.div_ceil(1000);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(fhir::guard))
             .wrap(from_fn(fhir::negotiate))
             .wrap(from_fn(fhir::trace_requests))
             .configure(crate::ops::routes)

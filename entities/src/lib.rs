@@ -9,7 +9,9 @@
 //! - `date_index`, `string_index`: date and string search values.
 //! - `hl7_message`: every inbound HL7v2 message, accepted or not, kept raw with its ACK.
 //! - `change_outbox`: committed changes for the Kafka change feed, written with the change.
+//! - `audit_event`: the audit trail of FHIR interactions and accepted HL7v2 messages.
 
+pub mod audit_event;
 pub mod change_outbox;
 pub mod compartment;
 pub mod date_index;

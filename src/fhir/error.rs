@@ -38,6 +38,12 @@ pub enum FhirError {
     /// The request is well-formed but cannot be applied (a JSON Patch whose `test` fails).
     #[error("{0}")]
     Unprocessable(String),
+    /// No valid bearer token (answered with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token does not grant this.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the database is unavailable; retry later")]
     Unavailable,
     #[error("internal error")]
@@ -95,6 +101,8 @@ impl FhirError {
             FhirError::PreconditionFailed(_) => "duplicate",
             FhirError::Conflict(_) => "conflict",
             FhirError::Unprocessable(_) => "processing",
+            FhirError::Unauthorized(_) => "login",
+            FhirError::Forbidden(_) => "forbidden",
             FhirError::Unavailable => "transient",
             FhirError::Internal => "exception",
             FhirError::AtEntry { error, .. } => error.issue_code(),
@@ -129,6 +137,8 @@ impl ResponseError for FhirError {
             FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             FhirError::Conflict(_) => StatusCode::CONFLICT,
             FhirError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            FhirError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            FhirError::Forbidden(_) => StatusCode::FORBIDDEN,
             FhirError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             FhirError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             FhirError::AtEntry { error, .. } => error.status_code(),
@@ -144,6 +154,14 @@ impl ResponseError for FhirError {
             FhirError::RequestTimeout(_) | FhirError::PayloadTooLarge(_)
         ) {
             response.force_close();
+        }
+        if let FhirError::Unauthorized(message) = self {
+            // RFC 6750: the scheme, and why the token (if any) was refused.
+            let description = message.replace('"', "'");
+            response.insert_header((
+                actix_web::http::header::WWW_AUTHENTICATE,
+                format!("Bearer realm=\"hl7bridge\", error=\"invalid_token\", error_description=\"{description}\""),
+            ));
         }
         response
             .content_type(FHIR_JSON)

@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::access::{self, access_of};
 use super::bundle::{searchset, BundleTrace, SearchEntry};
 use super::capability::capability_statement;
 use super::criteria::percent_decode;
@@ -15,9 +16,17 @@ use super::rest::known_type;
 use super::search::{self, SearchRequest, Total};
 use super::summary::{summarise, Summary};
 use super::{transaction, BodyTimeouts, FhirState};
+use crate::auth::{Access, Permission, Reach};
 use crate::store::search_params::date_range;
 use crate::store::{EverythingPage, HistoryCursor, Search, StoredResource, SupportingMode};
 use crate::telemetry::span_traceparent;
+
+/// A resource outside what the caller's token reaches.
+fn not_yours(resource_type: &str, id: &str) -> FhirError {
+    FhirError::Forbidden(format!(
+        "{resource_type}/{id} is outside what the token's scopes reach"
+    ))
+}
 
 pub(super) type Answer = Result<HttpResponse, FhirError>;
 
@@ -44,6 +53,9 @@ pub async fn read(
     let (resource_type, id) = path.into_inner();
     let summary = Summary::from_query(&decode_pairs(req.query_string())?)?;
     let mut stored = live_resource(&state, &resource_type, &id).await?;
+    if !access::visible(&access_of(&req), &stored) {
+        return Err(not_yours(&resource_type, &id));
+    }
     if not_modified(&req, &stored) {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, format!("W/\"{}\"", stored.version_id)))
@@ -83,8 +95,10 @@ fn not_modified(req: &HttpRequest, stored: &StoredResource) -> bool {
 
 pub async fn vread(
     state: web::Data<FhirState>,
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Answer {
+    let access = access_of(&req);
     let (resource_type, id, vid) = path.into_inner();
     let label = format!("{resource_type}/{id}/_history/{vid}");
     let version: i64 = vid
@@ -98,7 +112,15 @@ pub async fn vread(
         .await?
     {
         None => Err(FhirError::NotFound(format!("{label} is not known"))),
-        Some(r) if r.deleted => Err(FhirError::Gone(format!("{label} is a deletion"))),
+        Some(r) if !r.deleted && !access::visible(&access, &r) => {
+            Err(not_yours(&resource_type, &id))
+        }
+        Some(r) if r.deleted => {
+            if access.reach(&resource_type, Permission::Read) != Reach::All {
+                return Err(not_yours(&resource_type, &id));
+            }
+            Err(FhirError::Gone(format!("{label} is a deletion")))
+        }
         Some(r) => Ok(resource_response(r)),
     }
 }
@@ -149,7 +171,12 @@ pub async fn history(
             "{resource_type}/{id} is not known"
         )));
     };
-    let versions = state
+    let access = access_of(&req);
+    let limited = access.reach(&resource_type, Permission::Read) != Reach::All;
+    if limited && !access::visible(&access, &current) {
+        return Err(not_yours(&resource_type, &id));
+    }
+    let mut versions = state
         .reads
         .history(
             &resource_type,
@@ -159,6 +186,10 @@ pub async fn history(
             count as u32,
         )
         .await?;
+    if limited {
+        // Each version on its own: a resource may have moved between compartments.
+        versions.retain(|v| access::visible(&access, v));
+    }
     let base = base_url(&state, &req);
     let page_url = |before: Option<i64>| {
         let cursor = before
@@ -177,7 +208,7 @@ pub async fn history(
     {
         links.push(("next", page_url(Some(oldest.version_id))));
     }
-    let total = since.is_none().then_some(current.version_id);
+    let total = (since.is_none() && !limited).then_some(current.version_id);
     let body = super::bundle::history(&base, &links, total, &versions, trace(&state).as_ref());
     Ok(bundle_response(body))
 }
@@ -228,7 +259,7 @@ async fn changes_history(
         }
     }
     ignored_parameters(&unknown, req)?;
-    let versions = state
+    let mut versions = state
         .reads
         .history_all(
             resource_type,
@@ -250,13 +281,26 @@ async fn changes_history(
         url
     };
     let mut links = vec![("self", page_url(cursor.as_ref().map(history_cursor_text)))];
-    if let Some(last) = versions.last().filter(|_| versions.len() as u32 == count) {
-        let next = HistoryCursor {
+    let full_page = versions.len() as u32 == count;
+    let next = versions
+        .last()
+        .filter(|_| full_page)
+        .map(|last| HistoryCursor {
             last_updated_us: last.last_updated_us,
             resource_type: last.resource_type.clone(),
             id: last.id.clone(),
             version_id: last.version_id,
-        };
+        });
+    // What the caller may not see is left out; the cursor still moves past it.
+    let access = access_of(req);
+    versions.retain(
+        |v| match access.reach(&v.resource_type, Permission::Search) {
+            Reach::All => true,
+            Reach::None => false,
+            Reach::Patient => !v.deleted && access::visible(&access, v),
+        },
+    );
+    if let Some(next) = next {
         links.push(("next", page_url(Some(history_cursor_text(&next)))));
     }
     let body = super::bundle::history(&base, &links, None, &versions, trace(state).as_ref());
@@ -336,7 +380,11 @@ async fn run_search(
     resource_type: &str,
     pairs: Vec<(String, String)>,
 ) -> Answer {
-    let request = SearchRequest::read(resource_type, pairs)?;
+    let mut request = SearchRequest::read(resource_type, pairs)?;
+    let access = access_of(req);
+    if let Some(restriction) = access::restriction(&access, resource_type)? {
+        request.criteria.push(restriction);
+    }
     let ignored = ignored_parameters(&request.unknown, req)?;
     let base = base_url(state, req);
     let link = |cursor: Option<String>| {
@@ -400,6 +448,7 @@ async fn run_search(
         _ => None,
     };
     let (mut included, capped) = includes(state, &request, &page).await?;
+    included.retain(|r| access::visible(&access, r));
     if let Some(elements) = &request.elements {
         for r in &mut page {
             r.content = search::subset(&r.content, elements);
@@ -504,7 +553,8 @@ pub async fn everything(
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
         issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
     }
-    let (found, more) = state.reads.everything_cached(&id, &request.page).await?;
+    let (mut found, more) = state.reads.everything_cached(&id, &request.page).await?;
+    let access = access_of(&req);
     let mut next_cursor = None;
     if more {
         let last = found
@@ -544,6 +594,10 @@ pub async fn everything(
     let mut links = vec![("self", link(request.cursor.as_ref()))];
     if let Some(cursor) = &next_cursor {
         links.push(("next", link(Some(cursor))));
+    }
+    // What the caller's scopes do not cover is left out (the cursor above still moves past it).
+    if !matches!(access, Access::Open | Access::System) {
+        found.retain(|(_, r)| access::visible(&access, r));
     }
     let single_page = request.cursor.is_none() && !more;
     let total = single_page.then(|| {
@@ -662,8 +716,10 @@ pub async fn post_bundle(
         bundle,
         trace.as_ref(),
         &transaction::NewIds::Random,
+        &access_of(&req),
     )
     .await?;
+    access::note_written(&req, &response);
     Ok(bundle_response(response.to_string()))
 }
 
@@ -750,7 +806,7 @@ fn mode_name(mode: SupportingMode) -> &'static str {
     }
 }
 
-fn bundle_response(body: String) -> HttpResponse {
+pub(super) fn bundle_response(body: String) -> HttpResponse {
     HttpResponse::Ok().content_type(FHIR_JSON).body(body)
 }
 
@@ -764,7 +820,7 @@ fn trace(state: &FhirState) -> Option<BundleTrace> {
     })
 }
 
-pub(super) fn base_url(state: &FhirState, req: &HttpRequest) -> String {
+pub(crate) fn base_url(state: &FhirState, req: &HttpRequest) -> String {
     if let Some(base) = &state.public_base_url {
         return base.clone();
     }
@@ -907,7 +963,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
 const HARMLESS: &[&str] = &["_format", "_pretty"];
 
 /// The query's (name, value) pairs, percent-decoded, without the harmless ones.
-fn decode_pairs(query: &str) -> Result<Vec<(String, String)>, FhirError> {
+pub(super) fn decode_pairs(query: &str) -> Result<Vec<(String, String)>, FhirError> {
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
@@ -952,7 +1008,7 @@ fn prefers_strict(req: &HttpRequest) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"))
 }
 
-fn encode_query_value(value: &str) -> String {
+pub(super) fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~|:/".contains(&b) {

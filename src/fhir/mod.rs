@@ -9,6 +9,8 @@
 //! Bundle carries. Anything else answers with an OperationOutcome. Every request runs in a server span continued from its `traceparent`
 //! header (see [`http_trace`]), and every Bundle carries that span's context in `meta`.
 
+mod access;
+mod audit_api;
 pub mod bundle;
 mod capability;
 pub mod criteria;
@@ -27,6 +29,7 @@ pub mod transaction;
 
 use actix_web::web;
 
+pub use access::guard;
 pub use http_trace::trace_requests;
 pub use negotiate::negotiate;
 
@@ -53,6 +56,9 @@ pub struct FhirState {
     pub everything_page_limit: u64,
     /// When this server started, as a FHIR instant.
     pub started: String,
+    /// Verifies bearer tokens; `None` when authentication is off.
+    pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
+    pub audit: crate::audit::AuditTrail,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -66,6 +72,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/StructureDefinition/w3c-trace-context",
             web::get().to(handlers::trace_context_definition),
         )
+        .route("/AuditEvent", web::get().to(audit_api::search))
+        .route("/AuditEvent", web::route().to(audit_api::immutable))
+        .route("/AuditEvent/{id}", web::get().to(audit_api::read))
+        .route("/AuditEvent/{id}", web::route().to(audit_api::immutable))
         .route("/_history", web::get().to(handlers::system_history))
         .route("/{type}/_history", web::get().to(handlers::type_history))
         .route("/{type}", web::get().to(handlers::search))

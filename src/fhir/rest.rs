@@ -187,9 +187,11 @@ async fn run(
         bundle,
         None,
         &transaction::NewIds::Random,
+        &super::access::access_of(req),
     )
     .await
     .map_err(|e| without_entry(e, resource_type))?;
+    super::access::note_written(req, &response);
     let outcome = &response["entry"][0]["response"];
     answer(state, req, outcome).await
 }

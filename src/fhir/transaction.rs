@@ -20,11 +20,13 @@ use actix_web::http::StatusCode;
 use actix_web::ResponseError;
 use serde_json::{json, Map, Value};
 
+use super::access;
 use super::bundle::{meta, BundleTrace};
 use super::criteria::{parse_conditional_reference, parse_identifier_query};
 use super::error::FhirError;
 use super::id::{is_resource_type, is_valid_id};
 use super::references::{rewrite_references, visit_references};
+use crate::auth::{Access, Permission, Reach};
 use crate::store::index::identifiers;
 use crate::store::{
     instant_text, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store, StoreError,
@@ -186,6 +188,7 @@ pub async fn process(
     bundle: Value,
     trace: Option<&BundleTrace>,
     new_ids: &NewIds,
+    access: &Access,
 ) -> Result<Value, FhirError> {
     let kind = bundle_kind(&bundle)?;
     let raw_entries = entries_of(bundle, limits)?;
@@ -207,6 +210,12 @@ pub async fn process(
             })
         })
         .collect();
+    let entries: Vec<Result<Entry, FhirError>> = entries
+        .into_iter()
+        .map(|entry| entry.and_then(|e| permitted(access, e)))
+        .collect();
+    let permissions: Vec<Option<(String, Permission)>> =
+        entries.iter().map(|e| e.as_ref().ok().map(needs)).collect();
     let lookups = collect_lookups(&entries);
     let _gate = if has_conditional_writes(&entries) {
         Some(conditional_gate.lock().await)
@@ -218,7 +227,8 @@ pub async fn process(
         .iter()
         .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
         .collect();
-    let planned = plan_until_stable(kind, entries, &stored);
+    let mut planned = plan_until_stable(kind, entries, &stored);
+    within_patient_reach(store, access, &permissions, &mut planned).await?;
     for round in split_writes(kind, planned, &preconditions, &mut results)? {
         let keys: Vec<String> = round.batch.ops.iter().map(op_key).collect();
         match store.write(round.batch).await {
@@ -262,6 +272,68 @@ pub async fn process(
         response["entry"] = Value::Array(entries);
     }
     Ok(response)
+}
+
+/// The type and permission an entry needs.
+fn needs(entry: &Entry) -> (String, Permission) {
+    match &entry.request {
+        Request::Create { resource, .. } => (type_of(resource), Permission::Create),
+        Request::Update { resource, .. } => (type_of(resource), Permission::Update),
+        Request::Delete { resource_type, .. } => (resource_type.clone(), Permission::Delete),
+    }
+}
+
+/// The entry, if the caller's scopes grant what it asks on its type at all. The audit trail is
+/// the server's own: no caller writes AuditEvents.
+fn permitted(access: &Access, entry: Entry) -> Result<Entry, FhirError> {
+    let (resource_type, permission) = needs(&entry);
+    if resource_type == "AuditEvent" {
+        return Err(FhirError::NotSupported(
+            "the audit trail is written by the server alone".into(),
+        ));
+    }
+    if access.reach(&resource_type, permission) == Reach::None {
+        return Err(FhirError::Forbidden(format!(
+            "the token's scopes do not grant {permission:?} on {resource_type}"
+        )));
+    }
+    Ok(entry)
+}
+
+/// For entries a patient-scoped grant allows: the resource written, and the version it
+/// replaces or deletes, must both lie within the token's patient (see `access::in_reach`),
+/// so such a token can neither move another patient's data into its record nor change it.
+async fn within_patient_reach(
+    store: &Store,
+    access: &Access,
+    permissions: &[Option<(String, Permission)>],
+    planned: &mut [Result<Planned, FhirError>],
+) -> Result<(), FhirError> {
+    for (entry, needed) in planned.iter_mut().zip(permissions) {
+        let (Ok(Planned::Write(op)), Some((resource_type, permission))) = (&*entry, needed) else {
+            continue;
+        };
+        if access.reach(resource_type, *permission) != Reach::Patient {
+            continue;
+        }
+        let (t, id) = op.key();
+        let mut allowed = match op {
+            WriteOp::Upsert(w) => access::in_reach(access.patient(), t, id, &w.content),
+            WriteOp::Delete { .. } => true,
+        };
+        if allowed {
+            if let Some(current) = store.read(t, id).await?.filter(|c| !c.deleted) {
+                allowed = serde_json::from_str::<Value>(&current.content)
+                    .is_ok_and(|content| access::in_reach(access.patient(), t, id, &content));
+            }
+        }
+        if !allowed {
+            *entry = Err(FhirError::Forbidden(format!(
+                "{t}/{id} would lie outside the patient the token is limited to"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A lone resource as a one-entry transaction: an update of its id when it has one, else a

@@ -60,6 +60,7 @@ async fn stored_entries(importer: &Importer, input: &Input) -> Result<u64, Faile
         bundle,
         None,
         &ids,
+        &crate::auth::Access::System,
     )
     .await;
     match result {

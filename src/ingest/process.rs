@@ -14,6 +14,7 @@ use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
 };
 use super::verdict::{decide, Accepted, Decision, Verdict};
+use crate::audit::{AuditRecord, AuditTrail, Door};
 use crate::config::Config;
 use crate::store::{now_us, payload_hash, Hl7MessageRow, Lane, Store, WriteBatch};
 use crate::telemetry::metrics::metrics;
@@ -35,6 +36,8 @@ pub struct Origin {
     /// The transport's trace context (Kafka record headers). It becomes each message span's
     /// parent, and a differing ZTR context a link; without it the ZTR context is the parent.
     pub transport_trace: Option<TraceParent>,
+    /// The door, for the audit trail.
+    pub door: Door,
 }
 
 impl From<FrameMeta> for Origin {
@@ -42,6 +45,7 @@ impl From<FrameMeta> for Origin {
         Origin {
             peer: meta.peer.to_string(),
             transport_trace: None,
+            door: Door::Mllp,
         }
     }
 }
@@ -62,6 +66,7 @@ pub struct Hl7Ingest {
     store: Store,
     map_context: MapContext,
     owner_locks: OwnerLocks,
+    audit: Option<AuditTrail>,
 }
 
 impl Hl7Ingest {
@@ -73,7 +78,14 @@ impl Hl7Ingest {
             store,
             map_context,
             owner_locks: OwnerLocks::default(),
+            audit: None,
         }
+    }
+
+    /// Records every answered message in `audit`.
+    pub fn with_audit(mut self, audit: AuditTrail) -> Hl7Ingest {
+        self.audit = Some(audit);
+        self
     }
 
     /// Splits a payload into its messages and answers each, in order.
@@ -263,6 +275,12 @@ impl Hl7Ingest {
             .map(|code| ack_for(header, code, &errors))
             .unwrap_or_default();
         let row = message_row(bytes, header, code, &ack, &origin.peer);
+        let written = accepted
+            .ops
+            .iter()
+            .map(|op| op.key())
+            .map(|(t, id)| (t.to_string(), id.to_string()))
+            .collect::<Vec<_>>();
         let batch = WriteBatch {
             ops: accepted.ops,
             hl7_messages: vec![row],
@@ -281,6 +299,13 @@ impl Hl7Ingest {
             };
         };
         let error = errors.into_iter().next();
+        let final_code = match (&stored, code) {
+            (Err(_), AckCode::AA) => AckCode::AE,
+            _ => code,
+        };
+        if stored.is_ok() {
+            self.audit(header, final_code, written, origin).await;
+        }
         match (stored, code) {
             (Ok(_), AckCode::AA) => finish(ack, code, None, header, started),
             (Ok(_), _) => finish(ack, code, error, header, started),
@@ -299,6 +324,65 @@ impl Hl7Ingest {
                 answer
             }
         }
+    }
+
+    /// One audit record per stored message: who sent it (MSH-3 and MSH-4), what it wrote, how
+    /// it was answered; never its content.
+    async fn audit(
+        &self,
+        header: Option<&Header>,
+        code: AckCode,
+        written: Vec<(String, String)>,
+        origin: &Origin,
+    ) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let agent = header.map_or_else(String::new, |h| {
+            format!("{}^{}", h.sending_application, h.sending_facility)
+        });
+        let message_type = header
+            .map(|h| {
+                let code = h.message_code.as_deref().unwrap_or("");
+                match h.trigger_event.as_deref() {
+                    Some(event) => format!("{code}^{event}"),
+                    None => code.to_string(),
+                }
+            })
+            .unwrap_or_default();
+        let patients: Vec<&String> = written
+            .iter()
+            .filter(|(t, _)| t == "Patient")
+            .map(|(_, id)| id)
+            .collect();
+        let patient = match patients.as_slice() {
+            [one] => Some(one.to_string()),
+            _ => None,
+        };
+        let network = match origin.door {
+            Door::Mllp => origin
+                .peer
+                .rsplit_once(':')
+                .map_or(origin.peer.clone(), |(ip, _)| ip.to_string()),
+            _ => origin.peer.clone(),
+        };
+        audit
+            .record(AuditRecord {
+                door: origin.door,
+                action: if written.is_empty() { 'E' } else { 'C' },
+                subtype: "hl7v2-message".into(),
+                outcome: if code == AckCode::AA { 0 } else { 4 },
+                agent,
+                network,
+                entities: written
+                    .into_iter()
+                    .map(|(t, id)| format!("{t}/{id}"))
+                    .collect(),
+                patient,
+                trace_id: crate::audit::current_trace_id(),
+                detail: format!("{message_type} answered {}", code.as_str()),
+            })
+            .await;
     }
 
     /// Answers a whole frame that cannot be taken apart, with the first header it holds.

@@ -215,6 +215,7 @@ impl Inbound {
         let origin = Origin {
             peer: source_name(record),
             transport_trace: trace,
+            door: crate::audit::Door::Kafka,
         };
         let answers = self.hl7.ingest(&record.payload, &origin).await;
         let transient = answers.iter().any(|a| a.transient);
@@ -273,6 +274,7 @@ impl Inbound {
             bundle,
             None,
             &ids,
+            &crate::auth::Access::System,
         )
         .instrument(span)
         .await;

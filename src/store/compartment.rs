@@ -82,6 +82,12 @@ const PATIENT_COMPARTMENT: &[(&str, &[&str])] = &[
     ("VisionPrescription", &["patient"]),
 ];
 
+/// Whether the compartment definition names `resource_type` (its resources belong to a
+/// patient's record when they point at one).
+pub fn defines(resource_type: &str) -> bool {
+    PATIENT_COMPARTMENT.iter().any(|(t, _)| *t == resource_type)
+}
+
 /// Paths that count for types outside the definition.
 const FALLBACK_PATHS: &[&str] = &["patient", "subject"];
 

@@ -10,6 +10,7 @@
 //! [`replica`]). Writes, and the reads that decide what to write, always use the primary.
 
 mod analyze;
+mod audit;
 mod batcher;
 mod cache;
 pub mod compartment;
@@ -28,6 +29,7 @@ use hl7bridge_entities::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
 
+pub use audit::AuditFilter;
 pub use batcher::GroupLimits;
 pub use cache::CacheLimits;
 pub use outbox::{ChangeRow, RelayTurn, WriteTrace};

@@ -64,6 +64,12 @@ pub enum Criterion {
         param: String,
         alternatives: Vec<(StrMatch, String)>,
     },
+    /// Within what a patient-scoped token may see: `strict`, in the patient's compartment;
+    /// otherwise in no other patient's (see `fhir::access::in_reach`).
+    Compartment {
+        patient: String,
+        strict: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +235,17 @@ fn where_clause(sql: &mut String, params: &mut Vec<Value>, t: &str, criteria: &[
 
 fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion: &Criterion) {
     match criterion {
+        Criterion::Compartment { patient, strict } => {
+            let (test, cmp) = if *strict {
+                ("IN", "=")
+            } else {
+                ("NOT IN", "<>")
+            };
+            sql.push_str(&format!(
+                "r.id {test} (SELECT resource_id FROM compartment WHERE resource_type = ? AND patient_id {cmp} ?)"
+            ));
+            params.extend([Value::from(t), Value::from(patient.as_str())]);
+        }
         Criterion::Ids(ids) => {
             sql.push_str(&format!("r.id IN ({})", placeholders(ids.len().max(1))));
             if ids.is_empty() {

@@ -48,7 +48,8 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    fn key(&self) -> (&str, &str) {
+    /// The (type, id) this operation writes.
+    pub fn key(&self) -> (&str, &str) {
         match self {
             WriteOp::Upsert(w) => (&w.resource_type, &w.id),
             WriteOp::Delete { resource_type, id } => (resource_type, id),
@@ -128,7 +129,7 @@ struct Plan {
 
 const MAX_ATTEMPTS: usize = 3;
 /// Stays far under SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
-const MAX_BINDS: usize = 16_000;
+pub(super) const MAX_BINDS: usize = 16_000;
 const MAX_ROWS: usize = 500;
 
 /// The lane a write waits in for its group commit: STAT results go before routine work.

@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_change_outbox;
 mod m0003_search_index;
+mod m0004_audit_event;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_change_outbox::Migration),
             Box::new(m0003_search_index::Migration),
+            Box::new(m0004_audit_event::Migration),
         ]
     }
 }

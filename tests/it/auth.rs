@@ -1,0 +1,541 @@
+//! Bearer tokens and SMART scopes on the FHIR API, and the audit trail of every attempt:
+//! tokens are signed here with the test keys in `tests/fixtures/auth` and checked by the real
+//! server against their JWKS.
+
+use std::path::PathBuf;
+
+use hl7bridge::auth::{AuthSettings, JwksSource};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::support::{spawn_app_with, TestApp};
+
+const ISSUER: &str = "https://idp.test.invalid";
+const AUDIENCE: &str = "https://fhir.test.invalid";
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/auth/{name}"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Claims of a token valid for ten minutes, with `extra` merged in.
+fn claims(scope: &str, extra: Value) -> Value {
+    let mut claims = json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "clinician-7", "exp": now() + 600,
+        "iat": now(), "scope": scope,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    claims
+}
+
+fn rs256(claims: &Value) -> String {
+    sign(Algorithm::RS256, "test-rsa", "rsa-private.pem", claims)
+}
+
+fn sign(alg: Algorithm, kid: &str, key_file: &str, claims: &Value) -> String {
+    let pem = std::fs::read(fixture(key_file)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+async fn spawn_secured() -> TestApp {
+    spawn_app_with(|c| {
+        c.auth = Some(AuthSettings {
+            jwks: JwksSource::File(fixture("jwks.json")),
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_s: 0,
+        })
+    })
+    .await
+}
+
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.base))
+        .header("accept", "application/fhir+json");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
+    call(app, reqwest::Method::GET, path, Some(token), None).await
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let r = &e["resource"];
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused_with_401_and_a_bearer_challenge() {
+    let app = spawn_secured().await;
+    let scope = "system/*.read";
+    let expired = rs256(&claims(scope, json!({"exp": now() - 120})));
+    let early = rs256(&claims(scope, json!({"nbf": now() + 600})));
+    let other_issuer = rs256(&claims(scope, json!({"iss": "https://elsewhere.invalid"})));
+    let other_audience = rs256(&claims(scope, json!({"aud": "https://other.invalid"})));
+    let forged = sign(
+        Algorithm::RS256,
+        "test-rsa",
+        "rsa-stranger-private.pem",
+        &claims(scope, json!({})),
+    );
+    let unknown_kid = sign(
+        Algorithm::RS256,
+        "nobody",
+        "rsa-private.pem",
+        &claims(scope, json!({})),
+    );
+    // HS256 "signed" with the public key text: the algorithm-confusion attack.
+    let jwks = std::fs::read(fixture("jwks.json")).unwrap();
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("test-rsa".into());
+    let confused = jsonwebtoken::encode(
+        &header,
+        &claims(scope, json!({})),
+        &EncodingKey::from_secret(&jwks).unwrap(),
+    )
+    .unwrap();
+    let unsigned = {
+        use base64_like::encode;
+        format!(
+            "{}.{}.",
+            encode(br#"{"alg":"none","typ":"JWT"}"#),
+            encode(claims(scope, json!({})).to_string().as_bytes())
+        )
+    };
+    let no_patient = rs256(&claims("patient/*.read", json!({})));
+    for (name, token) in [
+        ("none", None),
+        ("garbage", Some("not.a.jwt".to_string())),
+        ("expired", Some(expired)),
+        ("not yet valid", Some(early)),
+        ("other issuer", Some(other_issuer)),
+        ("other audience", Some(other_audience)),
+        ("signed by an untrusted key", Some(forged)),
+        ("unknown key id", Some(unknown_kid)),
+        ("HS256 with the public key", Some(confused)),
+        ("alg none", Some(unsigned)),
+        ("patient scopes without a patient", Some(no_patient)),
+    ] {
+        let mut request = app.client.get(format!("{}/Patient", app.base));
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{name}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.starts_with("Bearer "), "{name}: {challenge}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["resourceType"], "OperationOutcome", "{name}");
+        assert_eq!(body["issue"][0]["code"], "login", "{name}");
+    }
+    // The capability statement stays public; both key types verify.
+    assert_eq!(app.get("/metadata").await.status().as_u16(), 200);
+    let ec = sign(
+        Algorithm::ES256,
+        "test-ec",
+        "ec-private.pem",
+        &claims(scope, json!({})),
+    );
+    assert_eq!(get(&app, "/Patient", &ec).await.0, 200);
+    assert_eq!(
+        get(&app, "/Patient", &rs256(&claims(scope, json!({}))))
+            .await
+            .0,
+        200
+    );
+    app.stop().await;
+}
+
+/// base64url without padding, for the hand-made unsigned token.
+mod base64_like {
+    pub fn encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |acc, b| (acc << 8) | *b as u32) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn scopes_decide_which_types_and_interactions_a_token_may_use() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({})));
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Quillfeather"}]});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Patient/p1",
+        Some(&admin),
+        Some(&patient),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let reader = rs256(&claims("user/Observation.read", json!({})));
+    assert_eq!(get(&app, "/Observation", &reader).await.0, 200);
+    let (status, body) = get(&app, "/Patient/p1", &reader).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["issue"][0]["code"], "forbidden");
+    let observation = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/Observation",
+        Some(&reader),
+        Some(&observation),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // v2: create Patients, read and search Observations, nothing else.
+    let v2 = rs256(&claims("user/Patient.c user/Observation.rs", json!({})));
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/Patient",
+        Some(&v2),
+        Some(&patient),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(get(&app, "/Patient/p1", &v2).await.0, 403);
+    assert_eq!(get(&app, "/Observation?code=x", &v2).await.0, 200);
+    let (status, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        "/Patient/p1",
+        Some(&v2),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    // A transaction is checked entry by entry.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient, "request": {"method": "POST", "url": "Patient"}},
+        {"request": {"method": "DELETE", "url": "Patient/p1"}}]});
+    let (status, body) = call(&app, reqwest::Method::POST, "/", Some(&v2), Some(&bundle)).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["issue"][0]["expression"][0], "Bundle.entry[1]");
+    // Nobody writes the audit trail.
+    let event = json!({"resourceType": "AuditEvent"});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/AuditEvent",
+        Some(&admin),
+        Some(&event),
+    )
+    .await;
+    assert_eq!(status, 405);
+    app.stop().await;
+}
+
+/// Patient A's record, patient B's, and a practitioner both share.
+async fn seed_two_patients(app: &TestApp, admin: &str) {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "pa", "name": [{"family": "Ambleforth"}]},
+         "request": {"method": "PUT", "url": "Patient/pa"}},
+        {"resource": {"resourceType": "Patient", "id": "pb", "name": [{"family": "Brindlecombe"}]},
+         "request": {"method": "PUT", "url": "Patient/pb"}},
+        {"resource": {"resourceType": "Practitioner", "id": "dr"},
+         "request": {"method": "PUT", "url": "Practitioner/dr"}},
+        {"resource": {"resourceType": "Observation", "id": "oa", "status": "final",
+            "code": {"text": "glucose"}, "subject": {"reference": "Patient/pa"},
+            "performer": [{"reference": "Practitioner/dr"}]},
+         "request": {"method": "PUT", "url": "Observation/oa"}},
+        // In A's compartment and in B's: B is named as a performer.
+        {"resource": {"resourceType": "Observation", "id": "oab", "status": "final",
+            "code": {"text": "glucose"}, "subject": {"reference": "Patient/pa"},
+            "performer": [{"reference": "Patient/pb"}]},
+         "request": {"method": "PUT", "url": "Observation/oab"}},
+        {"resource": {"resourceType": "Observation", "id": "ob", "status": "final",
+            "code": {"text": "glucose"}, "subject": {"reference": "Patient/pb"},
+            "performer": [{"reference": "Practitioner/dr"}]},
+         "request": {"method": "PUT", "url": "Observation/ob"}},
+        {"resource": {"resourceType": "Condition", "id": "cb",
+            "subject": {"reference": "Patient/pb"}},
+         "request": {"method": "PUT", "url": "Condition/cb"}},
+    ]});
+    let (status, body) = call(app, reqwest::Method::POST, "/", Some(admin), Some(&bundle)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_patient_scoped_token_cannot_reach_another_patients_record_by_any_route() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    seed_two_patients(&app, &admin).await;
+    let a = rs256(&claims(
+        "launch/patient patient/*.read patient/Observation.write",
+        json!({"sub": "patient-app", "patient": "pa"}),
+    ));
+
+    // Read, vread, instance history.
+    assert_eq!(get(&app, "/Patient/pa", &a).await.0, 200);
+    assert_eq!(get(&app, "/Observation/oa", &a).await.0, 200);
+    assert_eq!(get(&app, "/Practitioner/dr", &a).await.0, 200);
+    for path in [
+        "/Patient/pb",
+        "/Observation/ob",
+        "/Condition/cb",
+        "/Observation/ob/_history/1",
+        "/Observation/ob/_history",
+        "/Patient/pb/_history",
+    ] {
+        let (status, body) = get(&app, path, &a).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+
+    // Search: only A's compartment, whatever the criteria say.
+    let (_, found) = get(&app, "/Observation", &a).await;
+    let mut got = ids(&found);
+    got.sort();
+    assert_eq!(got, ["Observation/oa", "Observation/oab"], "{found}");
+    let (_, found) = get(&app, "/Observation?subject=Patient/pb", &a).await;
+    assert!(ids(&found).is_empty(), "{found}");
+    let (_, found) = get(&app, "/Patient", &a).await;
+    assert_eq!(ids(&found), ["Patient/pa"]);
+    let (_, found) = get(&app, "/Condition", &a).await;
+    assert!(ids(&found).is_empty(), "{found}");
+
+    // _include and _revinclude: B never comes along.
+    let (_, found) = get(
+        &app,
+        "/Observation?_id=oab&_include=Observation:performer",
+        &a,
+    )
+    .await;
+    assert_eq!(ids(&found), ["Observation/oab"], "{found}");
+    let (_, found) = get(
+        &app,
+        "/Observation?_id=oa&_include=Observation:performer",
+        &a,
+    )
+    .await;
+    assert_eq!(
+        ids(&found),
+        ["Observation/oa", "Practitioner/dr"],
+        "{found}"
+    );
+    let (_, found) = get(&app, "/Practitioner?_revinclude=Observation:performer", &a).await;
+    let got = ids(&found);
+    assert!(got.contains(&"Observation/oa".to_string()), "{found}");
+    assert!(!got.contains(&"Observation/ob".to_string()), "{found}");
+
+    // Type and system history.
+    let (status, found) = get(&app, "/Observation/_history", &a).await;
+    assert_eq!(status, 200);
+    assert!(ids(&found).iter().all(|r| r != "Observation/ob"), "{found}");
+    let (status, found) = get(&app, "/_history", &a).await;
+    assert_eq!(status, 200);
+    let got = ids(&found);
+    assert!(got.contains(&"Patient/pa".to_string()), "{found}");
+    for theirs in ["Patient/pb", "Observation/ob", "Condition/cb"] {
+        assert!(!got.contains(&theirs.to_string()), "{theirs}: {found}");
+    }
+
+    // $everything: their own record only.
+    let (status, found) = get(&app, "/Patient/pa/$everything", &a).await;
+    assert_eq!(status, 200);
+    let got = ids(&found);
+    assert!(got.contains(&"Observation/oa".to_string()), "{found}");
+    assert!(
+        got.iter()
+            .all(|r| r != "Patient/pb" && r != "Observation/ob"),
+        "{found}"
+    );
+    assert_eq!(get(&app, "/Patient/pb/$everything", &a).await.0, 403);
+
+    // Writes: not into B's record, not of B's data.
+    let theirs = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/pb"}});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/Observation",
+        Some(&a),
+        Some(&theirs),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let moved = json!({"resourceType": "Observation", "id": "ob", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/pa"}});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Observation/ob",
+        Some(&a),
+        Some(&moved),
+    )
+    .await;
+    assert_eq!(status, 403, "taking over B's observation");
+    let (status, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        "/Observation/ob",
+        Some(&a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let mine = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/pa"}});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/Observation",
+        Some(&a),
+        Some(&mine),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        get(&app, "/Observation/ob", &admin).await.1["subject"]["reference"],
+        "Patient/pb"
+    );
+
+    // Every refused attempt is in the audit trail, under the token's subject.
+    let (status, trail) = get(
+        &app,
+        "/AuditEvent?agent-name=patient-app&outcome=4&_count=100",
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{trail}");
+    let events = trail["entry"].as_array().unwrap();
+    let concerning = |what: &str| {
+        events.iter().any(|e| {
+            e["resource"]["entity"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x["what"]["reference"] == what)
+        })
+    };
+    for what in ["Patient/pb", "Observation/ob", "Condition/cb"] {
+        assert!(
+            concerning(what),
+            "no refused attempt on {what} audited: {trail}"
+        );
+    }
+    assert!(events.len() >= 10, "{} refusals audited", events.len());
+    // A patient's token reads only its own patient's trail.
+    let (status, _) = get(&app, "/AuditEvent?patient=pb", &a).await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reads_writes_and_hl7v2_messages_are_audited_without_patient_data() {
+    let app = crate::support::spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Zanzibarnaby"}]});
+    assert_eq!(app.put_status("Patient/z1", &patient).await, 201);
+    assert_eq!(app.get("/Patient/z1").await.status().as_u16(), 200);
+    assert_eq!(app.get("/Patient/nobody").await.status().as_u16(), 404);
+    let message = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oru_r01_ztr.hl7"),
+    )
+    .unwrap();
+    app.send_accepted(&message).await;
+
+    let (status, trail) = app.get_json("/AuditEvent?patient=z1").await;
+    assert_eq!(status, 200, "{trail}");
+    let subtypes: Vec<&str> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["subtype"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(subtypes, ["read", "update"], "newest first: {trail}");
+    let read = &trail["entry"][0]["resource"];
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["agent"][0]["who"]["display"], "anonymous");
+    assert_eq!(read["agent"][0]["network"]["address"], "127.0.0.1");
+
+    let (_, missing) = app.get_json("/AuditEvent?entity=Patient/nobody").await;
+    assert_eq!(missing["entry"][0]["resource"]["outcome"], "4", "{missing}");
+
+    let (_, messages) = app
+        .get_json("/AuditEvent?subtype=hl7v2-message&source=mllp")
+        .await;
+    let event = &messages["entry"][0]["resource"];
+    assert_eq!(event["action"], "C", "{messages}");
+    assert!(event["entity"].as_array().unwrap().len() > 1, "{event}");
+    assert!(event["agent"][0]["who"]["display"]
+        .as_str()
+        .unwrap()
+        .contains('^'));
+    let (status, one) = app
+        .get_json(&format!("/AuditEvent/{}", event["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(one["id"], event["id"]);
+
+    // References and codes only: no name, no message text.
+    let (_, everything) = app.get_json("/AuditEvent?_count=1000").await;
+    let text = everything.to_string();
+    assert!(!text.contains("Zanzibarnaby"), "{text}");
+    let message_text = String::from_utf8_lossy(&message);
+    let pid5 = crate::support::field(&message_text, "PID", 5);
+    let family = pid5.split('^').next().unwrap();
+    assert!(
+        !family.is_empty() && !text.contains(family),
+        "{family} in the trail"
+    );
+    app.stop().await;
+}
