@@ -63,6 +63,10 @@ pub struct Config {
     /// `HL7BRIDGE_MLLP_MAX_CONNECTIONS_PER_PEER`: MLLP connections one address may hold.
     /// Default 64.
     pub mllp_max_connections_per_peer: usize,
+    /// `HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER`: HL7v2 messages one sending address
+    /// may have processed per second, over all its connections, in bursts of as many; a faster
+    /// sender waits longer for its ACKs. 0: no pacing. Default 2000.
+    pub mllp_max_messages_per_second_per_peer: u32,
     /// `HL7BRIDGE_MLLP_IDLE_TIMEOUT_MS`: an MLLP connection with no frame for this long is
     /// closed. Default 600000 (ten minutes).
     pub mllp_idle_timeout_ms: u64,
@@ -152,6 +156,7 @@ impl Default for Config {
             mllp_max_connections: 1024,
             mllp_max_connections_per_peer: 64,
             mllp_idle_timeout_ms: 600_000,
+            mllp_max_messages_per_second_per_peer: 2000,
             max_bundle_entries: 20_000,
             everything_max_unpaged: 1000,
             group_commit_max_writes: 256,
@@ -217,6 +222,10 @@ impl Config {
             "MLLP_MAX_CONNECTIONS_PER_PEER"
         );
         setting!(mllp_idle_timeout_ms, "MLLP_IDLE_TIMEOUT_MS");
+        setting!(
+            mllp_max_messages_per_second_per_peer,
+            "MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER"
+        );
         let max_lag = take("REPLICA_MAX_LAG_MS");
         let lag_given = max_lag.is_some();
         set(&mut config.replica_max_lag_ms, max_lag, &mut problems);

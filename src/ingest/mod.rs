@@ -11,6 +11,7 @@
 pub mod map;
 mod ownership;
 mod process;
+mod rate;
 mod stored;
 pub mod v2;
 mod verdict;

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::map::MapContext;
 use super::ownership::{foreign_owner, OwnerLocks};
+use super::rate::PeerRate;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
@@ -67,6 +68,8 @@ pub struct Hl7Ingest {
     map_context: MapContext,
     owner_locks: OwnerLocks,
     audit: Option<AuditTrail>,
+    /// `HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER`; `None` when 0 (unpaced).
+    peer_rate: Option<PeerRate>,
 }
 
 impl Hl7Ingest {
@@ -79,6 +82,8 @@ impl Hl7Ingest {
             map_context,
             owner_locks: OwnerLocks::default(),
             audit: None,
+            peer_rate: (config.mllp_max_messages_per_second_per_peer > 0)
+                .then(|| PeerRate::new(config.mllp_max_messages_per_second_per_peer)),
         }
     }
 
@@ -111,11 +116,31 @@ impl Hl7Ingest {
             let error = sequence_error(&message);
             return vec![self.refuse_frame(payload, error, origin).await];
         }
+        self.pace(origin, messages.len()).await;
         let mut answers = Vec::with_capacity(messages.len());
         for message in messages {
             answers.push(self.process(message, origin).await);
         }
         answers
+    }
+
+    /// Holds an MLLP peer over its message rate back (see [`PeerRate`]).
+    async fn pace(&self, origin: &Origin, messages: usize) {
+        let Some(rate) = self
+            .peer_rate
+            .as_ref()
+            .filter(|_| origin.door == Door::Mllp)
+        else {
+            return;
+        };
+        let Ok(peer) = origin.peer.parse::<std::net::SocketAddr>() else {
+            return;
+        };
+        let wait = rate.delay(peer.ip(), messages);
+        if !wait.is_zero() {
+            metrics().mllp_paced(wait);
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn process(&self, raw: RawMessage, origin: &Origin) -> Answer {

@@ -80,6 +80,7 @@ pub struct Metrics {
     group_sizes: Family<Histogram>,
     lane_depth: Family<f64>,
     lane_wait: Family<Histogram>,
+    mllp_paced: Family<Histogram>,
     cache_lookups: Family<u64>,
     replica_reads: Family<u64>,
     replica_fallbacks: Family<u64>,
@@ -131,6 +132,10 @@ pub fn metrics() -> &'static Metrics {
         lane_wait: Family::new(
             "hl7bridge_ingest_lane_wait_seconds",
             "Time from a write's arrival at the batcher to its commit, by lane; the stat lane's is the STAT latency.",
+        ),
+        mllp_paced: Family::new(
+            "hl7bridge_mllp_paced_seconds",
+            "How long MLLP frames were held back because their peer exceeded HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER.",
         ),
         cache_lookups: Family::new(
             "hl7bridge_read_cache_lookups_total",
@@ -236,6 +241,12 @@ impl Metrics {
         });
     }
 
+    /// MllpPaced: a frame held back by its peer's rate.
+    pub fn mllp_paced(&self, wait: Duration) {
+        self.mllp_paced
+            .with(Vec::new(), |h| h.observe(wait.as_secs_f64()));
+    }
+
     /// CacheLookedUp.
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
@@ -317,6 +328,7 @@ impl Metrics {
         render_histogram_in(&mut out, &self.group_sizes, &SIZE_BUCKETS);
         render_gauge(&mut out, &self.lane_depth);
         render_histogram(&mut out, &self.lane_wait);
+        render_histogram(&mut out, &self.mllp_paced);
         render_counter(&mut out, &self.cache_lookups);
         render_counter(&mut out, &self.replica_reads);
         render_counter(&mut out, &self.replica_fallbacks);

@@ -193,3 +193,50 @@ async fn two_patients_racing_for_one_order_number_cannot_both_be_accepted() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_sender_over_its_message_rate_is_slowed_while_other_senders_are_not() {
+    use hl7bridge_mllp::encode;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let app = crate::support::spawn_app_with(|c| c.mllp_max_messages_per_second_per_peer = 5).await;
+    let flood = async {
+        let mut stream = tokio::net::TcpStream::connect(app.mllp).await.unwrap();
+        let started = Instant::now();
+        for n in 0..15 {
+            let message = oru(&format!("FLOOD{n}"), "FLOOD-1", &format!("F-{n}"));
+            stream.write_all(&encode(&message)).await.unwrap();
+            let ack = crate::support::read_frame(&mut stream).await;
+            assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        }
+        started.elapsed()
+    };
+    // Another address on the loopback network: its own budget.
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(app.mllp).await.unwrap();
+        let started = Instant::now();
+        stream
+            .write_all(&encode(&oru("CALM1", "CALM-1", "C-1")))
+            .await
+            .unwrap();
+        let ack = crate::support::read_frame(&mut stream).await;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        started.elapsed()
+    };
+    let (flooded, calm) = tokio::join!(flood, other);
+    // Five at once, then one every 200 ms: about two seconds for the other ten.
+    assert!(
+        flooded >= Duration::from_millis(1800),
+        "15 messages took {flooded:?}"
+    );
+    assert!(
+        calm < Duration::from_millis(1000),
+        "the other sender waited {calm:?}"
+    );
+    let (_, found) = app.get_json("/Observation?_count=100&_summary=count").await;
+    assert_eq!(found["total"], 16, "every paced message was stored");
+    app.stop().await;
+}
