@@ -37,6 +37,9 @@ pub struct Config {
     /// `HL7BRIDGE_MAX_BUNDLE_ENTRIES`: the most entries one transaction or batch may hold.
     /// Default 20000.
     pub max_bundle_entries: usize,
+    /// `HL7BRIDGE_MAX_COUNT`: the most matches one search or `$everything` page returns,
+    /// whatever `_count` asks. Default 1000.
+    pub max_count: u64,
     /// `HL7BRIDGE_EVERYTHING_MAX_UNPAGED`: `Patient/$everything` without `_count` answers in
     /// one Bundle up to this many resources, then in pages of this size. Default 1000.
     pub everything_max_unpaged: u64,
@@ -159,6 +162,7 @@ impl Default for Config {
             mllp_max_messages_per_second_per_peer: 2000,
             max_bundle_entries: 20_000,
             everything_max_unpaged: 1000,
+            max_count: crate::fhir::search_max_count(),
             group_commit_max_writes: 256,
             group_commit_max_ops: 4096,
             read_cache_max_bytes: 64 << 20,
@@ -210,6 +214,7 @@ impl Config {
         setting!(shutdown_timeout_ms, "SHUTDOWN_TIMEOUT_MS");
         setting!(max_bundle_entries, "MAX_BUNDLE_ENTRIES");
         setting!(everything_max_unpaged, "EVERYTHING_MAX_UNPAGED");
+        setting!(max_count, "MAX_COUNT");
         setting!(group_commit_max_writes, "GROUP_COMMIT_MAX_WRITES");
         setting!(group_commit_max_ops, "GROUP_COMMIT_MAX_OPS");
         setting!(read_cache_max_bytes, "READ_CACHE_MAX_BYTES");
@@ -290,6 +295,7 @@ impl Config {
             self.mllp_max_frame_bytes,
             self.max_bundle_entries,
             self.everything_max_unpaged as usize,
+            self.max_count as usize,
             self.http_max_connections,
             self.http_body_idle_timeout_ms as usize,
             self.http_body_timeout_ms as usize,

@@ -266,6 +266,7 @@ fn http_server(
         },
         conditional_gate,
         everything_page_limit: config.everything_max_unpaged,
+        max_count: config.max_count,
         started: instant_text(now_us()),
         auth,
         audit,

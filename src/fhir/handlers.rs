@@ -380,7 +380,7 @@ async fn run_search(
     resource_type: &str,
     pairs: Vec<(String, String)>,
 ) -> Answer {
-    let mut request = SearchRequest::read(resource_type, pairs)?;
+    let mut request = SearchRequest::read(resource_type, pairs, state.max_count)?;
     let access = access_of(req);
     if let Some(restriction) = access::restriction(&access, resource_type)? {
         request.criteria.push(restriction);
@@ -548,7 +548,7 @@ pub async fn everything(
     let id = path.into_inner();
     live_resource(&state, "Patient", &id).await?;
     let pairs = decode_pairs(req.query_string())?;
-    let request = EverythingRequest::read(pairs, state.everything_page_limit)?;
+    let request = EverythingRequest::read(pairs, state.everything_page_limit, state.max_count)?;
     let mut issues = Vec::new();
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
         issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
@@ -638,7 +638,11 @@ struct EverythingRequest {
 }
 
 impl EverythingRequest {
-    fn read(pairs: Vec<(String, String)>, unpaged_limit: u64) -> Result<Self, FhirError> {
+    fn read(
+        pairs: Vec<(String, String)>,
+        unpaged_limit: u64,
+        max_count: u64,
+    ) -> Result<Self, FhirError> {
         let mut request = EverythingRequest {
             page: EverythingPage {
                 limit: unpaged_limit,
@@ -668,7 +672,7 @@ impl EverythingRequest {
                 }
                 "_count" => {
                     let count: u64 = value.parse().map_err(|_| invalid("not a whole number"))?;
-                    request.page.limit = count.clamp(1, search::MAX_COUNT);
+                    request.page.limit = count.clamp(1, max_count);
                     request.counted = true;
                 }
                 "_cursor" => {

@@ -54,11 +54,18 @@ pub struct FhirState {
     pub conditional_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// `$everything` answers in one Bundle up to this many resources, then in pages this size.
     pub everything_page_limit: u64,
+    /// The most resources a client may ask for on one page (`_count`).
+    pub max_count: u64,
     /// When this server started, as a FHIR instant.
     pub started: String,
     /// Verifies bearer tokens; `None` when authentication is off.
     pub auth: Option<std::sync::Arc<crate::auth::Authenticator>>,
     pub audit: crate::audit::AuditTrail,
+}
+
+/// The default cap on `_count`.
+pub const fn search_max_count() -> u64 {
+    search::MAX_COUNT
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

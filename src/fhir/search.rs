@@ -11,6 +11,7 @@ use super::summary::Summary;
 
 /// Results per page unless `_count` says otherwise, and the most `_count` may ask for.
 pub const DEFAULT_COUNT: u64 = 50;
+/// The default most matches on one page (`HL7BRIDGE_MAX_COUNT`).
 pub const MAX_COUNT: u64 = 1000;
 /// Criteria one search may combine, and alternatives one criterion may list.
 const MAX_CRITERIA: usize = 16;
@@ -48,15 +49,22 @@ pub struct SearchRequest {
     pub revincludes: Vec<(String, Vec<String>)>,
     /// Parameters (with their modifiers) that were not understood.
     pub unknown: Vec<String>,
+    /// The cap on `_count`.
+    max_count: u64,
 }
 
 impl SearchRequest {
     /// Reads decoded (name, value) pairs for `resource_type`.
-    pub fn read(resource_type: &str, pairs: Vec<(String, String)>) -> Result<Self, FhirError> {
+    /// Reads the parameters; `_count` is capped at `max_count` (`HL7BRIDGE_MAX_COUNT`).
+    pub fn read(
+        resource_type: &str,
+        pairs: Vec<(String, String)>,
+        max_count: u64,
+    ) -> Result<Self, FhirError> {
         let mut request = SearchRequest {
             criteria: Vec::new(),
             applied: Vec::new(),
-            count: DEFAULT_COUNT,
+            count: DEFAULT_COUNT.min(max_count),
             order: Order::LastUpdatedAscending,
             cursor: None,
             total: Total::Cheap,
@@ -66,6 +74,7 @@ impl SearchRequest {
             includes: Vec::new(),
             revincludes: Vec::new(),
             unknown: Vec::new(),
+            max_count,
         };
         for (name, value) in pairs {
             if request.read_control(&name, &value)? {
@@ -133,7 +142,7 @@ impl SearchRequest {
                 let count: u64 = value.parse().map_err(|_| {
                     FhirError::invalid_at("_count must be a whole number", "_count")
                 })?;
-                self.count = count.min(MAX_COUNT);
+                self.count = count.min(self.max_count);
                 if count == 0 {
                     self.count_only = true;
                 }
@@ -425,7 +434,7 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
-        SearchRequest::read(t, pairs)
+        SearchRequest::read(t, pairs, MAX_COUNT)
     }
 
     #[test]

@@ -385,3 +385,30 @@ async fn control_characters_in_search_and_match_values_are_400_not_500() {
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn count_is_capped_by_the_configured_maximum_and_the_rest_is_paged() {
+    let app = crate::support::spawn_app_with(|c| c.max_count = 3).await;
+    for n in 0..5 {
+        let patient = json!({"resourceType": "Patient", "name": [{"family": format!("Cap{n}")}]});
+        assert_eq!(
+            app.put_status(&format!("Patient/cap{n}"), &patient).await,
+            201
+        );
+    }
+    let (status, page) = app.get_json("/Patient?_count=5000").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["entry"].as_array().unwrap().len(), 3, "{page}");
+    let links = page["link"].as_array().unwrap();
+    let next = links
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link");
+    assert!(next["url"].as_str().unwrap().contains("_count=3"), "{next}");
+    let (_, everything) = app.get_json("/Patient/cap0/$everything?_count=5000").await;
+    assert!(
+        everything["entry"].as_array().unwrap().len() <= 3,
+        "{everything}"
+    );
+    app.stop().await;
+}
