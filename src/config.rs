@@ -19,6 +19,10 @@ pub struct Config {
     /// `HL7BRIDGE_DATABASE_URL`: `sqlite://FILE` or `postgres://…`. Default
     /// `sqlite://hl7bridge.db` (created in the working directory).
     pub database_url: String,
+    /// `HL7BRIDGE_DATABASE_MAX_CONNECTIONS` (16), `_ACQUIRE_TIMEOUT_MS` (10000),
+    /// `_IDLE_TIMEOUT_MS` (600000), `_MAX_LIFETIME_MS` (1800000): the connection pool (see
+    /// `store::PoolSettings`).
+    pub database_pool: crate::store::PoolSettings,
     /// `HL7BRIDGE_DATABASE_REPLICA_URL`: a PostgreSQL streaming replica of the database, for
     /// reads that feed no write (see `store::replica`). PostgreSQL only. Default: none, every
     /// read goes to the database.
@@ -151,6 +155,7 @@ impl Default for Config {
             mllp_addr: SocketAddr::from(([127, 0, 0, 1], 2575)),
             database_url: "sqlite://hl7bridge.db".into(),
             database_replica_url: None,
+            database_pool: crate::store::PoolSettings::default(),
             replica_max_lag_ms: 1000,
             public_base_url: None,
             canonical_base: "https://hl7bridge.dev/fhir".into(),
@@ -231,6 +236,21 @@ impl Config {
             mllp_max_messages_per_second_per_peer,
             "MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER"
         );
+        let pool = &mut config.database_pool;
+        set(
+            &mut pool.max_connections,
+            take("DATABASE_MAX_CONNECTIONS"),
+            &mut problems,
+        );
+        for (name, slot) in [
+            ("DATABASE_ACQUIRE_TIMEOUT_MS", &mut pool.acquire_timeout),
+            ("DATABASE_IDLE_TIMEOUT_MS", &mut pool.idle_timeout),
+            ("DATABASE_MAX_LIFETIME_MS", &mut pool.max_lifetime),
+        ] {
+            let mut ms = slot.as_millis() as u64;
+            set(&mut ms, take(name), &mut problems);
+            *slot = std::time::Duration::from_millis(ms);
+        }
         let max_lag = take("REPLICA_MAX_LAG_MS");
         let lag_given = max_lag.is_some();
         set(&mut config.replica_max_lag_ms, max_lag, &mut problems);
@@ -303,6 +323,8 @@ impl Config {
             self.mllp_max_connections_per_peer,
             self.mllp_idle_timeout_ms as usize,
             self.replica_max_lag_ms as usize,
+            self.database_pool.max_connections as usize,
+            self.database_pool.acquire_timeout.as_millis() as usize,
         ];
         if limits.contains(&0) {
             problems.push("size, count and time limits must be greater than zero".into());

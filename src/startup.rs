@@ -166,7 +166,7 @@ impl Application {
 /// The database `config` names, migrated, with the change feed on when Kafka is configured and
 /// group commit as configured. Needs a Tokio runtime.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let mut store = Store::connect(&config.database_url)
+    let mut store = Store::connect_with(&config.database_url, &config.database_pool)
         .await
         .context("opening the database")?;
     if let Some(url) = &config.database_replica_url {

@@ -99,9 +99,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects, creating the SQLite file if needed, and applies pending migrations.
+    /// Connects with the default pool, creating the SQLite file if needed, and applies pending
+    /// migrations.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
-        let options = connect_options(url)?;
+        Store::connect_with(url, &PoolSettings::default()).await
+    }
+
+    /// As [`Store::connect`], with a pool sized and checked as `pool` says.
+    pub async fn connect_with(url: &str, pool: &PoolSettings) -> Result<Store, StoreError> {
+        let options = connect_options(url, pool)?;
         let db = Database::connect(options).await?;
         Migrator::up(&db, None).await?;
         let server = match db.get_database_backend() {
@@ -169,7 +175,7 @@ impl Store {
             }
             _ => {
                 let url = self.url.clone();
-                let mut options = connect_options(&url)?;
+                let mut options = connect_options(&url, &PoolSettings::default())?;
                 options.max_connections(1).min_connections(1);
                 self.data_version_probe = Some(Database::connect(options).await?);
                 self.cache = Some(std::sync::Arc::new(cache::ReadCache::new(limits, true)));
@@ -271,7 +277,32 @@ impl Store {
     }
 }
 
-fn connect_options(url: &str) -> Result<ConnectOptions, StoreError> {
+/// The connection pool: its size, and how long connections wait, idle and live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Connections at most: PostgreSQL's; SQLite keeps 4 (one writer at a time anyway).
+    pub max_connections: u32,
+    /// How long a statement waits for a connection before it fails (HL7v2 answers AE, FHIR
+    /// 503): the longest database outage that callers wait out rather than being answered.
+    pub acquire_timeout: Duration,
+    /// A connection idle this long is closed (the pool keeps one).
+    pub idle_timeout: Duration,
+    /// A connection this old is replaced (server-side memory, failovers behind a proxy).
+    pub max_lifetime: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+        }
+    }
+}
+
+fn connect_options(url: &str, pool: &PoolSettings) -> Result<ConnectOptions, StoreError> {
     let mut options = if url.starts_with("sqlite:") {
         let mut options = ConnectOptions::new(sqlite_url(url));
         // WAL lets readers run beside the writer; FULL makes every acknowledged commit survive
@@ -286,15 +317,20 @@ fn connect_options(url: &str) -> Result<ConnectOptions, StoreError> {
         options
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let mut options = ConnectOptions::new(url.to_string());
-        options.max_connections(16);
+        options.max_connections(pool.max_connections);
         options
     } else {
         return Err(StoreError::UnsupportedUrl);
     };
+    // Every connection is checked before use, so one broken by a database restart is replaced
+    // instead of failing the statement it was given.
     options
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(pool.acquire_timeout.min(Duration::from_secs(10)))
+        .acquire_timeout(pool.acquire_timeout)
+        .idle_timeout(pool.idle_timeout)
+        .max_lifetime(pool.max_lifetime)
+        .test_before_acquire(true)
         .sqlx_logging(false);
     Ok(options)
 }

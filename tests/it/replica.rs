@@ -504,3 +504,160 @@ async fn cost_of_a_replay_position_check_per_read() {
     );
     app.stop().await;
 }
+
+/// What the load against a restarting primary saw.
+#[derive(Default)]
+struct Answers {
+    /// (control id, MRN, MSA-1) of each message answered.
+    acks: Vec<(String, String, String)>,
+    /// (Patient id, status) of each PUT answered.
+    puts: Vec<(String, u16)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowledged_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+    let Some(bin) = server_programs() else {
+        return;
+    };
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let pair = Replication::start(bin);
+    let app = spawn_app_on(&Replication::url(&pair.primary), |config| {
+        config.read_cache_max_bytes = 0;
+        // An outage longer than this is answered, not waited out.
+        config.database_pool.acquire_timeout = Duration::from_millis(1000);
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let mllp = {
+        let (stop, answers, addr) = (stop.clone(), answers.clone(), app.mllp);
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let (control, mrn) = (format!("PGR{n}"), format!("PGR-MRN-{n}"));
+                let message = format!(
+                    "MSH|^~\\&|LABSYS|NORTHLAB|HL7BRIDGE|GENHOSP|20240630120030-0500||ORU^R01^ORU_R01|{control}|P|2.5.1\r\
+                     PID|1||{mrn}^^^NORTHLAB^MR||Restart^Test||19700101|U\r\
+                     OBR|1||F{control}^NORTHLAB|2345-7^Glucose^LN|||20240630101500-0500\r\
+                     OBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L^^UCUM|||||F\r"
+                );
+                stream
+                    .write_all(&hl7bridge_mllp::encode(message.as_bytes()))
+                    .await
+                    .unwrap();
+                let ack = crate::support::read_frame(&mut stream).await;
+                let code = crate::support::field(&ack, "MSA", 1);
+                answers.lock().unwrap().acks.push((control, mrn, code));
+            }
+        })
+    };
+    let http = {
+        let (stop, answers, base) = (stop.clone(), answers.clone(), app.base.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = format!("pgr-{n}");
+                let status = client
+                    .put(format!("{base}/Patient/{id}"))
+                    .header("content-type", "application/fhir+json")
+                    .body(json!({"resourceType": "Patient", "id": id}).to_string())
+                    .timeout(Duration::from_secs(20))
+                    .send()
+                    .await
+                    .expect("every request is answered")
+                    .status()
+                    .as_u16();
+                answers.lock().unwrap().puts.push((id, status));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pair.pg_ctl(&pair.primary, "stop");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pair.pg_ctl(&pair.primary, "start");
+    // Until both doors have been answered with success again after the restart.
+    let restarted_at = {
+        let a = answers.lock().unwrap();
+        (a.acks.len(), a.puts.len())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        {
+            let a = answers.lock().unwrap();
+            let acked = a.acks[restarted_at.0..]
+                .iter()
+                .filter(|x| x.2 == "AA")
+                .count();
+            let created = a.puts[restarted_at.1..]
+                .iter()
+                .filter(|x| x.1 == 201)
+                .count();
+            if acked >= 5 && created >= 5 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not recover after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    mllp.await.unwrap();
+    http.await.unwrap();
+
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let codes: std::collections::BTreeSet<&str> =
+        answers.acks.iter().map(|a| a.2.as_str()).collect();
+    let statuses: std::collections::BTreeSet<u16> = answers.puts.iter().map(|p| p.1).collect();
+    assert!(
+        codes.contains("AE"),
+        "the outage was answered AE: {codes:?}"
+    );
+    assert!(codes.iter().all(|c| ["AA", "AE"].contains(c)), "{codes:?}");
+    assert!(
+        statuses.contains(&503),
+        "the outage was answered 503: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [201, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let mut checked = 0;
+    for (control, mrn, code) in &answers.acks {
+        if code != "AA" {
+            continue;
+        }
+        let (status, found) = app
+            .get_json(&format!("/Patient?identifier={mrn}&_summary=count"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            found["total"], 1,
+            "{control} was acknowledged: its patient is stored once"
+        );
+        checked += 1;
+    }
+    for (id, status) in &answers.puts {
+        if *status == 201 {
+            let (read, _) = app.get_json(&format!("/Patient/{id}")).await;
+            assert_eq!(read, 200, "Patient/{id} was answered 201");
+            checked += 1;
+        }
+    }
+    eprintln!(
+        "restart under load: {} messages ({} AA), {} PUTs ({} created); {checked} acknowledged writes found",
+        answers.acks.len(),
+        answers.acks.iter().filter(|a| a.2 == "AA").count(),
+        answers.puts.len(),
+        answers.puts.iter().filter(|p| p.1 == 201).count(),
+    );
+    app.stop().await;
+}
