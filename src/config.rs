@@ -514,6 +514,40 @@ mod tests {
     }
 
     #[test]
+    fn kafka_security_settings_reach_the_consumer_and_the_producer() {
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_KAFKA_BROKERS", "127.0.0.1:9093"),
+            ("HL7BRIDGE_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("HL7BRIDGE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("HL7BRIDGE_KAFKA_SASL_USERNAME", "bridge"),
+            ("HL7BRIDGE_KAFKA_SASL_PASSWORD", "pw"),
+            ("HL7BRIDGE_KAFKA_SSL_CA_LOCATION", "/etc/kafka/ca.pem"),
+            (
+                "HL7BRIDGE_KAFKA_SSL_CERTIFICATE_LOCATION",
+                "/etc/kafka/client.pem",
+            ),
+            ("HL7BRIDGE_KAFKA_SSL_KEY_LOCATION", "/etc/kafka/client.key"),
+        ]))
+        .unwrap();
+        let client = config.kafka.unwrap().client;
+        let expected = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "bridge"),
+            ("sasl.password", "pw"),
+            ("ssl.ca.location", "/etc/kafka/ca.pem"),
+            ("ssl.certificate.location", "/etc/kafka/client.pem"),
+            ("ssl.key.location", "/etc/kafka/client.key"),
+        ];
+        let consumer = client.consumer_config(1000);
+        let producer = client.producer_config(1000);
+        for (property, value) in expected {
+            assert_eq!(consumer.get(property), Some(value), "consumer {property}");
+            assert_eq!(producer.get(property), Some(value), "producer {property}");
+        }
+    }
+
+    #[test]
     fn settings_override_defaults() {
         let config = Config::from_vars(vars(&[
             ("HL7BRIDGE_HTTP_ADDR", "127.0.0.1:0"),
