@@ -11,8 +11,10 @@
 pub mod map;
 mod ownership;
 mod process;
+mod senders;
 mod stored;
 pub mod v2;
 mod verdict;
 
 pub use process::{Answer, Hl7Ingest, Origin};
+pub use senders::SenderMap;
