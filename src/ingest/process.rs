@@ -1,14 +1,16 @@
 //! HL7v2 ingest: one payload in (an MLLP frame or a Kafka record), its ACKs out, after the data
 //! is committed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hl7bridge_mllp::{FrameMeta, MessageHandler};
+use hl7bridge_mllp::{FrameMeta, MessageHandler, PeerIdentity};
 use tracing::Instrument;
 
 use super::map::MapContext;
 use super::ownership::{foreign_owner, OwnerLocks};
+use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
@@ -35,6 +37,9 @@ pub struct Origin {
     /// The transport's trace context (Kafka record headers). It becomes each message span's
     /// parent, and a differing ZTR context a link; without it the ZTR context is the parent.
     pub transport_trace: Option<TraceParent>,
+    /// Who the transport says the sender is (an MLLP client certificate's names). With a
+    /// sender map configured, it decides which MSH-3 / MSH-4 the messages may carry.
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 impl From<FrameMeta> for Origin {
@@ -42,6 +47,7 @@ impl From<FrameMeta> for Origin {
         Origin {
             peer: meta.peer.to_string(),
             transport_trace: None,
+            identity: meta.identity,
         }
     }
 }
@@ -62,6 +68,7 @@ pub struct Hl7Ingest {
     store: Store,
     map_context: MapContext,
     owner_locks: OwnerLocks,
+    senders: Option<SenderMap>,
 }
 
 impl Hl7Ingest {
@@ -69,10 +76,12 @@ impl Hl7Ingest {
         let map_context = MapContext {
             default_utc_offset: config.default_utc_offset,
         };
+        let senders = config.mllp_tls.as_ref().and_then(|tls| tls.senders.clone());
         Hl7Ingest {
             store,
             map_context,
             owner_locks: OwnerLocks::default(),
+            senders,
         }
     }
 
@@ -108,6 +117,10 @@ impl Hl7Ingest {
 
     async fn process(&self, raw: RawMessage, origin: &Origin) -> Answer {
         let started = Instant::now();
+        // First: the resend shortcut would hand another sender's stored ACK back.
+        if let Err(error) = self.sender_allowed(&raw, origin) {
+            return self.refuse_sender(&raw, error, origin, started).await;
+        }
         if let Some(ack) = self.stored_ack_for_resend(&raw).await {
             return Answer {
                 ack,
@@ -160,6 +173,37 @@ impl Hl7Ingest {
             self.commit(raw.bytes(), raw.header(), verdict, origin, lane, started)
                 .await
         }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether the connection's certificate may send as the message's MSH-3 / MSH-4. Without a
+    /// sender map, or without an identity (plain MLLP, Kafka), every sender is allowed.
+    fn sender_allowed(&self, raw: &RawMessage, origin: &Origin) -> Result<(), AckError> {
+        match (&self.senders, &origin.identity) {
+            (Some(senders), Some(identity)) => senders.check(identity, raw.header()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers AR to a message its connection may not send, storing none of its data.
+    async fn refuse_sender(
+        &self,
+        raw: &RawMessage,
+        error: AckError,
+        origin: &Origin,
+        started: Instant,
+    ) -> Answer {
+        let verdict = Verdict::Refuse(AckCode::AR, error);
+        let span = message_span(raw.header());
+        self.commit(
+            raw.bytes(),
+            raw.header(),
+            verdict,
+            origin,
+            Lane::Normal,
+            started,
+        )
         .instrument(span)
         .await
     }

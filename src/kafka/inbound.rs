@@ -215,6 +215,7 @@ impl Inbound {
         let origin = Origin {
             peer: source_name(record),
             transport_trace: trace,
+            identity: None,
         };
         let answers = self.hl7.ingest(&record.payload, &origin).await;
         let transient = answers.iter().any(|a| a.transient);
