@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use crate::ingest::v2::UtcOffset;
+use crate::ingest::SenderMap;
 
 /// Settings for the whole server. Defaults are in [`Config::default`].
 #[derive(Debug, Clone)]
@@ -85,6 +87,14 @@ pub struct Config {
     /// `HL7BRIDGE_SHUTDOWN_TIMEOUT_MS`: how long draining may take on SIGINT/SIGTERM.
     /// Default 10000.
     pub shutdown_timeout_ms: u64,
+    /// `HL7BRIDGE_HTTP_TLS_CERT` and `HL7BRIDGE_HTTP_TLS_KEY`, both or neither: serve the FHIR
+    /// API over HTTPS only (HTTP/2 or HTTP/1.1, chosen by ALPN). Default: plain HTTP.
+    pub http_tls: Option<TlsFiles>,
+    /// `HL7BRIDGE_MLLP_TLS_*`: serve MLLP over TLS only. Default: plain MLLP.
+    pub mllp_tls: Option<MllpTlsSettings>,
+    /// `HL7BRIDGE_TLS_HANDSHAKE_TIMEOUT_MS`: a client of either TLS listener that has not
+    /// finished its handshake this long after connecting is disconnected. Default 10000.
+    pub tls_handshake_timeout_ms: u64,
     /// The Kafka adapter; `None` (the default) when `HL7BRIDGE_KAFKA_BROKERS` is unset.
     pub kafka: Option<KafkaSettings>,
     /// Bearer-token authentication on the FHIR API (see `auth`): `None` when off. Off by
@@ -92,6 +102,37 @@ pub struct Config {
     /// `_JWKS_URL`), `_ISSUER` and `_AUDIENCE` are required, unless `HL7BRIDGE_AUTH=off` says
     /// that a gateway in front authenticates callers.
     pub auth: Option<crate::auth::AuthSettings>,
+}
+
+/// A certificate chain and its private key, two PEM files named by two settings. Read at
+/// start: a missing or invalid file stops the server, naming the setting and the file.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// `…_TLS_CERT`: the server's certificate first, then any intermediate CA certificates.
+    pub cert: PathBuf,
+    /// `…_TLS_KEY`: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// The settings' names without `_CERT` or `_KEY`, for messages (`HL7BRIDGE_HTTP_TLS`).
+    pub settings: &'static str,
+}
+
+/// `HL7BRIDGE_MLLP_TLS_*`: MLLP over TLS.
+#[derive(Debug, Clone)]
+pub struct MllpTlsSettings {
+    /// `CERT` and `KEY`, both or neither; every other MLLP TLS setting needs them.
+    pub files: TlsFiles,
+    /// `CLIENT_CA`: a PEM bundle of CA certificates. When set, every client must present a
+    /// certificate issued by one of them, or the handshake fails. Default: none asked for.
+    pub client_ca: Option<PathBuf>,
+    /// `SENDERS`: which MSH-3 / MSH-4 senders each client certificate may send as, written
+    /// `identity=application^facility[,application^facility…][;identity=…]`. `identity` is
+    /// the certificate's subject common name or one of its DNS names (ASCII case ignored);
+    /// `application` and `facility` are the namespace ids of MSH-3 and MSH-4, exactly, or `*`
+    /// for any. Example: `lab-a.example=LABSYS^LABFAC;ris.example=RIS^*`. A message from
+    /// another sender is answered AR and none of its data is stored; a certificate that no
+    /// entry names may send nothing. Needs `CLIENT_CA`. Default: any verified client may send
+    /// as any sender. The full syntax is in `ingest::senders`.
+    pub senders: Option<SenderMap>,
 }
 
 /// `HL7BRIDGE_KAFKA_*`: the Kafka adapter's settings.
@@ -176,6 +217,9 @@ impl Default for Config {
             http_max_connections: 1024,
             default_utc_offset: UtcOffset::UTC,
             shutdown_timeout_ms: 10_000,
+            http_tls: None,
+            mllp_tls: None,
+            tls_handshake_timeout_ms: 10_000,
             kafka: None,
             auth: None,
         }
@@ -251,6 +295,9 @@ impl Config {
             set(&mut ms, take(name), &mut problems);
             *slot = std::time::Duration::from_millis(ms);
         }
+        setting!(tls_handshake_timeout_ms, "TLS_HANDSHAKE_TIMEOUT_MS");
+        config.http_tls = tls_files(&mut take, "HL7BRIDGE_HTTP_TLS", &mut problems);
+        config.mllp_tls = mllp_tls_settings(&mut take, &mut problems);
         let max_lag = take("REPLICA_MAX_LAG_MS");
         let lag_given = max_lag.is_some();
         set(&mut config.replica_max_lag_ms, max_lag, &mut problems);
@@ -325,11 +372,83 @@ impl Config {
             self.replica_max_lag_ms as usize,
             self.database_pool.max_connections as usize,
             self.database_pool.acquire_timeout.as_millis() as usize,
+            self.tls_handshake_timeout_ms as usize,
         ];
         if limits.contains(&0) {
             problems.push("size, count and time limits must be greater than zero".into());
         }
     }
+}
+
+/// `<settings>_CERT` and `<settings>_KEY`: both or neither.
+fn tls_files(
+    take: &mut impl FnMut(&str) -> Option<(String, String)>,
+    settings: &'static str,
+    problems: &mut Vec<String>,
+) -> Option<TlsFiles> {
+    let mut path = |suffix: &str| {
+        let name = format!("{settings}_{suffix}");
+        let (_, value) = take(&name[PREFIX.len()..])?;
+        if value.trim().is_empty() {
+            problems.push(format!("{name}: must name a PEM file"));
+        }
+        Some(PathBuf::from(value.trim()))
+    };
+    let (cert, key) = (path("CERT"), path("KEY"));
+    let (given, missing) = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            return Some(TlsFiles {
+                cert,
+                key,
+                settings,
+            })
+        }
+        (None, None) => return None,
+        (Some(_), None) => ("CERT", "KEY"),
+        (None, Some(_)) => ("KEY", "CERT"),
+    };
+    problems.push(format!(
+        "{settings}_{given} is set without {settings}_{missing} (both or neither)"
+    ));
+    None
+}
+
+fn mllp_tls_settings(
+    take: &mut impl FnMut(&str) -> Option<(String, String)>,
+    problems: &mut Vec<String>,
+) -> Option<MllpTlsSettings> {
+    let files = tls_files(take, "HL7BRIDGE_MLLP_TLS", problems);
+    let client_ca = take("MLLP_TLS_CLIENT_CA").map(|(_, v)| PathBuf::from(v.trim()));
+    let senders = take("MLLP_TLS_SENDERS").and_then(|(name, value)| {
+        SenderMap::parse(&value)
+            .map_err(|found| {
+                problems.extend(found.iter().map(|p| format!("{PREFIX}{name}: {p}")));
+            })
+            .ok()
+    });
+    if client_ca
+        .as_ref()
+        .is_some_and(|ca| ca.as_os_str().is_empty())
+    {
+        problems.push(format!("{PREFIX}MLLP_TLS_CLIENT_CA: must name a PEM file"));
+    }
+    if files.is_none() && (client_ca.is_some() || senders.is_some()) {
+        problems.push(format!(
+            "{PREFIX}MLLP_TLS_CLIENT_CA and {PREFIX}MLLP_TLS_SENDERS need {PREFIX}MLLP_TLS_CERT \
+             and {PREFIX}MLLP_TLS_KEY"
+        ));
+    }
+    if senders.is_some() && client_ca.is_none() {
+        problems.push(format!(
+            "{PREFIX}MLLP_TLS_SENDERS needs {PREFIX}MLLP_TLS_CLIENT_CA: senders are mapped \
+             from client certificates"
+        ));
+    }
+    Some(MllpTlsSettings {
+        files: files?,
+        client_ca,
+        senders,
+    })
 }
 
 fn is_postgres(url: &str) -> bool {
@@ -685,6 +804,100 @@ mod tests {
         assert!(err.to_string().contains("choose one"), "{err}");
         let err = Config::from_vars(vars(&[("HL7BRIDGE_AUTH", "on")])).unwrap_err();
         assert!(err.to_string().contains("the only value is `off`"), "{err}");
+    }
+
+    #[test]
+    fn kafka_security_settings_reach_the_consumer_and_the_producer() {
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_KAFKA_BROKERS", "127.0.0.1:9093"),
+            ("HL7BRIDGE_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("HL7BRIDGE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("HL7BRIDGE_KAFKA_SASL_USERNAME", "bridge"),
+            ("HL7BRIDGE_KAFKA_SASL_PASSWORD", "pw"),
+            ("HL7BRIDGE_KAFKA_SSL_CA_LOCATION", "/etc/kafka/ca.pem"),
+            (
+                "HL7BRIDGE_KAFKA_SSL_CERTIFICATE_LOCATION",
+                "/etc/kafka/client.pem",
+            ),
+            ("HL7BRIDGE_KAFKA_SSL_KEY_LOCATION", "/etc/kafka/client.key"),
+        ]))
+        .unwrap();
+        let client = config.kafka.unwrap().client;
+        let expected = [
+            ("security.protocol", "sasl_ssl"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", "bridge"),
+            ("sasl.password", "pw"),
+            ("ssl.ca.location", "/etc/kafka/ca.pem"),
+            ("ssl.certificate.location", "/etc/kafka/client.pem"),
+            ("ssl.key.location", "/etc/kafka/client.key"),
+        ];
+        let consumer = client.consumer_config(1000);
+        let producer = client.producer_config(1000);
+        for (property, value) in expected {
+            assert_eq!(consumer.get(property), Some(value), "consumer {property}");
+            assert_eq!(producer.get(property), Some(value), "producer {property}");
+        }
+    }
+
+    #[test]
+    fn a_tls_certificate_without_its_key_is_refused_naming_both() {
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_HTTP_TLS_CERT", "/etc/hl7bridge/http.pem"),
+            ("HL7BRIDGE_MLLP_TLS_KEY", "/etc/hl7bridge/mllp.key"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err
+            .to_string()
+            .contains("HL7BRIDGE_HTTP_TLS_CERT is set without HL7BRIDGE_HTTP_TLS_KEY"));
+        assert!(err
+            .to_string()
+            .contains("HL7BRIDGE_MLLP_TLS_KEY is set without HL7BRIDGE_MLLP_TLS_CERT"));
+    }
+
+    #[test]
+    fn mllp_tls_takes_a_client_ca_and_a_sender_map() {
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_MLLP_TLS_CERT", "server.pem"),
+            ("HL7BRIDGE_MLLP_TLS_KEY", "server.key"),
+            ("HL7BRIDGE_MLLP_TLS_CLIENT_CA", "clients.pem"),
+            ("HL7BRIDGE_MLLP_TLS_SENDERS", "lab-a.example=LABSYS^LABFAC"),
+            ("HL7BRIDGE_TLS_HANDSHAKE_TIMEOUT_MS", "2500"),
+        ]))
+        .unwrap();
+        assert!(config.http_tls.is_none());
+        assert_eq!(config.tls_handshake_timeout_ms, 2500);
+        let mllp = config.mllp_tls.unwrap();
+        assert_eq!(mllp.files.cert, PathBuf::from("server.pem"));
+        assert_eq!(mllp.files.settings, "HL7BRIDGE_MLLP_TLS");
+        assert_eq!(mllp.client_ca, Some(PathBuf::from("clients.pem")));
+        assert!(mllp.senders.is_some());
+    }
+
+    #[test]
+    fn a_sender_map_needs_client_certificates_and_a_valid_syntax() {
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_MLLP_TLS_CERT", "server.pem"),
+            ("HL7BRIDGE_MLLP_TLS_KEY", "server.key"),
+            ("HL7BRIDGE_MLLP_TLS_SENDERS", "lab-a.example=LABSYS^LABFAC"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err
+            .to_string()
+            .contains("HL7BRIDGE_MLLP_TLS_SENDERS needs HL7BRIDGE_MLLP_TLS_CLIENT_CA"));
+
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_MLLP_TLS_CLIENT_CA", "clients.pem"),
+            ("HL7BRIDGE_MLLP_TLS_SENDERS", "lab-a.example=LABSYS"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err
+            .to_string()
+            .contains("HL7BRIDGE_MLLP_TLS_SENDERS: lab-a.example: \"LABSYS\": expected"));
+        assert!(err.to_string().contains("need HL7BRIDGE_MLLP_TLS_CERT"));
     }
 
     #[test]

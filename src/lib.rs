@@ -11,6 +11,7 @@
 //!   (the client itself lives in the `hl7bridge-kafka` crate under `adapters/kafka`).
 //! - [`ops`]: `/health`, `/ready` and `/metrics` for load balancers and operators.
 //! - [`store`]: the sea-orm data layer (SQLite or PostgreSQL); the schema lives in `entities/`.
+//! - [`tls`]: HTTPS and MLLP over TLS (rustls): certificates, keys and client certificate names.
 //! - [`send`]: `hl7bridge send`, a small MLLP client for trying the server.
 //! - [`replay`]: `hl7bridge messages` and `hl7bridge replay`: the stored HL7v2 messages.
 //! - [`import`]: `hl7bridge import`: Bundles and NDJSON files written straight to the database.
@@ -30,3 +31,4 @@ pub mod send;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -1,6 +1,7 @@
 //! Building and running the application: every listener is bound in [`Application::build`], so
 //! callers (and tests, on port 0) learn the real addresses before anything runs; one shutdown
 //! signal then reaches the HTTP server and the MLLP accept loop, and draining has a deadline.
+//! TLS certificates and keys are read before anything is bound, so a bad file stops the start.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -21,12 +22,14 @@ use crate::fhir::{self, FhirState};
 use crate::ingest::Hl7Ingest;
 use crate::kafka::{FhirIngest, Kafka};
 use crate::store::{instant_text, now_us, CacheLimits, GroupLimits, ReplicaSettings, Store};
+use crate::tls::{self, MllpTls};
 
 /// A built, bound, not yet running server.
 pub struct Application {
     http: actix_web::dev::Server,
     http_addr: SocketAddr,
     mllp: MllpServer,
+    mllp_tls: Option<Arc<MllpTls>>,
     ingest: Arc<Hl7Ingest>,
     kafka: Option<Kafka>,
     store: Store,
@@ -38,7 +41,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        // Listeners first: a port in use fails fast, before a database file is created.
+        let http_tls = config
+            .http_tls
+            .as_ref()
+            .map(tls::http_server_config)
+            .transpose()?;
+        let mllp_tls = match &config.mllp_tls {
+            Some(settings) => Some(Arc::new(MllpTls::new(settings)?)),
+            None => None,
+        };
+        // Listeners next: a port in use fails fast, before a database file is created.
         let listener = TcpListener::bind(config.http_addr)
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
         let mllp_config = MllpConfig {
@@ -46,6 +58,7 @@ impl Application {
             max_connections: config.mllp_max_connections,
             max_connections_per_peer: config.mllp_max_connections_per_peer,
             idle_timeout_ms: config.mllp_idle_timeout_ms,
+            handshake_timeout_ms: config.tls_handshake_timeout_ms,
             ..MllpConfig::default()
         };
         let mllp = MllpServer::bind(config.mllp_addr, mllp_config)
@@ -66,6 +79,7 @@ impl Application {
         let (http, http_addr) = http_server(
             &config,
             listener,
+            http_tls,
             store.clone(),
             conditional_gate.clone(),
             auth,
@@ -93,7 +107,9 @@ impl Application {
         };
         tracing::info!(
             http = %http_addr,
+            http_tls = config.http_tls.is_some(),
             mllp = %mllp.local_addr(),
+            mllp_tls = mllp_tls_mode(&config),
             database = %redacted_url(&config.database_url),
             replica = config.database_replica_url.as_deref().map(redacted_url),
             "hl7bridge listening"
@@ -102,6 +118,7 @@ impl Application {
             http,
             http_addr,
             mllp,
+            mllp_tls,
             ingest,
             kafka,
             store,
@@ -123,7 +140,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let http_handle = self.http.handle();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mllp = tokio::spawn(run_mllp(self.mllp, self.ingest, stop_rx));
+        let mllp = tokio::spawn(run_mllp(self.mllp, self.mllp_tls, self.ingest, stop_rx));
         let mut http = tokio::spawn(self.http);
         let ended_by_itself = tokio::select! {
             _ = shutdown => None,
@@ -204,13 +221,27 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 async fn run_mllp(
     mllp: MllpServer,
+    tls: Option<Arc<MllpTls>>,
     ingest: Arc<Hl7Ingest>,
     mut stop: watch::Receiver<bool>,
 ) -> DrainOutcome {
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    mllp.run(ingest, stopped).await
+    match tls {
+        Some(tls) => mllp.run_with(ingest, tls, stopped).await,
+        None => mllp.run(ingest, stopped).await,
+    }
+}
+
+/// How MLLP is served, for the start-up line.
+fn mllp_tls_mode(config: &Config) -> &'static str {
+    match &config.mllp_tls {
+        None => "off",
+        Some(tls) if tls.senders.is_some() => "client certificates, sender map",
+        Some(tls) if tls.client_ca.is_some() => "client certificates",
+        Some(_) => "on",
+    }
 }
 
 async fn stop_http(
@@ -241,6 +272,7 @@ fn redacted_url(url: &str) -> String {
 fn http_server(
     config: &Config,
     listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
     store: Store,
     conditional_gate: Arc<tokio::sync::Mutex<()>>,
     auth: Option<Arc<Authenticator>>,
@@ -284,10 +316,15 @@ fn http_server(
     })
     .workers(workers)
     .max_connections(config.http_max_connections.div_ceil(workers))
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(shutdown_secs)
-    .run();
+    .tls_handshake_timeout(Duration::from_millis(config.tls_handshake_timeout_ms));
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    let server = server
+        .disable_signals()
+        .shutdown_timeout(shutdown_secs)
+        .run();
     Ok((server, addr))
 }
 

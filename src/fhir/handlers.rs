@@ -842,7 +842,12 @@ pub(crate) fn base_url(state: &FhirState, req: &HttpRequest) -> String {
         })
         .filter(|h| is_host(h))
         .unwrap_or_else(|| req.app_config().host().to_string());
-    format!("http://{host}")
+    let scheme = if req.app_config().secure() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{host}")
 }
 
 /// `name[:port]` or `[v6]:port`, nothing else.

@@ -6,14 +6,17 @@
 //! and the raw message with its ACK in one transaction. The ACK goes back only after that
 //! commit: AA when stored, AE when the content is wrong or the store failed (the sender may
 //! retry), AR when the message cannot be read or is of a type not handled. Rejected messages are
-//! stored raw too, with their ACK.
+//! stored raw too, with their ACK. Over MLLP with client certificates, a message whose MSH-3 /
+//! MSH-4 its certificate may not send as ([`SenderMap`]) is refused AR before any of that.
 
 pub mod map;
 mod ownership;
 mod process;
 mod rate;
+mod senders;
 mod stored;
 pub mod v2;
 mod verdict;
 
 pub use process::{Answer, Hl7Ingest, Origin};
+pub use senders::SenderMap;

@@ -1,15 +1,17 @@
 //! HL7v2 ingest: one payload in (an MLLP frame or a Kafka record), its ACKs out, after the data
 //! is committed.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use hl7bridge_mllp::{FrameMeta, MessageHandler};
+use hl7bridge_mllp::{FrameMeta, MessageHandler, PeerIdentity};
 use tracing::Instrument;
 
 use super::map::MapContext;
 use super::ownership::{foreign_owner, OwnerLocks};
 use super::rate::PeerRate;
+use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
     build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
@@ -39,6 +41,9 @@ pub struct Origin {
     pub transport_trace: Option<TraceParent>,
     /// The door, for the audit trail.
     pub door: Door,
+    /// Who the transport says the sender is (an MLLP client certificate's names). With a
+    /// sender map configured, it decides which MSH-3 / MSH-4 the messages may carry.
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 impl From<FrameMeta> for Origin {
@@ -47,6 +52,7 @@ impl From<FrameMeta> for Origin {
             peer: meta.peer.to_string(),
             transport_trace: None,
             door: Door::Mllp,
+            identity: meta.identity,
         }
     }
 }
@@ -70,6 +76,7 @@ pub struct Hl7Ingest {
     audit: Option<AuditTrail>,
     /// `HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER`; `None` when 0 (unpaced).
     peer_rate: Option<PeerRate>,
+    senders: Option<SenderMap>,
 }
 
 impl Hl7Ingest {
@@ -77,6 +84,7 @@ impl Hl7Ingest {
         let map_context = MapContext {
             default_utc_offset: config.default_utc_offset,
         };
+        let senders = config.mllp_tls.as_ref().and_then(|tls| tls.senders.clone());
         Hl7Ingest {
             store,
             map_context,
@@ -84,6 +92,7 @@ impl Hl7Ingest {
             audit: None,
             peer_rate: (config.mllp_max_messages_per_second_per_peer > 0)
                 .then(|| PeerRate::new(config.mllp_max_messages_per_second_per_peer)),
+            senders,
         }
     }
 
@@ -145,6 +154,10 @@ impl Hl7Ingest {
 
     async fn process(&self, raw: RawMessage, origin: &Origin) -> Answer {
         let started = Instant::now();
+        // First: the resend shortcut would hand another sender's stored ACK back.
+        if let Err(error) = self.sender_allowed(&raw, origin) {
+            return self.refuse_sender(&raw, error, origin, started).await;
+        }
         if let Some(ack) = self.stored_ack_for_resend(&raw).await {
             return Answer {
                 ack,
@@ -197,6 +210,37 @@ impl Hl7Ingest {
             self.commit(raw.bytes(), raw.header(), verdict, origin, lane, started)
                 .await
         }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether the connection's certificate may send as the message's MSH-3 / MSH-4. Without a
+    /// sender map, or without an identity (plain MLLP, Kafka), every sender is allowed.
+    fn sender_allowed(&self, raw: &RawMessage, origin: &Origin) -> Result<(), AckError> {
+        match (&self.senders, &origin.identity) {
+            (Some(senders), Some(identity)) => senders.check(identity, raw.header()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers AR to a message its connection may not send, storing none of its data.
+    async fn refuse_sender(
+        &self,
+        raw: &RawMessage,
+        error: AckError,
+        origin: &Origin,
+        started: Instant,
+    ) -> Answer {
+        let verdict = Verdict::Refuse(AckCode::AR, error);
+        let span = message_span(raw.header());
+        self.commit(
+            raw.bytes(),
+            raw.header(),
+            verdict,
+            origin,
+            Lane::Normal,
+            started,
+        )
         .instrument(span)
         .await
     }

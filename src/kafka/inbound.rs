@@ -216,6 +216,7 @@ impl Inbound {
             peer: source_name(record),
             transport_trace: trace,
             door: crate::audit::Door::Kafka,
+            identity: None,
         };
         let answers = self.hl7.ingest(&record.payload, &origin).await;
         let transient = answers.iter().any(|a| a.transient);

@@ -31,4 +31,5 @@ mod read_cache;
 mod replay_cli;
 mod replica;
 mod support;
+mod tls;
 mod trace_journey;

@@ -1,5 +1,6 @@
 //! Test harness: `spawn_app` builds the real application on port 0 and runs it in the
-//! background; helpers speak FHIR over HTTP and MLLP over TCP.
+//! background; helpers speak FHIR over HTTP and MLLP over TCP (`tls.rs` has its own TLS
+//! clients).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,10 +11,11 @@ use hl7bridge::config::Config;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct TestApp {
+    /// `http://…`, or `https://…` when the test set `http_tls` (`client` speaks only HTTP).
     pub base: String,
     pub mllp: SocketAddr,
     pub client: reqwest::Client,
@@ -80,10 +82,14 @@ async fn start_app(
         ..Config::default()
     };
     adjust(&mut config);
+    let scheme = match config.http_tls {
+        Some(_) => "https",
+        None => "http",
+    };
     let app = Application::build(config)
         .await
         .expect("the application builds");
-    let base = format!("http://{}", app.http_addr());
+    let base = format!("{scheme}://{}", app.http_addr());
     let mllp = app.mllp_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
@@ -222,7 +228,7 @@ pub fn replaced(message: &[u8], from: &str, to: &str) -> Vec<u8> {
 }
 
 /// Reads one MLLP frame and returns its payload as text.
-pub async fn read_frame(stream: &mut TcpStream) -> String {
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> String {
     let mut buf = Vec::new();
     let read = async {
         loop {

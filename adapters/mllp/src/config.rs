@@ -28,6 +28,9 @@ pub struct MllpConfig {
     /// After shutdown is requested, how long connections get to finish their frame in flight
     /// before they are dropped. Default 10 s.
     pub drain_timeout_ms: u64,
+    /// Close a connection whose handshake (see [`Handshake`](crate::Handshake); TLS, say) has
+    /// not finished this long after it was accepted. Default 10 s.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for MllpConfig {
@@ -40,6 +43,7 @@ impl Default for MllpConfig {
             max_connections: 1024,
             max_connections_per_peer: 64,
             drain_timeout_ms: 10 * 1000,
+            handshake_timeout_ms: 10 * 1000,
         }
     }
 }
@@ -65,6 +69,7 @@ impl MllpConfig {
                 self.max_connections_per_peer as u64,
             ),
             ("drain_timeout_ms", self.drain_timeout_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
         ];
         let problems: Vec<String> = zero_checks
             .iter()
@@ -91,6 +96,10 @@ impl MllpConfig {
 
     pub(crate) fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, warn};
@@ -50,8 +49,8 @@ enum Input {
     Failed(io::Error),
 }
 
-pub(crate) struct Connection<H> {
-    stream: TcpStream,
+pub(crate) struct Connection<H, S> {
+    stream: S,
     decoder: FrameDecoder,
     meta: FrameMeta,
     handler: Arc<H>,
@@ -63,9 +62,13 @@ pub(crate) struct Connection<H> {
     frames_answered: u64,
 }
 
-impl<H: MessageHandler> Connection<H> {
+impl<H, S> Connection<H, S>
+where
+    H: MessageHandler,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: S,
         meta: FrameMeta,
         handler: Arc<H>,
         config: &MllpConfig,
@@ -146,7 +149,7 @@ impl<H: MessageHandler> Connection<H> {
 
     async fn answer(&mut self, frame: Bytes) -> Result<(), Close> {
         debug!(frame_bytes = frame.len(), "MLLP frame received");
-        let response = self.handler.handle(frame, self.meta).await;
+        let response = self.handler.handle(frame, self.meta.clone()).await;
         // An empty response means the handler must not answer (an inbound ACK, say).
         if !response.is_empty() {
             self.write_frame(&response).await?;
@@ -160,7 +163,7 @@ impl<H: MessageHandler> Connection<H> {
             limit,
             "MLLP frame exceeds max_frame_bytes; answering and closing"
         );
-        let Some(response) = self.handler.oversized(prefix, self.meta).await else {
+        let Some(response) = self.handler.oversized(prefix, self.meta.clone()).await else {
             return Close::Oversized;
         };
         match self.write_frame(&response).await {
@@ -233,7 +236,7 @@ impl<H: MessageHandler> Connection<H> {
 
 /// Completes once the server asks connections to stop. A dropped sender means the server is gone,
 /// which is a stop too.
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|&stopping| stopping).await;
 }
 

@@ -1,5 +1,6 @@
 //! MLLP transport for HL7v2: framing, and a TCP server that hands each frame to the application
-//! and writes back its answer.
+//! and writes back its answer, over plain TCP or whatever stream a [`Handshake`] makes of it
+//! (TLS, in the application).
 //!
 //! This crate owns the bytes on the wire and the connection lifecycle (limits, timeouts,
 //! connection cap, graceful shutdown). It knows nothing of HL7 or FHIR: a [`MessageHandler`]
@@ -11,13 +12,14 @@
 //!   trailer gets one answer for the two messages it ran together.
 //! - Keepalive probe timing is the operating system's; tune it there (or set it per socket with
 //!   `socket2` if that is ever needed).
-//! - No TLS; put a TLS terminator in front if the network is not trusted.
 
 pub mod codec;
 mod config;
 mod connection;
+mod handshake;
 mod server;
 
 pub use codec::{encode, FrameDecoder, FrameError, Truncated};
 pub use config::{ConfigError, MllpConfig};
+pub use handshake::{Handshake, PeerIdentity, PlainTcp};
 pub use server::{DrainOutcome, FrameMeta, MessageHandler, MllpServer};

@@ -1,8 +1,9 @@
 //! The MLLP listener: accepting connections, capping how many are served, and shutting down.
 //!
-//! Each accepted connection runs as its own task (see `connection.rs`) with its own decoder.
-//! The accept loop owns those tasks in a `JoinSet`, which is both the connection count for the
-//! cap and the handle for draining at shutdown.
+//! Each accepted connection runs as its own task (see `connection.rs`) with its own decoder; the
+//! task runs the handshake first (see `handshake.rs`), so a slow one delays no other
+//! connection. The accept loop owns those tasks in a `JoinSet`, which is both the connection
+//! count for the cap and the handle for draining at shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +21,8 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::config::MllpConfig;
-use crate::connection::Connection;
+use crate::connection::{stop_requested, Connection};
+use crate::handshake::{Handshake, PeerIdentity, PlainTcp};
 
 /// Pending connections the kernel holds while the server is at its connection cap.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -28,11 +30,14 @@ const LISTEN_BACKLOG: u32 = 1024;
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Where a frame came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameMeta {
     pub peer: SocketAddr,
     /// Unique per server run, in accept order; the same for every frame of one connection.
     pub connection_id: u64,
+    /// Who the handshake established the peer to be (a TLS client certificate's names); `None`
+    /// on plain TCP, or over TLS without client certificates.
+    pub identity: Option<Arc<PeerIdentity>>,
 }
 
 /// What the application does with frames. Frames of one connection are handled one at a time,
@@ -99,10 +104,21 @@ impl MllpServer {
         self.local_addr
     }
 
-    /// Serves connections until `shutdown` completes, then drains them (see [`DrainOutcome`]).
+    /// Serves plain-TCP connections until `shutdown` completes, then drains them (see
+    /// [`DrainOutcome`]).
     pub async fn run<H: MessageHandler>(
         self,
         handler: Arc<H>,
+        shutdown: impl Future<Output = ()>,
+    ) -> DrainOutcome {
+        self.run_with(handler, Arc::new(PlainTcp), shutdown).await
+    }
+
+    /// As [`run`](Self::run), each connection going through `handshake` before its first frame.
+    pub async fn run_with<H: MessageHandler, T: Handshake>(
+        self,
+        handler: Arc<H>,
+        handshake: Arc<T>,
         shutdown: impl Future<Output = ()>,
     ) -> DrainOutcome {
         let Self {
@@ -112,6 +128,8 @@ impl MllpServer {
         let mut acceptor = Acceptor {
             config,
             handler,
+            handshake,
+            handshake_warnings: Arc::default(),
             stop: stop_rx,
             tasks: JoinSet::new(),
             next_id: 0,
@@ -129,9 +147,11 @@ impl MllpServer {
 }
 
 /// The accept loop's state.
-struct Acceptor<H> {
+struct Acceptor<H, T> {
     config: MllpConfig,
     handler: Arc<H>,
+    handshake: Arc<T>,
+    handshake_warnings: Arc<HandshakeWarnings>,
     stop: watch::Receiver<bool>,
     tasks: JoinSet<()>,
     next_id: u64,
@@ -182,7 +202,7 @@ impl Drop for PeerSlot {
     }
 }
 
-impl<H: MessageHandler> Acceptor<H> {
+impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
     async fn accept_until(&mut self, listener: &TcpListener, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         loop {
@@ -227,23 +247,31 @@ impl<H: MessageHandler> Acceptor<H> {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "could not set TCP_NODELAY");
         }
-        let meta = FrameMeta {
-            peer,
-            connection_id: self.next_id,
-        };
+        let connection_id = self.next_id;
         self.next_id += 1;
-        let span =
-            tracing::info_span!("mllp_connection", connection_id = meta.connection_id, %peer);
-        let connection = Connection::new(
-            stream,
-            meta,
-            Arc::clone(&self.handler),
-            &self.config,
-            self.stop.clone(),
-        );
+        let span = tracing::info_span!("mllp_connection", connection_id, %peer);
+        let handshake = Arc::clone(&self.handshake);
+        let warnings = Arc::clone(&self.handshake_warnings);
+        let handler = Arc::clone(&self.handler);
+        let config = self.config.clone();
+        let mut stop = self.stop.clone();
         self.tasks.spawn(
             async move {
                 let _slot = slot;
+                let secured = secure(&*handshake, stream, &config, &mut stop).await;
+                let (stream, identity) = match secured {
+                    Ok(secured) => secured,
+                    Err(failure) => {
+                        warnings.note(peer, failure);
+                        return;
+                    }
+                };
+                let meta = FrameMeta {
+                    peer,
+                    connection_id,
+                    identity,
+                };
+                let connection = Connection::new(stream, meta, handler, &config, stop);
                 connection.serve().await;
             }
             .instrument(span),
@@ -276,6 +304,75 @@ impl<H: MessageHandler> Acceptor<H> {
         DrainOutcome::DeadlinePassed {
             aborted_connections,
         }
+    }
+}
+
+/// Why a connection ended before its handshake finished.
+enum HandshakeFailure {
+    Failed(io::Error),
+    TimedOut,
+    Shutdown,
+}
+
+/// Runs the handshake within `handshake_timeout_ms`, giving up at shutdown.
+async fn secure<T: Handshake>(
+    handshake: &T,
+    stream: TcpStream,
+    config: &MllpConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(T::Stream, Option<Arc<PeerIdentity>>), HandshakeFailure> {
+    let timed = tokio::time::timeout(config.handshake_timeout(), handshake.handshake(stream));
+    tokio::select! {
+        biased;
+        done = timed => match done {
+            Ok(Ok(secured)) => Ok(secured),
+            Ok(Err(e)) => Err(HandshakeFailure::Failed(e)),
+            Err(_) => Err(HandshakeFailure::TimedOut),
+        },
+        () = stop_requested(stop) => Err(HandshakeFailure::Shutdown),
+    }
+}
+
+/// Failed handshakes, warned of once a second at most: a scanner or a misconfigured sender
+/// retrying in a loop must not flood the log.
+#[derive(Default)]
+struct HandshakeWarnings {
+    /// When the last warning was logged, and how many failures went unsaid since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl HandshakeWarnings {
+    fn note(&self, peer: SocketAddr, failure: HandshakeFailure) {
+        let error = match failure {
+            HandshakeFailure::Failed(e) => e,
+            HandshakeFailure::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "not finished within handshake_timeout_ms",
+            ),
+            HandshakeFailure::Shutdown => {
+                debug!("MLLP handshake cut short by shutdown");
+                return;
+            }
+        };
+        // A port probe or a TCP health check: connected, then closed without a word.
+        if error.kind() == io::ErrorKind::UnexpectedEof {
+            debug!(%peer, "MLLP peer closed before finishing the handshake");
+            return;
+        }
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, unsaid) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            *unsaid += 1;
+            debug!(%peer, %error, "MLLP handshake failed; closing");
+            return;
+        }
+        warn!(%peer, %error, also_failed_since_last_warning = *unsaid,
+            "MLLP handshake failed; closing");
+        *last = Some(std::time::Instant::now());
+        *unsaid = 0;
     }
 }
 

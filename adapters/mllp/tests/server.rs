@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hl7bridge_mllp::{
-    encode, DrainOutcome, FrameDecoder, FrameMeta, MessageHandler, MllpConfig, MllpServer,
+    encode, DrainOutcome, FrameDecoder, FrameMeta, Handshake, MessageHandler, MllpConfig,
+    MllpServer, PeerIdentity,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -55,8 +56,38 @@ struct TestServer {
     run: JoinHandle<DrainOutcome>,
 }
 
+/// A stand-in for TLS: the client names itself on one line (`HELLO lab-a`) before framing.
+/// The server waits for that line as long as the client keeps silent.
+struct HelloHandshake;
+
+impl Handshake for HelloHandshake {
+    type Stream = BufReader<TcpStream>;
+
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(Self::Stream, Option<Arc<PeerIdentity>>)> {
+        let mut stream = BufReader::new(tcp);
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let name = line
+            .trim()
+            .strip_prefix("HELLO ")
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HELLO line"))?;
+        let identity = PeerIdentity {
+            names: vec![name.to_string()],
+        };
+        Ok((stream, Some(Arc::new(identity))))
+    }
+}
+
 impl TestServer {
     async fn start(config: MllpConfig) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// Plain TCP without `handshake`, else through it.
+    async fn start_with(config: MllpConfig, handshake: Option<HelloHandshake>) -> Self {
         let server = MllpServer::bind("127.0.0.1:0".parse().unwrap(), config)
             .await
             .unwrap();
@@ -66,7 +97,12 @@ impl TestServer {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let run = tokio::spawn(server.run(Arc::clone(&handler), shutdown));
+        let run = match handshake {
+            Some(handshake) => {
+                tokio::spawn(server.run_with(Arc::clone(&handler), Arc::new(handshake), shutdown))
+            }
+            None => tokio::spawn(server.run(Arc::clone(&handler), shutdown)),
+        };
         Self {
             addr,
             handler,
@@ -102,6 +138,7 @@ fn config() -> MllpConfig {
         max_connections: 16,
         max_connections_per_peer: 8,
         drain_timeout_ms: 2_000,
+        handshake_timeout_ms: 2_000,
     }
 }
 
@@ -427,6 +464,70 @@ async fn the_handler_sees_each_connections_peer_and_id() {
     assert_eq!(metas[0].peer, first.stream.local_addr().unwrap());
     assert_eq!(metas[1].peer, second.stream.local_addr().unwrap());
     assert_ne!(metas[0].connection_id, metas[1].connection_id);
+    assert_eq!(metas[0].identity, None, "plain TCP establishes no identity");
+}
+
+#[tokio::test]
+async fn the_identity_a_handshake_establishes_reaches_the_handler() {
+    let server = TestServer::start_with(config(), Some(HelloHandshake)).await;
+    let mut client = server.connect().await;
+
+    client.send(b"HELLO lab-a\n").await;
+    client.send(&encode(b"MSH|1")).await;
+
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|1"[..])
+    );
+    let metas = server.handler.metas.lock().unwrap().clone();
+    let identity = metas[0].identity.as_deref().expect("an identity");
+    assert_eq!(identity.names, ["lab-a"]);
+}
+
+#[tokio::test]
+async fn a_failed_handshake_closes_the_connection_before_any_frame_is_handled() {
+    let server = TestServer::start_with(config(), Some(HelloHandshake)).await;
+    let mut client = server.connect().await;
+
+    client.send(b"GOODBYE\n").await;
+
+    assert!(client.closed_by_server().await);
+    assert!(server.handler.metas.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_silent_in_its_handshake_is_closed_at_the_timeout_and_others_are_served() {
+    let server = TestServer::start_with(
+        MllpConfig {
+            handshake_timeout_ms: 500,
+            max_connections: 2,
+            ..config()
+        },
+        Some(HelloHandshake),
+    )
+    .await;
+    let started = Instant::now();
+    let mut silent = server.connect().await;
+
+    let mut other = server.connect().await;
+    other.send(b"HELLO lab-b\n").await;
+    other.send(&encode(b"MSH|2")).await;
+    assert_eq!(other.read_frame().await.as_deref(), Some(&b"ACK:MSH|2"[..]));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "served at once"
+    );
+
+    assert!(silent.closed_by_server().await);
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    let mut third = server.connect().await;
+    third.send(b"HELLO lab-c\n").await;
+    third.send(&encode(b"MSH|3")).await;
+    assert_eq!(
+        third.read_frame().await.as_deref(),
+        Some(&b"ACK:MSH|3"[..]),
+        "the silent client's slot is free again"
+    );
 }
 
 #[tokio::test]
