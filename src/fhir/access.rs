@@ -105,7 +105,10 @@ fn classify(method: &Method, path: &str) -> Option<Interaction> {
         needs: resource_type
             .zip(permission)
             .map(|(t, p)| (t.to_string(), p)),
-        target: resource_type.zip(id).map(|(t, id)| format!("{t}/{id}")),
+        // Only a valid id is recorded: the path is the caller's text.
+        target: resource_type
+            .zip(id.filter(|id| super::id::is_valid_id(id)))
+            .map(|(t, id)| format!("{t}/{id}")),
     })
 }
 
@@ -157,7 +160,9 @@ pub async fn guard(
     let Some(state) = req.app_data::<web::Data<FhirState>>().cloned() else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    let interaction = classify(req.method(), req.path());
+    // The router matches the decoded path (`/%41uditEvent` is `/AuditEvent`); so must the gate.
+    let decoded = super::criteria::percent_decode(req.path()).unwrap_or_default();
+    let interaction = classify(req.method(), &decoded);
     let network = req
         .peer_addr()
         .map(|a| a.ip().to_string())
@@ -178,7 +183,15 @@ pub async fn guard(
             },
         },
     };
-    if let Some(refusal) = interaction.as_ref().and_then(|i| refusal(&access, i)) {
+    let refused = match &interaction {
+        Some(i) => refusal(&access, i),
+        // A route the gate cannot name is nothing a token grants.
+        None if matches!(access, Access::Token(_)) => Some(FhirError::Forbidden(
+            "not an interaction the token's scopes can grant".into(),
+        )),
+        None => None,
+    };
+    if let Some(refusal) = refused {
         let agent = access.agent();
         return refuse(&state, req, interaction, &agent, network, refusal).await;
     }
@@ -304,7 +317,12 @@ async fn record(
 }
 
 fn bearer(req: &ServiceRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    // Two Authorization headers: a proxy may have checked the other one.
+    let mut values = req.headers().get_all(header::AUTHORIZATION);
+    let value = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -331,9 +349,25 @@ pub fn visible(access: &Access, resource: &StoredResource) -> bool {
     }
 }
 
-/// The compartment rule for a patient-scoped grant: a resource of a type the Patient
-/// compartment defines must be in the patient's compartment; a resource of any other type
-/// (a Practitioner, a Medication) must be in no other patient's.
+/// Types outside the compartment definition that a patient-scoped token may still read: the
+/// directory and catalogue resources a record points at. Any other type outside the
+/// definition (a Task, a stored Bundle) may point at a patient through elements the
+/// definition does not list, so such a token reads none of them.
+const SHARED_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "HealthcareService",
+    "Endpoint",
+    "Medication",
+    "Substance",
+    "Device",
+];
+
+/// The read rule for a patient-scoped grant: a resource of a type the Patient compartment
+/// defines must be in the patient's compartment; a shared resource ([`SHARED_TYPES`]) must be
+/// in no other patient's; nothing else is readable.
 pub fn in_reach(patient: Option<&str>, resource_type: &str, id: &str, content: &Value) -> bool {
     let Some(patient) = patient else {
         return false;
@@ -342,8 +376,21 @@ pub fn in_reach(patient: Option<&str>, resource_type: &str, id: &str, content: &
     if compartment::defines(resource_type) {
         members.contains(patient)
     } else {
-        members.iter().all(|p| p == patient)
+        SHARED_TYPES.contains(&resource_type) && members.iter().all(|p| p == patient)
     }
+}
+
+/// The write rule for a patient-scoped grant, for the resource written and for the version it
+/// replaces: a type the compartment defines, in the patient's compartment and in no other
+/// patient's. Shared resources are not the patient's to change.
+pub fn writable(patient: Option<&str>, resource_type: &str, id: &str, content: &Value) -> bool {
+    let Some(patient) = patient else {
+        return false;
+    };
+    let members = index::extract(resource_type, id, content).patients;
+    compartment::defines(resource_type)
+        && !members.is_empty()
+        && members.iter().all(|p| p == patient)
 }
 
 /// The criterion that keeps a search within a patient-scoped grant, or `Err` when the type
@@ -354,6 +401,13 @@ pub fn restriction(access: &Access, resource_type: &str) -> Result<Option<Criter
         Reach::None => Err(FhirError::Forbidden(format!(
             "the token's scopes do not grant search on {resource_type}"
         ))),
+        Reach::Patient
+            if !compartment::defines(resource_type) && !SHARED_TYPES.contains(&resource_type) =>
+        {
+            Err(FhirError::Forbidden(format!(
+                "a patient-scoped token cannot search {resource_type}"
+            )))
+        }
         Reach::Patient => Ok(Some(Criterion::Compartment {
             patient: access.patient().unwrap_or_default().to_string(),
             strict: compartment::defines(resource_type),
@@ -402,6 +456,16 @@ mod tests {
         let device =
             serde_json::json!({"resourceType": "Device", "patient": {"reference": "Patient/p2"}});
         assert!(!in_reach(Some("p1"), "Device", "d", &device));
+        // Outside the definition and not a shared type: pointing at a patient through `for`.
+        let task = serde_json::json!({"resourceType": "Task", "for": {"reference": "Patient/p2"}});
+        assert!(!in_reach(Some("p1"), "Task", "t", &task));
+        // Writes: only into this patient's record alone.
+        assert!(writable(Some("p1"), "Observation", "o", &obs("Patient/p1")));
+        let both = serde_json::json!({"resourceType": "Observation",
+            "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p2"}]});
+        assert!(in_reach(Some("p1"), "Observation", "o", &both));
+        assert!(!writable(Some("p1"), "Observation", "o", &both));
+        assert!(!writable(Some("p1"), "Practitioner", "d", &practitioner));
         let me = serde_json::json!({"resourceType": "Patient"});
         assert!(in_reach(Some("p1"), "Patient", "p1", &me));
         assert!(!in_reach(Some("p1"), "Patient", "p2", &me));

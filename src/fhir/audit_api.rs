@@ -137,7 +137,13 @@ pub async fn immutable() -> Answer {
 /// A patient-scoped token reads only its own patient's events.
 fn limit_to_patient(req: &HttpRequest, filter: &mut AuditFilter) -> Result<(), FhirError> {
     let access = access_of(req);
-    if access.reach("AuditEvent", Permission::Read) == Reach::Patient {
+    let reach = access.reach("AuditEvent", Permission::Read);
+    if reach == Reach::None {
+        return Err(FhirError::Forbidden(
+            "the token's scopes do not grant reading AuditEvents".into(),
+        ));
+    }
+    if reach == Reach::Patient {
         let own = access.patient().unwrap_or_default().to_string();
         if filter.patient.as_ref().is_some_and(|p| *p != own) {
             return Err(FhirError::Forbidden(

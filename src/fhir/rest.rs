@@ -14,6 +14,7 @@ use super::handlers::{
 };
 use super::id::{is_resource_type, is_valid_id};
 use super::{transaction, FhirState};
+use crate::auth::{Permission, Reach};
 
 pub async fn create(
     state: web::Data<FhirState>,
@@ -93,8 +94,20 @@ pub async fn patch(
     let asked = header_text(&req, "if-match")?
         .map(|tag| transaction::parse_etag(Some(&tag)))
         .transpose()?;
+    let access = super::access::access_of(&req);
     for attempt in 1..=PATCH_ATTEMPTS {
         let current = live_resource(&state, &resource_type, &id).await?;
+        // Before the patch's `test` operations or the version check are evaluated: their
+        // answers would tell a patient-scoped caller what another patient's resource holds.
+        if access.reach(&resource_type, Permission::Update) == Reach::Patient {
+            let content: Value =
+                serde_json::from_str(&current.content).map_err(|_| FhirError::Internal)?;
+            if !super::access::writable(access.patient(), &resource_type, &id, &content) {
+                return Err(FhirError::Forbidden(format!(
+                    "{url} lies outside the patient the token is limited to"
+                )));
+            }
+        }
         if asked.is_some_and(|version| version != current.version_id) {
             return Err(FhirError::PreconditionFailed(format!(
                 "{url} is at version {}",

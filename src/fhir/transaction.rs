@@ -310,6 +310,22 @@ async fn within_patient_reach(
     planned: &mut [Result<Planned, FhirError>],
 ) -> Result<(), FhirError> {
     for (entry, needed) in planned.iter_mut().zip(permissions) {
+        // A conditional create that matched: answered with the match, which the caller must
+        // be able to read.
+        if let Ok(Planned::Existing { resource_type, id }) = &*entry {
+            if matches!(access, Access::Token(_)) {
+                let readable = store
+                    .read(resource_type, id)
+                    .await?
+                    .is_some_and(|r| access::visible(access, &r));
+                if !readable {
+                    *entry = Err(FhirError::Forbidden(
+                        "a resource matching ifNoneExist exists that the token may not read".into(),
+                    ));
+                }
+            }
+            continue;
+        }
         let (Ok(Planned::Write(op)), Some((resource_type, permission))) = (&*entry, needed) else {
             continue;
         };
@@ -318,13 +334,13 @@ async fn within_patient_reach(
         }
         let (t, id) = op.key();
         let mut allowed = match op {
-            WriteOp::Upsert(w) => access::in_reach(access.patient(), t, id, &w.content),
+            WriteOp::Upsert(w) => access::writable(access.patient(), t, id, &w.content),
             WriteOp::Delete { .. } => true,
         };
         if allowed {
             if let Some(current) = store.read(t, id).await?.filter(|c| !c.deleted) {
                 allowed = serde_json::from_str::<Value>(&current.content)
-                    .is_ok_and(|content| access::in_reach(access.patient(), t, id, &content));
+                    .is_ok_and(|content| access::writable(access.patient(), t, id, &content));
             }
         }
         if !allowed {

@@ -432,6 +432,20 @@ async fn a_patient_scoped_token_cannot_reach_another_patients_record_by_any_rout
     )
     .await;
     assert_eq!(status, 403);
+    // A JSON Patch's `test` must not become an oracle on another patient's values: refused
+    // before it is evaluated, whether it would hold or not.
+    for value in ["glucose", "something else"] {
+        let response = app
+            .client
+            .patch(format!("{}/Observation/ob", app.base))
+            .bearer_auth(&a)
+            .header("content-type", "application/json-patch+json")
+            .body(json!([{"op": "test", "path": "/code/text", "value": value}]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "test against {value:?}");
+    }
     let mine = json!({"resourceType": "Observation", "status": "final",
         "code": {"text": "x"}, "subject": {"reference": "Patient/pa"}});
     let (status, _) = call(
@@ -537,5 +551,127 @@ async fn reads_writes_and_hl7v2_messages_are_audited_without_patient_data() {
         !family.is_empty() && !text.contains(family),
         "{family} in the trail"
     );
+    app.stop().await;
+}
+
+/// Each case found by the hostile pass against a running server (see the closing note of
+/// issue 8); each answered 200 or 201 before its fix.
+#[tokio::test]
+async fn the_hostile_pass_findings_stay_closed() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    seed_two_patients(&app, &admin).await;
+    let task = json!({"resourceType": "Task", "id": "tb", "status": "requested",
+        "intent": "order", "for": {"reference": "Patient/pb"}});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Task/tb",
+        Some(&admin),
+        Some(&task),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let identified = json!({"resourceType": "Patient", "id": "pb",
+        "identifier": [{"system": "urn:mrn", "value": "B-123"}], "name": [{"family": "Brindlecombe"}]});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Patient/pb",
+        Some(&admin),
+        Some(&identified),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let a = rs256(&claims(
+        "patient/*.read patient/*.write",
+        json!({"sub": "patient-app", "patient": "pa"}),
+    ));
+    let openid = rs256(&claims("openid", json!({})));
+
+    // Percent-encoded routes are the routes they decode to.
+    assert_eq!(get(&app, "/%41uditEvent", &openid).await.0, 403);
+    assert_eq!(get(&app, "/Patient/pb/%24everything", &a).await.0, 403);
+
+    // A matching conditional create does not hand over what the token may not read.
+    let response = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .bearer_auth(&a)
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", "identifier=urn:mrn|B-123")
+        .body(json!({"resourceType": "Patient"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(!response.text().await.unwrap().contains("Brindlecombe"));
+
+    // Shared resources are read, not changed, by a patient's token.
+    assert_eq!(get(&app, "/Practitioner/dr", &a).await.0, 200);
+    let changed = json!({"resourceType": "Practitioner", "id": "dr", "name": [{"family": "X"}]});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Practitioner/dr",
+        Some(&a),
+        Some(&changed),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        "/Practitioner/dr",
+        Some(&a),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // A type outside the compartment definition points at B through `for`.
+    assert_eq!(get(&app, "/Task/tb", &a).await.0, 403);
+    assert_eq!(get(&app, "/Task", &a).await.0, 403);
+
+    // Nothing written into B's record, even alongside A's.
+    let shared = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/pa"}, "performer": [{"reference": "Patient/pb"}]});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::POST,
+        "/Observation",
+        Some(&a),
+        Some(&shared),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let linked = json!({"resourceType": "Patient", "id": "pa",
+        "link": [{"other": {"reference": "Patient/pb"}, "type": "seealso"}]});
+    let (status, _) = call(
+        &app,
+        reqwest::Method::PUT,
+        "/Patient/pa",
+        Some(&a),
+        Some(&linked),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Two Authorization headers: which one a proxy checked is unknown.
+    let response = app
+        .client
+        .get(format!("{}/Patient/pa", app.base))
+        .header("authorization", format!("Bearer {a}"))
+        .header("authorization", format!("Bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    // A path's text is not stored as an entity unless it is a valid id.
+    let long = "x".repeat(5000);
+    assert_eq!(get(&app, &format!("/Patient/{long}"), &a).await.0, 404);
+    let (_, trail) = get(&app, "/AuditEvent?_count=1000", &admin).await;
+    assert!(!trail.to_string().contains(&long));
     app.stop().await;
 }

@@ -27,6 +27,9 @@ use serde_json::Value;
 
 use crate::{CodecError, MAX_DEPTH, MAX_NODES};
 
+/// Attributes one element may carry.
+const MAX_ATTRIBUTES: usize = 32;
+
 const XSI_NAMESPACE: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
 
 /// One FHIR XML resource (a Bundle included) as the JSON fhirbolt writes for it.
@@ -179,6 +182,14 @@ impl Scan {
                 "more elements than one resource may hold",
             ));
         }
+        // Checking names for duplicates costs the square of their number: count them first,
+        // without that check. A FHIR element has `value`, `id` or `url`; XHTML a few more.
+        if start.attributes().with_checks(false).count() > MAX_ATTRIBUTES {
+            return Err(xml_error(
+                at.start,
+                &format!("an element with more than {MAX_ATTRIBUTES} attributes"),
+            ));
+        }
         for attribute in start.attributes() {
             let attribute = attribute.map_err(|e| xml_error(at.start, &e.to_string()))?;
             attribute
@@ -272,6 +283,17 @@ mod tests {
     use super::*;
 
     const PATIENT: &str = r#"<Patient xmlns="http://hl7.org/fhir"><id value="x1"/><gender value="female"/></Patient>"#;
+
+    #[test]
+    fn an_element_with_thousands_of_attributes_is_refused_quickly() {
+        let attributes: String = (0..100_000).map(|i| format!(" a{i}=\"x\"")).collect();
+        let document = format!(r#"<Patient xmlns="http://hl7.org/fhir"{attributes}/>"#);
+        let started = std::time::Instant::now();
+        let err = xml_to_json(document.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("more than 32 attributes"), "{err}");
+        // Quadratic checking took minutes here; counting takes milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn xml_becomes_the_json_the_json_path_produces() {
