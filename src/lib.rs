@@ -15,9 +15,12 @@
 //! - [`replay`]: `hl7bridge messages` and `hl7bridge replay`: the stored HL7v2 messages.
 //! - [`import`]: `hl7bridge import`: Bundles and NDJSON files written straight to the database.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
+//! - `fuzzing` (hidden): the pure steps of each untrusted-input path, for the targets in `fuzz/`.
 
 pub mod config;
 pub mod fhir;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod ingest;
 pub mod kafka;

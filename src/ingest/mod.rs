@@ -13,6 +13,6 @@ mod ownership;
 mod process;
 mod stored;
 pub mod v2;
-mod verdict;
+pub(crate) mod verdict;
 
 pub use process::{Answer, Hl7Ingest, Origin};
