@@ -6,12 +6,12 @@
 //!
 //! Before fhirbolt sees a document, [`prepare`] walks it once with quick-xml (the parser
 //! fhirbolt itself uses) and refuses what a server facing untrusted input must not read:
-//! DOCTYPE declarations (so no entity can be defined, let alone expanded), processing
-//! instructions, CDATA, unknown entity references, nesting deeper than [`MAX_DEPTH`] (fhirbolt
-//! recurses per element) and more than [`MAX_NODES`] elements. It also normalises what real
-//! senders write and fhirbolt refuses (LIBRARIES.md, fhirbolt item 6): a lower-case `utf-8` or
-//! a `standalone` in the declaration, and `xsi` namespace declarations and `xsi:*` attributes
-//! (a `schemaLocation`) on the root element.
+//! bytes that are not UTF-8, DOCTYPE declarations (so no entity can be defined, let alone
+//! expanded), processing instructions, CDATA, unknown entity references, nesting deeper than
+//! [`MAX_DEPTH`] (fhirbolt recurses per element) and more than [`MAX_NODES`] elements. It also
+//! normalises what real senders write and fhirbolt refuses (LIBRARIES.md, fhirbolt item 6): a
+//! lower-case `utf-8` or a `standalone` in the declaration, and `xsi` namespace declarations
+//! and `xsi:*` attributes (a `schemaLocation`) on the root element.
 //!
 //! Known losses on the way out (fhirbolt item 7): narrative XHTML is re-indented, so
 //! whitespace next to inline tags changes; exponents are written in lower case.
@@ -93,6 +93,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// The document checked and normalised for fhirbolt (see the module documentation).
 pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // FHIR XML is UTF-8, and fhirbolt unwraps every name it decodes: a stray byte in an element
+    // name panicked there (found by fuzzing), printing the bytes around it to stderr.
+    if let Err(err) = std::str::from_utf8(bytes) {
+        return Err(xml_error(err.valid_up_to(), "the document is not UTF-8"));
+    }
     let mut reader = Reader::from_reader(bytes);
     reader.check_end_names(true);
     let mut scan = Scan::default();
@@ -340,6 +345,19 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_is_refused_before_fhirbolt_reads_it() {
+        // The fuzzer's input (fhir_xml): 0x92 ends an element name, where fhirbolt unwrapped.
+        let xml = b"<Patient xmlns=\"http://hl7.org/fhir\"><birthDate value=\"1990-02-02\">\
+<extension url=\"http://hl7.org/fhir/StructureDefinition/patient-btihrmTei\">\
+<valueDateTime\x92value=\"1990-02-\x8602T04:05:00Z\"/></extension></birthDate></Patient>";
+        let err = xml_to_json(xml).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Xml(m) if m.contains("not UTF-8")),
+            "{err}"
+        );
     }
 
     #[test]
