@@ -28,6 +28,7 @@ use serde_json::Value;
 use crate::{CodecError, MAX_DEPTH, MAX_NODES};
 
 const XSI_NAMESPACE: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
+const DOCTYPE_REFUSED: &str = "DOCTYPE declarations (and entities) are refused";
 
 /// One FHIR XML resource (a Bundle included) as the JSON fhirbolt writes for it.
 pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
@@ -90,6 +91,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+fn find_ignoring_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The document checked and normalised for fhirbolt (see the module documentation).
 pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
@@ -97,6 +104,12 @@ pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     // name panicked there (found by fuzzing), printing the bytes around it to stderr.
     if let Err(err) = std::str::from_utf8(bytes) {
         return Err(xml_error(err.valid_up_to(), "the document is not UTF-8"));
+    }
+    // quick-xml 0.25 asserts that a DOCTYPE has a name: in builds with debug assertions a
+    // nameless one panicked before `Scan` could refuse it (found by fuzzing). Any DOCTYPE is
+    // refused, so it is looked for first (a comment mentioning one is refused too).
+    if let Some(at) = find_ignoring_case(bytes, b"<!DOCTYPE") {
+        return Err(xml_error(at, DOCTYPE_REFUSED));
     }
     let mut reader = Reader::from_reader(bytes);
     reader.check_end_names(true);
@@ -138,7 +151,7 @@ impl Scan {
         let refuse = |what: &str| Err(xml_error(at.start, what));
         match event {
             Event::Eof => return Ok(false),
-            Event::DocType(_) => return refuse("DOCTYPE declarations (and entities) are refused"),
+            Event::DocType(_) => return refuse(DOCTYPE_REFUSED),
             Event::PI(_) => return refuse("processing instructions are refused"),
             Event::CData(_) => return refuse("CDATA sections are not FHIR XML"),
             Event::Decl(decl) if self.root.is_none() && self.elements == 0 => {
@@ -358,6 +371,16 @@ mod tests {
             matches!(&err, CodecError::Xml(m) if m.contains("not UTF-8")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_doctype_without_a_name_is_refused_without_a_panic() {
+        // The fuzzer's input (fhir_xml): quick-xml's debug assertion fired on `<!DOCTYPE>`.
+        let xml = b"<!DOCTYPE><Par\"><gende\x00@valu/Patient>'";
+        let err = xml_to_json(xml).unwrap_err();
+        assert!(err.to_string().contains("DOCTYPE"), "{err}");
+        let lower = b"<Patient xmlns=\"http://hl7.org/fhir\"><!doctype   ></Patient>";
+        assert!(xml_to_json(lower).is_err());
     }
 
     #[test]
