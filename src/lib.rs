@@ -17,11 +17,14 @@
 //! - [`import`]: `hl7bridge import`: Bundles and NDJSON files written straight to the database.
 //! - [`auth`]: bearer tokens and SMART scopes for the FHIR API; [`audit`]: the audit trail.
 //! - [`telemetry`]: logs, spans, OTLP export and the W3C trace context parser every carrier uses.
+//! - `fuzzing` (hidden): the pure steps of each untrusted-input path, for the targets in `fuzz/`.
 
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod fhir;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod ingest;
 pub mod kafka;

@@ -627,7 +627,7 @@ pub async fn everything(
 }
 
 /// `$everything`'s parameters, read.
-struct EverythingRequest {
+pub(crate) struct EverythingRequest {
     page: EverythingPage,
     /// The parameters applied, for the links.
     applied: Vec<(String, String)>,
@@ -638,7 +638,7 @@ struct EverythingRequest {
 }
 
 impl EverythingRequest {
-    fn read(
+    pub(crate) fn read(
         pairs: Vec<(String, String)>,
         unpaged_limit: u64,
         max_count: u64,
@@ -972,7 +972,7 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
 const HARMLESS: &[&str] = &["_format", "_pretty"];
 
 /// The query's (name, value) pairs, percent-decoded, without the harmless ones.
-pub(super) fn decode_pairs(query: &str) -> Result<Vec<(String, String)>, FhirError> {
+pub(crate) fn decode_pairs(query: &str) -> Result<Vec<(String, String)>, FhirError> {
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));

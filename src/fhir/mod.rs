@@ -16,14 +16,14 @@ mod capability;
 pub mod criteria;
 mod definitions;
 pub mod error;
-mod handlers;
+pub(crate) mod handlers;
 mod http_trace;
 pub mod id;
 mod negotiate;
 mod patch;
 mod references;
 mod rest;
-mod search;
+pub(crate) mod search;
 mod summary;
 pub mod transaction;
 

@@ -16,7 +16,7 @@ mod rate;
 mod senders;
 mod stored;
 pub mod v2;
-mod verdict;
+pub(crate) mod verdict;
 
 pub use process::{Answer, Hl7Ingest, Origin};
 pub use senders::SenderMap;

@@ -18,7 +18,7 @@ pub mod index;
 mod outbox;
 mod read;
 mod replica;
-mod search;
+pub(crate) mod search;
 pub mod search_params;
 mod write;
 

@@ -224,7 +224,12 @@ impl Store {
     }
 }
 
-fn where_clause(sql: &mut String, params: &mut Vec<Value>, t: &str, criteria: &[Criterion]) {
+pub(crate) fn where_clause(
+    sql: &mut String,
+    params: &mut Vec<Value>,
+    t: &str,
+    criteria: &[Criterion],
+) {
     sql.push_str(" WHERE r.resource_type = ? AND r.deleted = ?");
     params.extend([Value::from(t), Value::from(false)]);
     for criterion in criteria {

@@ -6,12 +6,12 @@
 //!
 //! Before fhirbolt sees a document, [`prepare`] walks it once with quick-xml (the parser
 //! fhirbolt itself uses) and refuses what a server facing untrusted input must not read:
-//! DOCTYPE declarations (so no entity can be defined, let alone expanded), processing
-//! instructions, CDATA, unknown entity references, nesting deeper than [`MAX_DEPTH`] (fhirbolt
-//! recurses per element) and more than [`MAX_NODES`] elements. It also normalises what real
-//! senders write and fhirbolt refuses (LIBRARIES.md, fhirbolt item 6): a lower-case `utf-8` or
-//! a `standalone` in the declaration, and `xsi` namespace declarations and `xsi:*` attributes
-//! (a `schemaLocation`) on the root element.
+//! bytes that are not UTF-8, DOCTYPE declarations (so no entity can be defined, let alone
+//! expanded), processing instructions, CDATA, unknown entity references, nesting deeper than
+//! [`MAX_DEPTH`] (fhirbolt recurses per element) and more than [`MAX_NODES`] elements. It also
+//! normalises what real senders write and fhirbolt refuses (LIBRARIES.md, fhirbolt item 6): a
+//! lower-case `utf-8` or a `standalone` in the declaration, and `xsi` namespace declarations
+//! and `xsi:*` attributes (a `schemaLocation`) on the root element.
 //!
 //! Known losses on the way out (fhirbolt item 7): narrative XHTML is re-indented, so
 //! whitespace next to inline tags changes; exponents are written in lower case.
@@ -31,6 +31,7 @@ use crate::{CodecError, MAX_DEPTH, MAX_NODES};
 const MAX_ATTRIBUTES: usize = 32;
 
 const XSI_NAMESPACE: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
+const DOCTYPE_REFUSED: &str = "DOCTYPE declarations (and entities) are refused";
 
 /// One FHIR XML resource (a Bundle included) as the JSON fhirbolt writes for it.
 pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
@@ -93,9 +94,26 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+fn find_ignoring_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The document checked and normalised for fhirbolt (see the module documentation).
 pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // FHIR XML is UTF-8, and fhirbolt unwraps every name it decodes: a stray byte in an element
+    // name panicked there (found by fuzzing), printing the bytes around it to stderr.
+    if let Err(err) = std::str::from_utf8(bytes) {
+        return Err(xml_error(err.valid_up_to(), "the document is not UTF-8"));
+    }
+    // quick-xml 0.25 asserts that a DOCTYPE has a name: in builds with debug assertions a
+    // nameless one panicked before `Scan` could refuse it (found by fuzzing). Any DOCTYPE is
+    // refused, so it is looked for first (a comment mentioning one is refused too).
+    if let Some(at) = find_ignoring_case(bytes, b"<!DOCTYPE") {
+        return Err(xml_error(at, DOCTYPE_REFUSED));
+    }
     let mut reader = Reader::from_reader(bytes);
     reader.check_end_names(true);
     let mut scan = Scan::default();
@@ -136,7 +154,7 @@ impl Scan {
         let refuse = |what: &str| Err(xml_error(at.start, what));
         match event {
             Event::Eof => return Ok(false),
-            Event::DocType(_) => return refuse("DOCTYPE declarations (and entities) are refused"),
+            Event::DocType(_) => return refuse(DOCTYPE_REFUSED),
             Event::PI(_) => return refuse("processing instructions are refused"),
             Event::CData(_) => return refuse("CDATA sections are not FHIR XML"),
             Event::Decl(decl) if self.root.is_none() && self.elements == 0 => {
@@ -362,6 +380,29 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_document_that_is_not_utf8_is_refused_before_fhirbolt_reads_it() {
+        // The fuzzer's input (fhir_xml): 0x92 ends an element name, where fhirbolt unwrapped.
+        let xml = b"<Patient xmlns=\"http://hl7.org/fhir\"><birthDate value=\"1990-02-02\">\
+<extension url=\"http://hl7.org/fhir/StructureDefinition/patient-btihrmTei\">\
+<valueDateTime\x92value=\"1990-02-\x8602T04:05:00Z\"/></extension></birthDate></Patient>";
+        let err = xml_to_json(xml).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Xml(m) if m.contains("not UTF-8")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_doctype_without_a_name_is_refused_without_a_panic() {
+        // The fuzzer's input (fhir_xml): quick-xml's debug assertion fired on `<!DOCTYPE>`.
+        let xml = b"<!DOCTYPE><Par\"><gende\x00@valu/Patient>'";
+        let err = xml_to_json(xml).unwrap_err();
+        assert!(err.to_string().contains("DOCTYPE"), "{err}");
+        let lower = b"<Patient xmlns=\"http://hl7.org/fhir\"><!doctype   ></Patient>";
+        assert!(xml_to_json(lower).is_err());
     }
 
     #[test]
