@@ -17,6 +17,7 @@ pub mod error;
 mod handlers;
 mod http_trace;
 pub mod id;
+pub mod json;
 mod negotiate;
 mod patch;
 mod references;
