@@ -3,6 +3,7 @@
 //! The database is a fresh SQLite file per test, or, when `HL7BRIDGE_DATABASE_URL` points at
 //! PostgreSQL, a fresh database created on that server per test.
 
+mod bad_input;
 mod collector_config;
 mod corpus;
 mod crash_safety;
