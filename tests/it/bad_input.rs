@@ -20,11 +20,12 @@ use crate::support::{spawn_app_with, TestApp};
 /// enough that the cases over them stay quick.
 const MAX_BODY_BYTES: usize = 4 << 20;
 const MAX_FRAME_BYTES: usize = 1 << 20;
-/// How much the process (server and test alike) may grow over the whole suite. Parsing JSON
-/// takes many times its size — a 4 MiB body of tiny values passes 100 MiB at its peak — and
-/// the allocator keeps part of such peaks; a leak per case or an unbounded buffer grows past
-/// this.
-const MAX_RSS_GROWTH_MIB: u64 = 384;
+/// How much the process may grow over the whole suite: the server, this test and whichever
+/// test runs beside it. Parsing JSON takes many times its size — a 4 MiB body of tiny values
+/// passes 100 MiB at its peak — and the allocator keeps part of such peaks: alone, the suite
+/// grows by about 200 MiB on SQLite and 300 MiB on PostgreSQL. A leak per case, or a body or
+/// frame read without its limit, grows by gigabytes.
+const MAX_RSS_GROWTH_MIB: u64 = 640;
 
 /// One case's answer did not match its class: what was expected, what came.
 pub struct Mismatch {
