@@ -959,13 +959,7 @@ fn parse_xml(bytes: &[u8]) -> Result<Value, FhirError> {
 /// JSON from a request body; a UTF-8 byte-order mark is skipped (fhirbolt would fail on it).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, FhirError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    serde_json::from_slice(bytes).map_err(|e| {
-        FhirError::invalid(format!(
-            "the body is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })
+    super::json::from_slice(bytes).map_err(|e| FhirError::invalid(format!("the body is {e}")))
 }
 
 /// Parameters the format negotiation reads (see [`super::negotiate`]), not the handlers.

@@ -19,6 +19,7 @@ pub mod error;
 pub(crate) mod handlers;
 mod http_trace;
 pub mod id;
+pub mod json;
 mod negotiate;
 mod patch;
 mod references;

@@ -1,5 +1,5 @@
-//! References inside a resource posted in a Bundle: finding them and rewriting them to the
-//! `Type/id` they resolve to.
+//! References inside a resource posted in a Bundle: finding them, rewriting them to the
+//! `Type/id` they resolve to, and refusing those that are no FHIR reference at all.
 //!
 //! The walk covers the resource and its contained resources, but not whole resources nested
 //! in other places (a document Bundle stored as a resource, `Parameters.parameter.resource`):
@@ -11,23 +11,26 @@ use serde_json::Value;
 
 use super::criteria::parse_conditional_reference;
 use super::error::FhirError;
+use super::id::parse_relative_reference;
 use super::transaction::ambiguous;
 use crate::store::IdentifierLookup;
 
 /// Rewrites every reference in `content`: `fullUrl`s of the bundle (`urn:uuid:` included) to
 /// their `Type/id`, conditional references (`Type?identifier=…`) to the one resource `find`
-/// returns. Anything else is left as written.
+/// returns. Other literal references are left as written; anything that is none (see
+/// [`is_literal_reference`]) is refused.
 pub fn rewrite_references(
     content: &mut Value,
     targets: &HashMap<String, String>,
     find: &dyn Fn(&IdentifierLookup) -> Vec<String>,
 ) -> Result<(), FhirError> {
+    let contained = contained_ids(content);
     let mut failure = None;
     visit_references_mut(content, &mut |reference| {
         if failure.is_some() {
             return;
         }
-        match resolve(reference, targets, find) {
+        match resolve(reference, targets, find, &contained) {
             Ok(Some(resolved)) => *reference = resolved,
             Ok(None) => {}
             Err(err) => failure = Some(err),
@@ -40,6 +43,7 @@ fn resolve(
     reference: &str,
     targets: &HashMap<String, String>,
     find: &dyn Fn(&IdentifierLookup) -> Vec<String>,
+    contained: &[String],
 ) -> Result<Option<String>, FhirError> {
     if let Some(target) = targets.get(reference) {
         return Ok(Some(target.clone()));
@@ -50,7 +54,12 @@ fn resolve(
         )));
     }
     let Some(lookup) = parse_conditional_reference(reference) else {
-        return Ok(None);
+        if is_literal_reference(reference, contained) {
+            return Ok(None);
+        }
+        return Err(FhirError::invalid(format!(
+            "reference {reference:?} is not Type/id, an absolute URL or #id of a contained resource"
+        )));
     };
     let lookup = lookup?;
     match find(&lookup).as_slice() {
@@ -60,6 +69,42 @@ fn resolve(
         ))),
         many => Err(ambiguous("a conditional reference", many.len())),
     }
+}
+
+/// Whether a reference no entry of the bundle resolves is one FHIR allows: `Type/id` (with an
+/// optional `/_history/vid`), an absolute URI, or `#id` naming a contained resource (`#`
+/// alone, the container, only where contained resources can point at it). `Patient/`,
+/// `//host/x` and `Patient/../x` are none of these; stored, they would point nowhere.
+fn is_literal_reference(reference: &str, contained: &[String]) -> bool {
+    if let Some(local) = reference.strip_prefix('#') {
+        return match local {
+            "" => !contained.is_empty(),
+            id => contained.iter().any(|c| c == id),
+        };
+    }
+    has_scheme(reference) || parse_relative_reference(reference).is_some()
+}
+
+/// `scheme:rest` with an RFC 3986 scheme.
+fn has_scheme(reference: &str) -> bool {
+    let Some((scheme, rest)) = reference.split_once(':') else {
+        return false;
+    };
+    let scheme_char = |c: char| c.is_ascii_alphanumeric() || "+.-".contains(c);
+    !rest.is_empty()
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(scheme_char)
+}
+
+/// The ids of the resource's contained resources.
+fn contained_ids(content: &Value) -> Vec<String> {
+    let contained = content.get("contained").and_then(Value::as_array);
+    contained
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("id").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Calls `f` with every reference string of the resource itself and its contained resources.
@@ -128,5 +173,37 @@ mod tests {
             document["entry"][0]["resource"]["subject"]["reference"],
             "urn:uuid:9"
         );
+    }
+
+    #[test]
+    fn references_that_point_nowhere_are_refused() {
+        let no_targets = HashMap::new();
+        let check = |reference: &str, contained: Value| {
+            let mut obs = json!({"resourceType": "Observation", "contained": contained,
+                "subject": {"reference": reference}});
+            rewrite_references(&mut obs, &no_targets, &|_| Vec::new()).is_ok()
+        };
+        let none = json!([]);
+        for bad in [
+            "Patient/",
+            "//x",
+            "Patient/../x",
+            "Foo/1",
+            "Patient/a b",
+            "#p1",
+            "#",
+        ] {
+            assert!(!check(bad, none.clone()), "{bad}");
+        }
+        let good = [
+            "Patient/p1",
+            "Patient/p1/_history/2",
+            "https://elsewhere.example/Patient/1",
+        ];
+        for ok in good.into_iter().chain(["urn:isbn:0451450523"]) {
+            assert!(check(ok, none.clone()), "{ok}");
+        }
+        let patient = json!([{"resourceType": "Patient", "id": "p1"}]);
+        assert!(check("#p1", patient.clone()) && check("#", patient));
     }
 }

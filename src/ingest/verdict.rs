@@ -13,6 +13,7 @@ use crate::telemetry::TraceParent;
 const REQUIRED_FIELD_MISSING: u16 = 101;
 const DATA_TYPE_ERROR: u16 = 102;
 const INTERNAL_ERROR: u16 = 207;
+const UNSUPPORTED_VERSION: u16 = 203;
 /// Map errors with these codes mean "not handled here": AR. Others are content errors: AE.
 const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
 
@@ -95,6 +96,9 @@ fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
         };
         return Verdict::Refuse(AckCode::AR, error);
     }
+    if let Some(error) = version_error(header.version.as_deref()) {
+        return Verdict::Refuse(AckCode::AR, error);
+    }
     let mapped = match map_message(message, context) {
         Ok(mapped) => mapped,
         Err(err) => return refuse_mapping(err),
@@ -111,6 +115,38 @@ fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
         amended: mapped.amended,
         preconditions: Vec::new(),
     })
+}
+
+/// MSH-12 must name an HL7 version 2 (`2.5.1`, or `2.5^…` with its components): the mappings
+/// read v2 fields by position, which other versions do not keep.
+fn version_error(version: Option<&str>) -> Option<AckError> {
+    let id = version.map_or("", |v| v.split('^').next().unwrap_or(""));
+    let (code, message) = if id.is_empty() {
+        (
+            REQUIRED_FIELD_MISSING,
+            "MSH-12 (version id) is required".to_string(),
+        )
+    } else if is_v2_version(id) {
+        return None;
+    } else {
+        (
+            UNSUPPORTED_VERSION,
+            format!("version {id:?} is not HL7 version 2"),
+        )
+    };
+    Some(AckError {
+        code,
+        location: Some(("MSH".into(), 1, 12)),
+        message,
+    })
+}
+
+/// `2.n` or `2.n.n`.
+fn is_v2_version(id: &str) -> bool {
+    let mut parts = id.split('.');
+    parts.next() == Some("2")
+        && (2..=3).contains(&id.split('.').count())
+        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn trace_parent(message: &Message) -> Option<TraceParent> {

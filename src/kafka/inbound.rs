@@ -402,8 +402,8 @@ fn batch_span(batch: &[Record], traces: &[Option<TraceParent>], group: &str) -> 
 /// The record as a transaction or batch Bundle: a lone resource becomes a one-entry
 /// transaction (an update when it has an id, else a create).
 fn fhir_bundle(payload: &[u8]) -> Result<Value, DeadLetter> {
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|err| DeadLetter::new("json", format!("the record is not JSON: {err}")))?;
+    let value = crate::fhir::json::from_slice(payload)
+        .map_err(|err| DeadLetter::new("json", format!("the record is {err}")))?;
     let resource_type = value
         .get("resourceType")
         .and_then(Value::as_str)

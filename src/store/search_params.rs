@@ -274,6 +274,11 @@ pub fn range_of(value: &Value) -> Option<(i64, i64)> {
 pub fn date_range(text: &str) -> Option<(i64, i64)> {
     use chrono::{Months, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
     let text = text.trim();
+    // FHIR years run from 0001 to 9999, always four digits.
+    let year = text.get(..4).unwrap_or("");
+    if !year.bytes().all(|b| b.is_ascii_digit()) || year == "0000" {
+        return None;
+    }
     let to_us = |dt: NaiveDateTime| Utc.from_utc_datetime(&dt).timestamp_micros();
     let day_start = |d: NaiveDate| d.and_time(NaiveTime::MIN);
     match text.len() {

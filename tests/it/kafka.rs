@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use crate::support::{spawn_app_on, spawn_app_with, Running, TestApp};
 
-const HL7: &str = "hl7v2.inbound";
-const FHIR: &str = "fhir.inbound";
+pub(crate) const HL7: &str = "hl7v2.inbound";
+pub(crate) const FHIR: &str = "fhir.inbound";
 pub(crate) const CHANGES: &str = "fhir.changes";
-const DEAD: &str = "hl7bridge.dead-letter";
+pub(crate) const DEAD: &str = "hl7bridge.dead-letter";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 pub(crate) fn broker(partitions: i32) -> MockBroker {
@@ -49,7 +49,7 @@ pub(crate) fn fast(brokers: &str, group: &str) -> KafkaConfig {
     }
 }
 
-fn settings(brokers: &str) -> KafkaSettings {
+pub(crate) fn settings(brokers: &str) -> KafkaSettings {
     let mut settings = KafkaSettings::new(brokers.to_string());
     settings.client = fast(brokers, "hl7bridge");
     settings.batch_wait_ms = 20;
@@ -70,7 +70,7 @@ pub(crate) fn producer(broker: &MockBroker) -> Producer {
     .unwrap()
 }
 
-struct Quiet;
+pub(crate) struct Quiet;
 impl ConsumerObserver for Quiet {
     fn lag(&self, _: &str, _: i32, _: i64) {}
 }

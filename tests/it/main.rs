@@ -4,6 +4,7 @@
 //! PostgreSQL, a fresh database created on that server per test.
 
 mod auth;
+mod bad_input;
 mod collector_config;
 mod corpus;
 mod crash_safety;

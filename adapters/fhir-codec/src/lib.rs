@@ -55,13 +55,70 @@ pub fn canonicalize(value: Value) -> Result<Value, CodecError> {
         return Err(structure(&root, "more elements than one resource may hold"));
     }
     check_structure(&value, &mut root.clone(), 0)?;
+    let sent = value.clone();
     let parsed = catch_unwind(AssertUnwindSafe(|| parse_strict(value)))
         .map_err(|_| CodecError::Model("the resource could not be read".into()))??;
-    catch_unwind(AssertUnwindSafe(|| {
+    let written = catch_unwind(AssertUnwindSafe(|| {
         fhirbolt::json::to_json_value(parsed, None)
     }))
     .map_err(|_| CodecError::Model("the resource could not be written".into()))?
-    .map_err(|e| CodecError::Model(e.to_string()))
+    .map_err(|e| CodecError::Model(e.to_string()))?;
+    check_nothing_coerced(&sent, &written, &mut root.clone())?;
+    Ok(written)
+}
+
+/// fhirbolt reads some JSON that FHIR forbids by coercing it: a number or boolean written as
+/// a string, a single object where an array belongs, `_x` on a complex element (moved into
+/// `x`). Each shows as a difference of JSON kind, or a key gone, between what was sent and
+/// what fhirbolt writes back; the resource is refused rather than stored coerced.
+fn check_nothing_coerced(
+    sent: &Value,
+    written: &Value,
+    path: &mut String,
+) -> Result<(), CodecError> {
+    match (sent, written) {
+        (Value::Object(sent), Value::Object(written)) => {
+            for (key, child) in sent {
+                let len = path.len();
+                push_segment(path, key);
+                let Some(back) = written.get(key) else {
+                    return Err(structure(path, "is not an element here"));
+                };
+                check_nothing_coerced(child, back, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        (Value::Array(sent), Value::Array(written)) if sent.len() == written.len() => {
+            for (index, (child, back)) in sent.iter().zip(written).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{index}]"));
+                check_nothing_coerced(child, back, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        (Value::Array(_), _) | (_, Value::Array(_)) => Err(structure(
+            path,
+            "an array where FHIR has a single value, or the reverse",
+        )),
+        _ if kind(sent) == kind(written) => Ok(()),
+        _ => Err(structure(
+            path,
+            &format!("a {} where FHIR has a {}", kind(sent), kind(written)),
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 fn parse_strict(value: Value) -> Result<Resource, CodecError> {
@@ -245,6 +302,24 @@ mod tests {
         let out = canonicalize(input).unwrap();
         let keys: Vec<_> = out.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, ["resourceType", "id", "gender"]);
+    }
+
+    #[test]
+    fn what_fhirbolt_would_coerce_is_refused() {
+        let quantity = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "x"}, "valueQuantity": {"value": "12"}});
+        for input in [
+            json!({"resourceType": "Patient", "multipleBirthInteger": "2"}),
+            json!({"resourceType": "Patient", "name": {"family": "A"}}),
+            json!({"resourceType": "Patient", "_name": {"id": "x"}}),
+            quantity,
+        ] {
+            let refused = canonicalize(input.clone());
+            assert!(
+                matches!(refused, Err(CodecError::Structure { .. })),
+                "{input}: {refused:?}"
+            );
+        }
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub(super) fn map_obx(
     let part_of = report.part_of.map(|id| reference("Immunization", id));
     let observation = Obj::resource("Observation", id)
         .list("partOf", part_of.into_iter().collect())
-        .text("status", Some(lookup_status(obx.text(OBX_11))))
+        .text("status", Some(lookup_status(obx)?))
         .value("code", Some(observation_code(obx)?))
         .value("subject", Some(report.subject.patient_reference()))
         .value("encounter", report.subject.encounter_reference())
@@ -185,12 +185,17 @@ fn observation_code(obx: &Segment<'_>) -> Result<Value, MapError> {
     code.ok_or_else(|| MapError::required(obx, OBX_3, "observation identifier"))
 }
 
-fn lookup_status(hl7: Option<String>) -> &'static str {
-    let hl7 = code(hl7).unwrap_or_default();
+/// OBX-11 as a FHIR status: `unknown` when empty, error 103 when outside table 0085 (an
+/// unreadable status is not silently stored as `unknown`).
+fn lookup_status(obx: &Segment<'_>) -> Result<&'static str, MapError> {
+    let Some(hl7) = code(obx.text(OBX_11)) else {
+        return Ok("unknown");
+    };
     let row = OBSERVATION_STATUS_0085
         .iter()
         .find(|(h, _)| h.eq_ignore_ascii_case(&hl7));
-    row.map_or("unknown", |(_, fhir)| fhir)
+    row.map(|(_, fhir)| *fhir)
+        .ok_or_else(|| MapError::table_value(obx, OBX_11, "result status"))
 }
 
 /// Value types with a FHIR type of their own, which therefore may not repeat.
@@ -539,8 +544,14 @@ mod tests {
         assert!(INTERPRETATION_0078
             .iter()
             .all(|(v2, v3, d)| v2 == v3 && !d.is_empty()));
-        assert_eq!(lookup_status(Some("c".to_owned())), "corrected");
-        assert_eq!(lookup_status(None), "unknown");
+        let status = |obx_11: &str| {
+            observation(&format!("OBX|1|ST|8251-1^Comment^LN||x||||||{obx_11}"))
+                .map(|o| o["status"].clone())
+        };
+        assert_eq!(status("c").unwrap(), "corrected");
+        assert_eq!(status("").unwrap(), "unknown");
+        let refused = status("Q").unwrap_err();
+        assert_eq!((refused.code, refused.location.unwrap().2), (103, 11));
     }
 
     #[test]

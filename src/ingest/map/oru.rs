@@ -71,6 +71,11 @@ impl<'m> ReportWalk<'m> {
                 self.current = Some(report);
             }
             ("OBX", Some(report)) => report.add_obx(&segment, ctx, subject)?,
+            // Dropping it would acknowledge a result that is stored nowhere.
+            ("OBX", None) => {
+                let message = "an OBX before any OBR belongs to no report".to_owned();
+                return Err(MapError::at(100, &segment, 0, message));
+            }
             ("SPM", Some(report)) => report.enter_specimen(&segment),
             ("NTE", Some(report)) => report.add_note(&segment),
             ("PRT", _) | (_, None) => {}
