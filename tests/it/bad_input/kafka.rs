@@ -318,7 +318,7 @@ async fn dead_letters(broker: &MockBroker, expected: usize) -> Vec<Record> {
     let mut records = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     // `next_batch` waits for a first record without end: every wait is bounded here.
-    let mut read_until = |until: tokio::time::Instant| {
+    let read_until = |until: tokio::time::Instant| {
         tokio::time::timeout_at(until, consumer.next_batch(100, Duration::from_millis(50)))
     };
     while records.len() < expected {
