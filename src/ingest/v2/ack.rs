@@ -11,6 +11,7 @@ use super::escape::escape;
 use super::frame::FrameError;
 use super::header::Header;
 use super::message::ParseError;
+use super::segment_names::joined_segment_at;
 use super::trace::TraceCarrier;
 
 /// MSH-12 of an ACK to a message whose header could not be read.
@@ -181,6 +182,18 @@ impl<'a> AckWriter<'a> {
         for field in &fields[..used] {
             segment.push_str(&separator);
             push_without_controls(&mut segment, field, self.delimiters.escape);
+        }
+        self.unjoined(segment)
+    }
+
+    /// The segment with each space that makes it look like two joined segments (` MSH|`)
+    /// written as the hex escape `\X20\`. An echoed value that ended its inbound segment
+    /// (MSH-3 ` MSH`, say) is followed by a separator here, and a receiver that rejects joined
+    /// segments, this server included, would refuse the ACK (found by fuzzing).
+    fn unjoined(&self, mut segment: String) -> String {
+        let escape = self.delimiters.escape;
+        while let Some(at) = joined_segment_at(&segment, self.delimiters.field) {
+            segment.replace_range(at..at + 1, &format!("{escape}X20{escape}"));
         }
         segment
     }
@@ -407,6 +420,17 @@ mod tests {
             segments(&ack)[0],
             "MSH$%~\\&$$$APP$FAC$20240630120030-0500$$ACK%R01%ACK$A9$P$2.4"
         );
+    }
+
+    #[test]
+    fn an_echoed_value_never_makes_the_ack_look_like_joined_segments() {
+        // The fuzzer's input (hl7_ingest, minimised): MSH-3 ` MSH` ended the inbound MSH; in
+        // the ACK's MSH-5 a separator follows it, which reads as a second MSH joined on.
+        let inbound = header("MSH|| MSH");
+        let ack = build_ack(Some(&inbound), AckCode::AR, &[], None, "A1", NOW);
+        let parsed = crate::ingest::v2::parse_message(ack.as_bytes()).expect("the ACK parses");
+        let msh_5 = parsed.segment("MSH").and_then(|msh| msh.text(5));
+        assert_eq!(msh_5.as_deref(), Some(" MSH"));
     }
 
     #[test]
