@@ -675,3 +675,45 @@ async fn the_hostile_pass_findings_stay_closed() {
     assert!(!trail.to_string().contains(&long));
     app.stop().await;
 }
+
+/// A JWKS served over HTTP on loopback, as an identity provider would serve it.
+#[tokio::test]
+async fn a_key_set_fetched_from_a_url_verifies_tokens() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let jwks = std::fs::read_to_string(fixture("jwks.json")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    let app = spawn_app_with(|c| {
+        c.auth = Some(AuthSettings {
+            jwks: JwksSource::Url(url),
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_s: 0,
+        })
+    })
+    .await;
+    let token = rs256(&claims("system/*.read", json!({})));
+    assert_eq!(get(&app, "/Patient", &token).await.0, 200);
+    let forged = sign(
+        Algorithm::RS256,
+        "test-rsa",
+        "rsa-stranger-private.pem",
+        &claims("system/*.read", json!({})),
+    );
+    assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
+    app.stop().await;
+}
