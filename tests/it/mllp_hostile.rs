@@ -240,3 +240,56 @@ async fn a_sender_over_its_message_rate_is_slowed_while_other_senders_are_not() 
     assert_eq!(found["total"], 16, "every paced message was stored");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_holding_every_slot_make_way_for_a_sender_and_busy_ones_do_not() {
+    use hl7bridge_mllp::encode;
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app_with(|c| {
+        c.mllp_max_connections = 6;
+        c.mllp_max_connections_per_peer = 64;
+    })
+    .await;
+    // One connection mid-frame (busy: never evicted while it finishes), five idle ones.
+    let mut busy = tokio::net::TcpStream::connect(app.mllp).await.unwrap();
+    let message = encode(&oru("BUSY1", "SLOT-1", "S-1"));
+    busy.write_all(&message[..40]).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(tokio::net::TcpStream::connect(app.mllp).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(hl7bridge_mllp::MIN_IDLE_TO_EVICT + Duration::from_millis(300)).await;
+
+    // Every slot is taken; a sender still gets in, within moments, not the idle timeout.
+    let started = Instant::now();
+    let mut sender = tokio::net::TcpStream::connect(app.mllp).await.unwrap();
+    sender
+        .write_all(&encode(&oru("NEW1", "SLOT-2", "S-2")))
+        .await
+        .unwrap();
+    let ack = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::read_frame(&mut sender),
+    )
+    .await
+    .expect("a newcomer at the cap is served");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // The idlest connection (the first idle one) was closed for it, cleanly.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(3), idle[0].read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    // The busy one finishes its frame and is answered.
+    busy.write_all(&message[40..]).await.unwrap();
+    let ack = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::support::read_frame(&mut busy),
+    )
+    .await
+    .expect("the busy connection was kept");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    app.stop().await;
+}

@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use crate::codec::{encode, FrameDecoder, FrameError};
 use crate::config::MllpConfig;
 use crate::server::{FrameMeta, MessageHandler};
+use crate::slots::Registration;
 
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// How long a lingering close waits for the peer to stop sending.
@@ -30,11 +31,15 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 enum Close {
     PeerClosed,
-    PeerClosedMidFrame { buffered_bytes: usize },
+    PeerClosedMidFrame {
+        buffered_bytes: usize,
+    },
     Idle,
     FrameStalled,
     Oversized,
     Shutdown,
+    /// Closed while idle to give its slot to a newcomer (see [`crate::slots`]).
+    Evicted,
     ReadFailed(io::Error),
     WriteFailed(io::Error),
     WriteTimedOut,
@@ -46,6 +51,7 @@ enum Input {
     Eof,
     DeadlinePassed,
     StopRequested,
+    Evicted,
     Failed(io::Error),
 }
 
@@ -60,6 +66,8 @@ pub(crate) struct Connection<H, S> {
     frame_timeout: Duration,
     write_timeout: Duration,
     frames_answered: u64,
+    /// Its place among the server's open connections, when the server keeps count.
+    registration: Option<Registration>,
 }
 
 impl<H, S> Connection<H, S>
@@ -85,7 +93,14 @@ where
             frame_timeout: config.frame_timeout(),
             write_timeout: config.write_timeout(),
             frames_answered: 0,
+            registration: None,
         }
+    }
+
+    /// Reports idleness to the server's slot registry, and closes when chosen to make way.
+    pub(crate) fn with_registration(mut self, registration: Registration) -> Self {
+        self.registration = Some(registration);
+        self
     }
 
     pub(crate) async fn serve(mut self) {
@@ -121,9 +136,22 @@ where
                 Some(started) => started + self.frame_timeout,
                 None => idle_since + self.idle_timeout,
             };
-            match self.read_input(deadline, stopping).await {
-                Input::Bytes(n) => self.decoder.push(&self.read_buf[..n]),
+            if let Some(r) = &self.registration {
+                match frame_started {
+                    None => r.activity.idle_since(r.registry_start(), idle_since),
+                    Some(_) => r.activity.busy(),
+                }
+            }
+            let evictable = frame_started.is_none();
+            match self.read_input(deadline, stopping, evictable).await {
+                Input::Bytes(n) => {
+                    if let Some(r) = &self.registration {
+                        r.activity.busy();
+                    }
+                    self.decoder.push(&self.read_buf[..n])
+                }
                 Input::StopRequested => {}
+                Input::Evicted => return Close::Evicted,
                 Input::Eof => return self.peer_closed(),
                 Input::DeadlinePassed if frame_started.is_some() => return Close::FrameStalled,
                 Input::DeadlinePassed => return Close::Idle,
@@ -184,9 +212,16 @@ where
         }
     }
 
-    /// Waits for input until `deadline`, or until a stop is requested (unless already `stopping`).
-    async fn read_input(&mut self, deadline: Instant, stopping: bool) -> Input {
+    /// Waits for input until `deadline`, or until a stop is requested (unless already
+    /// `stopping`), or (when `evictable`) until the server asks this connection to make way.
+    async fn read_input(&mut self, deadline: Instant, stopping: bool, evictable: bool) -> Input {
         let read = timeout_at(deadline, self.stream.read(&mut self.read_buf));
+        let evicted = async {
+            match &self.registration {
+                Some(r) => r.activity.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             read = read => match read {
@@ -196,6 +231,7 @@ where
                 Err(_) => Input::DeadlinePassed,
             },
             () = stop_requested(&mut self.stop), if !stopping => Input::StopRequested,
+            () = evicted, if evictable => Input::Evicted,
         }
     }
 
@@ -210,7 +246,7 @@ where
 
     async fn close(mut self, reason: Close) {
         log_close(&reason);
-        if matches!(reason, Close::Oversized | Close::Shutdown) {
+        if matches!(reason, Close::Oversized | Close::Shutdown | Close::Evicted) {
             self.linger().await;
         }
         debug!(
@@ -251,6 +287,7 @@ fn log_close(reason: &Close) {
         Close::FrameStalled => debug!("MLLP frame not finished within frame_timeout_ms; closing"),
         Close::Oversized => debug!("MLLP connection closing after an oversized frame"),
         Close::Shutdown => debug!("MLLP connection closing for shutdown"),
+        Close::Evicted => debug!("MLLP connection idle longest at the connection cap; closing"),
         Close::ReadFailed(e) => debug!(error = %e, "MLLP read failed; closing"),
         Close::WriteFailed(e) => warn!(error = %e, "MLLP response could not be written; closing"),
         Close::WriteTimedOut => {

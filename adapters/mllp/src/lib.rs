@@ -18,8 +18,10 @@ mod config;
 mod connection;
 mod handshake;
 mod server;
+mod slots;
 
 pub use codec::{encode, FrameDecoder, FrameError, Truncated};
 pub use config::{ConfigError, MllpConfig};
 pub use handshake::{Handshake, PeerIdentity, PlainTcp};
 pub use server::{DrainOutcome, FrameMeta, MessageHandler, MllpServer};
+pub use slots::MIN_IDLE_TO_EVICT;

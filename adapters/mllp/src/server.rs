@@ -23,11 +23,14 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::config::MllpConfig;
 use crate::connection::{stop_requested, Connection};
 use crate::handshake::{Handshake, PeerIdentity, PlainTcp};
+use crate::slots::Registry;
 
 /// Pending connections the kernel holds while the server is at its connection cap.
 const LISTEN_BACKLOG: u32 = 1024;
 /// Pause after a failed accept, which is usually file-descriptor exhaustion and needs time to clear.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// At the cap with every connection busy, how often to look for one that fell idle.
+const CAP_RECHECK: Duration = Duration::from_millis(200);
 
 /// Where a frame came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +139,9 @@ impl MllpServer {
             per_peer: PeerCounts::default(),
             last_refusal_warning: None,
             refused_since_warning: 0,
+            slots: Registry::new(),
+            last_eviction_warning: None,
+            evicted_since_warning: 0,
         };
         acceptor.accept_until(&listener, shutdown).await;
 
@@ -158,6 +164,10 @@ struct Acceptor<H, T> {
     per_peer: PeerCounts,
     last_refusal_warning: Option<std::time::Instant>,
     refused_since_warning: u64,
+    /// Open connections and how long each has been idle (see [`crate::slots`]).
+    slots: Arc<Registry>,
+    last_eviction_warning: Option<std::time::Instant>,
+    evicted_since_warning: u64,
 }
 
 /// Open connections per peer address, shared with the connection tasks.
@@ -206,13 +216,19 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
     async fn accept_until(&mut self, listener: &TcpListener, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         loop {
-            // Not accepting at the cap leaves newcomers in the backlog until a slot frees.
-            let has_slot = self.tasks.len() < self.config.max_connections;
+            // At the cap a newcomer is accepted when a connection idle long enough can make way
+            // for it; otherwise it waits in the backlog. Connections on their way out do not
+            // count, but all tasks together stay within twice the cap.
+            let max = self.config.max_connections;
+            let at_cap = self.slots.staying() >= max;
+            let can_accept =
+                self.tasks.len() < max.saturating_mul(2) && (!at_cap || self.slots.has_evictable());
             tokio::select! {
                 biased;
                 () = &mut shutdown => return,
                 Some(ended) = self.tasks.join_next() => log_task_end(ended),
-                accepted = listener.accept(), if has_slot => self.on_accept(accepted).await,
+                accepted = listener.accept(), if can_accept => self.on_accept(accepted).await,
+                () = tokio::time::sleep(CAP_RECHECK), if !can_accept => {}
             }
         }
     }
@@ -243,6 +259,19 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
             }
             return;
         };
+        if self.slots.staying() >= self.config.max_connections && self.slots.evict_longest_idle() {
+            self.evicted_since_warning += 1;
+            if self
+                .last_eviction_warning
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+            {
+                warn!(max = self.config.max_connections, evicted = self.evicted_since_warning,
+                    "MLLP connections at their maximum; closing the longest idle ones for newcomers");
+                self.last_eviction_warning = Some(std::time::Instant::now());
+                self.evicted_since_warning = 0;
+            }
+        }
+        let registration = self.slots.register(self.next_id);
         // Responses are single small writes; Nagle would only delay them.
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "could not set TCP_NODELAY");
@@ -258,7 +287,12 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
         self.tasks.spawn(
             async move {
                 let _slot = slot;
-                let secured = secure(&*handshake, stream, &config, &mut stop).await;
+                let activity = registration.activity.clone();
+                let secured = tokio::select! {
+                    secured = secure(&*handshake, stream, &config, &mut stop) => secured,
+                    // A handshake that is still going after a second counts as idle.
+                    () = activity.evicted() => return,
+                };
                 let (stream, identity) = match secured {
                     Ok(secured) => secured,
                     Err(failure) => {
@@ -271,7 +305,8 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
                     connection_id,
                     identity,
                 };
-                let connection = Connection::new(stream, meta, handler, &config, stop);
+                let connection = Connection::new(stream, meta, handler, &config, stop)
+                    .with_registration(registration);
                 connection.serve().await;
             }
             .instrument(span),

@@ -1,0 +1,188 @@
+//! Connection slots at the cap. When `max_connections` connections are open, a newcomer does
+//! not wait behind connections that only sit there: the connection idle longest (between
+//! frames, or still in its handshake) is closed to make way, as long as it has been idle at
+//! least [`MIN_IDLE_TO_EVICT`]. Connections mid-frame or being answered are never chosen, so
+//! nothing half-received is dropped and every answer is written first. Only when every
+//! connection is busy do newcomers wait in the listen backlog.
+//!
+//! Without this, idle connections from a handful of addresses could hold every slot for the
+//! idle timeout (ten minutes by default) and lock real senders out.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// A connection idle for less than this is not closed to make way.
+pub const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
+
+const BUSY: u64 = u64::MAX;
+
+/// What one connection is doing, as the acceptor sees it.
+pub(crate) struct Activity {
+    /// Milliseconds since the registry's start at which the connection went idle; `BUSY`
+    /// while a frame is being received or answered.
+    idle_since_ms: AtomicU64,
+    evicted: AtomicBool,
+    wake: Notify,
+}
+
+impl Activity {
+    /// Idle since `at` (between frames, nothing buffered).
+    pub(crate) fn idle_since(&self, registry_start: Instant, at: Instant) {
+        let ms = at.saturating_duration_since(registry_start).as_millis() as u64;
+        self.idle_since_ms
+            .store(ms.min(BUSY - 1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn busy(&self) {
+        self.idle_since_ms.store(BUSY, Ordering::Relaxed);
+    }
+
+    /// Completes once the acceptor chose this connection to make way.
+    pub(crate) async fn evicted(&self) {
+        loop {
+            let woken = self.wake.notified();
+            if self.evicted.load(Ordering::Acquire) {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
+/// Every open connection's [`Activity`].
+pub(crate) struct Registry {
+    start: Instant,
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Arc<Registry> {
+        Arc::new(Registry {
+            start: Instant::now(),
+            open: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers connection `id`, idle from now (a handshake not yet finished counts as idle).
+    pub(crate) fn register(self: &Arc<Self>, id: u64) -> Registration {
+        let activity = Arc::new(Activity {
+            idle_since_ms: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        activity.idle_since(self.start, Instant::now());
+        self.lock().insert(id, activity.clone());
+        Registration {
+            id,
+            registry: self.clone(),
+            activity,
+        }
+    }
+
+    /// The connection idle longest, if one has been idle at least `min_idle` and is not
+    /// already on its way out.
+    fn longest_idle(&self, min_idle: Duration) -> Option<Arc<Activity>> {
+        let now = Instant::now()
+            .saturating_duration_since(self.start)
+            .as_millis() as u64;
+        let cutoff = now.checked_sub(min_idle.as_millis() as u64)?;
+        self.lock()
+            .values()
+            .filter(|a| !a.evicted.load(Ordering::Relaxed))
+            .map(|a| (a.idle_since_ms.load(Ordering::Relaxed), a))
+            .filter(|(since, _)| *since != BUSY && *since <= cutoff)
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, a)| a.clone())
+    }
+
+    /// Whether a connection could make way now.
+    pub(crate) fn has_evictable(&self) -> bool {
+        self.longest_idle(MIN_IDLE_TO_EVICT).is_some()
+    }
+
+    /// Asks the connection idle longest to close; false when none qualifies.
+    pub(crate) fn evict_longest_idle(&self) -> bool {
+        self.evict_idle_at_least(MIN_IDLE_TO_EVICT)
+    }
+
+    fn evict_idle_at_least(&self, min_idle: Duration) -> bool {
+        match self.longest_idle(min_idle) {
+            Some(activity) => {
+                activity.evicted.store(true, Ordering::Release);
+                activity.wake.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections open and not on their way out.
+    pub(crate) fn staying(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|a| !a.evicted.load(Ordering::Relaxed))
+            .count()
+    }
+}
+
+/// A connection's place in the [`Registry`], given up when the connection's task ends.
+pub(crate) struct Registration {
+    id: u64,
+    registry: Arc<Registry>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl Registration {
+    pub(crate) fn registry_start(&self) -> Instant {
+        self.registry.start
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_longest_idle_connection_makes_way_and_busy_ones_never_do() {
+        let min = Duration::from_millis(200);
+        let registry = Registry::new();
+        let first = registry.register(1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = registry.register(2);
+        let third = registry.register(3);
+        third.activity.busy();
+        // Only the first has been idle long enough.
+        assert!(registry.longest_idle(min).is_some());
+        assert!(registry.evict_idle_at_least(min));
+        first.activity.evicted().await;
+        assert_eq!(registry.staying(), 2);
+        assert!(
+            !registry.evict_idle_at_least(min),
+            "the second is too fresh"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(registry.evict_idle_at_least(min));
+        second.activity.evicted().await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!registry.evict_idle_at_least(min), "the busy one stays");
+        drop(first);
+        drop(second);
+        assert_eq!(registry.staying(), 1);
+        assert_eq!(registry.lock().len(), 1);
+    }
+}
