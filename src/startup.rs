@@ -279,6 +279,7 @@ fn http_server(
     audit: AuditTrail,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let addr = listener.local_addr()?;
+    let connections = fhir::OpenConnections::new(config.http_max_connections);
     let state = web::Data::new(FhirState {
         reads: store.replica_reads(),
         store,
@@ -288,6 +289,7 @@ fn http_server(
         body_timeouts: fhir::BodyTimeouts {
             idle: Duration::from_millis(config.http_body_idle_timeout_ms),
             total: Duration::from_millis(config.http_body_timeout_ms),
+            connections: connections.clone(),
         },
         body_budget: fhir::BodyBudget::new(
             config.max_body_bytes.saturating_mul(2),
@@ -315,6 +317,10 @@ fn http_server(
             .configure(fhir::routes)
     })
     .workers(workers)
+    .on_connect(move |_, extensions| {
+        // Dropped with the connection, so the count falls as connections close.
+        extensions.insert(connections.opened());
+    })
     .max_connections(config.http_max_connections.div_ceil(workers))
     .tls_handshake_timeout(Duration::from_millis(config.tls_handshake_timeout_ms));
     let server = match tls {

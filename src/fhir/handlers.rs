@@ -742,7 +742,7 @@ pub(super) async fn read_resource_body(
         ));
     }
     let _budget = state.body_budget.reserve(declared_length(req)).await;
-    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
+    let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
     tokio::task::spawn_blocking(move || match format {
         BodyFormat::Xml => parse_xml(&bytes),
         _ => parse_json(&bytes),
@@ -763,7 +763,7 @@ pub(super) async fn read_patch_body(
         ));
     }
     let _budget = state.body_budget.reserve(declared_length(req)).await;
-    let bytes = read_body(body, state.max_body_bytes, state.body_timeouts).await?;
+    let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
     tokio::task::spawn_blocking(move || parse_json(&bytes))
         .await
         .map_err(|_| FhirError::Internal)?
@@ -914,19 +914,20 @@ fn body_format(req: &HttpRequest) -> Result<BodyFormat, FhirError> {
     }
 }
 
-/// Reads the body within `limit` bytes. A body that stalls for `timeouts.idle`, or is still
-/// arriving after `timeouts.total` (a trickle that defeats the idle timer), is answered 408.
+/// Reads the body within `limit` bytes. A body that stalls for the idle timeout, or is still
+/// arriving after the total one (a trickle that defeats the idle timer), is answered 408; both
+/// are looked up again for every chunk, so they tighten as soon as slots run short.
 async fn read_body(
     mut payload: web::Payload,
     limit: usize,
-    timeouts: BodyTimeouts,
+    timeouts: &BodyTimeouts,
 ) -> Result<Vec<u8>, FhirError> {
-    let deadline = tokio::time::Instant::now() + timeouts.total;
+    let started = tokio::time::Instant::now();
     let mut body = Vec::new();
     loop {
-        let wait = timeouts
-            .idle
-            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let (idle, total) = timeouts.now();
+        let deadline = started + total;
+        let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let Ok(next) = tokio::time::timeout(wait, payload.next()).await else {
             return Err(FhirError::RequestTimeout(
                 "the request body stalled or arrived too slowly".into(),

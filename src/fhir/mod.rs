@@ -103,11 +103,69 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(handlers::unsupported));
 }
 
-/// How long a request body may take: between chunks, and in all.
-#[derive(Debug, Clone, Copy)]
+/// How long a request body may take: between chunks, and in all. While connection slots run
+/// short the limits tighten to [`BodyTimeouts::PRESSED_IDLE`] and [`BodyTimeouts::PRESSED_TOTAL`],
+/// so that bodies trickling in cannot hold every slot and lock other clients out.
+#[derive(Debug, Clone)]
 pub struct BodyTimeouts {
     pub idle: std::time::Duration,
     pub total: std::time::Duration,
+    pub connections: std::sync::Arc<OpenConnections>,
+}
+
+impl BodyTimeouts {
+    pub const PRESSED_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+    pub const PRESSED_TOTAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// The (idle, total) limits that hold now.
+    pub fn now(&self) -> (std::time::Duration, std::time::Duration) {
+        if self.connections.short_of_slots() {
+            (
+                self.idle.min(Self::PRESSED_IDLE),
+                self.total.min(Self::PRESSED_TOTAL),
+            )
+        } else {
+            (self.idle, self.total)
+        }
+    }
+}
+
+/// Open HTTP connections, counted as they open and close.
+#[derive(Debug)]
+pub struct OpenConnections {
+    open: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl OpenConnections {
+    pub fn new(max: usize) -> std::sync::Arc<OpenConnections> {
+        std::sync::Arc::new(OpenConnections {
+            open: Default::default(),
+            max,
+        })
+    }
+
+    /// Counts a connection until the guard is dropped (with the connection).
+    pub fn opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Three quarters of the slots or more are taken.
+    pub fn short_of_slots(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Relaxed) * 4 >= self.max * 3
+    }
+}
+
+/// One open connection in [`OpenConnections`].
+pub struct OpenConnection(std::sync::Arc<OpenConnections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A Bundle takes about twenty-five times its size in memory while it is parsed and checked.

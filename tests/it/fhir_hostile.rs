@@ -412,3 +412,58 @@ async fn count_is_capped_by_the_configured_maximum_and_the_rest_is_paged() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_holding_every_connection_slot_are_cut_within_seconds() {
+    // Eight slots; bodies may stall 30 s and take 120 s when slots are plentiful.
+    let app = spawn_app_with(|c| c.http_max_connections = 8).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100000\r\n\r\n";
+    let mut trickles = Vec::new();
+    for _ in 0..10 {
+        let addr = addr.clone();
+        trickles.push(tokio::spawn(async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                return String::new();
+            };
+            let _ = stream.write_all(head.as_bytes()).await;
+            // A byte every second and a half: under the 30 s idle timeout, for ever.
+            let trickle = async {
+                loop {
+                    if stream.write_all(b" ").await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(25), trickle).await;
+            let mut answer = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The trickles hold the slots; with them cut at the tightened limits a client gets in.
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let health = client.get(format!("{}/health", app.base)).send().await;
+    let waited = started.elapsed();
+    assert!(health.is_ok_and(|r| r.status() == 200), "after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(12),
+        "/health waited {waited:?}"
+    );
+    let mut cut = 0;
+    for trickle in trickles {
+        if trickle.await.unwrap().starts_with("HTTP/1.1 408") {
+            cut += 1;
+        }
+    }
+    assert!(cut >= 6, "only {cut} slow bodies were answered 408");
+    app.stop().await;
+}
