@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hl7bridge_entities::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr};
 
 pub use audit::AuditFilter;
 pub use batcher::GroupLimits;
@@ -64,9 +64,35 @@ pub enum StoreError {
 impl From<DbErr> for StoreError {
     fn from(err: DbErr) -> Self {
         match err {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => StoreError::Unavailable(err),
+            err if unreachable(&err) => StoreError::Unavailable(err),
             other => StoreError::Database(other),
         }
+    }
+}
+
+/// Whether an error says the server could not be reached (rather than that one statement
+/// failed): connection and pool errors, broken connections, and the SQLSTATE classes
+/// 08 (connection exception) and 57P (shutdown, cannot connect now). A statement cut off by a
+/// server restart (57P01) is such an error: the caller is told to retry (AE, 503), not that
+/// the request failed for good (500).
+pub(crate) fn unreachable(err: &DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    let sqlx = match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::Protocol(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
+        Sqlx::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 
@@ -382,5 +408,59 @@ mod tests {
             instant_text(1_700_000_000_123_456),
             "2023-11-14T22:13:20.123456Z"
         );
+    }
+
+    /// A server error with a given SQLSTATE, as PostgreSQL would send it.
+    #[derive(Debug)]
+    struct ServerSaid(&'static str);
+
+    impl std::fmt::Display for ServerSaid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "SQLSTATE {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerSaid {}
+
+    impl sea_orm::sqlx::error::DatabaseError for ServerSaid {
+        fn message(&self) -> &str {
+            "server error"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+            sea_orm::sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server_said(code: &'static str) -> DbErr {
+        let err = sea_orm::sqlx::Error::Database(Box::new(ServerSaid(code)));
+        DbErr::Query(RuntimeErr::SqlxError(std::sync::Arc::new(err)))
+    }
+
+    #[test]
+    fn a_lost_or_restarting_server_is_unavailable_but_a_failed_statement_is_not() {
+        let unavailable = |err| matches!(StoreError::from(err), StoreError::Unavailable(_));
+        assert!(unavailable(DbErr::Conn(RuntimeErr::Internal(
+            "refused".into()
+        ))));
+        // 57P01: the statement was cut off by a restart ("terminating connection due to
+        // administrator command"); 57P03: the server is starting; 08006: connection failure.
+        assert!(unavailable(server_said("57P01")));
+        assert!(unavailable(server_said("57P03")));
+        assert!(unavailable(server_said("08006")));
+        assert!(!unavailable(server_said("23505")));
+        assert!(!unavailable(server_said("42P01")));
+        assert!(!unavailable(DbErr::Custom("bad row".into())));
     }
 }

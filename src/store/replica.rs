@@ -25,8 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
-    Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
 
 use crate::telemetry::metrics::metrics;
@@ -233,7 +232,7 @@ impl Replica {
     /// A read on the replica failed: marks it down when it could not be reached. Returns why
     /// the read goes to the primary instead.
     pub(super) fn read_failed(&self, err: &DbErr) -> Fallback {
-        if unreachable(err) {
+        if super::unreachable(err) {
             self.mark_down(&err.to_string());
             Fallback::Down
         } else {
@@ -397,30 +396,6 @@ async fn standby_status(db: &DatabaseConnection) -> Result<StandbyStatus, DbErr>
     })
 }
 
-/// Whether an error says the server could not be reached (rather than that one statement
-/// failed): connection and pool errors, broken connections, and the SQLSTATE classes
-/// 08 (connection exception) and 57P (shutdown, cannot connect now).
-fn unreachable(err: &DbErr) -> bool {
-    use sea_orm::sqlx::Error as Sqlx;
-    let sqlx = match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
-        DbErr::Query(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
-    };
-    match sqlx.as_ref() {
-        Sqlx::Io(_)
-        | Sqlx::Tls(_)
-        | Sqlx::Protocol(_)
-        | Sqlx::PoolTimedOut
-        | Sqlx::PoolClosed
-        | Sqlx::WorkerCrashed => true,
-        Sqlx::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
-        _ => false,
-    }
-}
-
 /// The primary's WAL positions with the times they were seen, oldest first, each higher than
 /// the one before: an unchanged position moves its sample's time forward instead.
 #[derive(Default)]
@@ -519,14 +494,6 @@ mod tests {
         }
         let kept: Vec<u64> = samples.0.iter().map(|(_, lsn)| *lsn).collect();
         assert_eq!(kept, [60, 70, 80, 90]);
-    }
-
-    #[test]
-    fn a_shut_down_server_is_unreachable_but_a_failed_statement_is_not() {
-        assert!(unreachable(&DbErr::Conn(RuntimeErr::Internal(
-            "refused".into()
-        ))));
-        assert!(!unreachable(&DbErr::Custom("bad row".into())));
     }
 
     #[test]
