@@ -32,6 +32,17 @@ pub struct Config {
     /// `HL7BRIDGE_REPLICA_MAX_LAG_MS`: a replica further behind the primary than this is not
     /// read. Default 1000.
     pub replica_max_lag_ms: u64,
+    /// `HL7BRIDGE_REDIS_URL`: a Redis server (`redis://host:port[/db]`) shared by every node as
+    /// the read cache's second level (see `store::shared_cache`). Needs the read cache on.
+    /// Default: none.
+    pub redis_url: Option<String>,
+    /// `HL7BRIDGE_REDIS_PREFIX`: the namespace of this database's keys in Redis. Default:
+    /// `hl7bridge:` and a digest of `HL7BRIDGE_DATABASE_URL`, so that nodes sharing a database
+    /// share entries and deployments sharing a Redis do not.
+    pub redis_prefix: Option<String>,
+    /// `HL7BRIDGE_REDIS_TTL_S`: how long an entry lives in Redis at most; bounds how long a
+    /// write made without hl7bridge (plain SQL) can go unseen. Default 300.
+    pub redis_ttl_s: u64,
     /// `HL7BRIDGE_PUBLIC_BASE_URL`: the FHIR base URL clients see, used in `fullUrl` and links.
     /// Default: taken from each request's scheme and Host header.
     pub public_base_url: Option<String>,
@@ -196,6 +207,9 @@ impl Default for Config {
             mllp_addr: SocketAddr::from(([127, 0, 0, 1], 2575)),
             database_url: "sqlite://hl7bridge.db".into(),
             database_replica_url: None,
+            redis_url: None,
+            redis_prefix: None,
+            redis_ttl_s: 300,
             database_pool: crate::store::PoolSettings::default(),
             replica_max_lag_ms: 1000,
             public_base_url: None,
@@ -296,6 +310,13 @@ impl Config {
             *slot = std::time::Duration::from_millis(ms);
         }
         setting!(tls_handshake_timeout_ms, "TLS_HANDSHAKE_TIMEOUT_MS");
+        setting!(redis_ttl_s, "REDIS_TTL_S");
+        if let Some((_, url)) = take("REDIS_URL") {
+            config.redis_url = Some(url.trim().to_string());
+        }
+        if let Some((_, prefix)) = take("REDIS_PREFIX") {
+            config.redis_prefix = Some(prefix);
+        }
         config.http_tls = tls_files(&mut take, "HL7BRIDGE_HTTP_TLS", &mut problems);
         config.mllp_tls = mllp_tls_settings(&mut take, &mut problems);
         let max_lag = take("REPLICA_MAX_LAG_MS");
@@ -343,6 +364,27 @@ impl Config {
             problems.push(format!(
                 "{PREFIX}DATABASE_URL: expected sqlite://… or postgres://…"
             ));
+        }
+        if let Some(redis) = &self.redis_url {
+            if !redis.starts_with("redis://") {
+                problems.push(format!(
+                    "{PREFIX}REDIS_URL: expected redis://host:port, got {}",
+                    if redis.contains('@') {
+                        "a URL with credentials"
+                    } else {
+                        redis
+                    }
+                ));
+            }
+            if self.read_cache_max_bytes == 0 {
+                problems.push(format!(
+                    "{PREFIX}REDIS_URL: the shared cache is the read cache's second level, and \
+                     {PREFIX}READ_CACHE_MAX_BYTES=0 turns the read cache off"
+                ));
+            }
+        }
+        if self.redis_ttl_s == 0 {
+            problems.push(format!("{PREFIX}REDIS_TTL_S: must be at least 1"));
         }
         if let Some(replica) = &self.database_replica_url {
             if !is_postgres(db) {

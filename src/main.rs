@@ -11,7 +11,8 @@ use hl7bridge::telemetry::Telemetry;
 
 const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n       \
 hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n       \
-hl7bridge import [--ndjson] [--jobs N] FILE|DIR...\n\n\
+hl7bridge import [--ndjson] [--jobs N] [--defer-index] FILE|DIR...\n       \
+hl7bridge reindex [--all]\n\n\
 serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
 variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and MLLP on\n\
 127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite). HL7BRIDGE_KAFKA_BROKERS switches\n\
@@ -26,7 +27,10 @@ or batch Bundles (*.json) as POST / would, NDJSON (*.ndjson, one resource per li
 A directory means its *.json and *.ndjson files, in name order; Bundles with conditional\n\
 references go after the rest. --ndjson reads every file as NDJSON; --jobs N imports N files or\n\
 NDJSON chunks at once (default 2). Importing the same files again writes nothing new. Failures\n\
-are reported and skipped; exits 1 if there were any.";
+are reported and skipped; exits 1 if there were any. --defer-index leaves codes, dates and\n\
+names out of the search index while loading, then indexes them in bulk before it ends.\n\
+reindex: indexes what a deferred import left unindexed (serve also does this when it starts);\n\
+--all indexes every stored resource again.";
 
 fn main() -> ExitCode {
     // `hl7bridge serve --help` must print help, not start a server.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Some("messages") => exit_code(messages()),
         Some("replay") => exit_code(replay()),
         Some("import") => exit_code(import()),
+        Some("reindex") => exit_code(reindex()),
         Some("--version" | "version") => {
             println!("hl7bridge {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -133,6 +138,24 @@ fn import() -> anyhow::Result<bool> {
     drop(runtime);
     telemetry.shutdown();
     result
+}
+
+fn reindex() -> anyhow::Result<bool> {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let all = match args.as_slice() {
+        [] => false,
+        [flag] if flag == "--all" => true,
+        _ => anyhow::bail!("{USAGE}"),
+    };
+    let config = Config::from_env()?;
+    let telemetry = Telemetry::init_with_log_filter("warn")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(hl7bridge::import::reindex(&config, all));
+    drop(runtime);
+    telemetry.shutdown();
+    result.map(|_| true)
 }
 
 fn serve() -> anyhow::Result<()> {

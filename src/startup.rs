@@ -73,6 +73,7 @@ impl Application {
             )),
             None => None,
         };
+        tokio::spawn(index_deferred(store.clone()));
         let (audit, audit_writer) = AuditTrail::start(store.clone());
         let audit_handle = audit.clone();
         let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
@@ -182,10 +183,41 @@ impl Application {
 
 /// The database `config` names, migrated, with the change feed on when Kafka is configured and
 /// group commit as configured. Needs a Tokio runtime.
+/// Indexes the search values an import deferred and did not get to index (it was stopped):
+/// until then searches on them miss those resources.
+async fn index_deferred(store: Store) {
+    match store.index_backlog_len().await {
+        Ok(0) => return,
+        Ok(waiting) => tracing::warn!(
+            waiting,
+            "resources wait for their search values to be indexed; indexing them now"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the index backlog; run `hl7bridge reindex`");
+            return;
+        }
+    }
+    match store.drain_index_backlog(|_| {}).await {
+        Ok(done) => tracing::info!(done, "deferred search values indexed"),
+        Err(err) => {
+            tracing::warn!(error = %err, "indexing the backlog failed; run `hl7bridge reindex`")
+        }
+    }
+}
+
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    open_store_with(config, false).await
+}
+
+/// As [`open_store`]; `defer_search_index` makes its writes leave search values to the
+/// reindex (`hl7bridge import --defer-index`).
+pub async fn open_store_with(config: &Config, defer_search_index: bool) -> anyhow::Result<Store> {
     let mut store = Store::connect_with(&config.database_url, &config.database_pool)
         .await
         .context("opening the database")?;
+    if defer_search_index {
+        store = store.deferring_search_index();
+    }
     if let Some(url) = &config.database_replica_url {
         let settings = ReplicaSettings {
             url: url.clone(),
@@ -209,6 +241,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
             .with_read_cache(limits)
             .await
             .context("starting the read cache")?;
+        if let Some(url) = &config.redis_url {
+            store = store
+                .with_shared_cache(
+                    url,
+                    config.redis_prefix.as_deref(),
+                    Duration::from_secs(config.redis_ttl_s),
+                )
+                .context("HL7BRIDGE_REDIS_URL")?;
+        }
     }
     if config.group_commit_max_writes > 1 {
         store = store.with_group_commit(GroupLimits {

@@ -10,12 +10,14 @@
 //! - `hl7_message`: every inbound HL7v2 message, accepted or not, kept raw with its ACK.
 //! - `change_outbox`: committed changes for the Kafka change feed, written with the change.
 //! - `audit_event`: the audit trail of FHIR interactions and accepted HL7v2 messages.
+//! - `index_backlog`: resources whose search values an import deferred to the reindex.
 
 pub mod audit_event;
 pub mod change_outbox;
 pub mod compartment;
 pub mod date_index;
 pub mod hl7_message;
+pub mod index_backlog;
 pub mod migration;
 pub mod resource;
 pub mod resource_ref;

@@ -123,6 +123,7 @@ mod tests {
             paths: vec![dir.clone()],
             ndjson: false,
             jobs: 1,
+            defer_index: false,
         };
 
         let (first, second) = phases(collect(&options).unwrap(), 1 << 20);
@@ -145,6 +146,7 @@ mod tests {
             paths: vec!["/nonexistent/a.json".into(), "/nonexistent/b".into()],
             ndjson: false,
             jobs: 1,
+            defer_index: false,
         };
         let err = collect(&options).unwrap_err().to_string();
         assert!(

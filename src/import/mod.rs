@@ -29,7 +29,7 @@ pub use progress::Summary;
 
 use crate::config::Config;
 use crate::fhir::transaction::BundleLimits;
-use crate::startup::open_store;
+use crate::startup::{open_store, open_store_with};
 use crate::store::Store;
 use inputs::{Format, Input};
 use progress::Progress;
@@ -42,6 +42,8 @@ pub struct ImportOptions {
     pub ndjson: bool,
     /// Files or NDJSON chunks imported at once.
     pub jobs: usize,
+    /// Leave search values to a bulk reindex (see [`crate::store::Store::reindex_backlog`]).
+    pub defer_index: bool,
 }
 
 impl ImportOptions {
@@ -53,6 +55,7 @@ impl ImportOptions {
             paths: Vec::new(),
             ndjson: false,
             jobs: Self::DEFAULT_JOBS,
+            defer_index: false,
         };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -62,6 +65,7 @@ impl ImportOptions {
             };
             match flag {
                 "--ndjson" if inline.is_none() => options.ndjson = true,
+                "--defer-index" if inline.is_none() => options.defer_index = true,
                 "--jobs" => {
                     let value = inline.or_else(|| args.next());
                     options.jobs = value
@@ -152,7 +156,7 @@ pub async fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<boo
         .context("listing the input files")??
     };
     let (files, bytes, (first, second)) = collected;
-    let store = open_store(config).await?;
+    let store = open_store_with(config, options.defer_index).await?;
     let progress = Arc::new(Progress::new(files, bytes, std::io::stderr().is_terminal()));
     let importer = Arc::new(Importer {
         store: store.clone(),
@@ -166,13 +170,58 @@ pub async fn run(config: &Config, options: &ImportOptions) -> anyhow::Result<boo
     });
     let reporting = progress.start_reporting();
     importer.run_phase(first).await;
+    if options.defer_index && !second.is_empty() {
+        // Conditional references match identifiers, which are indexed at once; the rest of
+        // the phase's reads (a conditional update's search) must see everything.
+        drain(&store).await?;
+    }
     importer.run_phase(second).await;
     reporting.abort();
     let summary = progress.finish();
+    if options.defer_index {
+        drain(&store).await?;
+    }
     // The group-commit tasks stop once the last handle to the store is gone.
     drop(importer);
     store.close().await;
     Ok(summary.failures == 0)
+}
+
+/// Indexes the backlog, with a line on stderr per 10,000 resources and one at the end.
+async fn drain(store: &Store) -> anyhow::Result<u64> {
+    let started = std::time::Instant::now();
+    let mut next_line = 10_000;
+    let total = store
+        .drain_index_backlog(|done| {
+            if done >= next_line {
+                eprintln!("reindexing: {done} resources so far");
+                next_line = (done / 10_000 + 1) * 10_000;
+            }
+        })
+        .await
+        .context("indexing the deferred search values")?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "reindexed {total} resources in {secs:.1} s ({:.0} resources/s)",
+        total as f64 / secs.max(0.001)
+    );
+    Ok(total)
+}
+
+/// `hl7bridge reindex [--all]`: indexes the backlog a deferred import left (or, with `all`,
+/// every stored resource again).
+pub async fn reindex(config: &Config, all: bool) -> anyhow::Result<u64> {
+    let store = open_store(config).await?;
+    if all {
+        let queued = store
+            .queue_all_for_reindex()
+            .await
+            .context("queueing every resource")?;
+        eprintln!("{queued} resources to reindex");
+    }
+    let total = drain(&store).await?;
+    store.close().await;
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -194,6 +243,8 @@ mod tests {
         assert_eq!(options.jobs, 4);
         assert_eq!(parse(&["--jobs=3", "x"]).unwrap().jobs, 3);
         assert_eq!(parse(&["x"]).unwrap().jobs, ImportOptions::DEFAULT_JOBS);
+        assert!(parse(&["--defer-index", "x"]).unwrap().defer_index);
+        assert!(!parse(&["x"]).unwrap().defer_index);
     }
 
     #[test]

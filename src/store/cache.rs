@@ -496,6 +496,7 @@ mod wiring {
     use super::{Changed, Page, ReadCache};
     use crate::store::compartment::SUPPORTING_TYPES;
     use crate::store::read::{EverythingPage, StoredResource};
+    use crate::store::shared_cache::Lookup;
     use crate::store::write::{Outcome, Written};
     use crate::store::{Store, StoreError};
 
@@ -512,14 +513,31 @@ mod wiring {
             let Some(cache) = self.usable_cache().await else {
                 return self.read(resource_type, id).await;
             };
-            match cache.resource(resource_type, id) {
-                Ok(found) => Ok(found),
-                Err(ticket) => {
+            let ticket = match cache.resource(resource_type, id) {
+                Ok(found) => return Ok(found),
+                Err(ticket) => ticket,
+            };
+            let shared = match &self.shared {
+                Some(shared) => shared.resource(resource_type, id).await,
+                None => Lookup::Off,
+            };
+            let found = match shared {
+                // Served, not kept: another node's write is in Redis only once that node has
+                // bumped the generations after its commit, and this node may have had the
+                // commit's notification (and dropped its copy) a moment before that. Kept
+                // here, a value read in that moment would outlive the write.
+                Lookup::Hit(found) => return Ok(Some(found)),
+                Lookup::Miss(shared_ticket) => {
                     let found = self.primary().read(resource_type, id).await?;
-                    cache.keep_resource(ticket, resource_type, id, &found);
-                    Ok(found)
+                    if let (Some(shared), Some(found)) = (&self.shared, &found) {
+                        shared.keep_resource(shared_ticket, found);
+                    }
+                    found
                 }
-            }
+                Lookup::Off => self.primary().read(resource_type, id).await?,
+            };
+            cache.keep_resource(ticket, resource_type, id, &found);
+            Ok(found)
         }
 
         /// One `$everything` page (as [`Store::everything`]), from the cache when it holds it.
@@ -531,14 +549,28 @@ mod wiring {
             let Some(cache) = self.usable_cache().await else {
                 return self.everything(patient_id, page).await;
             };
-            match cache.page(patient_id, page) {
-                Ok(found) => Ok(found),
-                Err(ticket) => {
+            let ticket = match cache.page(patient_id, page) {
+                Ok(found) => return Ok(found),
+                Err(ticket) => ticket,
+            };
+            let shared = match &self.shared {
+                Some(shared) => shared.page(patient_id, &super::page_key(page)).await,
+                None => Lookup::Off,
+            };
+            let found = match shared {
+                // Served, not kept in this process (see `read_cached`).
+                Lookup::Hit(found) => return Ok(found),
+                Lookup::Miss(shared_ticket) => {
                     let found = self.primary().everything(patient_id, page).await?;
-                    cache.keep_page(ticket, patient_id, page, &found);
-                    Ok(found)
+                    if let Some(shared) = &self.shared {
+                        shared.keep_page(shared_ticket, &found);
+                    }
+                    found
                 }
-            }
+                Lookup::Off => self.primary().everything(patient_id, page).await?,
+            };
+            cache.keep_page(ticket, patient_id, page, &found);
+            Ok(found)
         }
 
         /// This store with its reads on the primary. A miss is read there: another node's

@@ -66,7 +66,17 @@ pub fn identifiers(content: &Value) -> BTreeSet<(String, String)> {
     out
 }
 
+/// Every index row of a resource: [`extract_links`] and [`add_search_values`].
 pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
+    let mut rows = extract_links(resource_type, id, content);
+    add_search_values(resource_type, content, &mut rows);
+    rows
+}
+
+/// The rows written with the resource even when search indexing is deferred: its references,
+/// its patient compartments and its identifiers, which `$everything`, includes, access checks
+/// and conditional references need at once.
+pub fn extract_links(resource_type: &str, id: &str, content: &Value) -> IndexRows {
     let mut rows = IndexRows::default();
     collect_refs(content, &mut String::new(), &mut rows.refs);
     for (path, target_type, target_id) in &rows.refs {
@@ -78,6 +88,12 @@ pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
         rows.patients.insert(id.to_string());
     }
     collect_identifiers(content.get("identifier"), &mut rows.identifiers);
+    rows
+}
+
+/// Adds the token (other than `identifier`), date and string values of the type's search
+/// parameters: the rows a deferred import leaves to the reindex.
+pub fn add_search_values(resource_type: &str, content: &Value, rows: &mut IndexRows) {
     for param in params_of(resource_type) {
         let values = param.paths.iter().flat_map(|path| values_at(content, path));
         let name = param.name.to_string();
@@ -94,7 +110,6 @@ pub fn extract(resource_type: &str, id: &str, content: &Value) -> IndexRows {
             Kind::Reference { .. } => {}
         }
     }
-    rows
 }
 
 fn collect_refs(value: &Value, path: &mut String, out: &mut BTreeSet<(String, String, String)>) {

@@ -17,9 +17,11 @@ pub mod compartment;
 pub mod index;
 mod outbox;
 mod read;
+mod reindex;
 mod replica;
 pub(crate) mod search;
 pub mod search_params;
+mod shared_cache;
 mod write;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ pub use batcher::GroupLimits;
 pub use cache::CacheLimits;
 pub use outbox::{ChangeRow, RelayTurn, WriteTrace};
 pub use read::{EverythingPage, HistoryCursor, IdentifierLookup, StoredResource, SupportingMode};
+pub use reindex::REINDEX_CHUNK;
 pub use replica::ReplicaSettings;
 pub use search::{Criterion, DateCriterion, Order, Prefix, Search, StrMatch};
 pub use write::{
@@ -122,6 +125,10 @@ pub struct Store {
     cache: Option<std::sync::Arc<cache::ReadCache>>,
     /// SQLite with the cache on: a connection of its own for `PRAGMA data_version`.
     data_version_probe: Option<DatabaseConnection>,
+    /// Writes leave search values to the reindex (see [`reindex`]).
+    defer_search_index: bool,
+    /// The read cache's second level in Redis, when configured (see [`shared_cache`]).
+    shared: Option<Arc<shared_cache::SharedCache>>,
 }
 
 impl Store {
@@ -153,6 +160,8 @@ impl Store {
             batcher: None,
             cache: None,
             data_version_probe: None,
+            defer_search_index: false,
+            shared: None,
         })
     }
 
@@ -208,6 +217,28 @@ impl Store {
             }
         }
         Ok(self)
+    }
+
+    /// Adds Redis at `url` as the read cache's second level, shared with every node that uses
+    /// the same Redis and `prefix` (see [`shared_cache`]); needs the read cache. Connects
+    /// lazily: only a malformed URL is an error. Set it before group commit.
+    pub fn with_shared_cache(
+        mut self,
+        url: &str,
+        prefix: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Store, redis::RedisError> {
+        let prefix = prefix.map_or_else(|| shared_cache::default_prefix(&self.url), str::to_string);
+        self.shared = Some(Arc::new(shared_cache::SharedCache::new(url, prefix, ttl)?));
+        Ok(self)
+    }
+
+    /// From now on, writes index only what cannot wait (references, compartments,
+    /// identifiers) and leave their search values to [`Store::reindex_backlog`], for big
+    /// imports. Set it before group commit.
+    pub fn deferring_search_index(mut self) -> Store {
+        self.defer_search_index = true;
+        self
     }
 
     /// From now on, writes are committed in groups (see [`batcher`]); each still returns only

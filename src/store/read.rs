@@ -16,7 +16,7 @@ use super::replica::Route;
 use super::{record_server, Store, StoreError};
 
 /// One stored resource: its current version and canonical JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResource {
     pub resource_type: String,
     pub id: String,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use hl7bridge_entities::token_index;
 use hl7bridge_entities::{
-    change_outbox, compartment, date_index, hl7_message, resource, resource_ref, resource_version,
-    string_index,
+    change_outbox, compartment, date_index, hl7_message, index_backlog, resource, resource_ref,
+    resource_version, string_index,
 };
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::telemetry::metrics::metrics;
 
 use super::cache;
-use super::index::{extract, index_key, index_prefix, IndexRows};
+use super::index::{extract, extract_links, index_key, index_prefix, IndexRows};
 use super::outbox::{self, WriteTrace};
 use super::{instant_text, now_us, Store, StoreError};
 use crate::telemetry::span_traceparent;
@@ -120,6 +120,8 @@ struct Plan {
     tokens: Vec<token_index::Model>,
     dates: Vec<date_index::Model>,
     strings: Vec<string_index::Model>,
+    /// Resources whose search values are left to the reindex.
+    backlog: Vec<index_backlog::Model>,
     written: Vec<Written>,
     /// The first patient compartment of each created or updated resource (change-feed key).
     patients: HashMap<Key, String>,
@@ -240,7 +242,7 @@ impl Store {
             check_preconditions(&part.batch.preconditions, &current)?;
         }
         let now = now_us();
-        let plan = plan(&ops, &current, now);
+        let plan = plan(&ops, &current, now, self.defer_search_index);
         // Before `apply`: the keys of deleted resources come from index rows it removes.
         let changes = if self.change_feed {
             let traces: Vec<&WriteTrace> = parts
@@ -285,6 +287,9 @@ impl Store {
         }
         if let (Some(cache), Some(invalidated)) = (&self.cache, &invalidated) {
             cache.invalidate(invalidated);
+            if let Some(shared) = &self.shared {
+                shared.invalidate(invalidated).await;
+            }
         }
         if self.backend() == DbBackend::Postgres {
             self.written_rows(plan.index_rows());
@@ -387,20 +392,26 @@ fn check_preconditions(
     Ok(())
 }
 
-fn plan(ops: &[&WriteOp], current: &HashMap<Key, Current>, now: i64) -> Plan {
+fn plan(ops: &[&WriteOp], current: &HashMap<Key, Current>, now: i64, defer: bool) -> Plan {
     let mut plan = Plan::default();
     for &op in ops {
         let (t, id) = op.key();
         let existing = current.get(&(t.to_string(), id.to_string()));
         match op {
-            WriteOp::Upsert(w) => plan_upsert(&mut plan, w, existing, now),
+            WriteOp::Upsert(w) => plan_upsert(&mut plan, w, existing, now, defer),
             WriteOp::Delete { .. } => plan_delete(&mut plan, t, id, existing, now),
         }
     }
     plan
 }
 
-fn plan_upsert(plan: &mut Plan, w: &ResourceWrite, existing: Option<&Current>, now: i64) {
+fn plan_upsert(
+    plan: &mut Plan,
+    w: &ResourceWrite,
+    existing: Option<&Current>,
+    now: i64,
+    defer: bool,
+) {
     let body = without_version_meta(w.content.clone());
     let hash = sha256_hex(body.to_string().as_bytes());
     let live = existing.filter(|c| !c.deleted);
@@ -424,7 +435,15 @@ fn plan_upsert(plan: &mut Plan, w: &ResourceWrite, existing: Option<&Current>, n
     if existing.is_some() {
         plan.reindexed.push((w.resource_type.clone(), w.id.clone()));
     }
-    let index = extract(&w.resource_type, &w.id, &w.content);
+    let index = if defer {
+        plan.backlog.push(index_backlog::Model {
+            resource_type: w.resource_type.clone(),
+            resource_id: w.id.clone(),
+        });
+        extract_links(&w.resource_type, &w.id, &w.content)
+    } else {
+        extract(&w.resource_type, &w.id, &w.content)
+    };
     plan.all_patients.extend(index.patients.iter().cloned());
     if let Some(patient) = index.patients.first() {
         let key = (w.resource_type.clone(), w.id.clone());
@@ -602,6 +621,11 @@ async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError>
     })
     .await?;
     remove_index_rows(txn, &plan.reindexed).await?;
+    apply_index(txn, plan).await
+}
+
+/// Inserts the plan's index rows (and backlog entries); rows already present are kept.
+async fn apply_index(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError> {
     insert_chunked(txn, plan.compartments.clone(), 3, |rows| {
         compartment::Entity::insert_many(rows)
             .on_conflict(do_nothing_on_pk::<compartment::Entity>())
@@ -624,6 +648,11 @@ async fn apply(txn: &DatabaseTransaction, plan: &Plan) -> Result<(), StoreError>
     insert_chunked(txn, plan.strings.clone(), 5, |rows| {
         string_index::Entity::insert_many(rows)
             .on_conflict(do_nothing_on_pk::<string_index::Entity>())
+    })
+    .await?;
+    insert_chunked(txn, plan.backlog.clone(), 2, |rows| {
+        index_backlog::Entity::insert_many(rows)
+            .on_conflict(do_nothing_on_pk::<index_backlog::Entity>())
     })
     .await
 }
@@ -676,6 +705,89 @@ where
         statement(chunk).exec_without_returning(txn).await?;
     }
     Ok(())
+}
+
+/// Replaces every index row of the resources `keys` name with rows computed from their current
+/// content (none for a deleted or absent one), for the reindex. On PostgreSQL a resource a
+/// writer holds locked is skipped, not waited for: the reindex must never deadlock with the
+/// writes it runs beside. Returns the keys it replaced.
+pub(super) async fn rebuild_index(
+    txn: &DatabaseTransaction,
+    keys: &[Key],
+) -> Result<Vec<Key>, StoreError> {
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (t, id) in keys {
+        by_type.entry(t).or_default().push(id);
+    }
+    let postgres = txn.get_database_backend() == DbBackend::Postgres;
+    let mut plan = Plan::default();
+    let mut done: Vec<Key> = Vec::new();
+    for (t, ids) in by_type {
+        for chunk in ids.chunks(MAX_ROWS) {
+            let mut query = resource::Entity::find()
+                .select_only()
+                .columns([
+                    resource::Column::Id,
+                    resource::Column::Deleted,
+                    resource::Column::Content,
+                ])
+                .filter(resource::Column::ResourceType.eq(t))
+                .filter(resource::Column::Id.is_in(chunk.iter().copied()));
+            if postgres {
+                query = query.lock_with_behavior(
+                    sea_orm::sea_query::LockType::Update,
+                    sea_orm::sea_query::LockBehavior::SkipLocked,
+                );
+            }
+            let rows: Vec<(String, bool, String)> = query.into_tuple().all(txn).await?;
+            let mut present = HashSet::new();
+            for (id, deleted, content) in rows {
+                present.insert(id.clone());
+                if !deleted {
+                    // Stored content was written by this server; unreadable text is indexed
+                    // as nothing rather than stopping the reindex of everything else.
+                    let value: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
+                    add_index_rows(&mut plan, t, &id, extract(t, &id, &value));
+                }
+                done.push((t.to_string(), id));
+            }
+            // Absent ones are done too; ones locked by a writer (PostgreSQL) wait their turn.
+            if !postgres {
+                done.extend(
+                    chunk
+                        .iter()
+                        .filter(|id| !present.contains(**id))
+                        .map(|id| (t.to_string(), id.to_string())),
+                );
+            } else {
+                let absent: Vec<&str> = chunk
+                    .iter()
+                    .copied()
+                    .filter(|id| !present.contains(*id))
+                    .collect();
+                if !absent.is_empty() {
+                    let exists: Vec<String> = resource::Entity::find()
+                        .select_only()
+                        .column(resource::Column::Id)
+                        .filter(resource::Column::ResourceType.eq(t))
+                        .filter(resource::Column::Id.is_in(absent.iter().copied()))
+                        .into_tuple()
+                        .all(txn)
+                        .await?;
+                    let exists: HashSet<String> = exists.into_iter().collect();
+                    done.extend(
+                        absent
+                            .into_iter()
+                            .filter(|id| !exists.contains(*id))
+                            .map(|id| (t.to_string(), id.to_string())),
+                    );
+                }
+            }
+        }
+    }
+    remove_index_rows(txn, &done).await?;
+    apply_index(txn, &plan).await?;
+    Ok(done)
 }
 
 async fn remove_index_rows(txn: &DatabaseTransaction, keys: &[Key]) -> Result<(), StoreError> {
@@ -824,7 +936,7 @@ mod tests {
                 content_hash: hash,
             },
         )]);
-        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10);
+        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10, false);
         assert_eq!(plan.written[0].outcome, Outcome::Unchanged);
         assert_eq!(plan.written[0].version_id, 3);
         assert!(plan.resources.is_empty());
@@ -842,7 +954,7 @@ mod tests {
             },
         )]);
         let content = json!({"resourceType": "Patient", "id": "p", "gender": "female"});
-        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10);
+        let plan = plan(&[&upsert("Patient", "p", content)], &current, 10, false);
         assert_eq!(plan.written[0].outcome, Outcome::Updated);
         assert_eq!(plan.written[0].version_id, 4);
         assert_eq!(plan.reindexed.len(), 1);
@@ -855,7 +967,7 @@ mod tests {
             resource_type: "Patient".into(),
             id: "p".into(),
         };
-        let plan = plan(&[&op], &HashMap::new(), 10);
+        let plan = plan(&[&op], &HashMap::new(), 10, false);
         assert_eq!(plan.written[0].outcome, Outcome::NothingToDelete);
         assert!(plan.resources.is_empty());
     }

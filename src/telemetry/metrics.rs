@@ -82,6 +82,8 @@ pub struct Metrics {
     lane_wait: Family<Histogram>,
     mllp_paced: Family<Histogram>,
     cache_lookups: Family<u64>,
+    shared_cache_lookups: Family<u64>,
+    shared_cache_errors: Family<u64>,
     replica_reads: Family<u64>,
     replica_fallbacks: Family<u64>,
     replica_up: Family<f64>,
@@ -140,6 +142,14 @@ pub fn metrics() -> &'static Metrics {
         cache_lookups: Family::new(
             "hl7bridge_read_cache_lookups_total",
             "Read-cache lookups, by kind (resource or everything) and result (hit or miss).",
+        ),
+        shared_cache_lookups: Family::new(
+            "hl7bridge_shared_cache_lookups_total",
+            "Lookups in the shared second-level cache (Redis) after a read-cache miss, by kind and result (hit or miss).",
+        ),
+        shared_cache_errors: Family::new(
+            "hl7bridge_shared_cache_errors_total",
+            "Shared-cache (Redis) operations that failed or timed out; each was served by the database.",
         ),
         replica_reads: Family::new(
             "hl7bridge_replica_reads_total",
@@ -254,6 +264,18 @@ impl Metrics {
         self.cache_lookups.with(labels, |n| *n += 1);
     }
 
+    /// SharedCacheLookedUp.
+    pub fn shared_cache_lookup(&self, kind: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        let labels = vec![("kind", kind.to_string()), ("result", result.to_string())];
+        self.shared_cache_lookups.with(labels, |n| *n += 1);
+    }
+
+    /// SharedCacheFailed.
+    pub fn shared_cache_error(&self) {
+        self.shared_cache_errors.with(Vec::new(), |n| *n += 1);
+    }
+
     /// ReplicaRead: a read statement that could use the replica, and the server that served it
     /// (`replica` or `primary`).
     pub fn replica_read(&self, served_by: &'static str) {
@@ -330,6 +352,8 @@ impl Metrics {
         render_histogram(&mut out, &self.lane_wait);
         render_histogram(&mut out, &self.mllp_paced);
         render_counter(&mut out, &self.cache_lookups);
+        render_counter(&mut out, &self.shared_cache_lookups);
+        render_counter(&mut out, &self.shared_cache_errors);
         render_counter(&mut out, &self.replica_reads);
         render_counter(&mut out, &self.replica_fallbacks);
         render_gauge(&mut out, &self.replica_up);

@@ -8,7 +8,7 @@ use hl7bridge::auth::{AuthSettings, JwksSource};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app_with, TestApp};
+use crate::support::{ids, spawn_app_with, TestApp};
 
 const ISSUER: &str = "https://idp.test.invalid";
 const AUDIENCE: &str = "https://fhir.test.invalid";
@@ -89,22 +89,6 @@ async fn call(
 
 async fn get(app: &TestApp, path: &str, token: &str) -> (u16, Value) {
     call(app, reqwest::Method::GET, path, Some(token), None).await
-}
-
-fn ids(bundle: &Value) -> Vec<String> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let r = &e["resource"];
-            format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap(),
-                r["id"].as_str().unwrap()
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -247,7 +247,8 @@ fn import_help_prints_the_usage() {
         assert!(output.status.success(), "{args:?}");
         let usage = String::from_utf8_lossy(&output.stdout);
         assert!(
-            usage.contains("hl7bridge import [--ndjson] [--jobs N] FILE|DIR..."),
+            usage.contains("hl7bridge import [--ndjson] [--jobs N] [--defer-index] FILE|DIR...")
+                && usage.contains("hl7bridge reindex [--all]"),
             "{usage}"
         );
     }

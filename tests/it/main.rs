@@ -8,6 +8,7 @@ mod bad_input;
 mod collector_config;
 mod corpus;
 mod crash_safety;
+mod deferred_index;
 mod fhir_api;
 mod fhir_everything;
 mod fhir_hostile;

@@ -231,3 +231,141 @@ async fn empty_everything_pages_count_against_the_cache_limit() {
     drop(_running);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The Redis the shared-cache tests use: `HL7BRIDGE_TEST_REDIS_URL`, else the local one. None
+/// (the test skips, saying so) when it does not answer, except under CI, which provides it.
+async fn test_redis() -> Option<String> {
+    let url = std::env::var("HL7BRIDGE_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let answers = async {
+        let mut conn = redis::Client::open(url.as_str())
+            .ok()?
+            .get_multiplexed_async_connection()
+            .await
+            .ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    let up = tokio::time::timeout(Duration::from_secs(2), answers)
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+    if !up {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must provide Redis at {url} (.ci/run starts it)"
+        );
+        eprintln!("skipped: no Redis answers at {url}");
+        return None;
+    }
+    Some(url)
+}
+
+/// Two nodes on one database, sharing one Redis under a prefix of this test's own.
+async fn nodes_sharing_redis(url: &str, redis: &str) -> (TestApp, TestApp) {
+    let prefix = format!("hl7bridge-test:{}:", uuid::Uuid::new_v4().simple());
+    let shared = |config: &mut hl7bridge::config::Config| {
+        config.redis_url = Some(redis.to_string());
+        config.redis_prefix = Some(prefix.clone());
+    };
+    (
+        spawn_app_on(url, shared).await,
+        spawn_app_on(url, shared).await,
+    )
+}
+
+/// Changes a stored Patient's family name behind every node's back (plain SQL): no
+/// notification, no generation bump. A node that still answers with the old name served it
+/// from a cache.
+async fn rename_directly(url: &str, from: &str, to: &str) {
+    let db = Database::connect(url).await.unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE resource SET content = replace(content, '{from}', '{to}') \
+         WHERE resource_type = 'Patient' AND id = 'p1'"
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_served_from_redis_what_another_node_read_until_a_write_moves_it_on() {
+    let Some(redis) = test_redis().await else {
+        return;
+    };
+    let (url, _database) = fresh_database().await;
+    let (a, b) = nodes_sharing_redis(&url, &redis).await;
+    seed(&a).await;
+    // Node a reads from the database and leaves both answers in Redis (in the background).
+    let (_, read) = a.get_json("/Patient/p1").await;
+    assert_eq!(read["name"][0]["family"], "Quill");
+    assert!(find(&everything(&a, "p1").await, "Observation", "o1").is_some());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    rename_directly(&url, "Quill", "Behind").await;
+    // Node b has never read either, and its own cache is empty (on SQLite the direct write
+    // emptied it besides): the old name can only come from Redis.
+    let (_, read) = b.get_json("/Patient/p1").await;
+    assert_eq!(read["name"][0]["family"], "Quill", "served from Redis");
+    let page = everything(&b, "p1").await;
+    let listed = find(&page, "Patient", "p1").expect("the patient");
+    assert_eq!(listed["name"][0]["family"], "Quill", "the page from Redis");
+
+    // A write through node a moves the generations on before a is answered: node b reads the
+    // database again at once, and sees the write and the direct change under it.
+    assert_eq!(
+        put(&a, "Observation/o2", observation("o2", "p1", 6.1)).await,
+        201
+    );
+    let page = everything(&b, "p1").await;
+    assert!(
+        find(&page, "Observation", "o2").is_some(),
+        "b saw a's write"
+    );
+    assert_eq!(
+        find(&page, "Patient", "p1").unwrap()["name"][0]["family"],
+        "Behind"
+    );
+    assert_eq!(put(&a, "Patient/p1", patient("p1", "Written")).await, 200);
+    let (_, read) = b.get_json("/Patient/p1").await;
+    assert_eq!(read["name"][0]["family"], "Written");
+    // A supporting resource moves every page on.
+    let renamed =
+        json!({"resourceType": "Practitioner", "id": "dr-1", "name": [{"family": "Newname"}]});
+    assert_eq!(put(&b, "Practitioner/dr-1", renamed).await, 200);
+    let page = everything(&a, "p1").await;
+    let practitioner = find(&page, "Practitioner", "dr-1").expect("included");
+    assert_eq!(practitioner["name"][0]["family"], "Newname");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_costs_nothing_but_its_cache() {
+    // A port nothing listens on: connections are refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let redis = format!("redis://127.0.0.1:{port}");
+    let (url, _database) = fresh_database().await;
+    let (a, b) = nodes_sharing_redis(&url, &redis).await;
+    let started = Instant::now();
+    seed(&a).await;
+    for _ in 0..3 {
+        assert!(find(&everything(&b, "p1").await, "Observation", "o1").is_some());
+        assert_eq!(b.get("/Patient/p1").await.status(), 200);
+    }
+    assert_eq!(put(&b, "Patient/p1", patient("p1", "Later")).await, 200);
+    let (_, read) = a.get_json("/Patient/p1").await;
+    assert_eq!(read["name"][0]["family"], "Later");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a dead Redis slowed the server: {:?}",
+        started.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}

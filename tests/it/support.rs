@@ -209,6 +209,23 @@ pub async fn everything_for(app: &TestApp, mrn: &str) -> Value {
     bundle
 }
 
+/// `Type/id` of every entry of a Bundle, in order.
+pub fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let r = &e["resource"];
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// The resources of one type in a Bundle.
 pub fn resources_of<'a>(bundle: &'a Value, resource_type: &str) -> Vec<&'a Value> {
     bundle["entry"]

@@ -5,6 +5,7 @@ mod m0001_initial;
 mod m0002_change_outbox;
 mod m0003_search_index;
 mod m0004_audit_event;
+mod m0005_index_backlog;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_change_outbox::Migration),
             Box::new(m0003_search_index::Migration),
             Box::new(m0004_audit_event::Migration),
+            Box::new(m0005_index_backlog::Migration),
         ]
     }
 }
