@@ -11,6 +11,9 @@
 # Environment: BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432), the server to use;
 # BENCH_PG_DATABASE (default hl7bridge_bench), dropped and created anew. CARGO_TARGET_DIR is
 # honoured. HL7BRIDGE_* variables are cleared so that the servers run with their defaults.
+# BENCH_PROFILE_DIR: when set, each server runs under `perf record` (cpu-clock samples with call
+# graphs) and its profile is written there as NAME.perf, with NAME.folded (stacks folded by
+# benches/fold_stacks.py) and NAME.top (the 40 hottest functions, self and total).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +41,15 @@ server_pid=""
 http_addr=""
 mllp_addr=""
 
+profile_dir=${BENCH_PROFILE_DIR:-}
+perf_pid=""
+
 stop_server() {
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        perf_pid=""
+    fi
     if [[ -n $server_pid ]]; then
         kill -TERM "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
@@ -70,6 +81,12 @@ start_server() {
             line=$(grep '"hl7bridge listening"' "$log")
             http_addr=$(sed -E 's/.*"http":"([^"]+)".*/\1/' <<<"$line")
             mllp_addr=$(sed -E 's/.*"mllp":"([^"]+)".*/\1/' <<<"$line")
+            if [[ -n $profile_dir ]]; then
+                mkdir -p "$profile_dir"
+                perf record -e cpu-clock -F 499 -g -p "$server_pid" -o "$profile_dir/$2.perf" \
+                    >"$profile_dir/$2.perf.log" 2>&1 &
+                perf_pid=$!
+            fi
             return 0
         fi
         if ! kill -0 "$server_pid" 2>/dev/null; then
@@ -98,6 +115,14 @@ start_server "sqlite://$run_dir/hl7bridge.db" sqlite
     --server-pid "$server_pid" --out "$run_dir/sqlite.json" "$@"
 stop_server
 
+if [[ -n $profile_dir ]]; then
+    for name in postgres sqlite; do
+        perf script -i "$profile_dir/$name.perf" 2>/dev/null |
+            python3 "$root/benches/fold_stacks.py" --top 40 "$profile_dir/$name.top" \
+            >"$profile_dir/$name.folded"
+    done
+    echo "profiles in $profile_dir" >&2
+fi
 commit=$(git rev-parse --short HEAD)
 if ! git diff --quiet HEAD -- . ':!benches/RESULTS.md'; then commit="$commit (uncommitted changes)"; fi
 results=$root/benches/RESULTS.md
