@@ -1,6 +1,7 @@
-//! The read cache, through HTTP on two nodes sharing one database: whatever a node caches, a
-//! committed write (on this node, on the other, or straight into the database on SQLite) is
-//! seen by the next read.
+//! The read cache, through HTTP on two nodes sharing one database — one in this process, one
+//! a server process of its own: whatever a node caches, a committed write (on this node, on
+//! the other, or straight into the database on SQLite) is seen by the next read; with Redis
+//! as the shared second level, what one node read serves the other until a write moves it on.
 
 use std::time::{Duration, Instant};
 
@@ -114,11 +115,23 @@ async fn a_node_sees_its_own_writes_through_the_cache_at_once() {
     app.stop().await;
 }
 
-#[tokio::test]
+/// A second node in a process of its own (the real binary) on the database at `url`, with
+/// `env` besides; killed when the returned guard drops.
+fn node_process(url: &str, env: &[(&str, &str)]) -> (TestApp, Running, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("hl7bridge-node-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all = vec![("HL7BRIDGE_DATABASE_URL", url)];
+    all.extend_from_slice(env);
+    let (child, http, mllp) = tokio::task::block_in_place(|| start_server(&dir, &all));
+    (TestApp::of_process(&http, &mllp), Running(child), dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_sees_another_nodes_writes_and_direct_database_writes() {
     let (url, _database) = fresh_database().await;
     let a = spawn_app_on(&url, |_| {}).await;
-    let b = spawn_app_on(&url, |_| {}).await;
+    // Node b is another server process on the same database.
+    let (b, _b_process, b_dir) = node_process(&url, &[]);
     seed(&a).await;
     let _ = everything(&b, "p1").await;
     let _ = everything(&b, "p1").await;
@@ -166,7 +179,7 @@ async fn a_node_sees_another_nodes_writes_and_direct_database_writes() {
         assert_eq!(read["name"][0]["family"], "Renamed");
     }
     a.stop().await;
-    b.stop().await;
+    let _ = std::fs::remove_dir_all(b_dir);
 }
 
 /// `$everything` lookups of kind `result` counted by the server at `http` (its own process).
@@ -264,17 +277,22 @@ async fn test_redis() -> Option<String> {
     Some(url)
 }
 
-/// Two nodes on one database, sharing one Redis under a prefix of this test's own.
-async fn nodes_sharing_redis(url: &str, redis: &str) -> (TestApp, TestApp) {
+/// Two nodes on one database, sharing one Redis under a prefix of this test's own: `a` in
+/// this process, `b` a server process of its own (killed when the guard drops).
+async fn nodes_sharing_redis(url: &str, redis: &str) -> (TestApp, TestApp, Running) {
     let prefix = format!("hl7bridge-test:{}:", uuid::Uuid::new_v4().simple());
-    let shared = |config: &mut hl7bridge::config::Config| {
+    let a = spawn_app_on(url, |config| {
         config.redis_url = Some(redis.to_string());
         config.redis_prefix = Some(prefix.clone());
-    };
-    (
-        spawn_app_on(url, shared).await,
-        spawn_app_on(url, shared).await,
-    )
+    })
+    .await;
+    let env = [
+        ("HL7BRIDGE_REDIS_URL", redis),
+        ("HL7BRIDGE_REDIS_PREFIX", prefix.as_str()),
+    ];
+    let (b, process, dir) = node_process(url, &env);
+    let _ = std::fs::remove_dir_all(dir);
+    (a, b, process)
 }
 
 /// Changes a stored Patient's family name behind every node's back (plain SQL): no
@@ -297,7 +315,7 @@ async fn a_node_is_served_from_redis_what_another_node_read_until_a_write_moves_
         return;
     };
     let (url, _database) = fresh_database().await;
-    let (a, b) = nodes_sharing_redis(&url, &redis).await;
+    let (a, b, _b_process) = nodes_sharing_redis(&url, &redis).await;
     seed(&a).await;
     // Node a reads from the database and leaves both answers in Redis (in the background).
     let (_, read) = a.get_json("/Patient/p1").await;
@@ -340,7 +358,6 @@ async fn a_node_is_served_from_redis_what_another_node_read_until_a_write_moves_
     let practitioner = find(&page, "Practitioner", "dr-1").expect("included");
     assert_eq!(practitioner["name"][0]["family"], "Newname");
     a.stop().await;
-    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,7 +368,7 @@ async fn a_redis_that_does_not_answer_costs_nothing_but_its_cache() {
     drop(closed);
     let redis = format!("redis://127.0.0.1:{port}");
     let (url, _database) = fresh_database().await;
-    let (a, b) = nodes_sharing_redis(&url, &redis).await;
+    let (a, b, _b_process) = nodes_sharing_redis(&url, &redis).await;
     let started = Instant::now();
     seed(&a).await;
     for _ in 0..3 {
@@ -367,5 +384,4 @@ async fn a_redis_that_does_not_answer_costs_nothing_but_its_cache() {
         started.elapsed()
     );
     a.stop().await;
-    b.stop().await;
 }

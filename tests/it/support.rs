@@ -106,6 +106,19 @@ async fn start_app(
 }
 
 impl TestApp {
+    /// A server running in another process (see `otlp_export::start_server`), driven like
+    /// an in-process one; stopping it is the process's owner's business.
+    pub fn of_process(http: &str, mllp: &str) -> TestApp {
+        TestApp {
+            base: format!("http://{http}"),
+            mllp: mllp.parse().expect("the server logs its MLLP address"),
+            client: reqwest::Client::new(),
+            stop: None,
+            task: None,
+            _database: TestDatabase(None),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.base))
