@@ -66,6 +66,15 @@ fn classify(method: &Method, path: &str) -> Option<Interaction> {
             Some(*t),
             None,
         ),
+        // Type-level: every patient's record, for callers who may read every Patient; a
+        // patient-scoped token is refused (it has an instance-level `$everything` of its own).
+        ("GET", ["Patient", "$everything"]) => (
+            "operation",
+            'E',
+            Some(Permission::Search),
+            Some("Patient"),
+            None,
+        ),
         ("GET", ["Patient", id, "$everything"]) => (
             "operation",
             'E',
@@ -422,6 +431,10 @@ mod tests {
     #[test]
     fn routes_name_their_interaction_type_and_target() {
         let get = Method::GET;
+        let i = classify(&get, "/Patient/$everything").unwrap();
+        assert_eq!(i.subtype, "operation");
+        assert_eq!(i.target, None);
+        assert_eq!(i.needs, Some(("Patient".to_string(), Permission::Search)));
         let i = classify(&get, "/Observation/o1/_history/2").unwrap();
         assert_eq!(i.subtype, "vread");
         assert_eq!(i.target.as_deref(), Some("Observation/o1"));

@@ -626,6 +626,149 @@ pub async fn everything(
     Ok(bundle_response(body))
 }
 
+/// The most Patients one page of type-level `$everything` looks at, however few resources they
+/// give (a `_type` or `_since` filter can leave most of them with nothing to show).
+const MAX_PATIENTS_A_PAGE: u64 = 5_000;
+
+/// `GET /Patient/$everything`: every patient's record, patient after patient in id order, in
+/// pages of `_count` compartment members (each patient's supporting resources beside them). A
+/// patient's record may run across pages; the cursor names the patient and, within it, where
+/// the page ended, so following `next` gives every resource once and no page is empty.
+pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> Answer {
+    let pairs = decode_pairs(req.query_string())?;
+    let mut pairs_without_cursor = Vec::new();
+    let mut cursor = None;
+    for (name, value) in pairs {
+        if name == "_cursor" {
+            cursor = Some(value);
+        } else {
+            pairs_without_cursor.push((name, value));
+        }
+    }
+    let request = EverythingRequest::read(
+        pairs_without_cursor,
+        state.everything_page_limit,
+        state.max_count,
+    )?;
+    let mut issues = Vec::new();
+    if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
+        issues.extend(outcome["issue"].as_array().cloned().unwrap_or_default());
+    }
+    // The cursor: `<patient id>~` (that patient's record from its start) or
+    // `<patient id>~<type>.<id>` (after that member).
+    let (mut from, mut after) = match &cursor {
+        None => (None, None),
+        Some(text) => {
+            let bad =
+                || FhirError::invalid_at("_cursor: not a cursor this server wrote", "_cursor");
+            let (patient, inner) = text.split_once('~').ok_or_else(bad)?;
+            let after = match inner {
+                "" => None,
+                inner => {
+                    let (t, id) = inner.split_once('.').ok_or_else(bad)?;
+                    Some((t.to_string(), id.to_string()))
+                }
+            };
+            (Some(patient.to_string()), after)
+        }
+    };
+    let limit = request.page.limit;
+    let mut found: Vec<(SupportingMode, StoredResource)> = Vec::new();
+    let mut matches = 0u64;
+    let mut scanned = 0u64;
+    let mut next_cursor = None;
+    let mut inclusive = true;
+    'patients: loop {
+        // One more than can still fit: a full page must know whether another patient follows.
+        let want = (limit - matches).min(MAX_PATIENTS_A_PAGE - scanned) + 1;
+        let patients = state
+            .reads
+            .patient_ids(from.as_deref(), inclusive, want)
+            .await?;
+        for patient in &patients {
+            if matches == limit || scanned == MAX_PATIENTS_A_PAGE {
+                next_cursor = Some(format!("{patient}~"));
+                break 'patients;
+            }
+            scanned += 1;
+            let page = EverythingPage {
+                limit: limit - matches,
+                after: after.take(),
+                ..request.page.clone()
+            };
+            let (part, more) = state.reads.everything_cached(patient, &page).await?;
+            matches += part
+                .iter()
+                .filter(|(m, _)| *m == SupportingMode::Match)
+                .count() as u64;
+            if more {
+                let last = part
+                    .iter()
+                    .rfind(|(m, _)| *m == SupportingMode::Match)
+                    .map(|(_, r)| r)
+                    .expect("a page holds at least one match");
+                let last_type = if last.resource_type == "Patient" && &last.id == patient {
+                    ""
+                } else {
+                    last.resource_type.as_str()
+                };
+                next_cursor = Some(format!("{patient}~{last_type}.{}", last.id));
+                found.extend(part);
+                break 'patients;
+            }
+            found.extend(part);
+        }
+        if (patients.len() as u64) < want {
+            break;
+        }
+        from = patients.last().cloned();
+        inclusive = false;
+    }
+    let access = access_of(&req);
+    if !matches!(access, Access::Open | Access::System) {
+        found.retain(|(_, r)| access::visible(&access, r));
+    }
+    let base = base_url(&state, &req);
+    let link = |cursor: Option<&String>| {
+        let mut params: Vec<String> = request
+            .applied
+            .iter()
+            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
+            .collect();
+        if let Some(cursor) = cursor {
+            params.push(format!("_cursor={}", encode_query_value(cursor)));
+        }
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        format!("{base}/Patient/$everything{query}")
+    };
+    let mut links = vec![("self", link(cursor.as_ref()))];
+    if let Some(next) = &next_cursor {
+        links.push(("next", link(Some(next))));
+    }
+    let entries: Vec<_> = found
+        .iter()
+        .map(|(mode, r)| SearchEntry {
+            resource: r,
+            mode: mode_name(*mode),
+        })
+        .collect();
+    let outcome =
+        (!issues.is_empty()).then(|| json!({"resourceType": "OperationOutcome", "issue": issues}));
+    let body = searchset(
+        &base,
+        &links,
+        None,
+        &entries,
+        trace(&state).as_ref(),
+        outcome,
+    );
+    Ok(bundle_response(body))
+}
+
 /// `$everything`'s parameters, read.
 pub(crate) struct EverythingRequest {
     page: EverythingPage,

@@ -4,7 +4,7 @@
 //! `If-None-Exist`), `PUT /{type}/{id}` (update or create), `DELETE /{type}/{id}`,
 //! `GET /{type}?identifier=…|_id=…`,
 //! `GET /{type}/{id}`, `GET /{type}/{id}/_history` (paged, newest first),
-//! `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, and
+//! `GET /{type}/{id}/_history/{vid}`, `GET /Patient/{id}/$everything`, `GET /Patient/$everything`, and
 //! `GET /StructureDefinition/w3c-trace-context`, the definition of the extension every emitted
 //! Bundle carries. Anything else answers with an OperationOutcome. Every request runs in a server span continued from its `traceparent`
 //! header (see [`http_trace`]), and every Bundle carries that span's context in `meta`.
@@ -72,6 +72,10 @@ pub const fn search_max_count() -> u64 {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metadata", web::get().to(handlers::metadata))
         .route("/", web::post().to(handlers::post_bundle))
+        .route(
+            "/Patient/$everything",
+            web::get().to(handlers::everything_all),
+        )
         .route(
             "/Patient/{id}/$everything",
             web::get().to(handlers::everything),

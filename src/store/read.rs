@@ -276,6 +276,32 @@ impl Store {
         Ok(out)
     }
 
+    /// Ids of live Patients in id order, from `from` (itself included when `inclusive`), at
+    /// most `limit`: the patients type-level `$everything` walks.
+    pub async fn patient_ids(
+        &self,
+        from: Option<&str>,
+        inclusive: bool,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT r.id FROM resource r WHERE r.resource_type = 'Patient' \
+             AND r.deleted = ? AND r.id {} ? ORDER BY r.id LIMIT ?",
+            if inclusive { ">=" } else { ">" }
+        );
+        let params = vec![
+            Value::from(false),
+            Value::from(from.unwrap_or("")),
+            Value::from(limit as i64),
+        ];
+        let rows = self
+            .query(select("resource", "patient ids"), &sql, params)
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get_by_index::<String>(0)?))
+            .collect()
+    }
+
     /// One page of the patient's compartment, then the supporting resources its members
     /// reference, each once. The Patient comes first on the first page; the rest in (type, id)
     /// order after the cursor. Two statements per page, whatever the size.

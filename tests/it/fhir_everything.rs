@@ -1,5 +1,6 @@
 //! `Patient/{id}/$everything` with its parameters: a date window kept across pages, `_type`,
-//! `_since`, cursor paging, supporting resources, and the unpaged limit.
+//! `_since`, cursor paging, supporting resources, and the unpaged limit; and type-level
+//! `Patient/$everything` paging through every patient's record.
 
 use std::collections::BTreeSet;
 
@@ -271,6 +272,100 @@ async fn a_bulk_load_refreshes_the_planner_statistics_on_postgresql() {
             "the tables were analyzed after the load"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+/// A transaction creating `patients` invented Patients (ids `tl-NN`), each with `observations`
+/// Observations performed by one shared Practitioner.
+async fn seed_many(app: &TestApp, patients: usize, observations: usize) {
+    let mut entries = vec![
+        json!({"request": {"method": "PUT", "url": "Practitioner/tl-doc"},
+        "resource": {"resourceType": "Practitioner", "id": "tl-doc",
+            "name": [{"family": "Sharedoc"}]}}),
+    ];
+    for p in 0..patients {
+        let id = format!("tl-{p:02}");
+        entries.push(
+            json!({"request": {"method": "PUT", "url": format!("Patient/{id}")},
+            "resource": {"resourceType": "Patient", "id": id,
+                "name": [{"family": format!("Typelevel{p}")}]}}),
+        );
+        for o in 0..observations {
+            entries.push(json!({"request": {"method": "POST", "url": "Observation"},
+                "resource": {"resourceType": "Observation", "status": "final",
+                    "code": {"text": format!("invented reading {o}")},
+                    "subject": {"reference": format!("Patient/{id}")},
+                    "performer": [{"reference": "Practitioner/tl-doc"}]}}));
+        }
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{response}");
+}
+
+#[tokio::test]
+async fn type_level_everything_pages_through_60_patients_once_each_with_no_empty_page() {
+    let app = spawn_app().await;
+    seed_many(&app, 60, 0).await;
+    // The Practitioner is nobody's: type-level `$everything` is the patients' records.
+    let pages = pages(&app, "/Patient/$everything?_count=50").await;
+
+    let sizes: Vec<usize> = pages.iter().map(|p| entries(p, "match").len()).collect();
+    assert_eq!(sizes, [50, 10], "two pages, neither empty");
+    let keys: Vec<String> = pages
+        .iter()
+        .flat_map(|p| entries(p, "match").into_iter().map(key))
+        .collect();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!(keys.len(), 60);
+    assert_eq!(unique.len(), 60, "each patient exactly once");
+    assert!(keys.iter().all(|k| k.starts_with("Patient/tl-")));
+    // The next link keeps the page size.
+    let next = pages[0]["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap();
+    assert!(
+        next["url"].as_str().unwrap().contains("_count=50"),
+        "{next}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn type_level_everything_splits_records_across_pages_without_loss_or_repeats() {
+    let app = spawn_app().await;
+    seed_many(&app, 3, 4).await;
+    for count in [1, 2, 5, 7, 15, 16] {
+        let pages = pages(&app, &format!("/Patient/$everything?_count={count}")).await;
+        let keys: Vec<String> = pages
+            .iter()
+            .flat_map(|p| entries(p, "match").into_iter().map(key))
+            .collect();
+        let unique: BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(keys.len(), 15, "_count={count}: {keys:?}");
+        assert_eq!(unique.len(), 15, "_count={count}: each resource once");
+        for page in &pages {
+            let members = entries(page, "match").len();
+            assert!(
+                members > 0 && members <= count,
+                "_count={count}: a page of {members}"
+            );
+            // Whoever's observations are on the page, their performer comes along.
+            assert!(
+                entries(page, "include")
+                    .iter()
+                    .any(|e| key(e) == "Practitioner/tl-doc")
+                    || entries(page, "match")
+                        .iter()
+                        .all(|e| key(e).starts_with("Patient/")),
+                "_count={count}: {page}"
+            );
+        }
+        assert_eq!(pages.len(), 15usize.div_ceil(count), "_count={count}");
     }
     app.stop().await;
 }
