@@ -8,6 +8,12 @@
 //! already in the group, and that write starts the next one. Callers that must keep their own
 //! order across lanes (one patient's messages) hold their own lock until their commit returns.
 //!
+//! On PostgreSQL a lane commits up to [`POSTGRES_GROUPS_IN_FLIGHT`] groups at once, each
+//! touching resources no other group in flight touches: a write that touches one waits, and so
+//! does everything queued behind it, so the order of writes to any one resource is still their
+//! arrival order. While one group waits for its commit the next is already being written, which
+//! is where stop-and-wait senders spent their time. SQLite has one writer: one group at a time.
+//!
 //! A caller is answered only after its group committed. A group that fails for a reason other
 //! than an unreachable database is retried one write at a time, so one bad write (a failed
 //! precondition, a constraint) fails only its own caller.
@@ -15,7 +21,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use sea_orm::DbErr;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use sea_orm::{DbBackend, DbErr};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -27,6 +34,9 @@ use crate::telemetry::{add_link, span_traceparent, TraceParent};
 /// Writes queued per lane before callers wait to enqueue (each caller waits for its own
 /// commit anyway, so this only bounds bursts).
 const LANE_CAPACITY: usize = 4096;
+
+/// Groups of one lane being committed at once on PostgreSQL.
+pub const POSTGRES_GROUPS_IN_FLIGHT: usize = 2;
 
 /// How much one group may carry. A single write larger than this is committed alone.
 #[derive(Debug, Clone, Copy)]
@@ -100,40 +110,75 @@ impl Batcher {
 }
 
 async fn committer(store: Store, lane: Lane, mut rx: mpsc::Receiver<Job>, limits: GroupLimits) {
+    let in_flight = match store.backend() {
+        DbBackend::Postgres => POSTGRES_GROUPS_IN_FLIGHT,
+        _ => 1,
+    };
     let mut queued: VecDeque<Job> = VecDeque::new();
+    // The resources the groups being committed touch, and the groups themselves (each
+    // answering with its keys when done).
+    let mut held: HashSet<(String, String)> = HashSet::new();
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
     loop {
-        if queued.is_empty() {
-            metrics().lane_depth(lane.as_str(), 0);
-            match rx.recv().await {
-                Some(job) => queued.push_back(job),
-                None => return,
+        while running.len() < in_flight {
+            let group = take_group(&mut queued, limits, &held);
+            if group.is_empty() {
+                break;
             }
+            let keys: Vec<(String, String)> = group
+                .iter()
+                .flat_map(|job| job.part.batch.ops.iter().map(op_key))
+                .collect();
+            held.extend(keys.iter().cloned());
+            let store = &store;
+            running.push(async move {
+                commit_group(store, lane, group).await;
+                keys
+            });
         }
-        while let Ok(job) = rx.try_recv() {
-            queued.push_back(job);
-        }
-        let group = take_group(&mut queued, limits);
         metrics().lane_depth(lane.as_str(), queued.len());
-        commit_group(&store, lane, group).await;
+        if !open && queued.is_empty() && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            Some(keys) = running.next(), if !running.is_empty() => {
+                for key in keys {
+                    held.remove(&key);
+                }
+            }
+            job = rx.recv(), if open => match job {
+                Some(job) => {
+                    queued.push_back(job);
+                    while let Ok(job) = rx.try_recv() {
+                        queued.push_back(job);
+                    }
+                }
+                None => open = false,
+            },
+        }
     }
 }
 
-/// The longest run from the front of the queue that fits the limits and touches no resource
-/// twice. Always at least one write.
-fn take_group(queued: &mut VecDeque<Job>, limits: GroupLimits) -> Vec<Job> {
+/// The longest run from the front of the queue that fits the limits, touches no resource
+/// twice and none that a group in flight (`held`) touches. At least one write, unless the
+/// front of the queue touches a held resource (then none: it waits for that group).
+fn take_group(
+    queued: &mut VecDeque<Job>,
+    limits: GroupLimits,
+    held: &HashSet<(String, String)>,
+) -> Vec<Job> {
     let mut group = Vec::new();
     let mut keys: HashSet<(String, String)> = HashSet::new();
     let mut ops = 0;
     while let Some(next) = queued.front() {
         let size = next.part.batch.ops.len();
         let fits = group.len() < limits.max_writes && ops + size <= limits.max_ops;
-        let disjoint = next
-            .part
-            .batch
-            .ops
-            .iter()
-            .all(|op| !keys.contains(&op_key(op)));
-        if !group.is_empty() && !(fits && disjoint) {
+        let disjoint = next.part.batch.ops.iter().all(|op| {
+            let key = op_key(op);
+            !keys.contains(&key) && !held.contains(&key)
+        });
+        if !disjoint || (!group.is_empty() && !fits) {
             break;
         }
         let job = queued.pop_front().expect("front exists");
@@ -270,9 +315,10 @@ mod tests {
         let mut queued: VecDeque<Job> = [job(&["a"]), job(&["b"]), job(&["a", "c"]), job(&["d"])]
             .into_iter()
             .collect();
-        let group = take_group(&mut queued, GroupLimits::default());
+        let none = HashSet::new();
+        let group = take_group(&mut queued, GroupLimits::default(), &none);
         assert_eq!(ids(&group), ["a", "b"]);
-        let group = take_group(&mut queued, GroupLimits::default());
+        let group = take_group(&mut queued, GroupLimits::default(), &none);
         assert_eq!(
             ids(&group),
             ["a", "c", "d"],
@@ -295,8 +341,30 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(ids(&take_group(&mut queued, limits)), ["a", "b", "c", "d"]);
-        assert_eq!(ids(&take_group(&mut queued, limits)), ["e", "f"]);
-        assert_eq!(ids(&take_group(&mut queued, limits)), ["g", "h"]);
+        let none = HashSet::new();
+        assert_eq!(
+            ids(&take_group(&mut queued, limits, &none)),
+            ["a", "b", "c", "d"]
+        );
+        assert_eq!(ids(&take_group(&mut queued, limits, &none)), ["e", "f"]);
+        assert_eq!(ids(&take_group(&mut queued, limits, &none)), ["g", "h"]);
+    }
+
+    #[test]
+    fn a_write_touching_a_resource_in_flight_waits_and_so_does_everything_behind_it() {
+        let held: HashSet<(String, String)> = [("Patient".to_string(), "b".to_string())].into();
+        let mut queued: VecDeque<Job> = [job(&["a"]), job(&["b"]), job(&["c"])]
+            .into_iter()
+            .collect();
+        let group = take_group(&mut queued, GroupLimits::default(), &held);
+        assert_eq!(ids(&group), ["a"], "stops before b");
+        let group = take_group(&mut queued, GroupLimits::default(), &held);
+        assert!(
+            group.is_empty(),
+            "b waits for its group in flight; c waits behind b"
+        );
+        assert_eq!(queued.len(), 2);
+        let group = take_group(&mut queued, GroupLimits::default(), &HashSet::new());
+        assert_eq!(ids(&group), ["b", "c"]);
     }
 }

@@ -2,8 +2,9 @@
 //! queued messages committed together, a STAT result ahead of a queue of routine ones.
 //!
 //! The database is held by the test itself so that the queue builds up deterministically: on
-//! SQLite a second connection takes the write lock (`BEGIN IMMEDIATE`); on PostgreSQL it locks
-//! one patient's row, which the first routine message must update.
+//! SQLite a second connection takes the write lock (`BEGIN IMMEDIATE`); on PostgreSQL, where a
+//! lane commits two groups at once, it locks two patients' rows, which the first two routine
+//! messages must update, so that both of the lane's groups in flight are blocked.
 
 use std::time::{Duration, Instant};
 
@@ -56,8 +57,8 @@ async fn last_updated(app: &TestApp, mrn: &str) -> String {
         .to_string()
 }
 
-/// Holds the database so that the routine lane's first commit blocks.
-async fn hold_database(url: &str, locked_patient: &str) -> DatabaseTransaction {
+/// Holds the database so that the routine lane's commits of these patients block.
+async fn hold_database(url: &str, locked_patients: &[String]) -> DatabaseTransaction {
     let db = Database::connect(url).await.expect("the test connects");
     match db.get_database_backend() {
         DbBackend::Sqlite => {
@@ -69,8 +70,10 @@ async fn hold_database(url: &str, locked_patient: &str) -> DatabaseTransaction {
         }
         _ => {
             let txn = db.begin().await.unwrap();
+            let ids: Vec<String> = locked_patients.iter().map(|p| format!("'{p}'")).collect();
             let lock = format!(
-                "SELECT 1 FROM resource WHERE resource_type = 'Patient' AND id = '{locked_patient}' FOR UPDATE"
+                "SELECT 1 FROM resource WHERE resource_type = 'Patient' AND id IN ({}) FOR UPDATE",
+                ids.join(",")
             );
             txn.execute_unprepared(&lock).await.unwrap();
             txn
@@ -78,25 +81,43 @@ async fn hold_database(url: &str, locked_patient: &str) -> DatabaseTransaction {
     }
 }
 
-/// A server with patient MRN-A stored (its row is the one the PostgreSQL hold locks).
-async fn app_with_one_patient() -> (TestApp, String, crate::support::TestDatabase) {
+/// A server with patients MRN-A and MRN-B stored (their rows are the ones the PostgreSQL hold
+/// locks).
+async fn app_with_two_patients() -> (TestApp, String, crate::support::TestDatabase) {
     let (url, database) = fresh_database().await;
     let app = spawn_app_on(&url, |_| {}).await;
-    let first = send(app.mllp, oru("SETUP1", "MRN-A", false)).await.0;
-    assert_eq!(field(&first, "MSA", 1), "AA", "{first}");
+    for (control, mrn) in [("SETUP1", "MRN-A"), ("SETUP2", "MRN-B")] {
+        let ack = send(app.mllp, oru(control, mrn, false)).await.0;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    }
     (app, url, database)
+}
+
+type Sent = tokio::task::JoinHandle<(String, Instant)>;
+
+/// Holds the database and sends a routine message for MRN-A and one for MRN-B, which block:
+/// every group the routine lane commits at once is then in flight, and what follows queues.
+async fn block_routine_lane(app: &TestApp, url: &str) -> (DatabaseTransaction, Vec<Sent>) {
+    let locked = [
+        patient_id(app, "MRN-A").await,
+        patient_id(app, "MRN-B").await,
+    ];
+    let hold = hold_database(url, &locked).await;
+    let in_flight = vec![
+        tokio::spawn(send(app.mllp, oru("N1", "MRN-A", false))),
+        tokio::spawn(send(app.mllp, oru("N1B", "MRN-B", false))),
+    ];
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    (hold, in_flight)
 }
 
 #[tokio::test]
 async fn acks_wait_for_the_commit_and_stat_overtakes_a_queue_of_routine_results() {
-    let (app, url, _database) = app_with_one_patient().await;
-    let locked = patient_id(&app, "MRN-A").await;
-    let hold = hold_database(&url, &locked).await;
+    let (app, url, _database) = app_with_two_patients().await;
     let sqlite = !url.starts_with("postgres");
 
-    // One routine message in flight (blocked on the held database)...
-    let in_flight = tokio::spawn(send(app.mllp, oru("N1", "MRN-A", false)));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Routine messages in flight (blocked on the held database)...
+    let (hold, in_flight) = block_routine_lane(&app, &url).await;
     // ...eight queued behind it, then a STAT result.
     let queued: Vec<_> = (2..10)
         .map(|n| {
@@ -112,7 +133,10 @@ async fn acks_wait_for_the_commit_and_stat_overtakes_a_queue_of_routine_results(
     if sqlite {
         // One writer: nothing can commit, so nothing may be acknowledged.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(!in_flight.is_finished(), "no ACK before the commit");
+        assert!(
+            in_flight.iter().all(|q| !q.is_finished()),
+            "no ACK before the commit"
+        );
         assert!(!stat.is_finished(), "no ACK before the commit");
         assert!(
             queued.iter().all(|q| !q.is_finished()),
@@ -125,14 +149,19 @@ async fn acks_wait_for_the_commit_and_stat_overtakes_a_queue_of_routine_results(
             .expect("the STAT result is acknowledged while routine work is blocked")
             .unwrap();
         assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
-        assert!(!in_flight.is_finished(), "no ACK before the commit");
+        assert!(
+            in_flight.iter().all(|q| !q.is_finished()),
+            "no ACK before the commit"
+        );
         assert!(
             queued.iter().all(|q| !q.is_finished()),
             "no ACK before the commit"
         );
         hold.rollback().await.unwrap();
-        let (ack, _) = in_flight.await.unwrap();
-        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        for q in in_flight {
+            let (ack, _) = q.await.unwrap();
+            assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        }
         for q in queued {
             let (ack, _) = q.await.unwrap();
             assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
@@ -142,8 +171,10 @@ async fn acks_wait_for_the_commit_and_stat_overtakes_a_queue_of_routine_results(
         return;
     }
     hold.rollback().await.unwrap();
-    let (ack, _) = in_flight.await.unwrap();
-    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    for q in in_flight {
+        let (ack, _) = q.await.unwrap();
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    }
     let (stat_ack, stat_at) = stat.await.unwrap();
     assert_eq!(field(&stat_ack, "MSA", 1), "AA", "{stat_ack}");
     for q in queued {
@@ -180,13 +211,10 @@ async fn assert_queued_committed_together(app: &TestApp) {
 
 #[tokio::test]
 async fn a_failing_write_in_a_group_fails_only_its_own_caller() {
-    let (app, url, _database) = app_with_one_patient().await;
-    let locked = patient_id(&app, "MRN-A").await;
+    let (app, url, _database) = app_with_two_patients().await;
     let org_url = format!("{}/Organization/org-1", app.base);
-    let hold = hold_database(&url, &locked).await;
-    // Queue a routine message behind a blocked one, and a FHIR update whose If-Match fails.
-    let in_flight = tokio::spawn(send(app.mllp, oru("N1", "MRN-A", false)));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Queue a routine message behind blocked ones, and a FHIR update whose If-Match fails.
+    let (hold, in_flight) = block_routine_lane(&app, &url).await;
     let queued = tokio::spawn(send(app.mllp, oru("N2", "MRN-2", false)));
     let client = app.client.clone();
     let body = serde_json::json!({"resourceType": "Organization", "id": "org-1", "name": "Lab"});
@@ -204,7 +232,9 @@ async fn a_failing_write_in_a_group_fails_only_its_own_caller() {
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     hold.rollback().await.unwrap();
-    assert_eq!(field(&in_flight.await.unwrap().0, "MSA", 1), "AA");
+    for q in in_flight {
+        assert_eq!(field(&q.await.unwrap().0, "MSA", 1), "AA");
+    }
     assert_eq!(field(&queued.await.unwrap().0, "MSA", 1), "AA");
     assert_eq!(stale.await.unwrap(), 412, "only the stale update fails");
     patient_id(&app, "MRN-2").await;
@@ -217,11 +247,8 @@ async fn a_failing_write_in_a_group_fails_only_its_own_caller() {
 /// per write (under MLLP load, a few 412s a second cut throughput by two thirds).
 #[tokio::test]
 async fn a_failing_write_does_not_break_up_the_group_it_was_queued_in() {
-    let (app, url, _database) = app_with_one_patient().await;
-    let locked = patient_id(&app, "MRN-A").await;
-    let hold = hold_database(&url, &locked).await;
-    let in_flight = tokio::spawn(send(app.mllp, oru("N1", "MRN-A", false)));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (app, url, _database) = app_with_two_patients().await;
+    let (hold, in_flight) = block_routine_lane(&app, &url).await;
     let mut queued: Vec<_> = (2..6)
         .map(|n| {
             tokio::spawn(send(
@@ -255,11 +282,47 @@ async fn a_failing_write_does_not_break_up_the_group_it_was_queued_in() {
     }));
     tokio::time::sleep(Duration::from_millis(400)).await;
     hold.rollback().await.unwrap();
-    assert_eq!(field(&in_flight.await.unwrap().0, "MSA", 1), "AA");
+    for q in in_flight {
+        assert_eq!(field(&q.await.unwrap().0, "MSA", 1), "AA");
+    }
     for q in queued {
         assert_eq!(field(&q.await.unwrap().0, "MSA", 1), "AA");
     }
     assert_eq!(stale.await.unwrap(), 412, "only the stale update fails");
     assert_queued_committed_together(&app).await;
+    app.stop().await;
+}
+
+/// On PostgreSQL a lane commits two groups at once: a group blocked on one patient's row does
+/// not hold up a write to other resources, and a later write to the blocked patient waits for
+/// its turn (the order of writes to one resource is kept). SQLite has one writer.
+#[tokio::test]
+async fn on_postgresql_a_blocked_group_does_not_hold_up_writes_to_other_resources() {
+    let (app, url, _database) = app_with_two_patients().await;
+    if !url.starts_with("postgres") {
+        app.stop().await;
+        return;
+    }
+    let locked = [patient_id(&app, "MRN-A").await];
+    let hold = hold_database(&url, &locked).await;
+    let blocked = tokio::spawn(send(app.mllp, oru("B1", "MRN-A", false)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ack, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(app.mllp, oru("FREE1", "MRN-FREE", false)),
+    )
+    .await
+    .expect("another patient's result is committed while the first group is blocked");
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    // A second result for the blocked patient waits behind the first.
+    let behind = tokio::spawn(send(app.mllp, oru("B2", "MRN-A", false)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!blocked.is_finished() && !behind.is_finished());
+    hold.rollback().await.unwrap();
+    let (first, first_at) = blocked.await.unwrap();
+    let (second, second_at) = behind.await.unwrap();
+    assert_eq!(field(&first, "MSA", 1), "AA", "{first}");
+    assert_eq!(field(&second, "MSA", 1), "AA", "{second}");
+    assert!(first_at <= second_at, "the patient's results kept their order");
     app.stop().await;
 }
