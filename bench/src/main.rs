@@ -16,7 +16,7 @@ mod suite;
 use std::process::ExitCode;
 
 use options::{required, Flags, USAGE};
-use suite::{postgres, sqlite, Server};
+use suite::{kafka, postgres, sqlite, Server};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -50,6 +50,13 @@ async fn run(mode: &str, rest: &[String]) -> anyhow::Result<()> {
         }
         "postgres" => run_postgres(&Flags::parse(rest)?).await,
         "sqlite" => run_sqlite(&Flags::parse(rest)?).await,
+        "kafka-prepare" => prepare_kafka(&Flags::parse(rest)?).await,
+        "kafka" => run_kafka(&Flags::parse(rest)?).await,
+        "kafka-skipped" => {
+            let flags = Flags::parse(rest)?;
+            let reason = required(&flags.reason, "--reason")?;
+            kafka::skipped(&reason).write(&required(&flags.out, "--out")?)
+        }
         "report" => write_report(&Flags::parse(rest)?),
         "--help" | "-h" | "help" => {
             println!("{USAGE}");
@@ -81,6 +88,29 @@ async fn run_sqlite(flags: &Flags) -> anyhow::Result<()> {
     };
     let out = required(&flags.out, "--out")?;
     sqlite::run(target, &flags.size()).await?.write(&out)
+}
+
+async fn prepare_kafka(flags: &Flags) -> anyhow::Result<()> {
+    let dir = required(&flags.kafka_dir, "--kafka-dir")?;
+    kafka::prepare(&server(flags).await?, &dir, &flags.size()).await
+}
+
+async fn run_kafka(flags: &Flags) -> anyhow::Result<()> {
+    // No `Server::connect` first: the server has been consuming since it started, and the
+    // meter starts at once.
+    let target = kafka::Target {
+        http: required(&flags.http, "--http")?,
+        server_pid: required(&flags.server_pid, "--server-pid")?,
+        database_url: required(&flags.database_url, "--database-url")?,
+        server_log: required(&flags.server_log, "--server-log")?,
+        brokers: required(&flags.brokers, "--brokers")?,
+        broker_pid: required(&flags.broker_pid, "--broker-pid")?,
+        broker: required(&flags.broker, "--broker")?,
+        script: required(&flags.kafka_script, "--kafka-script")?,
+        dir: required(&flags.kafka_dir, "--kafka-dir")?,
+    };
+    let out = required(&flags.out, "--out")?;
+    kafka::run(target, &flags.size()).await?.write(&out)
 }
 
 fn write_report(flags: &Flags) -> anyhow::Result<()> {

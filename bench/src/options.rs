@@ -11,12 +11,20 @@ pub const USAGE: &str = "\
 usage: hl7bridge-bench create-db|drop-db ADMIN_URL NAME
        hl7bridge-bench postgres --http URL --mllp ADDR --database-url URL --server-pid PID --out FILE [SIZE]
        hl7bridge-bench sqlite --http URL --scratch-db FILE --server-pid PID --out FILE [SIZE]
+       hl7bridge-bench kafka-prepare --http URL --server-pid PID --kafka-dir DIR [SIZE]
+       hl7bridge-bench kafka --http URL --database-url URL --server-pid PID --server-log FILE
+                       --brokers ADDR --broker-pid PID --broker TEXT --kafka-script FILE
+                       --kafka-dir DIR --out FILE [SIZE]
+       hl7bridge-bench kafka-skipped --reason TEXT --out FILE
        hl7bridge-bench report --dir DIR --out FILE --commit REV --date TEXT --command TEXT --elapsed-s S --build-s S
 
 SIZE: --quick (a few seconds per figure) or any of
   --patients N         patient Bundles imported into PostgreSQL (default 500, quick 6)
   --sqlite-patients N  of those, imported into SQLite (default 100, quick 3)
   --mllp-patients N    patients the ORU^R01 messages name (default 2000, quick 50)
+  --kafka-patients N   patient Bundles produced to Kafka, one a record (default 400, quick 100;
+                       the server takes up to 64 records at once, and far fewer records than
+                       that finish together and make the rate meaningless)
   --seconds S          length of each timed load (default 30, quick 2); ceilings take half
   --seed N             dataset seed (default 1)
 
@@ -29,6 +37,7 @@ pub struct Size {
     pub patients: u64,
     pub sqlite_patients: u64,
     pub mllp_patients: u64,
+    pub kafka_patients: u64,
     pub seconds: f64,
 }
 
@@ -62,11 +71,19 @@ pub struct Flags {
     pub command: Option<String>,
     pub elapsed_s: Option<f64>,
     pub build_s: Option<f64>,
+    pub kafka_dir: Option<PathBuf>,
+    pub server_log: Option<PathBuf>,
+    pub brokers: Option<String>,
+    pub broker_pid: Option<u32>,
+    pub broker: Option<String>,
+    pub kafka_script: Option<PathBuf>,
+    pub reason: Option<String>,
     quick: bool,
     seed: Option<u64>,
     patients: Option<u64>,
     sqlite_patients: Option<u64>,
     mllp_patients: Option<u64>,
+    kafka_patients: Option<u64>,
     seconds: Option<f64>,
 }
 
@@ -104,10 +121,18 @@ impl Flags {
             "--command" => self.command = text(),
             "--elapsed-s" => self.elapsed_s = Some(value.parse()?),
             "--build-s" => self.build_s = Some(value.parse()?),
+            "--kafka-dir" => self.kafka_dir = Some(value.into()),
+            "--server-log" => self.server_log = Some(value.into()),
+            "--brokers" => self.brokers = text(),
+            "--broker-pid" => self.broker_pid = Some(value.parse()?),
+            "--broker" => self.broker = text(),
+            "--kafka-script" => self.kafka_script = Some(value.into()),
+            "--reason" => self.reason = text(),
             "--seed" => self.seed = Some(value.parse()?),
             "--patients" => self.patients = Some(positive(value)?),
             "--sqlite-patients" => self.sqlite_patients = Some(positive(value)?),
             "--mllp-patients" => self.mllp_patients = Some(positive(value)?),
+            "--kafka-patients" => self.kafka_patients = Some(positive(value)?),
             "--seconds" => self.seconds = Some(value.parse::<f64>()?.max(0.5)),
             _ => bail!("unknown flag\n\n{USAGE}"),
         }
@@ -125,6 +150,7 @@ impl Flags {
             patients,
             sqlite_patients: pick(self.sqlite_patients, 100, 3).min(patients),
             mllp_patients: pick(self.mllp_patients, 2000, 50),
+            kafka_patients: pick(self.kafka_patients, 400, 100),
             seconds: self.seconds.unwrap_or(if quick { 2.0 } else { 30.0 }),
         }
     }
@@ -155,8 +181,13 @@ mod tests {
     fn quick_shrinks_what_was_not_given() {
         let size = parse(&["--quick", "--patients", "9"]).unwrap().size();
         assert_eq!(
-            (size.patients, size.sqlite_patients, size.seconds),
-            (9, 3, 2.0)
+            (
+                size.patients,
+                size.sqlite_patients,
+                size.kafka_patients,
+                size.seconds
+            ),
+            (9, 3, 100, 2.0)
         );
     }
 
@@ -171,5 +202,6 @@ mod tests {
         assert!(parse(&["--patient", "5"]).is_err());
         assert!(parse(&["--patients"]).is_err());
         assert!(parse(&["--patients", "0"]).is_err());
+        assert!(parse(&["--kafka-patients", "0"]).is_err());
     }
 }

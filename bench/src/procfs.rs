@@ -106,6 +106,29 @@ fn works_for(title: &str, database: &str) -> bool {
     }
 }
 
+/// One process's CPU ticks beside the machine's, at one instant: for a process the [`Meter`]
+/// does not follow (the Kafka broker).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessClock {
+    process: u64,
+    machine: u64,
+}
+
+impl ProcessClock {
+    pub fn now(pid: u32) -> ProcessClock {
+        ProcessClock {
+            process: process_ticks(&format!("/proc/{pid}/stat")).unwrap_or(0),
+            machine: machine_ticks().map_or(0, |(total, _)| total),
+        }
+    }
+
+    /// The process's share of the whole machine (every core) since `earlier`, in percent.
+    pub fn share_since(&self, earlier: &ProcessClock) -> f64 {
+        let capacity = self.machine.saturating_sub(earlier.machine).max(1) as f64;
+        100.0 * self.process.saturating_sub(earlier.process) as f64 / capacity
+    }
+}
+
 /// Where one phase's CPU went, in percent of the whole machine (all cores) over its wall time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseUsage {
@@ -242,6 +265,18 @@ mod tests {
         let (command, _) = stat_of("/proc/self/stat").unwrap();
         assert!(!command.is_empty());
         assert!(status_kib(std::process::id(), "VmRSS").unwrap() > 0);
+    }
+
+    #[test]
+    fn a_process_clock_measures_a_share_of_the_machine() {
+        let before = ProcessClock::now(std::process::id());
+        let mut x = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let share = ProcessClock::now(std::process::id()).share_since(&before);
+        assert!(share > 0.0 && share <= 100.0, "{share}");
     }
 
     #[test]

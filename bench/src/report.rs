@@ -53,14 +53,18 @@ pub struct RunInfo {
     pub build_s: f64,
 }
 
-/// Joins `postgres.json` and `sqlite.json` of `dir` into the Markdown report.
+/// Joins `postgres.json`, `sqlite.json` and `kafka.json` of `dir` into the Markdown report.
 pub fn render(dir: &Path, info: &RunInfo) -> String {
-    let modes: Vec<ModeResult> = ["postgres.json", "sqlite.json"]
+    let modes: Vec<ModeResult> = ["postgres.json", "sqlite.json", "kafka.json"]
         .iter()
         .filter_map(|file| ModeResult::read(&dir.join(file)))
         .collect();
     let mut rows: Vec<Row> = modes.iter().flat_map(|m| m.rows.clone()).collect();
-    rows.push(kafka_row());
+    if !rows.iter().any(|r| r.number == 8) {
+        rows.push(crate::suite::kafka::not_measured(
+            "the Kafka phase left no result (no kafka.json)",
+        ));
+    }
     rows.sort_by_key(|r| r.number);
     let mut out = String::from("# hl7bridge data-layer benchmark\n\n");
     out.push_str("Written by `benches/run.sh`; run it again rather than editing this file.\n\n");
@@ -141,20 +145,6 @@ fn cpu_table(modes: &[ModeResult]) -> String {
         ));
     }
     out
-}
-
-fn kafka_row() -> Row {
-    Row {
-        number: 8,
-        figure: "Kafka inbound ingest".into(),
-        target: "—".into(),
-        measured: "not measured: no Kafka broker on this machine (the one the tests use, tansu, \
-                   takes ~15 min to build); librdkafka's mock cluster runs inside the server's \
-                   process and would measure the mock"
-            .into(),
-        ceiling: "—".into(),
-        met: None,
-    }
 }
 
 /// Cores, CPU model, memory and kernel of this machine.
@@ -249,10 +239,48 @@ mod tests {
             build_s: 3.0,
         };
         let text = render(&dir, &info);
-        std::fs::remove_dir_all(&dir).unwrap();
         let first = text.find("| 1 | figure 1").unwrap();
         assert!(first < text.find("| 5 | figure 5").unwrap());
-        assert!(text.contains("| 8 | Kafka inbound ingest"));
+        assert!(text.contains(
+            "| 8 | Kafka inbound ingest, PostgreSQL | ≥ 20,000 res/s | not measured: the Kafka \
+             phase left no result (no kafka.json) | — | not measured |"
+        ));
         assert!(text.contains("1 min 1 s, of which 3 s building"));
+
+        // Figure 8 from its own file, after the others whatever the files' order.
+        let kafka = ModeResult {
+            rows: vec![row(8)],
+            ..ModeResult::default()
+        };
+        kafka.write(&dir.join("kafka.json")).unwrap();
+        let text = render(&dir, &info);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.find("| 5 | figure 5").unwrap()
+                < text
+                    .find("| 8 | figure 8 | t | m | c | **not met** |")
+                    .unwrap()
+        );
+        assert!(!text.contains("no kafka.json"));
+    }
+
+    #[test]
+    fn a_skipped_kafka_phase_says_why_in_its_row() {
+        let dir = std::env::temp_dir().join(format!("hl7bridge-bench-skip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::suite::kafka::skipped("no Kafka broker: tansu was not found")
+            .write(&dir.join("kafka.json"))
+            .unwrap();
+        let info = RunInfo {
+            command: "benches/run.sh --quick".into(),
+            commit: "abc".into(),
+            date: "today".into(),
+            elapsed_s: 5.0,
+            build_s: 0.0,
+        };
+        let text = render(&dir, &info);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(text
+            .contains("| not measured: no Kafka broker: tansu was not found | — | not measured |"));
     }
 }

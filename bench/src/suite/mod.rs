@@ -1,7 +1,8 @@
-//! The figures, in the order they run against one server: [`postgres`] (figures 1–5 and 7)
-//! and [`sqlite`] (6 and 7). Each phase is timed by the [`Meter`], and each figure is followed
-//! by its ceiling while the server idles.
+//! The figures, in the order they run, each mode against its own server: [`postgres`]
+//! (figures 1–5 and 7), [`sqlite`] (6 and 7) and [`kafka`] (8). Each phase is timed by the
+//! [`Meter`], and each figure is followed by its ceiling while the server idles.
 
+pub mod kafka;
 pub mod postgres;
 pub mod sqlite;
 

@@ -127,7 +127,7 @@ async fn read_figures(
 }
 
 /// The dataset's resources as COPY payloads for four streams, and their mean size in bytes.
-fn copy_payloads(dataset: &Dataset) -> (Vec<(Bytes, u64)>, usize) {
+pub(super) fn copy_payloads(dataset: &Dataset) -> (Vec<(Bytes, u64)>, usize) {
     let rows: Vec<_> = dataset
         .bundles
         .iter()
@@ -137,7 +137,7 @@ fn copy_payloads(dataset: &Dataset) -> (Vec<(Bytes, u64)>, usize) {
     (sql::copy_payloads(&rows, 4), bytes / rows.len().max(1))
 }
 
-async fn copy(pool: &PgPool, payloads: Vec<(Bytes, u64)>) -> Sample {
+pub(super) async fn copy(pool: &PgPool, payloads: Vec<(Bytes, u64)>) -> Sample {
     let payloads = Arc::new(payloads);
     let copiers = (0..payloads.len())
         .map(|_| sql::Copier {
@@ -149,7 +149,7 @@ async fn copy(pool: &PgPool, payloads: Vec<(Bytes, u64)>) -> Sample {
     load::run(copiers, limit).await
 }
 
-fn copy_ceiling(copy: &Sample, row_bytes: usize) -> String {
+pub(super) fn copy_ceiling(copy: &Sample, row_bytes: usize) -> String {
     with_failures(
         format!(
             "{} rows/s (COPY of the same {} resources, ~{row_bytes} B of JSON a row, 4 streams)",
@@ -325,7 +325,7 @@ fn read_row(single: &Sample, sql: &Sample) -> Row {
 }
 
 /// The database an URL names (its last path segment).
-fn database_name(url: &str) -> Option<String> {
+pub(super) fn database_name(url: &str) -> Option<String> {
     let path = url.split('?').next()?;
     Some(path.rsplit('/').next()?.to_string())
 }
