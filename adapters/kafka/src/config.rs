@@ -85,7 +85,10 @@ impl KafkaConfig {
 
     /// Consumer settings. Offsets are committed by the application after its own commit, so
     /// automatic commits and automatic offset storing are forced off; a new group starts at the
-    /// earliest record, so nothing produced before the first start is skipped.
+    /// earliest record, so nothing produced before the first start is skipped. The prefetch
+    /// queue is 4 MiB unless set otherwise: librdkafka's 64 MiB default, full of large
+    /// transaction Bundles, took the server to 370–560 MB RSS in the benchmark for no gain in
+    /// throughput.
     pub fn consumer_config(&self, statistics_interval_ms: u64) -> ClientConfig {
         let mut config = self.common();
         config
@@ -95,6 +98,9 @@ impl KafkaConfig {
             .set("statistics.interval.ms", statistics_interval_ms.to_string());
         if !self.options.contains_key("auto.offset.reset") {
             config.set("auto.offset.reset", "earliest");
+        }
+        if !self.options.contains_key("queued.max.messages.kbytes") {
+            config.set("queued.max.messages.kbytes", "4096");
         }
         config
     }
@@ -130,6 +136,7 @@ mod tests {
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
         assert_eq!(consumer.get("auto.offset.reset"), Some("earliest"));
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("4096"));
         let producer = config.producer_config(5000);
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
