@@ -624,11 +624,12 @@ fn auth_settings(
     let switch = take("AUTH");
     let file = take("AUTH_JWKS_FILE");
     let url = take("AUTH_JWKS_URL");
+    let ca = take("AUTH_JWKS_CA");
     let issuer = take("AUTH_ISSUER");
     let audience = take("AUTH_AUDIENCE");
     let leeway = take("AUTH_LEEWAY_S");
     let any_token_setting =
-        file.is_some() || url.is_some() || issuer.is_some() || audience.is_some();
+        file.is_some() || url.is_some() || ca.is_some() || issuer.is_some() || audience.is_some();
     match switch.as_deref().map(str::trim) {
         None => {}
         Some("off") if any_token_setting => {
@@ -658,15 +659,16 @@ fn auth_settings(
     }
     let jwks = match (file, url) {
         (Some(file), None) => Some(JwksSource::File(file.trim().into())),
-        (None, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => {
-            Some(JwksSource::Url(url.trim().to_string()))
-        }
-        (None, Some(url)) => {
-            problems.push(format!(
-                "{PREFIX}AUTH_JWKS_URL: expected an http:// or https:// URL, got {url:?}"
-            ));
-            None
-        }
+        (None, Some(url)) => match crate::auth::jwks::url_problem(url.trim()) {
+            None => Some(JwksSource::Url {
+                url: url.trim().to_string(),
+                ca: ca.as_deref().map(|path| path.trim().into()),
+            }),
+            Some(problem) => {
+                problems.push(format!("{PREFIX}AUTH_JWKS_URL: {problem}"));
+                None
+            }
+        },
         (Some(_), Some(_)) => {
             problems.push(format!(
                 "{PREFIX}AUTH_JWKS_FILE and _JWKS_URL: set one, not both"
@@ -680,6 +682,12 @@ fn auth_settings(
             None
         }
     };
+    let https = matches!(&jwks, Some(JwksSource::Url { url, .. }) if url.starts_with("https://"));
+    if ca.is_some() && !https {
+        problems.push(format!(
+            "{PREFIX}AUTH_JWKS_CA is for an https:// {PREFIX}AUTH_JWKS_URL only"
+        ));
+    }
     let mut required = |name: &str, value: Option<String>| match value {
         Some(v) if !v.trim().is_empty() => Some(v.trim().to_string()),
         _ => {
@@ -951,5 +959,52 @@ mod tests {
         .unwrap();
         assert_eq!(config.http_addr.port(), 0);
         assert!(config.database_url.starts_with("postgres"));
+    }
+
+    #[test]
+    fn a_jwks_url_must_be_https_or_plain_http_to_loopback() {
+        let auth = |url: &str, ca: Option<&str>| {
+            let mut pairs = vec![
+                ("HL7BRIDGE_AUTH_JWKS_URL", url),
+                ("HL7BRIDGE_AUTH_ISSUER", "https://idp.example"),
+                ("HL7BRIDGE_AUTH_AUDIENCE", "https://fhir.example"),
+            ];
+            pairs.extend(ca.map(|ca| ("HL7BRIDGE_AUTH_JWKS_CA", ca)));
+            Config::from_vars(vars(&pairs)).map(|config| config.auth.unwrap().jwks)
+        };
+        let jwks = auth(
+            "https://idp.example/jwks",
+            Some("/etc/hl7bridge/idp-ca.pem"),
+        )
+        .unwrap();
+        assert_eq!(
+            jwks,
+            crate::auth::JwksSource::Url {
+                url: "https://idp.example/jwks".into(),
+                ca: Some("/etc/hl7bridge/idp-ca.pem".into()),
+            }
+        );
+        assert!(auth("http://127.0.0.1:8081/jwks", None).is_ok());
+        let err = auth("http://idp.example/jwks", None).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.to_string().contains(
+                "HL7BRIDGE_AUTH_JWKS_URL: plain http:// is allowed to a loopback host only"
+            ),
+            "{err}"
+        );
+        let err = auth("http://127.0.0.1:8081/jwks", Some("ca.pem")).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(
+            err.to_string()
+                .contains("HL7BRIDGE_AUTH_JWKS_CA is for an https://"),
+            "{err}"
+        );
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_AUTH_JWKS_CA", "ca.pem")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("without HL7BRIDGE_AUTH_JWKS_FILE or _JWKS_URL"),
+            "{err}"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! TLS for the FHIR API and the MLLP listener: certificates and keys read from PEM files,
 //! rustls server configurations on the `ring` provider (set here, never left to a process-wide
 //! default), the MLLP handshake, and the names a verified client certificate carries, which
-//! `ingest` maps to the senders that client may send as.
+//! `ingest` maps to the senders that client may send as. Also the client side of the HTTPS the
+//! server speaks itself (a JWKS URL, the OTLP exporter): the same provider, and the roots trusted.
 //!
 //! Files are read once, at start: a renewed certificate is served after a restart.
 
@@ -15,7 +16,7 @@ use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -81,6 +82,44 @@ impl Handshake for MllpTls {
     }
 }
 
+/// An HTTPS client configuration trusting `roots`, for reqwest's `tls_backend_preconfigured`.
+/// The server's certificate must chain to one of them and be valid for the URL's host: rustls'
+/// WebPKI verifier, with no way here to turn either check off.
+pub fn https_client_config(roots: RootCertStore) -> anyhow::Result<ClientConfig> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("the ring provider supports no TLS version")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The system's root certificates, found as OpenSSL would (`SSL_CERT_FILE`, `SSL_CERT_DIR`, or
+/// the distribution's bundle). Unreadable or unparsable ones are skipped; none at all is an error.
+pub fn system_roots() -> anyhow::Result<RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let mut reasons: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        if reasons.is_empty() {
+            reasons.push("the bundle holds none".into());
+        }
+        anyhow::bail!("no system root certificates found ({})", reasons.join("; "));
+    }
+    Ok(roots)
+}
+
+/// The CA certificates of the PEM bundle at `path`, which `setting` names.
+pub fn ca_roots(setting: &str, path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_certificates(setting, path)? {
+        roots
+            .add(certificate)
+            .with_context(|| format!("{setting}: {} holds an unusable CA", path.display()))?;
+    }
+    Ok(roots)
+}
+
 /// ring rather than aws-lc-rs: it builds in a fraction of the time. rustls deprecates it for
 /// lacking post-quantum key exchange (X25519MLKEM768); the classical groups remain safe today.
 #[allow(deprecated)]
@@ -120,12 +159,7 @@ fn client_verifier(
     path: &Path,
 ) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
     let setting = "HL7BRIDGE_MLLP_TLS_CLIENT_CA";
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(setting, path)? {
-        roots
-            .add(certificate)
-            .with_context(|| format!("{setting}: {} holds an unusable CA", path.display()))?;
-    }
+    let roots = ca_roots(setting, path)?;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
         .with_context(|| format!("{setting}: {}", path.display()))

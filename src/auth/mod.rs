@@ -5,6 +5,7 @@
 //! (see `config`). What a token may do with a resource is decided by [`Access`], which the
 //! FHIR layer consults per request and per resource.
 
+pub(crate) mod jwks;
 pub mod scopes;
 
 use std::sync::Arc;
@@ -35,8 +36,13 @@ pub enum JwksSource {
     File(std::path::PathBuf),
     /// `HL7BRIDGE_AUTH_JWKS_URL`: fetched at start, and again (at most every
     /// [`REFETCH_INTERVAL`]) when a token names a key id the set does not hold, so keys can be
-    /// rotated without a restart.
-    Url(String),
+    /// rotated without a restart. `https://`, or `http://` to a loopback host (see `jwks`).
+    Url {
+        url: String,
+        /// `HL7BRIDGE_AUTH_JWKS_CA`: a PEM bundle of the CAs trusted for an https:// URL,
+        /// instead of the system's roots.
+        ca: Option<std::path::PathBuf>,
+    },
 }
 
 /// The least time between two fetches of a JWKS URL.
@@ -148,12 +154,14 @@ pub struct Authenticator {
     settings: AuthSettings,
     keys: std::sync::RwLock<JwkSet>,
     last_fetch: tokio::sync::Mutex<Instant>,
+    fetcher: jwks::Fetcher,
 }
 
 impl Authenticator {
     /// Loads the key set; a key set that cannot be read or holds no usable key is an error.
     pub async fn load(settings: AuthSettings) -> anyhow::Result<Authenticator> {
-        let keys = fetch(&settings.jwks).await?;
+        let fetcher = jwks::Fetcher::new(&settings.jwks)?;
+        let keys = fetch(&fetcher).await?;
         if !keys.keys.iter().any(usable) {
             anyhow::bail!("the JWKS holds no RSA or EC signing key");
         }
@@ -161,6 +169,7 @@ impl Authenticator {
             settings,
             keys: std::sync::RwLock::new(keys),
             last_fetch: tokio::sync::Mutex::new(Instant::now()),
+            fetcher,
         })
     }
 
@@ -247,7 +256,7 @@ impl Authenticator {
     }
 
     async fn refetch(&self) {
-        let JwksSource::Url(_) = &self.settings.jwks else {
+        let JwksSource::Url { .. } = &self.settings.jwks else {
             return;
         };
         let mut last = self.last_fetch.lock().await;
@@ -255,9 +264,10 @@ impl Authenticator {
             return;
         }
         *last = Instant::now();
-        match fetch(&self.settings.jwks).await {
+        // On failure the keys held stay, and a token naming another is refused.
+        match fetch(&self.fetcher).await {
             Ok(keys) => *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys,
-            Err(err) => tracing::warn!(error = %err, "refetching the JWKS failed"),
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "refetching the JWKS failed"),
         }
     }
 }
@@ -273,25 +283,8 @@ fn usable(key: &Jwk) -> bool {
     signing && family
 }
 
-async fn fetch(source: &JwksSource) -> anyhow::Result<JwkSet> {
+async fn fetch(fetcher: &jwks::Fetcher) -> anyhow::Result<JwkSet> {
     use anyhow::Context;
-    let text = match source {
-        JwksSource::File(path) => tokio::fs::read_to_string(path)
-            .await
-            .with_context(|| format!("reading the JWKS file {}", path.display()))?,
-        JwksSource::Url(url) => {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?;
-            client
-                .get(url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .with_context(|| format!("fetching the JWKS from {url}"))?
-                .text()
-                .await?
-        }
-    };
+    let text = fetcher.read().await?;
     serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
 }

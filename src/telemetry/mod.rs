@@ -6,7 +6,9 @@
 //! processor) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
 //! set, as `http/protobuf` (the default) or `grpc`, chosen by `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`
 //! or `OTEL_EXPORTER_OTLP_PROTOCOL`. The other standard `OTEL_*` variables (headers, timeout,
-//! service name, resource attributes, sampler) are read by the OpenTelemetry SDK itself.
+//! service name, resource attributes, sampler) are read by the OpenTelemetry SDK itself; the
+//! `http/protobuf` exporter's HTTP client is made here (`otlp_http_client`) and reads the
+//! timeout as well.
 //!
 //! Level policy: per-message and per-request work at debug; lifecycle (listening, shutting down)
 //! at info; recovered surprises at warn; error only when data was rejected for a reason an
@@ -19,6 +21,7 @@ pub mod trace_context;
 use std::time::Duration;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -123,11 +126,39 @@ fn tracer_provider() -> anyhow::Result<Provider> {
             }
             _ => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(otlp_http_client()?)
                 .build()?,
         };
         builder = builder.with_batch_exporter(exporter);
     }
     Ok((builder.build(), exporting, grpc_runtime))
+}
+
+/// The `http/protobuf` exporter's client. opentelemetry-otlp would build one with reqwest's
+/// default TLS provider, which this build leaves out (see Cargo.toml): that client would panic.
+/// This one has rustls on ring, and verifies an https:// endpoint against the system's roots.
+fn otlp_http_client() -> anyhow::Result<reqwest::blocking::Client> {
+    use anyhow::Context;
+    let roots = crate::tls::system_roots().unwrap_or_else(|_| rustls::RootCertStore::empty());
+    let tls = crate::tls::https_client_config(roots)?;
+    let timeout = [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis);
+    // On a thread of its own, as opentelemetry-otlp does: reqwest's blocking client starts a
+    // runtime, which cannot be done from within the caller's, if it has one.
+    std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(timeout)
+            .build()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("building the OTLP HTTP client panicked"))?
+    .context("building the OTLP HTTP client")
 }
 
 /// `grpc` or `http/protobuf` (the default); anything else is refused at start, not ignored.

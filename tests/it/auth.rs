@@ -660,6 +660,184 @@ async fn the_hostile_pass_findings_stay_closed() {
     app.stop().await;
 }
 
+/// The key set over HTTPS from a loopback key server whose certificates are made here.
+mod https_key_set {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use rcgen::ExtendedKeyUsagePurpose;
+    use rustls::crypto::ring;
+    use rustls::pki_types::PrivateKeyDer;
+
+    use super::*;
+    use crate::tls::{start_error, test_config, Pki};
+
+    /// Authentication settings whose key set is fetched from `url`, trusting `ca` alone when given.
+    fn url_settings(url: String, ca: Option<PathBuf>) -> AuthSettings {
+        AuthSettings {
+            jwks: JwksSource::Url { url, ca },
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            leeway_s: 0,
+        }
+    }
+
+    /// A server configuration presenting a certificate `pki` issued for `names`.
+    #[allow(deprecated)] // ring, as the server uses (see `hl7bridge::tls`)
+    fn key_server_config(pki: &Pki, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let (certificate, key) = pki.issue(names, ExtendedKeyUsagePurpose::ServerAuth);
+        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![certificate.der().clone()], key)
+                .unwrap();
+        Arc::new(config)
+    }
+
+    /// A key server over HTTPS on loopback, serving `jwks` to every request: its URL, and how many
+    /// connections it has accepted. Connection `n` is served with `configs[n]`, or the last one.
+    async fn serve_jwks_over_https(
+        jwks: String,
+        configs: Vec<Arc<rustls::ServerConfig>>,
+    ) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks.json", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let config = configs[n.min(configs.len() - 1)].clone();
+                let jwks = jwks.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await
+                    else {
+                        return;
+                    };
+                    let mut request = [0u8; 4096];
+                    let _ = tls.read(&mut request).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
+                        jwks.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn test_jwks() -> String {
+        std::fs::read_to_string(fixture("jwks.json")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_set_fetched_over_https_through_a_private_ca_verifies_tokens() {
+        let pki = Pki::new("jwks");
+        let config = key_server_config(&pki, &["127.0.0.1"]);
+        let (url, _) = serve_jwks_over_https(test_jwks(), vec![config]).await;
+        let settings = url_settings(url, Some(pki.ca_file()));
+        let app = spawn_app_with(|c| c.auth = Some(settings)).await;
+        let token = rs256(&claims("system/*.read", json!({})));
+        assert_eq!(get(&app, "/Patient", &token).await.0, 200);
+        let forged = sign(
+            Algorithm::RS256,
+            "test-rsa",
+            "rsa-stranger-private.pem",
+            &claims("system/*.read", json!({})),
+        );
+        assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
+        app.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_key_server_certificate_from_another_ca_stops_the_start_naming_the_setting() {
+        let trusted = Pki::new("trusted");
+        let other = Pki::new("other");
+        let config = key_server_config(&other, &["127.0.0.1"]);
+        let (url, _) = serve_jwks_over_https(test_jwks(), vec![config]).await;
+
+        let settings = url_settings(url.clone(), Some(trusted.ca_file()));
+        let error = start_error(test_config(|c| c.auth = Some(settings))).await;
+        for expected in [
+            "HL7BRIDGE_AUTH_JWKS_URL",
+            "HL7BRIDGE_AUTH_JWKS_CA",
+            "UnknownIssuer",
+        ] {
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+        // Nor do the system's roots know a private CA.
+        let error = start_error(test_config(|c| c.auth = Some(url_settings(url, None)))).await;
+        assert!(error.contains("HL7BRIDGE_AUTH_JWKS_URL"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_key_server_certificate_for_another_host_name_stops_the_start() {
+        let pki = Pki::new("jwks-name");
+        let config = key_server_config(&pki, &["jwks.other.invalid"]);
+        let (url, _) = serve_jwks_over_https(test_jwks(), vec![config]).await;
+        let settings = url_settings(url, Some(pki.ca_file()));
+        let error = start_error(test_config(|c| c.auth = Some(settings))).await;
+        assert!(error.contains("HL7BRIDGE_AUTH_JWKS_URL"), "{error}");
+        assert!(error.contains("not valid for name"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_key_server_stops_the_start_naming_the_setting() {
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/jwks.json", closed.local_addr().unwrap());
+        drop(closed);
+        let error = start_error(test_config(|c| c.auth = Some(url_settings(url, None)))).await;
+        assert!(error.contains("HL7BRIDGE_AUTH_JWKS_URL"), "{error}");
+        assert!(error.contains("tcp connect error"), "{error}");
+    }
+
+    /// A token naming a key the set does not hold makes the server fetch the set again (at most
+    /// every 30 s). When that fetch fails — here the key server has started presenting a
+    /// certificate for another name — the keys held stay and the token is refused.
+    #[tokio::test]
+    async fn a_failed_refetch_over_https_refuses_a_token_naming_an_unknown_key() {
+        let mut only_rsa: Value = serde_json::from_str(&test_jwks()).unwrap();
+        only_rsa["keys"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|key| key["kid"] == "test-rsa");
+        let pki = Pki::new("jwks-refetch");
+        let configs = vec![
+            key_server_config(&pki, &["127.0.0.1"]),
+            key_server_config(&pki, &["jwks.other.invalid"]),
+        ];
+        let (url, accepted) = serve_jwks_over_https(only_rsa.to_string(), configs).await;
+        let settings = url_settings(url, Some(pki.ca_file()));
+        let app = spawn_app_with(|c| c.auth = Some(settings)).await;
+        let scope = "system/*.read";
+        let rsa = rs256(&claims(scope, json!({})));
+        let ec = sign(
+            Algorithm::ES256,
+            "test-ec",
+            "ec-private.pem",
+            &claims(scope, json!({})),
+        );
+        assert_eq!(get(&app, "/Patient", &rsa).await.0, 200);
+
+        tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+        assert_eq!(get(&app, "/Patient", &ec).await.0, 401);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the set was fetched again"
+        );
+        assert_eq!(get(&app, "/Patient", &rsa).await.0, 200);
+        app.stop().await;
+    }
+}
+
 /// A JWKS served over HTTP on loopback, as an identity provider would serve it.
 #[tokio::test]
 async fn a_key_set_fetched_from_a_url_verifies_tokens() {
@@ -683,7 +861,7 @@ async fn a_key_set_fetched_from_a_url_verifies_tokens() {
     });
     let app = spawn_app_with(|c| {
         c.auth = Some(AuthSettings {
-            jwks: JwksSource::Url(url),
+            jwks: JwksSource::Url { url, ca: None },
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
             leeway_s: 0,

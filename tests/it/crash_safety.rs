@@ -87,7 +87,7 @@ async fn http_load(
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Acknowledged>>,
 ) {
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;

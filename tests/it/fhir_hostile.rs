@@ -447,7 +447,7 @@ async fn slow_bodies_holding_every_connection_slot_are_cut_within_seconds() {
 
     // The trickles hold the slots; with them cut at the tightened limits a client gets in.
     let started = std::time::Instant::now();
-    let client = reqwest::Client::builder()
+    let client = crate::support::http_client_builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();

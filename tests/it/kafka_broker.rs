@@ -106,7 +106,7 @@ async fn a_real_broker_and_an_independent_client_see_records_stored_and_changes_
             .expect("the server starts"),
     );
     let base = format!("http://127.0.0.1:{http_port}");
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let started = Instant::now();
     loop {
         let ready = client.get(format!("{base}/ready")).send().await;

@@ -140,7 +140,9 @@ async fn spans_are_exported_over_otlp_http_and_sigterm_stops_the_server_cleanly(
     std::fs::create_dir_all(&dir).unwrap();
     let (mut child, http, _) = tokio::task::block_in_place(|| start_binary(&endpoint, &dir, &[]));
 
-    let metadata = reqwest::get(format!("http://{http}/metadata"))
+    let metadata = crate::support::http_client()
+        .get(format!("http://{http}/metadata"))
+        .send()
         .await
         .unwrap();
     assert_eq!(metadata.status(), 200);
@@ -212,7 +214,9 @@ async fn spans_are_exported_over_otlp_grpc_when_the_protocol_says_so() {
         ("OTEL_SERVICE_NAME", "hl7bridge-grpc-test"),
     ];
     let (mut child, http, _) = tokio::task::block_in_place(|| start_binary(&endpoint, &dir, &env));
-    let metadata = reqwest::get(format!("http://{http}/metadata"))
+    let metadata = crate::support::http_client()
+        .get(format!("http://{http}/metadata"))
+        .send()
         .await
         .unwrap();
     assert_eq!(metadata.status(), 200);

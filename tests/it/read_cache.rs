@@ -213,7 +213,7 @@ async fn empty_everything_pages_count_against_the_cache_limit() {
     ];
     let (child, http, _) = tokio::task::block_in_place(|| start_server(&dir, &env));
     let _running = Running(child);
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let status = client
         .put(format!("http://{http}/Patient/pe"))
         .header("content-type", "application/fhir+json")

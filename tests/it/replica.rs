@@ -559,7 +559,7 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
     let http = {
         let (stop, answers, base) = (stop.clone(), answers.clone(), app.base.clone());
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::support::http_client();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;

@@ -52,6 +52,20 @@ fn init_telemetry() {
     });
 }
 
+/// An HTTP client for a test. reqwest has rustls without a default crypto provider (see
+/// Cargo.toml), and this process installs none, which shows that the server never relies on
+/// one: a client is given its own, ring trusting nothing (tests speak plain HTTP to the API).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("an HTTP client")
+}
+
+/// As [`http_client`], for a test that sets more.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let tls = hl7bridge::tls::https_client_config(rustls::RootCertStore::empty())
+        .expect("a TLS client configuration");
+    reqwest::Client::builder().tls_backend_preconfigured(tls)
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
@@ -98,7 +112,7 @@ async fn start_app(
     TestApp {
         base,
         mllp,
-        client: reqwest::Client::new(),
+        client: http_client(),
         stop: Some(stop),
         task: Some(task),
         _database: database,
@@ -112,7 +126,7 @@ impl TestApp {
         TestApp {
             base: format!("http://{http}"),
             mllp: mllp.parse().expect("the server logs its MLLP address"),
-            client: reqwest::Client::new(),
+            client: http_client(),
             stop: None,
             task: None,
             _database: TestDatabase(None),

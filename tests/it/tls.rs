@@ -41,7 +41,7 @@ const H2: &[u8] = b"h2";
 const HTTP1: &[u8] = b"http/1.1";
 
 /// A CA and the certificates it issues, as PEM files in a directory of their own.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: CertifiedIssuer<'static, KeyPair>,
 }
@@ -53,7 +53,7 @@ impl Drop for Pki {
 }
 
 impl Pki {
-    fn new(name: &str) -> Pki {
+    pub(crate) fn new(name: &str) -> Pki {
         let dir = std::env::temp_dir().join(format!("hl7bridge-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir(&dir).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -67,12 +67,16 @@ impl Pki {
         Pki { dir, ca }
     }
 
-    fn ca_file(&self) -> PathBuf {
+    pub(crate) fn ca_file(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
     /// A certificate for `names` (its common name is the first), signed by this CA.
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (Certificate, KeyPair) {
+    pub(crate) fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (Certificate, KeyPair) {
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans).unwrap();
         params.distinguished_name.push(DnType::CommonName, names[0]);
@@ -427,7 +431,7 @@ async fn a_silent_client_is_cut_off_at_the_handshake_timeout_and_others_are_serv
     app.stop().await;
 }
 
-fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
+pub(crate) fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         mllp_addr: "127.0.0.1:0".parse().unwrap(),
@@ -439,7 +443,7 @@ fn test_config(adjust: impl FnOnce(&mut Config)) -> Config {
 }
 
 /// Builds the application and returns why it could not start.
-async fn start_error(config: Config) -> String {
+pub(crate) async fn start_error(config: Config) -> String {
     match Application::build(config).await {
         Ok(_) => panic!("the application started"),
         Err(err) => format!("{err:#}"),

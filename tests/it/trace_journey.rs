@@ -91,7 +91,7 @@ async fn one_trace_runs_from_the_ztr_through_the_database_and_kafka_and_the_read
     }
 
     // A FHIR client reads everything under its own trace.
-    let client = reqwest::Client::new();
+    let client = crate::support::http_client();
     let found: serde_json::Value = client
         .get(format!("http://{http}/Patient?identifier=TST100234"))
         .send()
