@@ -701,3 +701,124 @@ async fn a_key_set_fetched_from_a_url_verifies_tokens() {
     assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
     app.stop().await;
 }
+
+/// SMART v2 `u` updates; only `c` creates, and a PUT to an id that does not exist (or was
+/// deleted) creates. v1 `write` grants both.
+#[tokio::test]
+async fn a_put_that_would_create_needs_create_permission() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    let observation = |id: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "x"}, "identifier": [{"system": "urn:obs", "value": id}]})
+    };
+    let put = |path: &str, token: &str, body: Value| {
+        let (app, path, token) = (&app, path.to_string(), token.to_string());
+        async move { call(app, reqwest::Method::PUT, &path, Some(&token), Some(&body)).await }
+    };
+    for id in ["kept", "gone"] {
+        assert_eq!(
+            put(&format!("/Observation/{id}"), &admin, observation(id))
+                .await
+                .0,
+            201
+        );
+    }
+    let (status, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        "/Observation/gone",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    let updater = rs256(&claims("user/Observation.u", json!({})));
+    assert_eq!(
+        put("/Observation/kept", &updater, observation("kept"))
+            .await
+            .0,
+        200
+    );
+    for id in ["new", "gone"] {
+        let (status, body) = put(&format!("/Observation/{id}"), &updater, observation(id)).await;
+        assert_eq!(status, 403, "PUT Observation/{id}: {body}");
+        assert_eq!(body["issue"][0]["code"], "forbidden");
+    }
+    let (status, _) = put(
+        "/Observation?identifier=urn:obs|other",
+        &updater,
+        observation("other"),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a conditional update that matches nothing creates"
+    );
+    let (status, _) = put(
+        "/Observation?identifier=urn:obs|kept",
+        &updater,
+        observation("kept"),
+    )
+    .await;
+    assert_eq!(status, 200, "a conditional update that matches updates");
+
+    // Bundles: a transaction fails whole, a batch answers the entry.
+    let entry = |id: &str| {
+        json!({"resource": observation(id),
+            "request": {"method": "PUT", "url": format!("Observation/{id}")}})
+    };
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [entry("kept"), entry("new")]});
+    let (status, body) = call(
+        &app,
+        reqwest::Method::POST,
+        "/",
+        Some(&updater),
+        Some(&transaction),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["issue"][0]["expression"][0], "Bundle.entry[1]");
+    let batch = json!({"resourceType": "Bundle", "type": "batch",
+        "entry": [entry("kept"), entry("new"), entry("gone")]});
+    let (status, body) = call(
+        &app,
+        reqwest::Method::POST,
+        "/",
+        Some(&updater),
+        Some(&batch),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<&str> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 OK", "403 Forbidden", "403 Forbidden"],
+        "{body}"
+    );
+    for id in ["new", "other"] {
+        let (status, _) = get(&app, &format!("/Observation/{id}"), &admin).await;
+        assert_eq!(status, 404, "Observation/{id} was created");
+    }
+    assert_eq!(get(&app, "/Observation/gone", &admin).await.0, 410);
+
+    // With create permission too, the same PUTs create.
+    let v2 = rs256(&claims("user/Observation.cu", json!({})));
+    assert_eq!(
+        put("/Observation/new", &v2, observation("new")).await.0,
+        201
+    );
+    let v1 = rs256(&claims("user/Observation.write", json!({})));
+    assert_eq!(
+        put("/Observation/gone", &v1, observation("gone")).await.0,
+        201
+    );
+    app.stop().await;
+}
