@@ -18,10 +18,15 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn now() -> i64 {
+    now_exact() as i64
+}
+
+/// Seconds since the epoch, with their fraction.
+fn now_exact() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64
+        .as_secs_f64()
 }
 
 /// Claims of a token valid for ten minutes, with `extra` merged in.
@@ -820,5 +825,50 @@ async fn a_put_that_would_create_needs_create_permission() {
         put("/Observation/gone", &v1, observation("gone")).await.0,
         201
     );
+    app.stop().await;
+}
+
+/// RFC 7519: `iss` is a single StringOrURI; `exp` and `nbf` are NumericDates, which may have a
+/// fraction.
+#[tokio::test]
+async fn jwt_claims_are_read_as_rfc_7519_defines_them() {
+    let app = spawn_secured().await;
+    let scope = "system/*.read";
+    let status = |claims: Value| {
+        let app = &app;
+        async move { get(app, "/Patient", &rs256(&claims)).await.0 }
+    };
+    for iss in [
+        json!([ISSUER]),
+        json!([ISSUER, "https://elsewhere.invalid"]),
+    ] {
+        assert_eq!(
+            status(claims(scope, json!({"iss": iss}))).await,
+            401,
+            "iss {iss}"
+        );
+    }
+    let at = now_exact();
+    assert_eq!(
+        status(claims(scope, json!({"exp": at + 600.25}))).await,
+        200
+    );
+    assert_eq!(
+        status(claims(scope, json!({"exp": at + 600.25, "nbf": at - 10.5}))).await,
+        200
+    );
+    assert_eq!(status(claims(scope, json!({"exp": at - 120.5}))).await, 401);
+    assert_eq!(status(claims(scope, json!({"nbf": at + 600.5}))).await, 401);
+    assert_eq!(
+        status(claims(scope, json!({"exp": (at + 600.0).to_string()}))).await,
+        401
+    );
+    // Half a second past its `exp`, within the same whole second as the clock: a check that
+    // rounds `exp` or truncates the clock to whole seconds would still take it.
+    while now_exact().fract() < 0.6 || now_exact().fract() > 0.9 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let expired = rs256(&claims(scope, json!({"exp": now_exact() - 0.5})));
+    assert_eq!(get(&app, "/Patient", &expired).await.0, 401);
     app.stop().await;
 }
