@@ -380,6 +380,20 @@ pub fn in_reach(patient: Option<&str>, resource_type: &str, id: &str, content: &
     }
 }
 
+/// Whether a resource found by its identifier (for a conditional reference, create, update or
+/// delete) may be the match for `access`. A token that names a patient and cannot read every
+/// resource of the type matches only what lies within its patient's reach ([`in_reach`]);
+/// anything else must answer as no match would, or the answer would tell whether an
+/// identifier is in use outside the token's record. Other callers match everything.
+pub fn may_match(access: &Access, resource: &StoredResource) -> bool {
+    let patient = access.patient();
+    if patient.is_none() || access.reach(&resource.resource_type, Permission::Read) == Reach::All {
+        return true;
+    }
+    serde_json::from_str::<Value>(&resource.content)
+        .is_ok_and(|content| in_reach(patient, &resource.resource_type, &resource.id, &content))
+}
+
 /// The write rule for a patient-scoped grant, for the resource written and for the version it
 /// replaces: a type the compartment defines, in the patient's compartment and in no other
 /// patient's. Shared resources are not the patient's to change.

@@ -223,6 +223,7 @@ pub async fn process(
         None
     };
     let stored = store.ids_by_identifier(&lookups).await?;
+    let stored = matches_in_reach(store, access, stored).await?;
     let mut preconditions: Vec<Option<Precondition>> = entries
         .iter()
         .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
@@ -306,6 +307,30 @@ fn permitted(access: &Access, entry: Entry) -> Result<Entry, FhirError> {
         )));
     }
     Ok(entry)
+}
+
+/// The identifier matches `access` may use (see `access::may_match`); for a token that names
+/// no patient, all of them, unread.
+async fn matches_in_reach(
+    store: &Store,
+    access: &Access,
+    stored: HashMap<IdentifierLookup, Vec<String>>,
+) -> Result<HashMap<IdentifierLookup, Vec<String>>, FhirError> {
+    if access.patient().is_none() {
+        return Ok(stored);
+    }
+    let mut kept = HashMap::with_capacity(stored.len());
+    for (lookup, ids) in stored {
+        let mut usable = Vec::with_capacity(ids.len());
+        for id in ids {
+            let found = store.read(&lookup.resource_type, &id).await?;
+            if found.is_some_and(|r| access::may_match(access, &r)) {
+                usable.push(id);
+            }
+        }
+        kept.insert(lookup, usable);
+    }
+    Ok(kept)
 }
 
 /// A PUT that creates its target (none exists, or it was deleted) is a create as well as an

@@ -872,3 +872,119 @@ async fn jwt_claims_are_read_as_rfc_7519_defines_them() {
     assert_eq!(get(&app, "/Patient", &expired).await.0, 401);
     app.stop().await;
 }
+
+/// An identifier lookup made for a patient-scoped token (conditional reference, create, update
+/// or delete) must not tell whether the identifier is in use in another patient's record: a
+/// match outside the token's reach answers exactly as no match does.
+#[tokio::test]
+async fn identifier_matches_outside_a_patients_reach_answer_as_no_match() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    seed_two_patients(&app, &admin).await;
+    for (path, resource) in [
+        (
+            "/Patient/pa",
+            json!({"resourceType": "Patient", "id": "pa",
+            "identifier": [{"system": "urn:mrn", "value": "A-1"}]}),
+        ),
+        (
+            "/Patient/pb",
+            json!({"resourceType": "Patient", "id": "pb",
+            "identifier": [{"system": "urn:mrn", "value": "B-123"}]}),
+        ),
+        (
+            "/Observation/ob",
+            json!({"resourceType": "Observation", "id": "ob", "status": "final",
+            "code": {"text": "glucose"}, "subject": {"reference": "Patient/pb"},
+            "identifier": [{"system": "urn:obs", "value": "OB-1"},
+                {"system": "urn:obs", "value": "OB-2"}]}),
+        ),
+    ] {
+        let (status, body) = call(
+            &app,
+            reqwest::Method::PUT,
+            path,
+            Some(&admin),
+            Some(&resource),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let a = rs256(&claims(
+        "patient/*.read patient/*.write",
+        json!({"sub": "patient-app", "patient": "pa"}),
+    ));
+    let send = |bundle: Value| {
+        let (app, a) = (&app, a.clone());
+        async move { call(app, reqwest::Method::POST, "/", Some(&a), Some(&bundle)).await }
+    };
+    let referring = |kind: &str, mrn: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [{"resource": {
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient?identifier=urn:mrn|{mrn}")}},
+            "request": {"method": "POST", "url": "Observation"}}]})
+    };
+    // The answer for B's identifier, with the identifier's text changed, is the answer for one
+    // that nobody has.
+    for kind in ["transaction", "batch"] {
+        let (status_b, body_b) = send(referring(kind, "B-123")).await;
+        let (status_none, body_none) = send(referring(kind, "NOBODY")).await;
+        assert_eq!(status_b, status_none, "{kind}: {body_b}");
+        let mut body_b = body_b.clone();
+        let mut body_none = body_none.clone();
+        for body in [&mut body_b, &mut body_none] {
+            if let Some(map) = body.as_object_mut() {
+                map.remove("id");
+                map.remove("meta");
+            }
+        }
+        assert_eq!(
+            body_b.to_string().replace("B-123", "NOBODY"),
+            body_none.to_string(),
+            "{kind}"
+        );
+    }
+    // Its own identifier still resolves.
+    let (status, body) = send(referring("transaction", "A-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let location = body["entry"][0]["response"]["location"].as_str().unwrap();
+    let id = location.split('/').nth(1).unwrap();
+    let (_, stored) = get(&app, &format!("/Observation/{id}"), &a).await;
+    assert_eq!(stored["subject"]["reference"], "Patient/pa");
+
+    // A conditional create, update or delete matching B's observation acts as if there were none.
+    let mine = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "mine"}, "subject": {"reference": "Patient/pa"},
+        "identifier": [{"system": "urn:obs", "value": "OB-1"}]});
+    let delete = |value: &str| {
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [{
+            "request": {"method": "DELETE", "url": format!("Observation?identifier=urn:obs|{value}")}}]})
+    };
+    for value in ["OB-1", "NOBODY"] {
+        let (_, body) = send(delete(value)).await;
+        assert_eq!(
+            body["entry"][0]["response"]["status"], "204 No Content",
+            "{value}: {body}"
+        );
+    }
+    let update = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": mine.clone(),
+        "request": {"method": "PUT", "url": "Observation?identifier=urn:obs|OB-1"}}]});
+    let (_, body) = send(update).await;
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    let create = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": mine.clone(),
+        "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:obs|OB-2"}}]});
+    let (_, body) = send(create).await;
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    let (status, found) = get(&app, "/Observation/ob", &admin).await;
+    assert_eq!(status, 200, "B's observation is untouched: {found}");
+    assert_eq!(found["code"]["text"], "glucose");
+    app.stop().await;
+}
