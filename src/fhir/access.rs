@@ -205,16 +205,15 @@ pub async fn guard(
         .cloned()
         .unwrap_or_default();
     let status = response.status();
-    record(
-        &state,
+    let record = record_of(
         interaction.as_ref(),
         &access.agent(),
         network,
         status.as_u16(),
         note,
         access.patient(),
-    )
-    .await;
+    );
+    state.audit.record(record).await;
     Ok(response.map_into_boxed_body())
 }
 
@@ -249,29 +248,34 @@ async fn refuse(
     err: FhirError,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let status = err.status_code().as_u16();
-    record(
-        state,
+    let record = record_of(
         interaction.as_ref(),
         agent,
         network,
         status,
         AuditNote::default(),
         None,
-    )
-    .await;
+    );
+    // Anyone can be refused 401, as often as they like: such refusals are rate-limited in the
+    // trail (counted past a few per second and address), the others recorded one by one.
+    if matches!(err, FhirError::Unauthorized(_)) {
+        state.audit.record_unauthenticated(record).await;
+    } else {
+        state.audit.record(record).await;
+    }
     let response = err.error_response();
     Ok(req.into_response(response))
 }
 
-async fn record(
-    state: &FhirState,
+/// The audit record of one request.
+fn record_of(
     interaction: Option<&Interaction>,
     agent: &str,
     network: String,
     status: u16,
     note: AuditNote,
     token_patient: Option<&str>,
-) {
+) -> AuditRecord {
     let (subtype, action) = interaction.map_or(("unknown", 'E'), |i| (i.subtype, i.action));
     let mut entities: Vec<String> = interaction
         .and_then(|i| {
@@ -299,21 +303,18 @@ async fn record(
         400..=499 => 4,
         _ => 8,
     };
-    state
-        .audit
-        .record(AuditRecord {
-            door: Door::Fhir,
-            action,
-            subtype: subtype.to_string(),
-            outcome,
-            agent: agent.to_string(),
-            network,
-            entities,
-            patient,
-            trace_id: current_trace_id(),
-            detail: format!("HTTP {status}"),
-        })
-        .await;
+    AuditRecord {
+        door: Door::Fhir,
+        action,
+        subtype: subtype.to_string(),
+        outcome,
+        agent: agent.to_string(),
+        network,
+        entities,
+        patient,
+        trace_id: current_trace_id(),
+        detail: format!("HTTP {status}"),
+    }
 }
 
 fn bearer(req: &ServiceRequest) -> Option<String> {

@@ -988,3 +988,123 @@ async fn identifier_matches_outside_a_patients_reach_answer_as_no_match() {
     assert_eq!(found["code"]["text"], "glucose");
     app.stop().await;
 }
+
+/// Refusals for want of a valid token (401): anyone can send them, so past a few per second
+/// and address they are counted into summary events; their total is still exact. Requests
+/// with a valid token, allowed or refused, are recorded one by one.
+#[tokio::test]
+async fn an_unauthenticated_flood_is_summarised_in_the_trail_and_counted_in_full() {
+    use hl7bridge::audit::refusals::PER_ADDRESS_PER_SECOND;
+    let app = spawn_secured().await;
+    let started = std::time::Instant::now();
+    let flood = 400;
+    for i in 0..flood {
+        let mut request = app.client.get(format!("{}/Patient", app.base));
+        if i % 2 == 1 {
+            request = request.bearer_auth("not.a.jwt");
+        }
+        assert_eq!(request.send().await.unwrap().status().as_u16(), 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let reader = rs256(&claims("user/Observation.rs", json!({"sub": "reader"})));
+    for _ in 0..30 {
+        assert_eq!(get(&app, "/Observation", &reader).await.0, 200);
+        assert_eq!(get(&app, "/Patient", &reader).await.0, 403);
+    }
+
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    let (status, trail) = get(&app, "/AuditEvent?agent-name=unknown&_count=1000", &admin).await;
+    assert_eq!(status, 200, "{trail}");
+    let events: Vec<&Value> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let (summaries, one_by_one): (Vec<&Value>, Vec<&Value>) = events
+        .iter()
+        .partition(|e| e["subtype"][0]["code"] == "unauthenticated-refusals");
+    assert!(
+        one_by_one.len() as u64 <= u64::from(PER_ADDRESS_PER_SECOND) * seconds,
+        "{} refusals recorded one by one in {seconds} s",
+        one_by_one.len()
+    );
+    assert!(one_by_one.iter().all(|e| e["outcomeDesc"] == "HTTP 401"));
+    let counted: u64 = summaries
+        .iter()
+        .map(|e| {
+            assert_eq!(e["outcome"], "4");
+            assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+            let text = e["outcomeDesc"].as_str().unwrap();
+            let count = text
+                .strip_prefix("HTTP 401 x")
+                .and_then(|t| t.split(':').next());
+            count.and_then(|c| c.parse::<u64>().ok()).expect(text)
+        })
+        .sum();
+    assert_eq!(one_by_one.len() as u64 + counted, flood, "{trail}");
+
+    // The token's traffic, allowed and refused, is all there.
+    let (_, mine) = get(&app, "/AuditEvent?agent-name=reader&_count=1000", &admin).await;
+    let outcomes: Vec<&str> = mine["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "0").count(), 30);
+    assert_eq!(outcomes.iter().filter(|o| **o == "4").count(), 30);
+    app.stop().await;
+}
+
+/// `HL7BRIDGE_AUDIT_RETENTION_DAYS`: events older than the retention are deleted (at start,
+/// then every hour); younger ones stay.
+#[tokio::test]
+async fn audit_events_past_the_retention_are_deleted() {
+    use hl7bridge_entities::audit_event;
+    let (url, _database) = crate::support::fresh_database().await;
+    let store = hl7bridge::store::Store::connect(&url).await.unwrap();
+    let day_us = 86_400 * 1_000_000;
+    let now_us = now() * 1_000_000;
+    let event = |id: &str, age_days: i64| audit_event::Model {
+        id: id.to_string(),
+        recorded_us: now_us - age_days * day_us,
+        source: "fhir".into(),
+        action: "R".into(),
+        subtype: "read".into(),
+        outcome: 0,
+        agent: "archivist".into(),
+        network: "127.0.0.1".into(),
+        entities: "[]".into(),
+        patient_id: String::new(),
+        trace_id: String::new(),
+        detail: "HTTP 200".into(),
+    };
+    let rows = vec![
+        event("old-1", 400),
+        event("old-2", 31),
+        event("young-1", 29),
+        event("young-2", 1),
+    ];
+    store.audit_insert(rows).await.unwrap();
+    store.close().await;
+
+    let app = crate::support::spawn_app_on(&url, |c| c.audit_retention_days = Some(30)).await;
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        let (status, trail) = app.get_json("/AuditEvent?agent-name=archivist").await;
+        assert_eq!(status, 200, "{trail}");
+        kept = trail["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        if kept.len() < 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, ["young-2", "young-1"]);
+    app.stop().await;
+}
