@@ -113,6 +113,9 @@ pub struct Config {
     /// `_JWKS_URL`), `_ISSUER` and `_AUDIENCE` are required, unless `HL7BRIDGE_AUTH=off` says
     /// that a gateway in front authenticates callers.
     pub auth: Option<crate::auth::AuthSettings>,
+    /// `HL7BRIDGE_AUDIT_RETENTION_DAYS`: audit events older than this many days are deleted
+    /// at start and every hour. Default: none, every event is kept.
+    pub audit_retention_days: Option<u32>,
 }
 
 /// A certificate chain and its private key, two PEM files named by two settings. Read at
@@ -236,6 +239,7 @@ impl Default for Config {
             tls_handshake_timeout_ms: 10_000,
             kafka: None,
             auth: None,
+            audit_retention_days: None,
         }
     }
 }
@@ -345,6 +349,14 @@ impl Config {
                 problems.push(format!(
                     "{PREFIX}{name}: expected +HH:MM or -HH:MM, got {offset:?}"
                 ));
+            }
+        }
+        if let Some((name, days)) = take("AUDIT_RETENTION_DAYS") {
+            match days.trim().parse::<u32>() {
+                Ok(days) if days > 0 => config.audit_retention_days = Some(days),
+                _ => problems.push(format!(
+                    "{PREFIX}{name}: expected a whole number of days, at least 1 (got {days:?})"
+                )),
             }
         }
         config.kafka = kafka_settings(&mut vars, &mut problems);
@@ -760,6 +772,17 @@ mod tests {
         assert!(err
             .to_string()
             .contains("HL7BRIDGE_DATABSE_URL: unknown setting"));
+    }
+
+    #[test]
+    fn audit_retention_is_unset_by_default_and_a_positive_number_of_days() {
+        assert_eq!(Config::default().audit_retention_days, None);
+        let config = Config::from_vars(vars(&[("HL7BRIDGE_AUDIT_RETENTION_DAYS", "365")]));
+        assert_eq!(config.unwrap().audit_retention_days, Some(365));
+        for bad in ["0", "-1", "a year", "1.5"] {
+            let vars = vars(&[("HL7BRIDGE_AUDIT_RETENTION_DAYS", bad)]);
+            assert!(Config::from_vars(vars).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Application {
             None => None,
         };
         tokio::spawn(index_deferred(store.clone()));
-        let (audit, audit_writer) = AuditTrail::start(store.clone());
+        let (audit, audit_writer) = AuditTrail::start(store.clone(), config.audit_retention_days);
         let audit_handle = audit.clone();
         let conditional_gate = Arc::new(tokio::sync::Mutex::new(()));
         let (http, http_addr) = http_server(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde_json::Value;
 
 pub use scopes::{Permission, Reach, Scopes};
 
@@ -136,10 +137,17 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("the token has patient scopes but names no patient")]
     NoPatient,
+    #[error("the token's {0} claim is not of the form RFC 7519 gives it")]
+    ClaimForm(&'static str),
 }
 
 #[derive(Deserialize)]
 struct Claims {
+    /// Read as any JSON, and checked by [`check_claims`]: jsonwebtoken would take an array
+    /// for `iss` and refuses a fractional `exp` or `nbf`.
+    iss: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
     sub: Option<String>,
     client_id: Option<String>,
     azp: Option<String>,
@@ -187,11 +195,11 @@ impl Authenticator {
             }
         };
         let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = self.settings.leeway_s;
-        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["aud"]);
+        // `iss`, `exp` and `nbf` are checked by `check_claims`.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
@@ -206,6 +214,7 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
+        check_claims(&claims, &self.settings, unix_now())?;
         let scope_text = match (claims.scope, claims.scp) {
             (Some(text), _) => text,
             (None, Some(list)) => list.join(" "),
@@ -272,6 +281,50 @@ impl Authenticator {
     }
 }
 
+/// RFC 7519's rules for the claims jsonwebtoken reads otherwise: `iss` is one StringOrURI
+/// (§4.1.1; an array is refused, not searched for the issuer), and `exp` and `nbf` are
+/// NumericDates (§2: seconds since the epoch, possibly fractional), compared with the clock to
+/// the fraction. A token is expired from its `exp` on and valid from its `nbf` on, each
+/// moved by the configured leeway.
+fn check_claims(claims: &Claims, settings: &AuthSettings, now: f64) -> Result<(), AuthError> {
+    match &claims.iss {
+        None => return Err(AuthError::MissingClaim("iss".into())),
+        Some(Value::String(iss)) if *iss == settings.issuer => {}
+        Some(Value::String(_)) => return Err(AuthError::Issuer),
+        Some(_) => return Err(AuthError::ClaimForm("iss")),
+    }
+    let leeway = settings.leeway_s as f64;
+    let exp = numeric_date(claims.exp.as_ref(), "exp")?
+        .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+    if now >= exp + leeway {
+        return Err(AuthError::Expired);
+    }
+    if numeric_date(claims.nbf.as_ref(), "nbf")?.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(AuthError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// A NumericDate claim's seconds: any finite JSON number.
+fn numeric_date(value: Option<&Value>, claim: &'static str) -> Result<Option<f64>, AuthError> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|s| s.is_finite())
+            .map(Some)
+            .ok_or(AuthError::ClaimForm(claim)),
+        Some(_) => Err(AuthError::ClaimForm(claim)),
+    }
+}
+
+/// Seconds since the epoch, with their fraction.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Signing keys of the families accepted; encryption keys (`use: enc`) never verify tokens.
 fn usable(key: &Jwk) -> bool {
     use jsonwebtoken::jwk::{AlgorithmParameters, PublicKeyUse};
@@ -287,4 +340,76 @@ async fn fetch(fetcher: &jwks::Fetcher) -> anyhow::Result<JwkSet> {
     use anyhow::Context;
     let text = fetcher.read().await?;
     serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings(leeway_s: u64) -> AuthSettings {
+        AuthSettings {
+            jwks: JwksSource::File("unused".into()),
+            issuer: "https://idp.test".into(),
+            audience: "https://fhir.test".into(),
+            leeway_s,
+        }
+    }
+
+    fn claims(value: Value) -> Claims {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn exp_and_nbf_are_compared_to_the_fraction_of_a_second() {
+        let at = |exp: Value, nbf: Value, leeway: u64, now: f64| {
+            let c = claims(json!({"iss": "https://idp.test", "exp": exp, "nbf": nbf}));
+            check_claims(&c, &settings(leeway), now)
+        };
+        assert!(at(json!(100.5), json!(99.5), 0, 100.4).is_ok());
+        assert!(matches!(
+            at(json!(100.5), json!(99), 0, 100.5),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            at(json!(100.25), json!(99), 0, 100.3),
+            Err(AuthError::Expired)
+        ));
+        assert!(at(json!(100.25), json!(99), 1, 101.2).is_ok());
+        assert!(matches!(
+            at(json!(200), json!(100.75), 0, 100.7),
+            Err(AuthError::NotYetValid)
+        ));
+        assert!(at(json!(200), json!(100.75), 0, 100.75).is_ok());
+        assert!(matches!(
+            at(json!("200"), json!(1), 0, 100.0),
+            Err(AuthError::ClaimForm("exp"))
+        ));
+        assert!(matches!(
+            at(json!(200), json!(true), 0, 100.0),
+            Err(AuthError::ClaimForm("nbf"))
+        ));
+    }
+
+    #[test]
+    fn iss_must_be_the_issuer_as_one_string() {
+        let check = |iss: Value| {
+            let c = claims(json!({"iss": iss, "exp": 200}));
+            check_claims(&c, &settings(0), 100.0)
+        };
+        assert!(check(json!("https://idp.test")).is_ok());
+        assert!(matches!(
+            check(json!("https://other.test")),
+            Err(AuthError::Issuer)
+        ));
+        assert!(matches!(
+            check(json!(["https://idp.test"])),
+            Err(AuthError::ClaimForm("iss"))
+        ));
+        let none = claims(json!({"exp": 200}));
+        assert!(matches!(
+            check_claims(&none, &settings(0), 100.0),
+            Err(AuthError::MissingClaim(_))
+        ));
+    }
 }

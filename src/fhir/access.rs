@@ -214,16 +214,15 @@ pub async fn guard(
         .cloned()
         .unwrap_or_default();
     let status = response.status();
-    record(
-        &state,
+    let record = record_of(
         interaction.as_ref(),
         &access.agent(),
         network,
         status.as_u16(),
         note,
         access.patient(),
-    )
-    .await;
+    );
+    state.audit.record(record).await;
     Ok(response.map_into_boxed_body())
 }
 
@@ -258,29 +257,34 @@ async fn refuse(
     err: FhirError,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let status = err.status_code().as_u16();
-    record(
-        state,
+    let record = record_of(
         interaction.as_ref(),
         agent,
         network,
         status,
         AuditNote::default(),
         None,
-    )
-    .await;
+    );
+    // Anyone can be refused 401, as often as they like: such refusals are rate-limited in the
+    // trail (counted past a few per second and address), the others recorded one by one.
+    if matches!(err, FhirError::Unauthorized(_)) {
+        state.audit.record_unauthenticated(record).await;
+    } else {
+        state.audit.record(record).await;
+    }
     let response = err.error_response();
     Ok(req.into_response(response))
 }
 
-async fn record(
-    state: &FhirState,
+/// The audit record of one request.
+fn record_of(
     interaction: Option<&Interaction>,
     agent: &str,
     network: String,
     status: u16,
     note: AuditNote,
     token_patient: Option<&str>,
-) {
+) -> AuditRecord {
     let (subtype, action) = interaction.map_or(("unknown", 'E'), |i| (i.subtype, i.action));
     let mut entities: Vec<String> = interaction
         .and_then(|i| {
@@ -308,21 +312,18 @@ async fn record(
         400..=499 => 4,
         _ => 8,
     };
-    state
-        .audit
-        .record(AuditRecord {
-            door: Door::Fhir,
-            action,
-            subtype: subtype.to_string(),
-            outcome,
-            agent: agent.to_string(),
-            network,
-            entities,
-            patient,
-            trace_id: current_trace_id(),
-            detail: format!("HTTP {status}"),
-        })
-        .await;
+    AuditRecord {
+        door: Door::Fhir,
+        action,
+        subtype: subtype.to_string(),
+        outcome,
+        agent: agent.to_string(),
+        network,
+        entities,
+        patient,
+        trace_id: current_trace_id(),
+        detail: format!("HTTP {status}"),
+    }
 }
 
 fn bearer(req: &ServiceRequest) -> Option<String> {
@@ -387,6 +388,20 @@ pub fn in_reach(patient: Option<&str>, resource_type: &str, id: &str, content: &
     } else {
         SHARED_TYPES.contains(&resource_type) && members.iter().all(|p| p == patient)
     }
+}
+
+/// Whether a resource found by its identifier (for a conditional reference, create, update or
+/// delete) may be the match for `access`. A token that names a patient and cannot read every
+/// resource of the type matches only what lies within its patient's reach ([`in_reach`]);
+/// anything else must answer as no match would, or the answer would tell whether an
+/// identifier is in use outside the token's record. Other callers match everything.
+pub fn may_match(access: &Access, resource: &StoredResource) -> bool {
+    let patient = access.patient();
+    if patient.is_none() || access.reach(&resource.resource_type, Permission::Read) == Reach::All {
+        return true;
+    }
+    serde_json::from_str::<Value>(&resource.content)
+        .is_ok_and(|content| in_reach(patient, &resource.resource_type, &resource.id, &content))
 }
 
 /// The write rule for a patient-scoped grant, for the resource written and for the version it

@@ -194,11 +194,18 @@ fn as_stored(row: &audit_event::Model, canonical_base: &str) -> StoredResource {
                 "code": "1", "display": "Patient"}}));
         }
     }
+    let own_subtypes = format!("{canonical_base}/CodeSystem/audit-subtype");
     let (event_type, subtype_system) = if row.subtype == "hl7v2-message" {
         (
             json!({"system": "http://dicom.nema.org/resources/ontology/DCM",
                    "code": "110107", "display": "Import"}),
-            format!("{canonical_base}/CodeSystem/audit-subtype"),
+            own_subtypes,
+        )
+    } else if row.subtype == crate::audit::REFUSALS_SUBTYPE {
+        (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                   "code": "rest", "display": "RESTful Operation"}),
+            own_subtypes,
         )
     } else {
         (

@@ -214,7 +214,7 @@ pub async fn process(
         .into_iter()
         .map(|entry| entry.and_then(|e| permitted(access, e)))
         .collect();
-    let permissions: Vec<Option<(String, Permission)>> =
+    let mut permissions: Vec<Option<(String, Permission)>> =
         entries.iter().map(|e| e.as_ref().ok().map(needs)).collect();
     let lookups = collect_lookups(&entries);
     let _gate = if has_conditional_writes(&entries) {
@@ -223,11 +223,20 @@ pub async fn process(
         None
     };
     let stored = store.ids_by_identifier(&lookups).await?;
-    let preconditions: Vec<Option<Precondition>> = entries
+    let stored = matches_in_reach(store, access, stored).await?;
+    let mut preconditions: Vec<Option<Precondition>> = entries
         .iter()
         .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
         .collect();
     let mut planned = plan_until_stable(kind, entries, &stored);
+    creating_puts_need_create(
+        store,
+        access,
+        &mut permissions,
+        &mut preconditions,
+        &mut planned,
+    )
+    .await?;
     within_patient_reach(store, access, &permissions, &mut planned).await?;
     for round in split_writes(kind, planned, &preconditions, &mut results)? {
         let keys: Vec<String> = round.batch.ops.iter().map(op_key).collect();
@@ -298,6 +307,74 @@ fn permitted(access: &Access, entry: Entry) -> Result<Entry, FhirError> {
         )));
     }
     Ok(entry)
+}
+
+/// The identifier matches `access` may use (see `access::may_match`); for a token that names
+/// no patient, all of them, unread.
+async fn matches_in_reach(
+    store: &Store,
+    access: &Access,
+    stored: HashMap<IdentifierLookup, Vec<String>>,
+) -> Result<HashMap<IdentifierLookup, Vec<String>>, FhirError> {
+    if access.patient().is_none() {
+        return Ok(stored);
+    }
+    let mut kept = HashMap::with_capacity(stored.len());
+    for (lookup, ids) in stored {
+        let mut usable = Vec::with_capacity(ids.len());
+        for id in ids {
+            let found = store.read(&lookup.resource_type, &id).await?;
+            if found.is_some_and(|r| access::may_match(access, &r)) {
+                usable.push(id);
+            }
+        }
+        kept.insert(lookup, usable);
+    }
+    Ok(kept)
+}
+
+/// A PUT that creates its target (none exists, or it was deleted) is a create as well as an
+/// update, and needs the create permission too (SMART v2 `c`; v1 `write` grants both). Only a
+/// token whose create and update grants differ on the type needs the look-up; its PUTs that
+/// update then carry the precondition that the target still exists, so a delete racing with
+/// the write cannot turn it into a create (it fails 412 instead).
+async fn creating_puts_need_create(
+    store: &Store,
+    access: &Access,
+    permissions: &mut [Option<(String, Permission)>],
+    preconditions: &mut [Option<Precondition>],
+    planned: &mut [Result<Planned, FhirError>],
+) -> Result<(), FhirError> {
+    for (index, entry) in planned.iter_mut().enumerate() {
+        let Some((resource_type, Permission::Update)) = &permissions[index] else {
+            continue;
+        };
+        let create = access.reach(resource_type, Permission::Create);
+        if create == access.reach(resource_type, Permission::Update) {
+            continue;
+        }
+        let Ok(Planned::Write(WriteOp::Upsert(w))) = &*entry else {
+            continue;
+        };
+        let exists = match &preconditions[index] {
+            Some(Precondition::Absent) => false,
+            _ => store
+                .read(&w.resource_type, &w.id)
+                .await?
+                .is_some_and(|current| !current.deleted),
+        };
+        if exists {
+            preconditions[index].get_or_insert(Precondition::Present);
+        } else if create == Reach::None {
+            *entry = Err(FhirError::Forbidden(format!(
+                "a PUT that creates needs create permission, which the token's scopes do not \
+                 grant on {resource_type}"
+            )));
+        } else {
+            permissions[index] = Some((resource_type.clone(), Permission::Create));
+        }
+    }
+    Ok(())
 }
 
 /// For entries a patient-scoped grant allows: the resource written, and the version it

@@ -48,6 +48,29 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `max` of the oldest events recorded before `before_us`; returns how many
+    /// it deleted (fewer than `max`: none older are left).
+    pub async fn audit_purge(&self, before_us: i64, max: u64) -> Result<u64, StoreError> {
+        use sea_orm::{ColumnTrait, QueryFilter, QueryOrder, QuerySelect};
+        let ids: Vec<String> = audit_event::Entity::find()
+            .select_only()
+            .column(audit_event::Column::Id)
+            .filter(audit_event::Column::RecordedUs.lt(before_us))
+            .order_by_asc(audit_event::Column::RecordedUs)
+            .limit(max)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let deleted = audit_event::Entity::delete_many()
+            .filter(audit_event::Column::Id.is_in(ids))
+            .exec(&self.db)
+            .await?;
+        Ok(deleted.rows_affected)
+    }
+
     /// One page of audit events, newest first.
     pub async fn audit_list(
         &self,

@@ -74,6 +74,8 @@ pub enum Precondition {
     Version(i64),
     /// The resource does not exist (or is deleted).
     Absent,
+    /// The resource exists and is not deleted, at any version: the write may not create it.
+    Present,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +380,7 @@ fn check_preconditions(
             (Precondition::Version(v), Some(c)) => c.version_id == *v,
             (Precondition::Version(_), None) => false,
             (Precondition::Absent, found) => found.is_none(),
+            (Precondition::Present, found) => found.is_some(),
         };
         if !holds {
             let now = live.map_or("absent".to_string(), |c| {

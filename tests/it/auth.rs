@@ -18,10 +18,15 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn now() -> i64 {
+    now_exact() as i64
+}
+
+/// Seconds since the epoch, with their fraction.
+fn now_exact() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64
+        .as_secs_f64()
 }
 
 /// Claims of a token valid for ten minutes, with `extra` merged in.
@@ -877,5 +882,407 @@ async fn a_key_set_fetched_from_a_url_verifies_tokens() {
         &claims("system/*.read", json!({})),
     );
     assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
+    app.stop().await;
+}
+
+/// SMART v2 `u` updates; only `c` creates, and a PUT to an id that does not exist (or was
+/// deleted) creates. v1 `write` grants both.
+#[tokio::test]
+async fn a_put_that_would_create_needs_create_permission() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    let observation = |id: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "x"}, "identifier": [{"system": "urn:obs", "value": id}]})
+    };
+    let put = |path: &str, token: &str, body: Value| {
+        let (app, path, token) = (&app, path.to_string(), token.to_string());
+        async move { call(app, reqwest::Method::PUT, &path, Some(&token), Some(&body)).await }
+    };
+    for id in ["kept", "gone"] {
+        assert_eq!(
+            put(&format!("/Observation/{id}"), &admin, observation(id))
+                .await
+                .0,
+            201
+        );
+    }
+    let (status, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        "/Observation/gone",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    let updater = rs256(&claims("user/Observation.u", json!({})));
+    assert_eq!(
+        put("/Observation/kept", &updater, observation("kept"))
+            .await
+            .0,
+        200
+    );
+    for id in ["new", "gone"] {
+        let (status, body) = put(&format!("/Observation/{id}"), &updater, observation(id)).await;
+        assert_eq!(status, 403, "PUT Observation/{id}: {body}");
+        assert_eq!(body["issue"][0]["code"], "forbidden");
+    }
+    let (status, _) = put(
+        "/Observation?identifier=urn:obs|other",
+        &updater,
+        observation("other"),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "a conditional update that matches nothing creates"
+    );
+    let (status, _) = put(
+        "/Observation?identifier=urn:obs|kept",
+        &updater,
+        observation("kept"),
+    )
+    .await;
+    assert_eq!(status, 200, "a conditional update that matches updates");
+
+    // Bundles: a transaction fails whole, a batch answers the entry.
+    let entry = |id: &str| {
+        json!({"resource": observation(id),
+            "request": {"method": "PUT", "url": format!("Observation/{id}")}})
+    };
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction",
+        "entry": [entry("kept"), entry("new")]});
+    let (status, body) = call(
+        &app,
+        reqwest::Method::POST,
+        "/",
+        Some(&updater),
+        Some(&transaction),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["issue"][0]["expression"][0], "Bundle.entry[1]");
+    let batch = json!({"resourceType": "Bundle", "type": "batch",
+        "entry": [entry("kept"), entry("new"), entry("gone")]});
+    let (status, body) = call(
+        &app,
+        reqwest::Method::POST,
+        "/",
+        Some(&updater),
+        Some(&batch),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let statuses: Vec<&str> = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 OK", "403 Forbidden", "403 Forbidden"],
+        "{body}"
+    );
+    for id in ["new", "other"] {
+        let (status, _) = get(&app, &format!("/Observation/{id}"), &admin).await;
+        assert_eq!(status, 404, "Observation/{id} was created");
+    }
+    assert_eq!(get(&app, "/Observation/gone", &admin).await.0, 410);
+
+    // With create permission too, the same PUTs create.
+    let v2 = rs256(&claims("user/Observation.cu", json!({})));
+    assert_eq!(
+        put("/Observation/new", &v2, observation("new")).await.0,
+        201
+    );
+    let v1 = rs256(&claims("user/Observation.write", json!({})));
+    assert_eq!(
+        put("/Observation/gone", &v1, observation("gone")).await.0,
+        201
+    );
+    app.stop().await;
+}
+
+/// RFC 7519: `iss` is a single StringOrURI; `exp` and `nbf` are NumericDates, which may have a
+/// fraction.
+#[tokio::test]
+async fn jwt_claims_are_read_as_rfc_7519_defines_them() {
+    let app = spawn_secured().await;
+    let scope = "system/*.read";
+    let status = |claims: Value| {
+        let app = &app;
+        async move { get(app, "/Patient", &rs256(&claims)).await.0 }
+    };
+    for iss in [
+        json!([ISSUER]),
+        json!([ISSUER, "https://elsewhere.invalid"]),
+    ] {
+        assert_eq!(
+            status(claims(scope, json!({"iss": iss}))).await,
+            401,
+            "iss {iss}"
+        );
+    }
+    let at = now_exact();
+    assert_eq!(
+        status(claims(scope, json!({"exp": at + 600.25}))).await,
+        200
+    );
+    assert_eq!(
+        status(claims(scope, json!({"exp": at + 600.25, "nbf": at - 10.5}))).await,
+        200
+    );
+    assert_eq!(status(claims(scope, json!({"exp": at - 120.5}))).await, 401);
+    assert_eq!(status(claims(scope, json!({"nbf": at + 600.5}))).await, 401);
+    assert_eq!(
+        status(claims(scope, json!({"exp": (at + 600.0).to_string()}))).await,
+        401
+    );
+    // Half a second past its `exp`, within the same whole second as the clock: a check that
+    // rounds `exp` or truncates the clock to whole seconds would still take it.
+    while now_exact().fract() < 0.6 || now_exact().fract() > 0.9 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let expired = rs256(&claims(scope, json!({"exp": now_exact() - 0.5})));
+    assert_eq!(get(&app, "/Patient", &expired).await.0, 401);
+    app.stop().await;
+}
+
+/// An identifier lookup made for a patient-scoped token (conditional reference, create, update
+/// or delete) must not tell whether the identifier is in use in another patient's record: a
+/// match outside the token's reach answers exactly as no match does.
+#[tokio::test]
+async fn identifier_matches_outside_a_patients_reach_answer_as_no_match() {
+    let app = spawn_secured().await;
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    seed_two_patients(&app, &admin).await;
+    for (path, resource) in [
+        (
+            "/Patient/pa",
+            json!({"resourceType": "Patient", "id": "pa",
+            "identifier": [{"system": "urn:mrn", "value": "A-1"}]}),
+        ),
+        (
+            "/Patient/pb",
+            json!({"resourceType": "Patient", "id": "pb",
+            "identifier": [{"system": "urn:mrn", "value": "B-123"}]}),
+        ),
+        (
+            "/Observation/ob",
+            json!({"resourceType": "Observation", "id": "ob", "status": "final",
+            "code": {"text": "glucose"}, "subject": {"reference": "Patient/pb"},
+            "identifier": [{"system": "urn:obs", "value": "OB-1"},
+                {"system": "urn:obs", "value": "OB-2"}]}),
+        ),
+    ] {
+        let (status, body) = call(
+            &app,
+            reqwest::Method::PUT,
+            path,
+            Some(&admin),
+            Some(&resource),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let a = rs256(&claims(
+        "patient/*.read patient/*.write",
+        json!({"sub": "patient-app", "patient": "pa"}),
+    ));
+    let send = |bundle: Value| {
+        let (app, a) = (&app, a.clone());
+        async move { call(app, reqwest::Method::POST, "/", Some(&a), Some(&bundle)).await }
+    };
+    let referring = |kind: &str, mrn: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [{"resource": {
+            "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient?identifier=urn:mrn|{mrn}")}},
+            "request": {"method": "POST", "url": "Observation"}}]})
+    };
+    // The answer for B's identifier, with the identifier's text changed, is the answer for one
+    // that nobody has.
+    for kind in ["transaction", "batch"] {
+        let (status_b, body_b) = send(referring(kind, "B-123")).await;
+        let (status_none, body_none) = send(referring(kind, "NOBODY")).await;
+        assert_eq!(status_b, status_none, "{kind}: {body_b}");
+        let mut body_b = body_b.clone();
+        let mut body_none = body_none.clone();
+        for body in [&mut body_b, &mut body_none] {
+            if let Some(map) = body.as_object_mut() {
+                map.remove("id");
+                map.remove("meta");
+            }
+        }
+        assert_eq!(
+            body_b.to_string().replace("B-123", "NOBODY"),
+            body_none.to_string(),
+            "{kind}"
+        );
+    }
+    // Its own identifier still resolves.
+    let (status, body) = send(referring("transaction", "A-1")).await;
+    assert_eq!(status, 200, "{body}");
+    let location = body["entry"][0]["response"]["location"].as_str().unwrap();
+    let id = location.split('/').nth(1).unwrap();
+    let (_, stored) = get(&app, &format!("/Observation/{id}"), &a).await;
+    assert_eq!(stored["subject"]["reference"], "Patient/pa");
+
+    // A conditional create, update or delete matching B's observation acts as if there were none.
+    let mine = json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "mine"}, "subject": {"reference": "Patient/pa"},
+        "identifier": [{"system": "urn:obs", "value": "OB-1"}]});
+    let delete = |value: &str| {
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [{
+            "request": {"method": "DELETE", "url": format!("Observation?identifier=urn:obs|{value}")}}]})
+    };
+    for value in ["OB-1", "NOBODY"] {
+        let (_, body) = send(delete(value)).await;
+        assert_eq!(
+            body["entry"][0]["response"]["status"], "204 No Content",
+            "{value}: {body}"
+        );
+    }
+    let update = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": mine.clone(),
+        "request": {"method": "PUT", "url": "Observation?identifier=urn:obs|OB-1"}}]});
+    let (_, body) = send(update).await;
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    let create = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": mine.clone(),
+        "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:obs|OB-2"}}]});
+    let (_, body) = send(create).await;
+    assert_eq!(
+        body["entry"][0]["response"]["status"], "201 Created",
+        "{body}"
+    );
+    let (status, found) = get(&app, "/Observation/ob", &admin).await;
+    assert_eq!(status, 200, "B's observation is untouched: {found}");
+    assert_eq!(found["code"]["text"], "glucose");
+    app.stop().await;
+}
+
+/// Refusals for want of a valid token (401): anyone can send them, so past a few per second
+/// and address they are counted into summary events; their total is still exact. Requests
+/// with a valid token, allowed or refused, are recorded one by one.
+#[tokio::test]
+async fn an_unauthenticated_flood_is_summarised_in_the_trail_and_counted_in_full() {
+    use hl7bridge::audit::refusals::PER_ADDRESS_PER_SECOND;
+    let app = spawn_secured().await;
+    let started = std::time::Instant::now();
+    let flood = 400;
+    for i in 0..flood {
+        let mut request = app.client.get(format!("{}/Patient", app.base));
+        if i % 2 == 1 {
+            request = request.bearer_auth("not.a.jwt");
+        }
+        assert_eq!(request.send().await.unwrap().status().as_u16(), 401);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let reader = rs256(&claims("user/Observation.rs", json!({"sub": "reader"})));
+    for _ in 0..30 {
+        assert_eq!(get(&app, "/Observation", &reader).await.0, 200);
+        assert_eq!(get(&app, "/Patient", &reader).await.0, 403);
+    }
+
+    let admin = rs256(&claims("system/*.*", json!({"sub": "admin"})));
+    let (status, trail) = get(&app, "/AuditEvent?agent-name=unknown&_count=1000", &admin).await;
+    assert_eq!(status, 200, "{trail}");
+    let events: Vec<&Value> = trail["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let (summaries, one_by_one): (Vec<&Value>, Vec<&Value>) = events
+        .iter()
+        .partition(|e| e["subtype"][0]["code"] == "unauthenticated-refusals");
+    assert!(
+        one_by_one.len() as u64 <= u64::from(PER_ADDRESS_PER_SECOND) * seconds,
+        "{} refusals recorded one by one in {seconds} s",
+        one_by_one.len()
+    );
+    assert!(one_by_one.iter().all(|e| e["outcomeDesc"] == "HTTP 401"));
+    let counted: u64 = summaries
+        .iter()
+        .map(|e| {
+            assert_eq!(e["outcome"], "4");
+            assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+            let text = e["outcomeDesc"].as_str().unwrap();
+            let count = text
+                .strip_prefix("HTTP 401 x")
+                .and_then(|t| t.split(':').next());
+            count.and_then(|c| c.parse::<u64>().ok()).expect(text)
+        })
+        .sum();
+    assert_eq!(one_by_one.len() as u64 + counted, flood, "{trail}");
+
+    // The token's traffic, allowed and refused, is all there.
+    let (_, mine) = get(&app, "/AuditEvent?agent-name=reader&_count=1000", &admin).await;
+    let outcomes: Vec<&str> = mine["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "0").count(), 30);
+    assert_eq!(outcomes.iter().filter(|o| **o == "4").count(), 30);
+    app.stop().await;
+}
+
+/// `HL7BRIDGE_AUDIT_RETENTION_DAYS`: events older than the retention are deleted (at start,
+/// then every hour); younger ones stay.
+#[tokio::test]
+async fn audit_events_past_the_retention_are_deleted() {
+    use hl7bridge_entities::audit_event;
+    let (url, _database) = crate::support::fresh_database().await;
+    let store = hl7bridge::store::Store::connect(&url).await.unwrap();
+    let day_us = 86_400 * 1_000_000;
+    let now_us = now() * 1_000_000;
+    let event = |id: &str, age_days: i64| audit_event::Model {
+        id: id.to_string(),
+        recorded_us: now_us - age_days * day_us,
+        source: "fhir".into(),
+        action: "R".into(),
+        subtype: "read".into(),
+        outcome: 0,
+        agent: "archivist".into(),
+        network: "127.0.0.1".into(),
+        entities: "[]".into(),
+        patient_id: String::new(),
+        trace_id: String::new(),
+        detail: "HTTP 200".into(),
+    };
+    let rows = vec![
+        event("old-1", 400),
+        event("old-2", 31),
+        event("young-1", 29),
+        event("young-2", 1),
+    ];
+    store.audit_insert(rows).await.unwrap();
+    store.close().await;
+
+    let app = crate::support::spawn_app_on(&url, |c| c.audit_retention_days = Some(30)).await;
+    let mut kept = Vec::new();
+    for _ in 0..100 {
+        let (status, trail) = app.get_json("/AuditEvent?agent-name=archivist").await;
+        assert_eq!(status, 200, "{trail}");
+        kept = trail["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        if kept.len() < 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(kept, ["young-2", "young-1"]);
     app.stop().await;
 }

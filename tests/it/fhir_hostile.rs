@@ -467,3 +467,75 @@ async fn slow_bodies_holding_every_connection_slot_are_cut_within_seconds() {
     assert!(cut >= 6, "only {cut} slow bodies were answered 408");
     app.stop().await;
 }
+
+/// A number FHIR gives no meaning (a decimal of a million digits) would be stored, and then
+/// fail in clients' parsers: it is refused, in JSON, XML and Bundles alike, and one of 64
+/// characters (the bound) is kept as written.
+#[tokio::test]
+async fn a_number_longer_than_64_characters_is_refused_with_an_outcome() {
+    let app = spawn_app().await;
+    let observation = |value: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{value}}}}}"#
+        )
+    };
+    let send = |path: &str, content_type: &str, body: String| {
+        app.client
+            .post(format!("{}{path}", app.base))
+            .header("content-type", content_type)
+            .header("accept", "application/fhir+json")
+            .body(body)
+            .send()
+    };
+    let million = "9".repeat(1_000_000);
+    let response = send(
+        "/Observation",
+        "application/fhir+json",
+        observation(&million),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert_eq!(outcome["issue"][0]["code"], "invalid");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Observation.valueQuantity.value"
+    );
+    assert!(!outcome.to_string().contains("99999"), "{outcome}");
+
+    let xml = format!(
+        r#"<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="x"/></code><valueQuantity><value value="{million}"/></valueQuantity></Observation>"#
+    );
+    let response = send("/Observation", "application/fhir+xml", xml)
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+
+    let resource: Value =
+        serde_json::from_str(&observation(&format!("1.{}", "0".repeat(63)))).unwrap();
+    let (status, outcome) = app
+        .post_bundle(transaction(vec![post("Observation", resource)]).to_string())
+        .await;
+    assert_eq!(status, 400, "{outcome}");
+    assert_eq!(
+        outcome["issue"][0]["expression"][0],
+        "Bundle.entry[0].resource.valueQuantity.value"
+    );
+
+    let longest = format!("0.{}", "1".repeat(62));
+    let response = send(
+        "/Observation",
+        "application/fhir+json",
+        observation(&longest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let stored = response.text().await.unwrap();
+    assert!(stored.contains(&format!("\"value\":{longest}")), "{stored}");
+    let (_, found) = app.get_json("/Observation").await;
+    assert_eq!(found["total"], 1, "only the 64-character number was stored");
+    app.stop().await;
+}

@@ -32,6 +32,14 @@ pub const MAX_DEPTH: usize = 64;
 /// stay in the thousands; large payloads (attachments) are single strings.
 pub const MAX_NODES: usize = 200_000;
 
+/// The longest number taken, in characters. FHIR integers are 32-bit (11 characters at most),
+/// and its decimals take their limits from XML Schema, whose processors need support only 18
+/// digits; the shortest text that round-trips any 64-bit float is at most 24 characters. 64
+/// leaves room for a decimal written out in full with its precision, while a number of
+/// thousands of digits, which FHIR gives no meaning, would be stored and then fail in the
+/// parsers of the clients that read it (Python refuses integers of more than 4300 digits).
+pub const MAX_NUMBER_CHARS: usize = 64;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// The JSON breaks a FHIR JSON rule that fhirbolt does not check (or would crash on).
@@ -148,6 +156,10 @@ fn check_structure(value: &Value, path: &mut String, depth: usize) -> Result<(),
         Value::String(s) if s.chars().any(is_forbidden_control) => {
             Err(structure(path, "control character in a string"))
         }
+        Value::Number(n) if n.to_string().len() > MAX_NUMBER_CHARS => Err(structure(
+            path,
+            &format!("a number longer than {MAX_NUMBER_CHARS} characters"),
+        )),
         Value::Array(items) => check_array(items, path, depth),
         Value::Object(map) if map.is_empty() => Err(structure(path, "empty object")),
         Value::Object(map) => check_object(map, path, depth),
@@ -395,6 +407,28 @@ mod tests {
         assert_eq!(
             err,
             structure("Patient", "more elements than one resource may hold")
+        );
+    }
+
+    #[test]
+    fn a_number_longer_than_the_bound_is_refused_with_its_path() {
+        let observation = |value: &str| {
+            serde_json::from_str::<Value>(&format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
+                    "valueQuantity":{{"value":{value}}}}}"#
+            ))
+            .unwrap()
+        };
+        let longest = format!("0.{}", "1".repeat(MAX_NUMBER_CHARS - 2));
+        let out = canonicalize(observation(&longest)).unwrap();
+        assert_eq!(out["valueQuantity"]["value"].to_string(), longest);
+        let err = canonicalize(observation(&format!("{longest}1"))).unwrap_err();
+        assert_eq!(
+            err,
+            structure(
+                "Observation.valueQuantity.value",
+                "a number longer than 64 characters"
+            )
         );
     }
 

@@ -133,6 +133,14 @@ fn cases() -> Vec<Case> {
             "fhir:400:invalid",
         ),
         fhir(
+            "a decimal of 900,000 digits (a million is past the broker's record limit)",
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{}}}}}"#,
+                "9".repeat(900_000)
+            ),
+            "fhir:400:invalid",
+        ),
+        fhir(
             "an id that breaks the grammar",
             r#"{"resourceType":"Patient","id":"a b"}"#,
             "fhir:400:invalid",

@@ -293,6 +293,7 @@ fn content() -> Vec<Case> {
         case("a zone of +99 in OBR-7 is refused naming OBR-7", Send::Frame(oru_with("OBR", &OBR.replace("-0500", "+9900"))), Refused("AE", Some("OBR^1^7"))),
         case("text in a numeric OBX is refused naming OBX-5", Send::Frame(oru_with("OBX", &OBX.replace("||100|", "||high|"))), Refused("AE", Some("OBX^1^5"))),
         case("an exponent in a numeric OBX is refused naming OBX-5", Send::Frame(oru_with("OBX", &OBX.replace("||100|", "||1e400|"))), Refused("AE", Some("OBX^1^5"))),
+        case("a numeric OBX of a million digits is refused", Send::Frame(oru_with("OBX", &OBX.replace("||100|", &format!("||{}|", "9".repeat(1_000_000))))), Refused("AE", None)),
         case("two numbers in one numeric OBX are refused naming OBX-5", Send::Frame(oru_with("OBX", &OBX.replace("||100|", "||1~2|"))), Refused("AE", Some("OBX^1^5"))),
         case("an unknown OBX value type keeps its value as text: accepted", Send::Frame(oru_with("OBX", &OBX.replace("|NM|", "|QQ|"))), Accepted),
         case("an unknown result status is refused naming OBX-11", Send::Frame(oru_with("OBX", &OBX.replace("|||||F", "|||||Q"))), Refused("AE", Some("OBX^1^11"))),
