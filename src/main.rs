@@ -9,11 +9,6 @@ use hl7bridge::import::ImportOptions;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 
-/// mimalloc rather than glibc's malloc: allocation-heavy work (JSON, Bundles, many small
-/// buffers across worker threads) spent about a fifth of its CPU in glibc's allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n       \
 hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n       \
 hl7bridge import [--ndjson] [--jobs N] [--defer-index] FILE|DIR...\n       \
