@@ -116,9 +116,21 @@ impl AuditTrail {
     }
 
     pub async fn record(&self, record: AuditRecord) {
-        if self.queue.send(Message::Record(Box::new(row(record)))).await.is_err() {
+        if self
+            .queue
+            .send(Message::Record(Box::new(row(record))))
+            .await
+            .is_err()
+        {
             tracing::error!("the audit writer has stopped; an audit record was not written");
         }
+    }
+
+    /// Records, and waits until the record is stored: for writes, so that no write is answered
+    /// before its audit record is durable (a process killed after the answer loses nothing).
+    pub async fn record_stored(&self, record: AuditRecord) {
+        self.record(record).await;
+        self.flush().await;
     }
 
     /// Records a request refused for want of a valid token (HTTP 401), unless its address has

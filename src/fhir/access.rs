@@ -214,6 +214,8 @@ pub async fn guard(
         .cloned()
         .unwrap_or_default();
     let status = response.status();
+    let wrote =
+        status.is_success() && !matches!(*response.request().method(), Method::GET | Method::HEAD);
     let record = record_of(
         interaction.as_ref(),
         &access.agent(),
@@ -222,7 +224,12 @@ pub async fn guard(
         note,
         access.patient(),
     );
-    state.audit.record(record).await;
+    if wrote {
+        // A write is answered only once its audit record is stored.
+        state.audit.record_stored(record).await;
+    } else {
+        state.audit.record(record).await;
+    }
     Ok(response.map_into_boxed_body())
 }
 

@@ -1,4 +1,5 @@
-//! Nothing acknowledged is lost: the real binary under MLLP and HTTP write load, killed with
+//! Nothing acknowledged is lost (nor its audit record): the real binary under MLLP and HTTP
+//! write load, killed with
 //! SIGKILL at ten moments and restarted on the same database. Every message answered AA and
 //! every create answered 201 must then be stored exactly once. Runs on SQLite, and on
 //! PostgreSQL when `HL7BRIDGE_DATABASE_URL` points there.
@@ -216,6 +217,22 @@ async fn every_acknowledged_write_survives_ten_sigkills_exactly_once() {
             identifiers.get(value),
             Some(&1),
             "identifier {value} on one Patient"
+        );
+    }
+    // Every acknowledged write is in the audit trail too: a write is answered only once its
+    // audit record is stored.
+    let audited: Vec<String> = db
+        .query_all_raw(rows("SELECT entities FROM audit_event"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.try_get::<String>("", "entities").unwrap())
+        .collect();
+    let audited = audited.join("\n");
+    for (id, _) in &acked.created {
+        assert!(
+            audited.contains(&format!("\"Patient/{id}\"")),
+            "the create of Patient/{id} is in the audit trail"
         );
     }
     eprintln!(

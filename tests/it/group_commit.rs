@@ -323,6 +323,9 @@ async fn on_postgresql_a_blocked_group_does_not_hold_up_writes_to_other_resource
     let (second, second_at) = behind.await.unwrap();
     assert_eq!(field(&first, "MSA", 1), "AA", "{first}");
     assert_eq!(field(&second, "MSA", 1), "AA", "{second}");
-    assert!(first_at <= second_at, "the patient's results kept their order");
+    assert!(
+        first_at <= second_at,
+        "the patient's results kept their order"
+    );
     app.stop().await;
 }
