@@ -36,9 +36,9 @@ pub struct Config {
     /// the read cache's second level (see `store::shared_cache`). Needs the read cache on.
     /// Default: none.
     pub redis_url: Option<String>,
-    /// `HL7BRIDGE_REDIS_PREFIX`: the namespace of this database's keys in Redis. Default:
-    /// `hl7bridge:` and a digest of `HL7BRIDGE_DATABASE_URL`, so that nodes sharing a database
-    /// share entries and deployments sharing a Redis do not.
+    /// `HL7BRIDGE_REDIS_PREFIX`: the namespace of this database's keys in Redis, required with
+    /// `HL7BRIDGE_REDIS_URL`: the same on every node of one database, different for every other
+    /// deployment on that Redis.
     pub redis_prefix: Option<String>,
     /// `HL7BRIDGE_REDIS_TTL_S`: how long an entry lives in Redis at most; bounds how long a
     /// write made without hl7bridge (plain SQL) can go unseen. Default 300.
@@ -392,6 +392,15 @@ impl Config {
                 problems.push(format!(
                     "{PREFIX}REDIS_URL: the shared cache is the read cache's second level, and \
                      {PREFIX}READ_CACHE_MAX_BYTES=0 turns the read cache off"
+                ));
+            }
+            // Two deployments on one Redis, each with the default `sqlite://hl7bridge.db`,
+            // would otherwise share keys, and serve each other's patients.
+            if self.redis_prefix.as_deref().is_none_or(str::is_empty) {
+                problems.push(format!(
+                    "{PREFIX}REDIS_URL needs {PREFIX}REDIS_PREFIX: a namespace for this \
+                     database's keys, the same on every node of it and different from any other \
+                     deployment's on that Redis"
                 ));
             }
         }
@@ -809,6 +818,22 @@ mod tests {
         let err = Config::from_vars(vars(&[("HL7BRIDGE_KAFKA_GROUP", "lab")])).unwrap_err();
         assert_eq!(err.0.len(), 1, "{err}");
         assert!(err.to_string().contains("HL7BRIDGE_KAFKA_BROKERS"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_cache_needs_its_own_prefix() {
+        let err = Config::from_vars(vars(&[("HL7BRIDGE_REDIS_URL", "redis://127.0.0.1:6379")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("needs HL7BRIDGE_REDIS_PREFIX"),
+            "{err}"
+        );
+        let config = Config::from_vars(vars(&[
+            ("HL7BRIDGE_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("HL7BRIDGE_REDIS_PREFIX", "ward-7:"),
+        ]))
+        .unwrap();
+        assert_eq!(config.redis_prefix.as_deref(), Some("ward-7:"));
     }
 
     #[test]

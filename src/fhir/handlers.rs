@@ -691,9 +691,14 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
                 break 'patients;
             }
             scanned += 1;
+            // The position within a record belongs to the cursor's patient only: if that
+            // patient is gone (deleted since), the next one starts from its beginning.
+            let resume = after
+                .take()
+                .filter(|_| from.as_deref() == Some(patient.as_str()));
             let page = EverythingPage {
                 limit: limit - matches,
-                after: after.take(),
+                after: resume,
                 ..request.page.clone()
             };
             let (part, more) = state.reads.everything_cached(patient, &page).await?;
@@ -884,7 +889,10 @@ pub(super) async fn read_resource_body(
             "a JSON Patch is only taken by PATCH".into(),
         ));
     }
-    let _budget = state.body_budget.reserve(declared_length(req)).await;
+    let _budget = state
+        .body_budget
+        .reserve(declared_length(req), &state.body_timeouts.connections)
+        .await;
     let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
     tokio::task::spawn_blocking(move || match format {
         BodyFormat::Xml => parse_xml(&bytes),
@@ -905,7 +913,10 @@ pub(super) async fn read_patch_body(
             "PATCH takes application/json-patch+json".into(),
         ));
     }
-    let _budget = state.body_budget.reserve(declared_length(req)).await;
+    let _budget = state
+        .body_budget
+        .reserve(declared_length(req), &state.body_timeouts.connections)
+        .await;
     let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
     tokio::task::spawn_blocking(move || parse_json(&bytes))
         .await

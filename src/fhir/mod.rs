@@ -121,9 +121,10 @@ impl BodyTimeouts {
     pub const PRESSED_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
     pub const PRESSED_TOTAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-    /// The (idle, total) limits that hold now.
+    /// The (idle, total) limits that hold now: tight while connection slots run short or
+    /// another request waits for the memory budget that bodies being read hold.
     pub fn now(&self) -> (std::time::Duration, std::time::Duration) {
-        if self.connections.short_of_slots() {
+        if self.connections.short_of_slots() || self.connections.budget_wanted() {
             (
                 self.idle.min(Self::PRESSED_IDLE),
                 self.total.min(Self::PRESSED_TOTAL),
@@ -139,6 +140,8 @@ impl BodyTimeouts {
 pub struct OpenConnections {
     open: std::sync::atomic::AtomicUsize,
     max: usize,
+    /// Requests waiting for the body budget (see [`BodyBudget::reserve`]).
+    budget_waiters: std::sync::atomic::AtomicUsize,
 }
 
 impl OpenConnections {
@@ -146,6 +149,7 @@ impl OpenConnections {
         std::sync::Arc::new(OpenConnections {
             open: Default::default(),
             max,
+            budget_waiters: Default::default(),
         })
     }
 
@@ -153,6 +157,14 @@ impl OpenConnections {
     pub fn opened(self: &std::sync::Arc<Self>) -> OpenConnection {
         self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         OpenConnection(self.clone())
+    }
+
+    /// Some request is waiting for the body budget: bodies trickling in while holding it
+    /// must not make it wait for minutes.
+    pub fn budget_wanted(&self) -> bool {
+        self.budget_waiters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
     }
 
     /// Three quarters of the slots or more are taken.
@@ -192,9 +204,13 @@ impl BodyBudget {
         }
     }
 
+    /// Reserves the declared size (the maximum when undeclared). While it waits, `waiting`
+    /// says so, which tightens the time limits of the bodies holding the budget (see
+    /// [`BodyTimeouts::now`]): slow uploads cannot keep other writes waiting for minutes.
     pub async fn reserve(
         &self,
         declared: Option<usize>,
+        waiting: &OpenConnections,
     ) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let bytes = declared
             .unwrap_or(self.max_body_bytes)
@@ -202,6 +218,20 @@ impl BodyBudget {
         let mib = u32::try_from(bytes.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
             .clamp(1, self.total_mib);
+        if let Ok(permit) = self.permits.try_acquire_many(mib) {
+            return Some(permit);
+        }
+        // Counted until this wait ends, however it ends (a client that goes away drops it).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        waiting
+            .budget_waiters
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&waiting.budget_waiters);
         self.permits.acquire_many(mib).await.ok()
     }
 }

@@ -14,9 +14,12 @@
 //! cache may drop its copy on the commit's notification before that moment; so what a lookup
 //! here finds is served but never kept in process, and the window stays that moment long.
 //!
-//! What it cannot see: writes made without hl7bridge (plain SQL). Every entry therefore
-//! expires after `HL7BRIDGE_REDIS_TTL_S`, and generation counters live longer than that, so a
-//! counter that expires and starts again from zero finds no value of its earlier life.
+//! What it cannot see: writes made without hl7bridge (plain SQL), or by a process not given the
+//! same Redis settings. Every value therefore expires after `HL7BRIDGE_REDIS_TTL_S`. The
+//! generation counters never expire: a counter that vanished and started again from zero would
+//! make values of its earlier life current again. For the same reason Redis must not evict them
+//! (`maxmemory-policy` `noeviction` or a `volatile-*` policy, which evicts only the values) and
+//! must not come back from an old snapshot (run it without persistence, as a cache).
 //!
 //! Redis is a cache here, never a dependency: a lookup or store that fails or takes longer
 //! than [`TIMEOUT`] is a miss, and the second level is skipped for [`BACKOFF`] after a
@@ -118,10 +121,14 @@ impl SharedCache {
     pub async fn resource(&self, t: &str, id: &str) -> Lookup<StoredResource> {
         let generation = self.resource_generation(t, id);
         let base = format!("{}v:r:{t}/{id}", self.prefix);
-        decoded(
+        match decoded(
             self.get(&generation, &base, "resource").await,
             decode_resource,
-        )
+        ) {
+            // A value must be the resource asked for, whatever was written under its key.
+            Lookup::Hit(found) if found.resource_type != t || found.id != id => Lookup::Off,
+            other => other,
+        }
     }
 
     pub async fn page(&self, patient: &str, page_key: &str) -> Lookup<Page> {
@@ -214,6 +221,16 @@ impl SharedCache {
                     .map(|(t, id)| self.resource_generation(t, id)),
             );
         }
+        // Bumps that could not be sent before go with this one: a node that only writes never
+        // looks anything up, and must not leave the others stale.
+        let mut keys = keys;
+        {
+            let mut state = self.lock();
+            if std::mem::take(&mut state.pending_all) {
+                keys.push(self.all_generation());
+            }
+            keys.append(&mut state.pending);
+        }
         if let Err(problem) = self.increment(&keys).await {
             self.failed(&problem);
             let mut state = self.lock();
@@ -225,15 +242,11 @@ impl SharedCache {
         }
     }
 
-    /// Increments generation counters, each living twice the value lifetime and a minute more.
+    /// Increments generation counters (which never expire: see the module's notes).
     async fn increment(&self, keys: &[String]) -> Result<(), String> {
-        let lifetime = self.ttl.as_secs() * 2 + 60;
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.incr(key, 1)
-                .ignore()
-                .expire(key, lifetime as i64)
-                .ignore();
+            pipe.incr(key, 1).ignore();
         }
         let mut conn = self.conn.clone();
         match tokio::time::timeout(TIMEOUT, pipe.exec_async(&mut conn)).await {

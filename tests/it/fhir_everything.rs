@@ -369,3 +369,39 @@ async fn type_level_everything_splits_records_across_pages_without_loss_or_repea
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_type_level_cursor_whose_patient_was_deleted_starts_the_next_record_from_its_beginning() {
+    let app = spawn_app().await;
+    seed_many(&app, 2, 3).await;
+    // A page ending inside tl-00's record.
+    let (status, first) = app.get_json("/Patient/$everything?_count=2").await;
+    assert_eq!(status, 200, "{first}");
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().unwrap().to_string())
+        .expect("a next page");
+    let deleted = app
+        .client
+        .delete(format!("{}/Patient/tl-00", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let rest = pages(&app, next.trim_start_matches(&app.base)).await;
+    let keys: Vec<String> = rest
+        .iter()
+        .flat_map(|p| entries(p, "match").into_iter().map(key))
+        .collect();
+    // tl-01's whole record: the Patient and its three Observations, nothing skipped.
+    assert!(keys.contains(&"Patient/tl-01".to_string()), "{keys:?}");
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("Observation/")).count(),
+        3,
+        "{keys:?}"
+    );
+    app.stop().await;
+}

@@ -539,3 +539,49 @@ async fn a_number_longer_than_64_characters_is_refused_with_an_outcome() {
     assert_eq!(found["total"], 1, "only the 64-character number was stored");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_holding_the_body_budget_do_not_keep_a_small_write_waiting_for_minutes() {
+    // The budget is twice the largest body: two uploads declaring the largest hold all of it.
+    let app = spawn_app_with(|c| c.max_body_bytes = 4 << 20).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let addr = addr.clone();
+        holders.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+                4 << 20
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            // A byte every five seconds: within the 30 s stall limit, for two minutes.
+            for _ in 0..24 {
+                if stream.write_all(b" ").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Waitless"}]});
+    let created = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+json")
+        .body(patient.to_string())
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(created.status(), 201);
+    // The holders get the tightened limits (2 s stall, 10 s in all) once someone waits.
+    assert!(waited < Duration::from_secs(15), "the small write waited {waited:?}");
+    for holder in holders {
+        holder.abort();
+    }
+    app.stop().await;
+}
