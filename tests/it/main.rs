@@ -11,6 +11,7 @@ mod crash_safety;
 mod deferred_index;
 mod fhir_api;
 mod fhir_everything;
+mod fhir_examples;
 mod fhir_hostile;
 mod fhir_patch;
 mod fhir_rest;
