@@ -386,15 +386,27 @@ async fn within_patient_reach(
     permissions: &[Option<(String, Permission)>],
     planned: &mut [Result<Planned, FhirError>],
 ) -> Result<(), FhirError> {
+    // What this Bundle writes: a match among them was written by this caller, under the checks
+    // below, and is not in the store yet.
+    let written_here: HashSet<(String, String)> = planned
+        .iter()
+        .filter_map(|entry| match entry {
+            Ok(Planned::Write(op)) => {
+                let (t, id) = op.key();
+                Some((t.to_string(), id.to_string()))
+            }
+            _ => None,
+        })
+        .collect();
     for (entry, needed) in planned.iter_mut().zip(permissions) {
         // A conditional create that matched: answered with the match, which the caller must
         // be able to read.
         if let Ok(Planned::Existing { resource_type, id }) = &*entry {
             if matches!(access, Access::Token(_)) {
-                let readable = store
-                    .read(resource_type, id)
-                    .await?
-                    .is_some_and(|r| access::visible(access, &r));
+                let readable = match store.read(resource_type, id).await? {
+                    Some(r) => access::visible(access, &r),
+                    None => written_here.contains(&(resource_type.clone(), id.clone())),
+                };
                 if !readable {
                     *entry = Err(FhirError::Forbidden(
                         "a resource matching ifNoneExist exists that the token may not read".into(),

@@ -56,6 +56,20 @@ fn sign(alg: Algorithm, kid: &str, key_file: &str, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
+/// The server takes a token signed with the test key and refuses one signed with another key
+/// under the same key id: it verifies against the key set it was given.
+async fn accepts_the_test_key_only(app: &TestApp) {
+    let token = rs256(&claims("system/*.read", json!({})));
+    assert_eq!(get(app, "/Patient", &token).await.0, 200);
+    let forged = sign(
+        Algorithm::RS256,
+        "test-rsa",
+        "rsa-stranger-private.pem",
+        &claims("system/*.read", json!({})),
+    );
+    assert_eq!(get(app, "/Patient", &forged).await.0, 401);
+}
+
 async fn spawn_secured() -> TestApp {
     spawn_app_with(|c| {
         c.auth = Some(AuthSettings {
@@ -749,15 +763,7 @@ mod https_key_set {
         let (url, _) = serve_jwks_over_https(test_jwks(), vec![config]).await;
         let settings = url_settings(url, Some(pki.ca_file()));
         let app = spawn_app_with(|c| c.auth = Some(settings)).await;
-        let token = rs256(&claims("system/*.read", json!({})));
-        assert_eq!(get(&app, "/Patient", &token).await.0, 200);
-        let forged = sign(
-            Algorithm::RS256,
-            "test-rsa",
-            "rsa-stranger-private.pem",
-            &claims("system/*.read", json!({})),
-        );
-        assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
+        accepts_the_test_key_only(&app).await;
         app.stop().await;
     }
 
@@ -873,15 +879,7 @@ async fn a_key_set_fetched_from_a_url_verifies_tokens() {
         })
     })
     .await;
-    let token = rs256(&claims("system/*.read", json!({})));
-    assert_eq!(get(&app, "/Patient", &token).await.0, 200);
-    let forged = sign(
-        Algorithm::RS256,
-        "test-rsa",
-        "rsa-stranger-private.pem",
-        &claims("system/*.read", json!({})),
-    );
-    assert_eq!(get(&app, "/Patient", &forged).await.0, 401);
+    accepts_the_test_key_only(&app).await;
     app.stop().await;
 }
 
@@ -1284,5 +1282,54 @@ async fn audit_events_past_the_retention_are_deleted() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(kept, ["young-2", "young-1"]);
+    app.stop().await;
+}
+
+/// A conditional create whose `ifNoneExist` matches a resource an earlier entry of the same
+/// transaction creates: with a token, as without, it resolves to that resource (it is not in
+/// the store yet, and the caller may read what it is writing).
+#[tokio::test]
+async fn an_if_none_exist_matching_an_earlier_entry_of_the_bundle_resolves_under_a_token() {
+    let app = spawn_secured().await;
+    let mut failures = Vec::new();
+    for scope in [
+        "system/*.*",
+        "user/Organization.write user/Organization.read",
+    ] {
+        let token = rs256(&claims(scope, json!({})));
+        let identifier = format!("ORG-{}", scope.len());
+        let organization = json!({"resourceType": "Organization", "name": "Invented Lab",
+            "identifier": [{"system": "urn:test:org", "value": identifier}]});
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:first", "resource": organization,
+             "request": {"method": "POST", "url": "Organization"}},
+            {"fullUrl": "urn:uuid:second", "resource": organization,
+             "request": {"method": "POST", "url": "Organization",
+                 "ifNoneExist": format!("identifier=urn:test:org|{identifier}")}}]});
+        let (status, response) = call(
+            &app,
+            reqwest::Method::POST,
+            "/",
+            Some(&token),
+            Some(&bundle),
+        )
+        .await;
+        if status != 200 {
+            failures.push(format!("{scope}: {status} {response}"));
+            continue;
+        }
+        let locations: Vec<&str> = response["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["response"]["location"].as_str().unwrap_or(""))
+            .map(|l| l.split("/_history").next().unwrap())
+            .collect();
+        assert_eq!(
+            locations[0], locations[1],
+            "{scope}: one Organization: {response}"
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
     app.stop().await;
 }
