@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn a_page_is_served_until_its_patient_changes() {
         let cache = ReadCache::new(CacheLimits::default(), true);
-        let ticket = cache.page("p1", &page()).err().expect("a miss");
+        let ticket = cache.page("p1", &page()).expect_err("a miss");
         let found: Page = (vec![(SupportingMode::Match, resource("o1"))], false);
         cache.keep_page(ticket, "p1", &page(), &found);
         assert!(cache.page("p1", &page()).is_ok());
@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_is_not_kept() {
         let cache = ReadCache::new(CacheLimits::default(), true);
-        let ticket = cache.page("p1", &page()).err().expect("a miss");
+        let ticket = cache.page("p1", &page()).expect_err("a miss");
         cache.invalidate(&changed_patient("p1"));
         cache.keep_page(ticket, "p1", &page(), &(Vec::new(), false));
         assert!(
@@ -415,7 +415,7 @@ mod tests {
             ..CacheLimits::default()
         };
         let cache = ReadCache::new(limits, true);
-        let ticket = cache.resource("Patient", "x").err().expect("a miss");
+        let ticket = cache.resource("Patient", "x").expect_err("a miss");
         cache.keep_resource(ticket, "Patient", "x", &None);
         assert!(matches!(cache.resource("Patient", "x"), Ok(None)));
         std::thread::sleep(Duration::from_millis(30));
@@ -679,10 +679,12 @@ mod wiring {
             let mut listener = match listener.await {
                 Ok(listener) => listener,
                 Err(err) => {
-                    tracing::warn!(error = %err, "the cache's change listener cannot connect; caching is off");
+                    // A closed pool or a dropped cache is the store shutting down (at the end of
+                    // `import` or `reindex`, say): nothing to warn about.
                     if cache.upgrade().is_none() || pool.is_closed() {
                         return;
                     }
+                    tracing::warn!(error = %err, "the cache's change listener cannot connect; caching is off");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -700,8 +702,9 @@ mod wiring {
                         None => return,
                     },
                     Ok(None) | Err(_) => {
-                        if let Some(cache) = cache.upgrade() {
-                            cache.reset(false);
+                        match cache.upgrade() {
+                            Some(cache) if !pool.is_closed() => cache.reset(false),
+                            _ => return,
                         }
                         tracing::warn!("the cache's change listener lost its connection; caching is off until it is back");
                         break;

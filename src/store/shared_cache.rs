@@ -19,7 +19,11 @@
 //! generation counters never expire: a counter that vanished and started again from zero would
 //! make values of its earlier life current again. For the same reason Redis must not evict them
 //! (`maxmemory-policy` `noeviction` or a `volatile-*` policy, which evicts only the values) and
-//! must not come back from an old snapshot (run it without persistence, as a cache).
+//! must not come back from an old snapshot (run it without persistence, as a cache). The
+//! policy is read (`CONFIG GET`) before the level is first used: under an `allkeys-*` policy
+//! the level stays off. A counter found holding something other than a number (written by
+//! something else) is moved to a generation never used before rather than left to fail every
+//! increment.
 //!
 //! Redis is a cache here, never a dependency: a lookup or store that fails or takes longer
 //! than [`TIMEOUT`] is a miss, and the second level is skipped for [`BACKOFF`] after a
@@ -47,6 +51,21 @@ const MAX_VALUE_BYTES: usize = 4 << 20;
 /// Reads the generations and the value they name. KEYS: the whole cache's generation and the
 /// patient's or resource's; ARGV[1]: the value key without generations. Returns the full key
 /// and the value (nil on a miss).
+/// Increments each generation in KEYS. One that holds something other than a whole number
+/// (written by something else) is set to ARGV[1], the time in microseconds: a generation no
+/// counter has reached, so nothing stored under an earlier one becomes current.
+const INCREMENT: &str = r"
+for _, key in ipairs(KEYS) do
+  local now = redis.call('GET', key)
+  if now and not string.match(now, '^%d+$') then
+    redis.call('SET', key, ARGV[1])
+  else
+    redis.call('INCR', key)
+  end
+end
+return #KEYS
+";
+
 const LOOKUP: &str = r"
 local all = redis.call('GET', KEYS[1]) or '0'
 local one = redis.call('GET', KEYS[2]) or '0'
@@ -59,11 +78,24 @@ pub struct SharedCache {
     prefix: String,
     ttl: Duration,
     lookup: redis::Script,
+    increment: redis::Script,
     state: Mutex<State>,
+}
+
+/// What is known of Redis's `maxmemory-policy`.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    #[default]
+    Unchecked,
+    /// Only values can be evicted, or nothing (or the policy cannot be read: said at start).
+    SparesCounters,
+    /// Any key can be evicted, generation counters included: the level stays off.
+    AnyKey,
 }
 
 #[derive(Default)]
 struct State {
+    eviction: Eviction,
     /// Until when the level is skipped after a failure.
     skip_until: Option<Instant>,
     /// Generation keys to increment once Redis answers again.
@@ -98,6 +130,7 @@ impl SharedCache {
             prefix,
             ttl,
             lookup: redis::Script::new(LOOKUP),
+            increment: redis::Script::new(INCREMENT),
             state: Mutex::new(State::default()),
         })
     }
@@ -223,7 +256,6 @@ impl SharedCache {
         }
         // Bumps that could not be sent before go with this one: a node that only writes never
         // looks anything up, and must not leave the others stale.
-        let mut keys = keys;
         {
             let mut state = self.lock();
             if std::mem::take(&mut state.pending_all) {
@@ -244,26 +276,77 @@ impl SharedCache {
 
     /// Increments generation counters (which never expire: see the module's notes).
     async fn increment(&self, keys: &[String]) -> Result<(), String> {
-        let mut pipe = redis::pipe();
+        let mut invocation = self.increment.prepare_invoke();
         for key in keys {
-            pipe.incr(key, 1).ignore();
+            invocation.key(key);
         }
+        invocation.arg(crate::store::now_us());
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(TIMEOUT, pipe.exec_async(&mut conn)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.to_string()),
             Err(_) => Err("timed out".into()),
         }
     }
 
+    /// Reads Redis's eviction policy once. `Err` when Redis did not answer (ask again later).
+    async fn check_eviction(&self) -> Result<Eviction, String> {
+        let mut conn = self.conn.clone();
+        let mut command = redis::cmd("CONFIG");
+        command.arg("GET").arg("maxmemory-policy");
+        let ask = command.query_async::<Vec<String>>(&mut conn);
+        let eviction = match tokio::time::timeout(TIMEOUT, ask).await {
+            Err(_) => return Err("timed out".into()),
+            Ok(Ok(pair)) if pair.get(1).is_some_and(|p| p.starts_with("allkeys-")) => {
+                tracing::error!(
+                    policy = %pair[1],
+                    "Redis may evict any key (maxmemory-policy): the shared cache's generation \
+                     counters could vanish and stale values come back, so it stays off; set \
+                     noeviction or a volatile-* policy"
+                );
+                Eviction::AnyKey
+            }
+            Ok(Ok(_)) => Eviction::SparesCounters,
+            // A managed Redis may refuse CONFIG: the operator vouches for the policy.
+            // A server error (unknown or forbidden command), not a lost connection.
+            Ok(Err(err)) if err.code().is_some() => {
+                tracing::warn!(
+                    "Redis does not tell its maxmemory-policy; the shared cache assumes \
+                     noeviction or a volatile-* policy, as it requires"
+                );
+                Eviction::SparesCounters
+            }
+            Ok(Err(err)) => return Err(err.to_string()),
+        };
+        self.lock().eviction = eviction;
+        Ok(eviction)
+    }
+
     /// Whether the level may be used now: not backing off, and nothing left unsent.
     async fn usable(&self) -> bool {
-        let pending = {
+        let eviction = {
             let mut state = self.lock();
             if state.skip_until.is_some_and(|until| Instant::now() < until) {
                 return false;
             }
             state.skip_until = None;
+            state.eviction
+        };
+        let eviction = match eviction {
+            Eviction::Unchecked => match self.check_eviction().await {
+                Ok(eviction) => eviction,
+                Err(problem) => {
+                    self.failed(&problem);
+                    return false;
+                }
+            },
+            known => known,
+        };
+        if eviction == Eviction::AnyKey {
+            return false;
+        }
+        let pending = {
+            let mut state = self.lock();
             if state.pending_all {
                 state.pending_all = false;
                 state.pending.clear();

@@ -281,14 +281,22 @@ async fn test_redis() -> Option<String> {
 /// this process, `b` a server process of its own (killed when the guard drops).
 async fn nodes_sharing_redis(url: &str, redis: &str) -> (TestApp, TestApp, Running) {
     let prefix = format!("hl7bridge-test:{}:", uuid::Uuid::new_v4().simple());
+    nodes_sharing_redis_under(url, redis, &prefix).await
+}
+
+async fn nodes_sharing_redis_under(
+    url: &str,
+    redis: &str,
+    prefix: &str,
+) -> (TestApp, TestApp, Running) {
     let a = spawn_app_on(url, |config| {
         config.redis_url = Some(redis.to_string());
-        config.redis_prefix = Some(prefix.clone());
+        config.redis_prefix = Some(prefix.to_string());
     })
     .await;
     let env = [
         ("HL7BRIDGE_REDIS_URL", redis),
-        ("HL7BRIDGE_REDIS_PREFIX", prefix.as_str()),
+        ("HL7BRIDGE_REDIS_PREFIX", prefix),
     ];
     let (b, process, dir) = node_process(url, &env);
     let _ = std::fs::remove_dir_all(dir);
@@ -382,6 +390,138 @@ async fn a_redis_that_does_not_answer_costs_nothing_but_its_cache() {
         started.elapsed() < Duration::from_secs(5),
         "a dead Redis slowed the server: {:?}",
         started.elapsed()
+    );
+    a.stop().await;
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Node a reads patient p1 (leaving it in Redis), the database changes behind every node's
+/// back, and node b (which never read it) reads: whether b's answer came from Redis.
+async fn b_is_served_from_redis(url: &str, a: &TestApp, b: &TestApp) -> bool {
+    let (_, read) = a.get_json("/Patient/p1").await;
+    assert_eq!(read["name"][0]["family"], "Quill");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rename_directly(url, "Quill", "Behind").await;
+    let (_, read) = b.get_json("/Patient/p1").await;
+    read["name"][0]["family"] == "Quill"
+}
+
+/// A generation counter overwritten with something that is not a number (by another program)
+/// is moved to a fresh generation by the next write, and the level keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_counter_holding_junk_is_moved_on_and_the_level_stays_on() {
+    let Some(redis) = test_redis().await else {
+        return;
+    };
+    let prefix = format!("hl7bridge-test:{}:", uuid::Uuid::new_v4().simple());
+    let mut conn = redis_connection(&redis).await;
+    let counter = format!("{prefix}g:r:Patient/p1");
+    let _: () = redis::cmd("SET")
+        .arg(&counter)
+        .arg("junk")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (url, _database) = fresh_database().await;
+    let (a, b, _b_process) = nodes_sharing_redis_under(&url, &redis, &prefix).await;
+    seed(&a).await;
+    let now: String = redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        now.parse::<i64>().is_ok_and(|n| n > 1_000_000),
+        "moved to a fresh generation: {now}"
+    );
+    assert!(
+        b_is_served_from_redis(&url, &a, &b).await,
+        "the level is still on"
+    );
+    a.stop().await;
+}
+
+/// A Redis of its own on a free loopback port, with `maxmemory-policy` `policy`. None (the
+/// test skips, saying so) without `redis-server`, except under CI.
+fn private_redis(policy: &str) -> Option<(String, Running)> {
+    if !crate::support::tool_present("redis-server", &["--version"], "redis-server") {
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--maxmemory", "64mb", "--maxmemory-policy", policy])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((format!("redis://127.0.0.1:{port}"), running))
+}
+
+/// Under an `allkeys-*` policy Redis could evict a generation counter and bring stale values
+/// back, so the level is never used; the same Redis switched to `volatile-lru` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_any_key_is_not_used() {
+    let Some((redis, _redis_process)) = private_redis("allkeys-lru") else {
+        return;
+    };
+    let (url, _database) = fresh_database().await;
+    let (a, b, _b_process) = nodes_sharing_redis(&url, &redis).await;
+    seed(&a).await;
+    assert!(
+        !b_is_served_from_redis(&url, &a, &b).await,
+        "allkeys-lru: not used"
+    );
+    let mut conn = redis_connection(&redis).await;
+    // Writes still move the generation counters on (a node that found the policy changed
+    // would need them), but no value is stored.
+    let values: Vec<String> = redis::cmd("KEYS")
+        .arg("*:v:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(values.is_empty(), "no value stored: {values:?}");
+    a.stop().await;
+    drop(b);
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (url, _database) = fresh_database().await;
+    let (a, b, _b_process) = nodes_sharing_redis(&url, &redis).await;
+    seed(&a).await;
+    assert!(
+        b_is_served_from_redis(&url, &a, &b).await,
+        "volatile-lru: used"
     );
     a.stop().await;
 }
