@@ -331,40 +331,31 @@ async fn load_current(
     txn: &DatabaseTransaction,
     ops: &[&WriteOp],
 ) -> Result<HashMap<Key, Current>, StoreError> {
-    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
-    for op in ops {
-        let (t, id) = op.key();
-        by_type.entry(t).or_default().push(id);
-    }
     let lock = txn.get_database_backend() == DbBackend::Postgres;
     let mut current = HashMap::new();
-    for (resource_type, ids) in by_type {
-        for chunk in ids.chunks(MAX_ROWS) {
-            let mut query = resource::Entity::find()
-                .select_only()
-                .columns([
-                    resource::Column::Id,
-                    resource::Column::VersionId,
-                    resource::Column::LastUpdatedUs,
-                    resource::Column::Deleted,
-                    resource::Column::ContentHash,
-                ])
-                .filter(resource::Column::ResourceType.eq(resource_type))
-                .filter(resource::Column::Id.is_in(chunk.iter().copied()));
-            if lock {
-                query = query.lock_exclusive();
-            }
-            let rows: Vec<(String, i64, i64, bool, String)> = query.into_tuple().all(txn).await?;
-            for (id, version_id, last_updated_us, deleted, content_hash) in rows {
-                let key = (resource_type.to_string(), id);
-                let row = Current {
-                    version_id,
-                    last_updated_us,
-                    deleted,
-                    content_hash,
-                };
-                current.insert(key, row);
-            }
+    for (resource_type, chunk) in chunks_by_type(ops.iter().map(|op| op.key())) {
+        use resource::Column as C;
+        let columns = [
+            C::Id,
+            C::VersionId,
+            C::LastUpdatedUs,
+            C::Deleted,
+            C::ContentHash,
+        ];
+        let mut query = rows_of(resource_type, &chunk, columns);
+        if lock {
+            query = query.lock_exclusive();
+        }
+        let rows: Vec<(String, i64, i64, bool, String)> = query.into_tuple().all(txn).await?;
+        for (id, version_id, last_updated_us, deleted, content_hash) in rows {
+            let key = (resource_type.to_string(), id);
+            let row = Current {
+                version_id,
+                last_updated_us,
+                deleted,
+                content_hash,
+            };
+            current.insert(key, row);
         }
     }
     Ok(current)
@@ -718,73 +709,56 @@ pub(super) async fn rebuild_index(
     txn: &DatabaseTransaction,
     keys: &[Key],
 ) -> Result<Vec<Key>, StoreError> {
-    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (t, id) in keys {
-        by_type.entry(t).or_default().push(id);
-    }
     let postgres = txn.get_database_backend() == DbBackend::Postgres;
     let mut plan = Plan::default();
     let mut done: Vec<Key> = Vec::new();
-    for (t, ids) in by_type {
-        for chunk in ids.chunks(MAX_ROWS) {
-            let mut query = resource::Entity::find()
-                .select_only()
-                .columns([
-                    resource::Column::Id,
-                    resource::Column::Deleted,
-                    resource::Column::Content,
-                ])
-                .filter(resource::Column::ResourceType.eq(t))
-                .filter(resource::Column::Id.is_in(chunk.iter().copied()));
-            if postgres {
-                query = query.lock_with_behavior(
-                    sea_orm::sea_query::LockType::Update,
-                    sea_orm::sea_query::LockBehavior::SkipLocked,
-                );
+    for (t, chunk) in chunks_by_type(keys.iter().map(|(t, id)| (t.as_str(), id.as_str()))) {
+        use resource::Column as C;
+        let mut query = rows_of(t, &chunk, [C::Id, C::Deleted, C::Content]);
+        if postgres {
+            query = query.lock_with_behavior(
+                sea_orm::sea_query::LockType::Update,
+                sea_orm::sea_query::LockBehavior::SkipLocked,
+            );
+        }
+        let rows: Vec<(String, bool, String)> = query.into_tuple().all(txn).await?;
+        let mut present = HashSet::new();
+        for (id, deleted, content) in rows {
+            present.insert(id.clone());
+            if !deleted {
+                // Stored content was written by this server; unreadable text is indexed
+                // as nothing rather than stopping the reindex of everything else.
+                let value: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
+                add_index_rows(&mut plan, t, &id, extract(t, &id, &value));
             }
-            let rows: Vec<(String, bool, String)> = query.into_tuple().all(txn).await?;
-            let mut present = HashSet::new();
-            for (id, deleted, content) in rows {
-                present.insert(id.clone());
-                if !deleted {
-                    // Stored content was written by this server; unreadable text is indexed
-                    // as nothing rather than stopping the reindex of everything else.
-                    let value: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
-                    add_index_rows(&mut plan, t, &id, extract(t, &id, &value));
-                }
-                done.push((t.to_string(), id));
-            }
-            // Absent ones are done too; ones locked by a writer (PostgreSQL) wait their turn.
-            if !postgres {
+            done.push((t.to_string(), id));
+        }
+        // Absent ones are done too; ones locked by a writer (PostgreSQL) wait their turn.
+        if !postgres {
+            done.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !present.contains(**id))
+                    .map(|id| (t.to_string(), id.to_string())),
+            );
+        } else {
+            let absent: Vec<&str> = chunk
+                .iter()
+                .copied()
+                .filter(|id| !present.contains(*id))
+                .collect();
+            if !absent.is_empty() {
+                let exists: Vec<String> = rows_of(t, &absent, [resource::Column::Id])
+                    .into_tuple()
+                    .all(txn)
+                    .await?;
+                let exists: HashSet<String> = exists.into_iter().collect();
                 done.extend(
-                    chunk
-                        .iter()
-                        .filter(|id| !present.contains(**id))
+                    absent
+                        .into_iter()
+                        .filter(|id| !exists.contains(*id))
                         .map(|id| (t.to_string(), id.to_string())),
                 );
-            } else {
-                let absent: Vec<&str> = chunk
-                    .iter()
-                    .copied()
-                    .filter(|id| !present.contains(*id))
-                    .collect();
-                if !absent.is_empty() {
-                    let exists: Vec<String> = resource::Entity::find()
-                        .select_only()
-                        .column(resource::Column::Id)
-                        .filter(resource::Column::ResourceType.eq(t))
-                        .filter(resource::Column::Id.is_in(absent.iter().copied()))
-                        .into_tuple()
-                        .all(txn)
-                        .await?;
-                    let exists: HashSet<String> = exists.into_iter().collect();
-                    done.extend(
-                        absent
-                            .into_iter()
-                            .filter(|id| !exists.contains(*id))
-                            .map(|id| (t.to_string(), id.to_string())),
-                    );
-                }
             }
         }
     }
@@ -794,29 +768,51 @@ pub(super) async fn rebuild_index(
 }
 
 async fn remove_index_rows(txn: &DatabaseTransaction, keys: &[Key]) -> Result<(), StoreError> {
+    for (t, chunk) in chunks_by_type(keys.iter().map(|(t, id)| (t.as_str(), id.as_str()))) {
+        let chunk = chunk.as_slice();
+        use compartment::Column as C;
+        use resource_ref::Column as R;
+        delete_rows::<compartment::Entity>(txn, C::ResourceType, C::ResourceId, t, chunk).await?;
+        delete_rows::<resource_ref::Entity>(txn, R::SourceType, R::SourceId, t, chunk).await?;
+        use date_index::Column as D;
+        use string_index::Column as S;
+        use token_index::Column as T;
+        delete_rows::<token_index::Entity>(txn, T::ResourceType, T::ResourceId, t, chunk).await?;
+        delete_rows::<date_index::Entity>(txn, D::ResourceType, D::ResourceId, t, chunk).await?;
+        delete_rows::<string_index::Entity>(txn, S::ResourceType, S::ResourceId, t, chunk).await?;
+    }
+    Ok(())
+}
+
+/// Keys grouped by resource type, each group cut into chunks that fit one statement.
+fn chunks_by_type<'k>(
+    keys: impl Iterator<Item = (&'k str, &'k str)>,
+) -> Vec<(&'k str, Vec<&'k str>)> {
     let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
     for (t, id) in keys {
         by_type.entry(t).or_default().push(id);
     }
-    for (t, ids) in by_type {
-        for chunk in ids.chunks(MAX_ROWS) {
-            use compartment::Column as C;
-            use resource_ref::Column as R;
-            delete_rows::<compartment::Entity>(txn, C::ResourceType, C::ResourceId, t, chunk)
-                .await?;
-            delete_rows::<resource_ref::Entity>(txn, R::SourceType, R::SourceId, t, chunk).await?;
-            use date_index::Column as D;
-            use string_index::Column as S;
-            use token_index::Column as T;
-            delete_rows::<token_index::Entity>(txn, T::ResourceType, T::ResourceId, t, chunk)
-                .await?;
-            delete_rows::<date_index::Entity>(txn, D::ResourceType, D::ResourceId, t, chunk)
-                .await?;
-            delete_rows::<string_index::Entity>(txn, S::ResourceType, S::ResourceId, t, chunk)
-                .await?;
-        }
-    }
-    Ok(())
+    by_type
+        .into_iter()
+        .flat_map(|(t, ids)| {
+            ids.chunks(MAX_ROWS)
+                .map(|chunk| (t, chunk.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A select of `columns` from the `resource` rows of one type's `ids`.
+fn rows_of(
+    resource_type: &str,
+    ids: &[&str],
+    columns: impl IntoIterator<Item = resource::Column>,
+) -> sea_orm::Select<resource::Entity> {
+    resource::Entity::find()
+        .select_only()
+        .columns(columns)
+        .filter(resource::Column::ResourceType.eq(resource_type))
+        .filter(resource::Column::Id.is_in(ids.iter().copied()))
 }
 
 /// Deletes one index's rows for resources `ids` of type `t`.
