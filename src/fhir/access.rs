@@ -68,14 +68,14 @@ fn classify(method: &Method, path: &str) -> Option<Interaction> {
         ),
         // Type-level: every patient's record, for callers who may read every Patient; a
         // patient-scoped token is refused (it has an instance-level `$everything` of its own).
-        ("GET", ["Patient", "$everything"]) => (
+        ("GET" | "POST", ["Patient", "$everything"]) => (
             "operation",
             'E',
             Some(Permission::Search),
             Some("Patient"),
             None,
         ),
-        ("GET", ["Patient", id, "$everything"]) => (
+        ("GET" | "POST", ["Patient", id, "$everything"]) => (
             "operation",
             'E',
             Some(Permission::Read),
@@ -468,6 +468,11 @@ mod tests {
             "operation"
         );
         assert_eq!(classify(&Method::POST, "/").unwrap().needs, None);
+        let posted = classify(&Method::POST, "/Patient/p1/$everything").unwrap();
+        assert_eq!(
+            (posted.subtype, posted.target.as_deref()),
+            ("operation", Some("Patient/p1"))
+        );
         assert_eq!(classify(&get, "/NotAType/x"), None);
         let i = classify(&Method::DELETE, "/Observation").unwrap();
         assert_eq!(i.action, 'D');

@@ -30,6 +30,10 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
     })
 }
 
+/// What a date parameter's `documentation` says: R4's CapabilityStatement has no element for
+/// sort keys.
+const SORT_KEY: &str = "Also a `_sort` key (`-` first for descending).";
+
 fn resource(resource_type: &str) -> Value {
     let mut r = json!({
         "type": resource_type,
@@ -46,7 +50,7 @@ fn resource(resource_type: &str) -> Value {
     });
     let mut params = vec![
         json!({"name": "_id", "type": "token"}),
-        json!({"name": "_lastUpdated", "type": "date"}),
+        json!({"name": "_lastUpdated", "type": "date", "documentation": SORT_KEY}),
         json!({"name": "identifier", "type": "token"}),
     ];
     params.extend(params_of(resource_type).iter().map(|p| {
@@ -56,7 +60,11 @@ fn resource(resource_type: &str) -> Value {
             Kind::Str => "string",
             Kind::Reference { .. } => "reference",
         };
-        json!({"name": p.name, "type": kind})
+        let mut param = json!({"name": p.name, "type": kind});
+        if p.kind == Kind::Date {
+            param["documentation"] = json!(SORT_KEY);
+        }
+        param
     }));
     r["searchParam"] = Value::Array(params);
     let includes: Vec<String> = params_of(resource_type)

@@ -433,7 +433,8 @@ async fn run_search(
     page.truncate(request.count as usize);
     let cursor_of_last = page
         .last()
-        .map(|last| search::cursor_text(last.last_updated_us, &last.id));
+        .map(|(last, key)| search::cursor_text(*key, &last.id));
+    let mut page: Vec<StoredResource> = page.into_iter().map(|(r, _)| r).collect();
     if let (true, Some(cursor)) = (more, cursor_of_last) {
         links.push(("next", link(Some(cursor))));
     }
@@ -540,14 +541,88 @@ async fn includes(
     Ok((out, capped))
 }
 
+/// `GET /Patient/{id}/$everything`.
 pub async fn everything(
     state: web::Data<FhirState>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Answer {
-    let id = path.into_inner();
-    live_resource(&state, "Patient", &id).await?;
     let pairs = decode_pairs(req.query_string())?;
+    everything_of(state, req, path.into_inner(), pairs).await
+}
+
+/// `POST /Patient/{id}/$everything`, its parameters in a Parameters resource (and the query).
+pub async fn everything_post(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+) -> Answer {
+    let pairs = posted_parameters(&state, &req, body).await?;
+    everything_of(state, req, path.into_inner(), pairs).await
+}
+
+/// The query's parameters, then those of the Parameters resource in the body, as name-value
+/// pairs in their query-string form (a POSTed operation means the same as its GET).
+async fn posted_parameters(
+    state: &FhirState,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<Vec<(String, String)>, FhirError> {
+    let mut pairs = decode_pairs(req.query_string())?;
+    let parameters = read_resource_body(state, req, body).await?;
+    pairs.extend(parameter_pairs(&parameters)?);
+    Ok(pairs)
+}
+
+/// A Parameters resource's simple parameters as name-value pairs.
+fn parameter_pairs(parameters: &Value) -> Result<Vec<(String, String)>, FhirError> {
+    if parameters["resourceType"] != "Parameters" {
+        return Err(FhirError::invalid_at(
+            "the body of a POSTed operation is a Parameters resource",
+            "resourceType",
+        ));
+    }
+    let listed = parameters["parameter"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    listed
+        .iter()
+        .enumerate()
+        .map(|(i, parameter)| {
+            let at = format!("Parameters.parameter[{i}]");
+            let name = parameter["name"]
+                .as_str()
+                .ok_or_else(|| FhirError::invalid_at("a parameter without a name", at.clone()))?;
+            let value = parameter.as_object().and_then(|fields| {
+                fields
+                    .iter()
+                    .find(|(key, _)| key.starts_with("value"))
+                    .and_then(|(_, value)| match value {
+                        Value::String(text) => Some(text.clone()),
+                        Value::Number(number) => Some(number.to_string()),
+                        _ => None,
+                    })
+            });
+            let value = value.ok_or_else(|| {
+                FhirError::invalid_at(
+                    format!("{name}: takes a single primitive value[x]"),
+                    at.clone(),
+                )
+            })?;
+            Ok((name.to_string(), value))
+        })
+        .collect()
+}
+
+async fn everything_of(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    id: String,
+    pairs: Vec<(String, String)>,
+) -> Answer {
+    live_resource(&state, "Patient", &id).await?;
     let request = EverythingRequest::read(pairs, state.everything_page_limit, state.max_count)?;
     let mut issues = Vec::new();
     if let Some(outcome) = ignored_parameters(&request.unknown, &req)? {
@@ -557,17 +632,7 @@ pub async fn everything(
     let access = access_of(&req);
     let mut next_cursor = None;
     if more {
-        let last = found
-            .iter()
-            .rfind(|(m, _)| *m == SupportingMode::Match)
-            .map(|(_, r)| r)
-            .expect("a page holds at least one match");
-        let last_type = if last.resource_type == "Patient" && last.id == id {
-            ""
-        } else {
-            last.resource_type.as_str()
-        };
-        next_cursor = Some(format!("{last_type}.{}", last.id));
+        next_cursor = Some(cursor_after(&found, &id));
         if !request.counted {
             issues.push(json!({"severity": "information", "code": "informational",
                 "diagnostics": format!("more than {} resources: the result is paged; follow the next link",
@@ -575,25 +640,10 @@ pub async fn everything(
         }
     }
     let base = base_url(&state, &req);
-    let link = |cursor: Option<&String>| {
-        let mut params: Vec<String> = request
-            .applied
-            .iter()
-            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
-            .collect();
-        if let Some(cursor) = cursor {
-            params.push(format!("_cursor={}", encode_query_value(cursor)));
-        }
-        let query = if params.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", params.join("&"))
-        };
-        format!("{base}/Patient/{id}/$everything{query}")
-    };
-    let mut links = vec![("self", link(request.cursor.as_ref()))];
+    let operation = format!("{base}/Patient/{id}/$everything");
+    let mut links = vec![("self", request.link(&operation, request.cursor.as_deref()))];
     if let Some(cursor) = &next_cursor {
-        links.push(("next", link(Some(cursor))));
+        links.push(("next", request.link(&operation, Some(cursor))));
     }
     // What the caller's scopes do not cover is left out (the cursor above still moves past it).
     if !matches!(access, Access::Open | Access::System) {
@@ -636,6 +686,24 @@ const MAX_PATIENTS_A_PAGE: u64 = 5_000;
 /// the page ended, so following `next` gives every resource once and no page is empty.
 pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> Answer {
     let pairs = decode_pairs(req.query_string())?;
+    everything_all_of(state, req, pairs).await
+}
+
+/// `POST /Patient/$everything`, its parameters in a Parameters resource (and the query).
+pub async fn everything_all_post(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Answer {
+    let pairs = posted_parameters(&state, &req, body).await?;
+    everything_all_of(state, req, pairs).await
+}
+
+async fn everything_all_of(
+    state: web::Data<FhirState>,
+    req: HttpRequest,
+    pairs: Vec<(String, String)>,
+) -> Answer {
     let mut pairs_without_cursor = Vec::new();
     let mut cursor = None;
     for (name, value) in pairs {
@@ -665,7 +733,10 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
             let after = match inner {
                 "" => None,
                 inner => {
-                    let (t, id) = inner.split_once('.').ok_or_else(bad)?;
+                    let (t, id) = inner
+                        .split_once('.')
+                        .filter(|(t, _)| t.is_empty() || is_resource_type(t))
+                        .ok_or_else(bad)?;
                     Some((t.to_string(), id.to_string()))
                 }
             };
@@ -683,7 +754,7 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
         let want = (limit - matches).min(MAX_PATIENTS_A_PAGE - scanned) + 1;
         let patients = state
             .reads
-            .patient_ids(from.as_deref(), inclusive, want)
+            .patient_ids(from.as_deref(), inclusive, want, &request.page)
             .await?;
         for patient in &patients {
             if matches == limit || scanned == MAX_PATIENTS_A_PAGE {
@@ -707,17 +778,7 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
                 .filter(|(m, _)| *m == SupportingMode::Match)
                 .count() as u64;
             if more {
-                let last = part
-                    .iter()
-                    .rfind(|(m, _)| *m == SupportingMode::Match)
-                    .map(|(_, r)| r)
-                    .expect("a page holds at least one match");
-                let last_type = if last.resource_type == "Patient" && &last.id == patient {
-                    ""
-                } else {
-                    last.resource_type.as_str()
-                };
-                next_cursor = Some(format!("{patient}~{last_type}.{}", last.id));
+                next_cursor = Some(format!("{patient}~{}", cursor_after(&part, patient)));
                 found.extend(part);
                 break 'patients;
             }
@@ -734,25 +795,10 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
         found.retain(|(_, r)| access::visible(&access, r));
     }
     let base = base_url(&state, &req);
-    let link = |cursor: Option<&String>| {
-        let mut params: Vec<String> = request
-            .applied
-            .iter()
-            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
-            .collect();
-        if let Some(cursor) = cursor {
-            params.push(format!("_cursor={}", encode_query_value(cursor)));
-        }
-        let query = if params.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", params.join("&"))
-        };
-        format!("{base}/Patient/$everything{query}")
-    };
-    let mut links = vec![("self", link(cursor.as_ref()))];
+    let operation = format!("{base}/Patient/$everything");
+    let mut links = vec![("self", request.link(&operation, cursor.as_deref()))];
     if let Some(next) = &next_cursor {
-        links.push(("next", link(Some(next))));
+        links.push(("next", request.link(&operation, Some(next))));
     }
     let entries: Vec<_> = found
         .iter()
@@ -774,6 +820,22 @@ pub async fn everything_all(state: web::Data<FhirState>, req: HttpRequest) -> An
     Ok(bundle_response(body))
 }
 
+/// The cursor that resumes a patient's record after a page's last match: `<type>.<id>`, the
+/// type left empty for the patient itself (which comes first).
+fn cursor_after(page: &[(SupportingMode, StoredResource)], patient: &str) -> String {
+    let last = page
+        .iter()
+        .rfind(|(m, _)| *m == SupportingMode::Match)
+        .map(|(_, r)| r)
+        .expect("a page holds at least one match");
+    let last_type = if last.resource_type == "Patient" && last.id == patient {
+        ""
+    } else {
+        last.resource_type.as_str()
+    };
+    format!("{last_type}.{}", last.id)
+}
+
 /// `$everything`'s parameters, read.
 pub(crate) struct EverythingRequest {
     page: EverythingPage,
@@ -786,6 +848,23 @@ pub(crate) struct EverythingRequest {
 }
 
 impl EverythingRequest {
+    /// A GET link to `operation` with the parameters applied, from `cursor` on.
+    fn link(&self, operation: &str, cursor: Option<&str>) -> String {
+        let mut params: Vec<String> = self
+            .applied
+            .iter()
+            .map(|(n, v)| format!("{n}={}", encode_query_value(v)))
+            .collect();
+        if let Some(cursor) = cursor {
+            params.push(format!("_cursor={}", encode_query_value(cursor)));
+        }
+        if params.is_empty() {
+            operation.to_string()
+        } else {
+            format!("{operation}?{}", params.join("&"))
+        }
+    }
+
     pub(crate) fn read(
         pairs: Vec<(String, String)>,
         unpaged_limit: u64,
@@ -816,16 +895,26 @@ impl EverythingRequest {
                     if let Some(bad) = types.iter().find(|t| !is_resource_type(t)) {
                         return Err(invalid(&format!("{bad:?} is not a resource type")));
                     }
-                    request.page.types = Some(types);
+                    // Repeated `_type` parameters add up, as a comma list does.
+                    request
+                        .page
+                        .types
+                        .get_or_insert_with(Vec::new)
+                        .extend(types);
                 }
                 "_count" => {
                     let count: u64 = value.parse().map_err(|_| invalid("not a whole number"))?;
-                    request.page.limit = count.clamp(1, max_count);
+                    // A page of nothing would never move the cursor on.
+                    if count == 0 {
+                        return Err(invalid("at least 1 (a page of nothing cannot be paged)"));
+                    }
+                    request.page.limit = count.min(max_count);
                     request.counted = true;
                 }
                 "_cursor" => {
                     let (t, id) = value
                         .split_once('.')
+                        .filter(|(t, _)| t.is_empty() || is_resource_type(t))
                         .ok_or_else(|| invalid("not a cursor this server wrote"))?;
                     request.page.after = Some((t.to_string(), id.to_string()));
                     request.cursor = Some(value);

@@ -77,8 +77,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(handlers::everything_all),
         )
         .route(
+            "/Patient/$everything",
+            web::post().to(handlers::everything_all_post),
+        )
+        .route(
             "/Patient/{id}/$everything",
             web::get().to(handlers::everything),
+        )
+        .route(
+            "/Patient/{id}/$everything",
+            web::post().to(handlers::everything_post),
         )
         .route(
             "/StructureDefinition/w3c-trace-context",

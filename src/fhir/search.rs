@@ -51,6 +51,7 @@ pub struct SearchRequest {
     pub unknown: Vec<String>,
     /// The cap on `_count`.
     max_count: u64,
+    resource_type: String,
 }
 
 impl SearchRequest {
@@ -75,6 +76,7 @@ impl SearchRequest {
             revincludes: Vec::new(),
             unknown: Vec::new(),
             max_count,
+            resource_type: resource_type.to_string(),
         };
         for (name, value) in pairs {
             if request.read_control(&name, &value)? {
@@ -135,6 +137,34 @@ impl SearchRequest {
         Ok(request)
     }
 
+    /// `_sort`: `_lastUpdated` or one of the type's date parameters, `-` first for descending.
+    /// One key: a second could not keep keyset paging (and no other key is indexed to sort by).
+    fn sort_order(&self, value: &str) -> Result<Order, FhirError> {
+        let (descending, name) = match value.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, value),
+        };
+        match name {
+            "_lastUpdated" if descending => return Ok(Order::LastUpdatedDescending),
+            "_lastUpdated" => return Ok(Order::LastUpdatedAscending),
+            _ => {}
+        }
+        match find(&self.resource_type, name) {
+            Some(param) if param.kind == Kind::Date => Ok(Order::Date {
+                param: param.name,
+                descending,
+            }),
+            _ => Err(FhirError::invalid_at(
+                format!(
+                    "_sort={value} is not supported: sort by one key, _lastUpdated or a date \
+                     parameter of {}, with - for descending",
+                    self.resource_type
+                ),
+                "_sort",
+            )),
+        }
+    }
+
     /// Result parameters (`_count`, `_sort`, …); `true` when `name` was one.
     fn read_control(&mut self, name: &str, value: &str) -> Result<bool, FhirError> {
         match name {
@@ -148,18 +178,7 @@ impl SearchRequest {
                 }
                 self.applied.push((name.into(), self.count.to_string()));
             }
-            "_sort" => match value {
-                "_lastUpdated" => self.order = Order::LastUpdatedAscending,
-                "-_lastUpdated" => self.order = Order::LastUpdatedDescending,
-                _ => {
-                    return Err(FhirError::invalid_at(
-                        format!(
-                            "_sort={value} is not supported; use _lastUpdated or -_lastUpdated"
-                        ),
-                        "_sort",
-                    ))
-                }
-            },
+            "_sort" => self.order = self.sort_order(value)?,
             "_total" => {
                 self.total = match value {
                     "none" => Total::None,
@@ -251,9 +270,11 @@ fn tagged(mut out: Map<String, Value>) -> String {
     Value::Object(out).to_string()
 }
 
-/// `<lastUpdated µs>.<id>`: where the previous page ended.
-pub fn cursor_text(last_updated_us: i64, id: &str) -> String {
-    format!("{last_updated_us}.{id}")
+/// `<sort key>.<id>`: where the previous page ended (the key is the lastUpdated instant in
+/// µs, or the date the order sorts by). The link carries `_sort` too, so a cursor is only
+/// read under the order it was written for.
+pub fn cursor_text(sort_key: i64, id: &str) -> String {
+    format!("{sort_key}.{id}")
 }
 
 fn parse_cursor(text: &str) -> Result<(i64, String), FhirError> {

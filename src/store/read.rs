@@ -52,6 +52,37 @@ pub struct EverythingPage {
 /// The date parameters that are a resource's clinical date for `start`/`end`.
 const CLINICAL_DATE_PARAMS: &[&str] = &["date", "onset-date", "authoredon"];
 
+/// Appends `$everything`'s member conditions (live; `_type`, `_since`, and the `start`/`end`
+/// window) on the resource aliased `r` to a WHERE clause.
+fn member_filter(page: &EverythingPage, r: &str, sql: &mut String, params: &mut Vec<Value>) {
+    sql.push_str(&format!(" AND {r}.deleted = ?"));
+    params.push(Value::from(false));
+    if let Some(types) = &page.types {
+        sql.push_str(&format!(
+            " AND {r}.resource_type IN ({})",
+            placeholders(types.len())
+        ));
+        params.extend(types.iter().map(|t| Value::from(t.as_str())));
+    }
+    if let Some(since) = page.since_us {
+        sql.push_str(&format!(" AND {r}.last_updated_us >= ?"));
+        params.push(since.into());
+    }
+    if let Some((low, high)) = page.window {
+        // Resources without a clinical date are not filtered; the others must overlap.
+        let dated = placeholders(CLINICAL_DATE_PARAMS.len());
+        sql.push_str(&format!(
+            " AND (NOT EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = {r}.resource_type \
+             AND d.resource_id = {r}.id AND d.param IN ({dated})) \
+             OR EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = {r}.resource_type \
+             AND d.resource_id = {r}.id AND d.param IN ({dated}) AND d.low_us < ? AND d.high_us > ?))"
+        ));
+        params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
+        params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
+        params.extend([Value::from(high), Value::from(low)]);
+    }
+}
+
 /// How a resource came into a `$everything` result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SupportingMode {
@@ -283,17 +314,27 @@ impl Store {
         from: Option<&str>,
         inclusive: bool,
         limit: u64,
+        filter: &EverythingPage,
     ) -> Result<Vec<String>, StoreError> {
-        let sql = format!(
+        let mut sql = format!(
             "SELECT r.id FROM resource r WHERE r.resource_type = 'Patient' \
-             AND r.deleted = ? AND r.id {} ? ORDER BY r.id LIMIT ?",
+             AND r.deleted = ? AND r.id {} ?",
             if inclusive { ">=" } else { ">" }
         );
-        let params = vec![
-            Value::from(false),
-            Value::from(from.unwrap_or("")),
-            Value::from(limit as i64),
-        ];
+        let mut params = vec![Value::from(false), Value::from(from.unwrap_or(""))];
+        // With a filter, only patients with something to show: one statement finds them,
+        // rather than one `$everything` query per patient that turns up nothing.
+        if filter.types.is_some() || filter.since_us.is_some() || filter.window.is_some() {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM compartment c JOIN resource m \
+                 ON m.resource_type = c.resource_type AND m.id = c.resource_id \
+                 WHERE c.patient_id = r.id",
+            );
+            member_filter(filter, "m", &mut sql, &mut params);
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY r.id LIMIT ?");
+        params.push(Value::from(limit as i64));
         let rows = self
             .query(select("resource", "patient ids"), &sql, params)
             .await?;
@@ -365,33 +406,10 @@ impl Store {
         let mut sql = format!(
             "SELECT {COLUMNS} FROM compartment c JOIN resource r \
              ON r.resource_type = c.resource_type AND r.id = c.resource_id \
-             WHERE c.patient_id = ? AND r.deleted = ?"
+             WHERE c.patient_id = ?"
         );
-        let mut params = vec![Value::from(patient_id), Value::from(false)];
-        if let Some(types) = &page.types {
-            sql.push_str(&format!(
-                " AND r.resource_type IN ({})",
-                placeholders(types.len())
-            ));
-            params.extend(types.iter().map(|t| Value::from(t.as_str())));
-        }
-        if let Some(since) = page.since_us {
-            sql.push_str(" AND r.last_updated_us >= ?");
-            params.push(since.into());
-        }
-        if let Some((low, high)) = page.window {
-            // Resources without a clinical date are not filtered; the others must overlap.
-            let dated = placeholders(CLINICAL_DATE_PARAMS.len());
-            sql.push_str(&format!(
-                " AND (NOT EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = r.resource_type \
-                 AND d.resource_id = r.id AND d.param IN ({dated})) \
-                 OR EXISTS (SELECT 1 FROM date_index d WHERE d.resource_type = r.resource_type \
-                 AND d.resource_id = r.id AND d.param IN ({dated}) AND d.low_us < ? AND d.high_us > ?))"
-            ));
-            params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
-            params.extend(CLINICAL_DATE_PARAMS.iter().map(|p| Value::from(*p)));
-            params.extend([Value::from(high), Value::from(low)]);
-        }
+        let mut params = vec![Value::from(patient_id)];
+        member_filter(page, "r", &mut sql, &mut params);
         // The Patient itself first: it sorts as the empty type.
         let order =
             "CASE WHEN r.resource_type = 'Patient' AND r.id = ? THEN '' ELSE r.resource_type END";

@@ -77,6 +77,37 @@ pub enum Order {
     /// Oldest change first: resources created while a client pages appear on later pages.
     LastUpdatedAscending,
     LastUpdatedDescending,
+    /// By a date parameter: ascending by the earliest instant each resource's values cover,
+    /// descending by the latest (FHIR's rule for ranges); resources without a value last
+    /// either way. Ties by id.
+    Date {
+        param: &'static str,
+        descending: bool,
+    },
+}
+
+impl Order {
+    /// The SQL of a row's sort key (`r` the resource) and its direction. A resource without a
+    /// date gets the key that sorts last, so the keyset never meets NULL.
+    fn key(&self) -> (String, &'static str) {
+        match self {
+            Order::LastUpdatedAscending => ("r.last_updated_us".into(), "ASC"),
+            Order::LastUpdatedDescending => ("r.last_updated_us".into(), "DESC"),
+            Order::Date { descending, .. } => {
+                let (extreme, column, missing, dir) = if *descending {
+                    ("MAX", "high_us", i64::MIN, "DESC")
+                } else {
+                    ("MIN", "low_us", i64::MAX, "ASC")
+                };
+                let key = format!(
+                    "COALESCE((SELECT {extreme}(d.{column}) FROM date_index d \
+                     WHERE d.resource_type = r.resource_type AND d.resource_id = r.id \
+                     AND d.param = ?), {missing})"
+                );
+                (key, dir)
+            }
+        }
+    }
 }
 
 /// A page request.
@@ -85,42 +116,51 @@ pub struct Search {
     pub resource_type: String,
     pub criteria: Vec<Criterion>,
     pub order: Order,
-    /// The (lastUpdated, id) of the last resource of the previous page.
+    /// The (sort key, id) of the last resource of the previous page: its lastUpdated, or for
+    /// a date order the key [`Order`] describes.
     pub after: Option<(i64, String)>,
     pub limit: u64,
 }
 
 impl Store {
-    /// One page of live resources matching every criterion.
-    pub async fn search(&self, search: &Search) -> Result<Vec<StoredResource>, StoreError> {
-        let mut sql = String::from(
-            "SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, r.deleted, r.content \
-             FROM resource r",
+    /// One page of live resources matching every criterion, each with its sort key (what
+    /// the next page's [`Search::after`] is made of).
+    pub async fn search(&self, search: &Search) -> Result<Vec<(StoredResource, i64)>, StoreError> {
+        let (key, dir) = search.order.key();
+        let key_param = || match search.order {
+            Order::Date { param, .. } => Some(Value::from(param)),
+            _ => None,
+        };
+        // The key is computed once per row in an inner select, so the keyset condition and
+        // the order can name it.
+        let mut sql = format!(
+            "SELECT * FROM (SELECT r.resource_type, r.id, r.version_id, r.last_updated_us, \
+             r.deleted, r.content, {key} AS sort_key FROM resource r"
         );
-        let mut params = Vec::new();
+        let mut params: Vec<Value> = key_param().into_iter().collect();
         where_clause(
             &mut sql,
             &mut params,
             &search.resource_type,
             &search.criteria,
         );
-        let (cmp, dir) = match search.order {
-            Order::LastUpdatedAscending => (">", "ASC"),
-            Order::LastUpdatedDescending => ("<", "DESC"),
-        };
+        sql.push_str(") s");
+        let cmp = if dir == "ASC" { ">" } else { "<" };
         if let Some((at, id)) = &search.after {
             sql.push_str(&format!(
-                " AND (r.last_updated_us {cmp} ? OR (r.last_updated_us = ? AND r.id {cmp} ?))"
+                " WHERE (s.sort_key {cmp} ? OR (s.sort_key = ? AND s.id {cmp} ?))"
             ));
             params.extend([Value::from(*at), Value::from(*at), Value::from(id.as_str())]);
         }
         sql.push_str(&format!(
-            " ORDER BY r.last_updated_us {dir}, r.id {dir} LIMIT {}",
+            " ORDER BY s.sort_key {dir}, s.id {dir} LIMIT {}",
             search.limit
         ));
         let what = select("resource", "search page");
         let rows = self.query(what, &sql, params).await?;
-        rows.iter().map(stored).collect()
+        rows.iter()
+            .map(|row| Ok((stored(row)?, row.try_get_by_index::<i64>(6)?)))
+            .collect()
     }
 
     /// How many live resources match every criterion.

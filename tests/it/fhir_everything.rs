@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, spawn_app_with, TestApp};
+use crate::support::{next_link, spawn_app, spawn_app_with, TestApp};
 
 /// An invented patient with eight observations in 2019, four in 2020, an encounter in 2018 and
 /// a 2019 MedicationRequest naming a Medication and a Practitioner. Returns the patient's id.
@@ -175,6 +175,106 @@ async fn type_and_since_narrow_the_result() {
         .get_json(&format!("/Patient/{patient}/$everything?_type=Nonsense"))
         .await;
     assert_eq!(status, 400);
+    for refused in ["_count=0", "_cursor=Nonsense.x", "_cursor=x"] {
+        let (status, outcome) = app
+            .get_json(&format!("/Patient/{patient}/$everything?{refused}"))
+            .await;
+        assert_eq!(status, 400, "{refused}: {outcome}");
+    }
+    for refused in ["_count=0", "_cursor=x", "_cursor=p~Nonsense.x"] {
+        let (status, _) = app
+            .get_json(&format!("/Patient/$everything?{refused}"))
+            .await;
+        assert_eq!(status, 400, "type level, {refused}");
+    }
+}
+
+async fn post_everything(app: &TestApp, path: &str, parameters: Value) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/fhir+json")
+        .body(parameters.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_posted_parameters_resource_means_what_the_same_query_means() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "start", "valueDate": "2019-01-01"},
+        {"name": "end", "valueDate": "2019-12-31"},
+        {"name": "_type", "valueCode": "Observation"},
+        {"name": "_type", "valueCode": "Patient"},
+        {"name": "_count", "valueInteger": 5}]});
+    let path = format!("/Patient/{patient}/$everything");
+    let (status, first) = post_everything(&app, &path, parameters).await;
+    assert_eq!(status, 200, "{first}");
+    let next = next_link(&first).expect("nine members in pages of five");
+    // The next link is a GET carrying every posted parameter.
+    for part in [
+        "start=2019-01-01",
+        "end=2019-12-31",
+        "_count=5",
+        "_type=Observation",
+        "_type=Patient",
+    ] {
+        assert!(next.contains(part), "{next} lacks {part}");
+    }
+    let by_get = pages(
+        &app,
+        &format!("{path}?start=2019-01-01&end=2019-12-31&_type=Observation,Patient&_count=5"),
+    )
+    .await;
+    let keys = |page: &Value| {
+        entries(page, "match")
+            .into_iter()
+            .map(key)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&first), keys(&by_get[0]));
+    let rest = pages(&app, next.strip_prefix(&app.base).unwrap()).await;
+    let posted: Vec<String> = std::iter::once(&first)
+        .chain(&rest)
+        .flat_map(keys)
+        .collect();
+    let got: Vec<String> = by_get.iter().flat_map(keys).collect();
+    assert_eq!(posted, got);
+    assert_eq!(posted.len(), 1 + 8, "the patient and 2019's observations");
+
+    // Type level too.
+    let (status, all) = post_everything(&app, "/Patient/$everything",
+        json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueCode": "Patient"}]})).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(entries(&all, "match").len(), 1);
+
+    // Not a Parameters resource, or a parameter without a simple value: 400 naming it.
+    let (status, outcome) = post_everything(&app, &path, json!({"resourceType": "Patient"})).await;
+    assert_eq!(status, 400, "{outcome}");
+    let (status, outcome) = post_everything(
+        &app,
+        &path,
+        json!({"resourceType": "Parameters",
+        "parameter": [{"name": "start", "valueDate": "2019-01-01"},
+                      {"name": "_type", "valueCodeableConcept": {"text": "x"}}]}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        outcome["issue"][0]["expression"][0], "Parameters.parameter[1]",
+        "{outcome}"
+    );
+    let (status, _) = post_everything(
+        &app,
+        "/Patient/nobody/$everything",
+        json!({"resourceType": "Parameters"}),
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -335,6 +435,44 @@ async fn type_level_everything_pages_through_60_patients_once_each_with_no_empty
     app.stop().await;
 }
 
+/// A filter that few patients' records meet: only those patients are visited, so pages are
+/// never empty and a filter nobody meets gives one empty result without a next link.
+#[tokio::test]
+async fn type_level_everything_with_a_filter_skips_patients_with_nothing_to_show() {
+    let app = spawn_app().await;
+    seed_many(&app, 40, 0).await;
+    // Two of the forty patients get an Observation.
+    for id in ["tl-07", "tl-31"] {
+        let observation = json!({"resourceType": "Observation", "status": "final",
+            "code": {"text": "invented reading"}, "subject": {"reference": format!("Patient/{id}")}});
+        let (status, _) = app
+            .put_json(&format!("/Observation/obs-{id}"), observation.to_string())
+            .await;
+        assert_eq!(status, 201);
+    }
+    let all = pages(&app, "/Patient/$everything?_type=Observation&_count=1").await;
+    let sizes: Vec<usize> = all.iter().map(|p| entries(p, "match").len()).collect();
+    assert_eq!(sizes, [1, 1], "one Observation a page, no empty page");
+    let keys: Vec<String> = all
+        .iter()
+        .flat_map(|p| entries(p, "match").into_iter().map(key))
+        .collect();
+    assert_eq!(keys, ["Observation/obs-tl-07", "Observation/obs-tl-31"]);
+
+    let (status, none) = app.get_json("/Patient/$everything?_type=Encounter").await;
+    assert_eq!(status, 200);
+    assert!(entries(&none, "match").is_empty());
+    assert!(
+        !none["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "nothing more to page to: {none}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn type_level_everything_splits_records_across_pages_without_loss_or_repeats() {
     let app = spawn_app().await;
@@ -399,7 +537,9 @@ async fn a_type_level_cursor_whose_patient_was_deleted_starts_the_next_record_fr
     // tl-01's whole record: the Patient and its three Observations, nothing skipped.
     assert!(keys.contains(&"Patient/tl-01".to_string()), "{keys:?}");
     assert_eq!(
-        keys.iter().filter(|k| k.starts_with("Observation/")).count(),
+        keys.iter()
+            .filter(|k| k.starts_with("Observation/"))
+            .count(),
         3,
         "{keys:?}"
     );

@@ -579,7 +579,10 @@ async fn slow_uploads_holding_the_body_budget_do_not_keep_a_small_write_waiting_
     let waited = started.elapsed();
     assert_eq!(created.status(), 201);
     // The holders get the tightened limits (2 s stall, 10 s in all) once someone waits.
-    assert!(waited < Duration::from_secs(15), "the small write waited {waited:?}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "the small write waited {waited:?}"
+    );
     for holder in holders {
         holder.abort();
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, TestApp};
+use crate::support::{next_link, spawn_app, TestApp};
 
 fn patient(full_url: &str, family: &str, given: &str, birth: &str, gender: &str) -> Value {
     json!({"fullUrl": full_url, "request": {"method": "POST", "url": "Patient"},
@@ -677,4 +677,89 @@ async fn includes_follow_medication_requester_and_result_references() {
         included(&found),
         BTreeSet::from(["DiagnosticReport".into()])
     );
+}
+
+/// Follows `next` links from `first`; returns the matches' ids in the order the pages gave.
+async fn ids_in_page_order(app: &TestApp, first: &str) -> Vec<String> {
+    let mut url = Some(format!("{}{first}", app.base));
+    let mut out = Vec::new();
+    while let Some(at) = url {
+        let page: Value = app
+            .client
+            .get(&at)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<String> = page["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!ids.is_empty(), "no empty page: {page}");
+        out.extend(ids);
+        assert!(out.len() < 1000, "paging ends");
+        url = next_link(&page);
+    }
+    out
+}
+
+/// `_sort` by a date parameter: ascending by each resource's earliest instant, descending by
+/// its latest, ties by id, resources without the date last either way; pages of one keep it.
+#[tokio::test]
+async fn sort_by_a_date_parameter_in_both_directions_pages_in_order() {
+    let app = spawn_app().await;
+    let dated = |id: &str, effective: Value| {
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "invented sort reading"}});
+        if let Some((k, v)) = effective.as_object().and_then(|m| m.iter().next()) {
+            o[k] = v.clone();
+        }
+        o
+    };
+    let seeded = [
+        (
+            "s-mar",
+            json!({"effectiveDateTime": "2021-03-01T10:00:00Z"}),
+        ),
+        ("s-jan", json!({"effectiveDateTime": "2021-01-15"})),
+        // A period from February to December: earliest of all but two, latest of all.
+        (
+            "s-period",
+            json!({"effectivePeriod": {"start": "2021-02-01T00:00:00Z", "end": "2021-12-31T00:00:00Z"}}),
+        ),
+        ("s-none", json!({})),
+        ("s-jan-b", json!({"effectiveDateTime": "2021-01-15"})),
+        ("s-jun", json!({"effectiveDateTime": "2021-06"})),
+    ];
+    for (id, effective) in seeded {
+        assert_eq!(
+            app.put_status(&format!("Observation/{id}"), &dated(id, effective))
+                .await,
+            201
+        );
+    }
+    let ascending = ids_in_page_order(&app, "/Observation?_sort=date&_count=2").await;
+    assert_eq!(
+        ascending,
+        ["s-jan", "s-jan-b", "s-period", "s-mar", "s-jun", "s-none"]
+    );
+    let descending = ids_in_page_order(&app, "/Observation?_sort=-date&_count=4").await;
+    assert_eq!(
+        descending,
+        ["s-period", "s-jun", "s-mar", "s-jan-b", "s-jan", "s-none"]
+    );
+    // Other types' date parameters too; unknown or non-date keys are refused.
+    let (status, _) = app.get_json("/Patient?_sort=-birthdate").await;
+    assert_eq!(status, 200);
+    for refused in ["date,_id", "status", "-nonsense"] {
+        let (status, outcome) = app.get_json(&format!("/Observation?_sort={refused}")).await;
+        assert_eq!(status, 400, "{refused}: {outcome}");
+        assert_eq!(outcome["issue"][0]["expression"][0], "_sort");
+    }
+    app.stop().await;
 }

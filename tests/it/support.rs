@@ -341,6 +341,16 @@ async fn fresh_postgres_database(url: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// A Bundle's `next` link, if it has one.
+pub fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}
+
 /// A child process killed when the test ends, passed or not.
 pub struct Running(pub std::process::Child);
 
