@@ -472,15 +472,16 @@ impl Hl7Ingest {
 }
 
 impl MessageHandler for Hl7Ingest {
-    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
+    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<Vec<u8>> {
         let answers = self.ingest(&frame, &Origin::from(meta)).await;
-        answers
+        let response: Vec<u8> = answers
             .into_iter()
             .flat_map(|a| a.ack.into_bytes())
-            .collect()
+            .collect();
+        Some(response).filter(|r| !r.is_empty()).into_iter().collect()
     }
 
-    async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Option<Vec<u8>> {
+    async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Vec<Vec<u8>> {
         let error = AckError {
             code: VALUE_TOO_LONG,
             location: None,
@@ -492,7 +493,7 @@ impl MessageHandler for Hl7Ingest {
         let answer = self
             .refuse_frame(complete_fields(&prefix), error, &origin)
             .await;
-        Some(answer.ack.into_bytes())
+        vec![answer.ack.into_bytes()]
     }
 }
 
