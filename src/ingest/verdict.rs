@@ -24,6 +24,9 @@ const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
 pub enum Verdict {
     Accept(Accepted),
     Refuse(AckCode, AckError),
+    /// It could not be processed now (reading the database failed): AE in original mode, CE
+    /// in enhanced mode; the sender should send it again.
+    Retry(AckError),
     /// Store it, answer nothing: an acknowledgement is never acknowledged.
     Silent,
 }
@@ -88,7 +91,7 @@ fn lane(message: &Message) -> Lane {
 
 fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
     let header = message.header();
-    if header.message_code.as_deref() == Some("ACK") {
+    if header.is_acknowledgement() {
         return Verdict::Silent;
     }
     if header.control_id.as_deref().unwrap_or("").is_empty() {
@@ -254,13 +257,17 @@ mod tests {
 
     #[test]
     fn versions_2_1_to_2_8_2_are_v2_and_others_are_not() {
-        for id in ["2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.5.0", "2.6", "2.7"] {
+        for id in [
+            "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.5.0", "2.6", "2.7",
+        ] {
             assert!(is_v2_version(id), "{id}");
         }
         for id in ["2.7.1", "2.8", "2.8.1", "2.8.2", " 2.5.1 "] {
             assert!(is_v2_version(id), "{id}");
         }
-        for id in ["9.9", "2.9", "2.8.3", "2.0", "2", "3.0", "2.5.1.1", "2.", "2.x", "V2.5"] {
+        for id in [
+            "9.9", "2.9", "2.8.3", "2.0", "2", "3.0", "2.5.1.1", "2.", "2.x", "V2.5",
+        ] {
             assert!(!is_v2_version(id), "{id}");
         }
     }

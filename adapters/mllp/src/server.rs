@@ -56,8 +56,11 @@ pub trait MessageHandler: Send + Sync + 'static {
     /// Answers a frame longer than `max_frame_bytes`, given its first bytes (at most 64 KiB,
     /// enough to read MSH). The responses, if any, are written as for [`handle`](Self::handle),
     /// then the connection is closed.
-    fn oversized(&self, prefix: Bytes, meta: FrameMeta)
-        -> impl Future<Output = Vec<Vec<u8>>> + Send;
+    fn oversized(
+        &self,
+        prefix: Bytes,
+        meta: FrameMeta,
+    ) -> impl Future<Output = Vec<Vec<u8>>> + Send;
 }
 
 /// How `run` ended.

@@ -459,7 +459,10 @@ async fn several_responses_go_out_as_separate_frames_in_order_before_the_next_fr
     client.send(&encode(b"after")).await;
     assert_eq!(client.read_frame().await.as_deref(), Some(&b"FIRST"[..]));
     assert_eq!(client.read_frame().await.as_deref(), Some(&b"SECOND"[..]));
-    assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:after"[..]));
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:after"[..])
+    );
 }
 
 #[tokio::test]
