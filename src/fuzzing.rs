@@ -36,6 +36,7 @@ pub fn ingest_payload(payload: &[u8]) {
         match decision.verdict {
             Verdict::Accept(_) => check_ack(raw.header(), AckCode::AA, &[]),
             Verdict::Refuse(code, error) => check_ack(raw.header(), code, &[error]),
+            Verdict::Retry(error) => check_ack(raw.header(), AckCode::AE, &[error]),
             Verdict::Silent => {}
         }
     }

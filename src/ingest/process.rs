@@ -1,5 +1,6 @@
 //! HL7v2 ingest: one payload in (an MLLP frame or a Kafka record), its ACKs out, after the data
-//! is committed.
+//! is committed. Which ACKs a message gets is its sender's choice (MSH-15 / MSH-16, see
+//! [`AckMode`]); an inbound ACK gets none.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,8 @@ use super::rate::PeerRate;
 use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
-    build_ack, read_header, split_frame, AckCode, AckError, Header, RawMessage, TraceCarrier,
+    build_ack, read_header, split_frame, split_stored_acks, AckCode, AckError, AckMode, Header,
+    RawMessage, TraceCarrier,
 };
 use super::verdict::{decide, Accepted, Decision, Verdict};
 use crate::audit::{AuditRecord, AuditTrail, Door};
@@ -57,11 +59,37 @@ impl From<FrameMeta> for Origin {
     }
 }
 
+/// The acknowledgements one message gets; `None` for one that is not sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acks {
+    /// Enhanced mode's accept (commit) ACK: CA, CE or CR.
+    pub accept: Option<String>,
+    /// The application ACK, AA, AE or AR: original mode's only one.
+    pub application: Option<String>,
+}
+
+impl Acks {
+    /// Both, in the order they are sent: what is stored with the message.
+    pub fn text(&self) -> String {
+        let sent = [&self.accept, &self.application];
+        sent.into_iter().flatten().map(String::as_str).collect()
+    }
+
+    /// The ACKs stored with an earlier receipt, to be sent again as they were.
+    fn stored(text: &str) -> Acks {
+        let (accept, application) = split_stored_acks(text);
+        Acks {
+            accept,
+            application,
+        }
+    }
+}
+
 /// How one message was answered.
 #[derive(Debug, Clone)]
 pub struct Answer {
-    /// The ACK text; empty for a message that is not answered (an inbound ACK).
-    pub ack: String,
+    /// What goes back: nothing for an inbound ACK, or what MSH-15 and MSH-16 do not ask for.
+    pub acks: Acks,
     pub code: Option<AckCode>,
     pub error: Option<AckError>,
     /// The message was not stored because the database failed: the same message may succeed
@@ -104,8 +132,8 @@ impl Hl7Ingest {
 
     /// Splits a payload into its messages and answers each, in order.
     pub async fn ingest(&self, payload: &[u8], origin: &Origin) -> Vec<Answer> {
-        let messages = match split_frame(payload) {
-            Ok(split) => split.messages,
+        let frame = match split_frame(payload) {
+            Ok(frame) => frame,
             Err(err) => {
                 return vec![
                     self.refuse_frame(payload, AckError::from(&err), origin)
@@ -113,6 +141,10 @@ impl Hl7Ingest {
                 ]
             }
         };
+        let batch_errors: Vec<Option<AckError>> = (0..frame.messages.len())
+            .map(|index| frame.miscounted_batch_of(index).map(AckError::from))
+            .collect();
+        let messages = frame.messages;
         if messages.is_empty() {
             let error = sequence_error("the batch holds no message");
             return vec![self.refuse_frame(payload, error, origin).await];
@@ -127,8 +159,13 @@ impl Hl7Ingest {
         }
         self.pace(origin, messages.len()).await;
         let mut answers = Vec::with_capacity(messages.len());
-        for message in messages {
-            answers.push(self.process(message, origin).await);
+        for (message, batch_error) in messages.into_iter().zip(batch_errors) {
+            let answer = match batch_error {
+                // The batch is incomplete: none of it is taken, so the sender resends it whole.
+                Some(error) => self.refuse_as_sent(&message, error, origin).await,
+                None => self.process(message, origin).await,
+            };
+            answers.push(answer);
         }
         answers
     }
@@ -156,11 +193,11 @@ impl Hl7Ingest {
         let started = Instant::now();
         // First: the resend shortcut would hand another sender's stored ACK back.
         if let Err(error) = self.sender_allowed(&raw, origin) {
-            return self.refuse_sender(&raw, error, origin, started).await;
+            return self.refuse_as_sent(&raw, error, origin).await;
         }
-        if let Some(ack) = self.stored_ack_for_resend(&raw).await {
+        if let Some(stored) = self.stored_ack_for_resend(&raw).await {
             return Answer {
-                ack,
+                acks: Acks::stored(&stored),
                 code: Some(AckCode::AA),
                 error: None,
                 transient: false,
@@ -223,14 +260,10 @@ impl Hl7Ingest {
         }
     }
 
-    /// Answers AR to a message its connection may not send, storing none of its data.
-    async fn refuse_sender(
-        &self,
-        raw: &RawMessage,
-        error: AckError,
-        origin: &Origin,
-        started: Instant,
-    ) -> Answer {
+    /// Answers AR to a message that is not taken as sent (its connection may not send it, or
+    /// its batch is incomplete), storing none of its data: only the raw message.
+    async fn refuse_as_sent(&self, raw: &RawMessage, error: AckError, origin: &Origin) -> Answer {
+        let started = Instant::now();
         let verdict = Verdict::Refuse(AckCode::AR, error);
         let span = message_span(raw.header());
         self.commit(
@@ -291,10 +324,7 @@ impl Hl7Ingest {
             Ok(Some(error)) => Verdict::Refuse(AckCode::AE, error),
             Err(err) => {
                 tracing::warn!(error = %err, "checking stored owners failed; answering AE");
-                Verdict::Refuse(
-                    AckCode::AE,
-                    internal("the message could not be stored; resend it later"),
-                )
+                Verdict::Retry(internal("the message could not be stored; resend it later"))
             }
         }
     }
@@ -313,8 +343,7 @@ impl Hl7Ingest {
             }
             Err(MergeError::Store(err)) => {
                 tracing::warn!(error = %err, "reading stored versions failed; answering AE");
-                let error = internal("the message could not be stored; resend it later");
-                Verdict::Refuse(AckCode::AE, error)
+                Verdict::Retry(internal("the message could not be stored; resend it later"))
             }
             Err(MergeError::Invalid { resource_type }) => {
                 tracing::error!(%resource_type, "a merged resource failed R4 validation");
@@ -335,15 +364,18 @@ impl Hl7Ingest {
         lane: Lane,
         started: Instant,
     ) -> Answer {
-        let (code, errors, accepted) = match verdict {
-            Verdict::Accept(accepted) => (Some(AckCode::AA), Vec::new(), accepted),
-            Verdict::Refuse(code, error) => (Some(code), vec![error], Accepted::default()),
-            Verdict::Silent => (None, Vec::new(), Accepted::default()),
+        let (code, errors, accepted, retry) = match verdict {
+            Verdict::Accept(accepted) => (Some(AckCode::AA), Vec::new(), accepted, false),
+            Verdict::Refuse(code, error) => (Some(code), vec![error], Accepted::default(), false),
+            Verdict::Retry(error) => (Some(AckCode::AE), vec![error], Accepted::default(), true),
+            Verdict::Silent => (None, Vec::new(), Accepted::default(), false),
         };
-        let ack = code
-            .map(|code| ack_for(header, code, &errors))
+        // Written as they go out once the commit succeeds, and stored in that commit; a failed
+        // commit stores nothing and is answered with ACKs written again below.
+        let acks = code
+            .map(|code| acks_for(header, code, !retry, &errors))
             .unwrap_or_default();
-        let row = message_row(bytes, header, code, &ack, &origin.peer);
+        let row = message_row(bytes, header, code, &acks.text(), &origin.peer);
         let written = accepted
             .ops
             .iter()
@@ -361,7 +393,7 @@ impl Hl7Ingest {
                 tracing::warn!(error = %err, "storing an inbound acknowledgement failed");
             }
             return Answer {
-                ack,
+                acks,
                 code: None,
                 error: None,
                 transient: stored.is_err(),
@@ -372,27 +404,28 @@ impl Hl7Ingest {
             (Err(_), AckCode::AA) => AckCode::AE,
             _ => code,
         };
-        if stored.is_ok() {
+        let stored_ok = stored.is_ok();
+        if stored_ok {
             self.audit(header, final_code, written, origin).await;
         }
-        match (stored, code) {
-            (Ok(_), AckCode::AA) => finish(ack, code, None, header, started),
-            (Ok(_), _) => finish(ack, code, error, header, started),
+        let (code, error, acks) = match (stored, code) {
+            (Ok(_), AckCode::AA) => (code, None, acks),
+            (Ok(_), _) => (code, error, acks),
             (Err(err), AckCode::AA) => {
                 tracing::warn!(error = %err, "storing an accepted message failed; answering AE");
                 let error = internal("the message could not be stored; resend it later");
-                let ack = ack_for(header, AckCode::AE, std::slice::from_ref(&error));
-                let mut answer = finish(ack, AckCode::AE, Some(error), header, started);
-                answer.transient = true;
-                answer
+                let acks = acks_for(header, AckCode::AE, false, std::slice::from_ref(&error));
+                (AckCode::AE, Some(error), acks)
             }
             (Err(err), _) => {
                 tracing::warn!(error = %err, "storing a refused message failed");
-                let mut answer = finish(ack, code, error, header, started);
-                answer.transient = true;
-                answer
+                let acks = acks_for(header, code, false, error.as_slice());
+                (code, error, acks)
             }
-        }
+        };
+        let mut answer = finish(acks, code, error, header, started);
+        answer.transient = retry || !stored_ok;
+        answer
     }
 
     /// One audit record per stored message: who sent it (MSH-3 and MSH-4), what it wrote, how
@@ -472,15 +505,12 @@ impl Hl7Ingest {
 }
 
 impl MessageHandler for Hl7Ingest {
-    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
+    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<Vec<u8>> {
         let answers = self.ingest(&frame, &Origin::from(meta)).await;
-        answers
-            .into_iter()
-            .flat_map(|a| a.ack.into_bytes())
-            .collect()
+        response_frames(&answers)
     }
 
-    async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Option<Vec<u8>> {
+    async fn oversized(&self, prefix: Bytes, meta: FrameMeta) -> Vec<Vec<u8>> {
         let error = AckError {
             code: VALUE_TOO_LONG,
             location: None,
@@ -492,8 +522,28 @@ impl MessageHandler for Hl7Ingest {
         let answer = self
             .refuse_frame(complete_fields(&prefix), error, &origin)
             .await;
-        Some(answer.ack.into_bytes())
+        response_frames(std::slice::from_ref(&answer))
     }
+}
+
+/// The frames that answer one payload: its accept ACKs (enhanced mode) in one frame, then its
+/// application ACKs in another, so that each message's accept ACK goes before its application
+/// ACK. A payload of one message gets one ACK a frame; a batch gets one frame of each kind, as
+/// in original mode. A frame with nothing in it is not sent.
+fn response_frames(answers: &[Answer]) -> Vec<Vec<u8>> {
+    let accept: String = answers
+        .iter()
+        .filter_map(|a| a.acks.accept.as_deref())
+        .collect();
+    let application: String = answers
+        .iter()
+        .filter_map(|a| a.acks.application.as_deref())
+        .collect();
+    [accept, application]
+        .into_iter()
+        .filter(|frame| !frame.is_empty())
+        .map(String::into_bytes)
+        .collect()
 }
 
 /// The prefix of an oversized frame, cut after its last complete segment or field, so a
@@ -542,6 +592,20 @@ fn message_span(header: Option<&Header>) -> tracing::Span {
     )
 }
 
+/// The ACKs due for a message answered `code` (as original mode decides), `committed` saying
+/// whether it is in safe storage. An inbound ACK gets none, whatever its MSH-15 and MSH-16 ask
+/// and even when it could not be read: acknowledging acknowledgements would loop.
+fn acks_for(header: Option<&Header>, code: AckCode, committed: bool, errors: &[AckError]) -> Acks {
+    if header.is_some_and(Header::is_acknowledgement) {
+        return Acks::default();
+    }
+    let due = AckMode::of(header).due(code, committed);
+    Acks {
+        accept: due.accept.map(|code| ack_for(header, code, errors)),
+        application: due.application.map(|code| ack_for(header, code, errors)),
+    }
+}
+
 /// The ACK text, carrying the current span's trace context in a ZTR.
 fn ack_for(header: Option<&Header>, code: AckCode, errors: &[AckError]) -> String {
     let trace =
@@ -586,7 +650,7 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
 /// MessageAnswered: the span's ACK code, the refusal log line, a debug line and the metrics,
 /// together.
 fn finish(
-    ack: String,
+    acks: Acks,
     code: AckCode,
     error: Option<AckError>,
     header: Option<&Header>,
@@ -602,7 +666,7 @@ fn finish(
     tracing::Span::current().record("hl7bridge.ack_code", code.as_str());
     tracing::debug!(ack_code = code.as_str(), "message answered");
     Answer {
-        ack,
+        acks,
         code: Some(code),
         error,
         transient: false,

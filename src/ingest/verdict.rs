@@ -13,7 +13,10 @@ use crate::telemetry::TraceParent;
 const REQUIRED_FIELD_MISSING: u16 = 101;
 const DATA_TYPE_ERROR: u16 = 102;
 const INTERNAL_ERROR: u16 = 207;
+const UNSUPPORTED_PROCESSING_ID: u16 = 202;
 const UNSUPPORTED_VERSION: u16 = 203;
+/// HL7 table 0103, processing id: production, debugging, training.
+const PROCESSING_IDS: &[&str] = &["P", "D", "T"];
 /// Map errors with these codes mean "not handled here": AR. Others are content errors: AE.
 const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
 
@@ -21,6 +24,9 @@ const REJECTING_CODES: &[u16] = &[200, 201, 202, 203];
 pub enum Verdict {
     Accept(Accepted),
     Refuse(AckCode, AckError),
+    /// It could not be processed now (reading the database failed): AE in original mode, CE
+    /// in enhanced mode; the sender should send it again.
+    Retry(AckError),
     /// Store it, answer nothing: an acknowledgement is never acknowledged.
     Silent,
 }
@@ -85,7 +91,7 @@ fn lane(message: &Message) -> Lane {
 
 fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
     let header = message.header();
-    if header.message_code.as_deref() == Some("ACK") {
+    if header.is_acknowledgement() {
         return Verdict::Silent;
     }
     if header.control_id.as_deref().unwrap_or("").is_empty() {
@@ -97,6 +103,10 @@ fn decide_parsed(message: &Message, context: &MapContext) -> Verdict {
         return Verdict::Refuse(AckCode::AR, error);
     }
     if let Some(error) = version_error(header.version.as_deref()) {
+        return Verdict::Refuse(AckCode::AR, error);
+    }
+    let component = header.delimiters.as_ref().map_or('^', |d| d.component);
+    if let Some(error) = processing_id_error(header.processing_id.as_deref(), component) {
         return Verdict::Refuse(AckCode::AR, error);
     }
     let mapped = match map_message(message, context) {
@@ -141,12 +151,38 @@ fn version_error(version: Option<&str>) -> Option<AckError> {
     })
 }
 
-/// `2.n` or `2.n.n`.
+/// A published v2 release, 2.1 to 2.8.2, as senders write it: `2.n` or `2.n.n` (`2.3.1`, and
+/// also `2.5.0`), surrounding spaces ignored. 2.9 and later, and anything else, are not.
 fn is_v2_version(id: &str) -> bool {
-    let mut parts = id.split('.');
-    parts.next() == Some("2")
-        && (2..=3).contains(&id.split('.').count())
-        && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    let numbers: Option<Vec<u32>> = id
+        .trim()
+        .split('.')
+        .map(|part| {
+            let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| part.parse().ok()).flatten()
+        })
+        .collect();
+    match numbers.as_deref() {
+        Some([2, minor]) => (1..=8).contains(minor),
+        Some([2, 8, patch]) => *patch <= 2,
+        Some([2, minor, _]) => (1..=7).contains(minor),
+        _ => false,
+    }
+}
+
+/// MSH-11 (processing id, its first component) must be P, D or T when valued: a message
+/// meant for another processing mode must not be taken as production data. An empty MSH-11,
+/// which the standard requires but some senders leave out, is taken as P (the ACK says so).
+fn processing_id_error(processing_id: Option<&str>, component: char) -> Option<AckError> {
+    let id = processing_id?.split(component).next().unwrap_or("").trim();
+    if id.is_empty() || PROCESSING_IDS.contains(&id) {
+        return None;
+    }
+    Some(AckError {
+        code: UNSUPPORTED_PROCESSING_ID,
+        location: Some(("MSH".into(), 1, 11)),
+        message: format!("processing id {id:?} is not P, D or T (HL7 table 0103)"),
+    })
 }
 
 fn trace_parent(message: &Message) -> Option<TraceParent> {
@@ -217,6 +253,45 @@ mod tests {
         );
         assert_eq!(lane_of("OBR|1||||S\r"), Lane::Stat);
         assert_eq!(lane_of("OBR|1||||s\r"), Lane::Stat, "case does not matter");
+    }
+
+    #[test]
+    fn versions_2_1_to_2_8_2_are_v2_and_others_are_not() {
+        for id in [
+            "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.5.0", "2.6", "2.7",
+        ] {
+            assert!(is_v2_version(id), "{id}");
+        }
+        for id in ["2.7.1", "2.8", "2.8.1", "2.8.2", " 2.5.1 "] {
+            assert!(is_v2_version(id), "{id}");
+        }
+        for id in [
+            "9.9", "2.9", "2.8.3", "2.0", "2", "3.0", "2.5.1.1", "2.", "2.x", "V2.5",
+        ] {
+            assert!(!is_v2_version(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_version_outside_v2_is_refused_at_msh_12_with_203() {
+        let error = version_error(Some("9.9")).expect("refused");
+        assert_eq!(error.code, 203);
+        assert_eq!(error.location, Some(("MSH".into(), 1, 12)));
+        assert_eq!(version_error(Some("2.5^FRA^2.5")), None);
+        assert_eq!(version_error(None).map(|e| e.code), Some(101));
+    }
+
+    #[test]
+    fn processing_ids_other_than_p_d_or_t_are_refused_at_msh_11_with_202() {
+        for id in ["P", "D", "T", "P^T", "T^A", " P "] {
+            assert_eq!(processing_id_error(Some(id), '^'), None, "{id}");
+        }
+        assert_eq!(processing_id_error(None, '^'), None, "empty is taken as P");
+        for id in ["X", "p", "PR"] {
+            let error = processing_id_error(Some(id), '^');
+            assert_eq!(error.as_ref().map(|e| e.code), Some(202), "{id}");
+            assert_eq!(error.unwrap().location, Some(("MSH".into(), 1, 11)));
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ impl Inbound {
                 DeadLetter {
                     reason,
                     code: format!("hl7:{ack_code}:{code}"),
-                    ack: Some(answer.ack.clone()),
+                    ack: Some(answer.acks.text()),
                 }
             }
         };

@@ -24,6 +24,7 @@ mod import_cli;
 mod kafka;
 mod kafka_broker;
 mod mllp_client;
+mod mllp_enhanced;
 mod mllp_hostile;
 mod mllp_ingest;
 mod mllp_lab_orders;

@@ -177,11 +177,10 @@ where
 
     async fn answer(&mut self, frame: Bytes) -> Result<(), Close> {
         debug!(frame_bytes = frame.len(), "MLLP frame received");
-        let response = self.handler.handle(frame, self.meta.clone()).await;
-        // An empty response means the handler must not answer (an inbound ACK, say).
-        if !response.is_empty() {
-            self.write_frame(&response).await?;
-        }
+        let responses = self.handler.handle(frame, self.meta.clone()).await;
+        // No response means the handler must not answer (an inbound ACK, say): the frame still
+        // counts as answered, so the idle timer restarts and the next frame is read.
+        self.write_frames(&responses).await?;
         self.frames_answered += 1;
         Ok(())
     }
@@ -191,13 +190,19 @@ where
             limit,
             "MLLP frame exceeds max_frame_bytes; answering and closing"
         );
-        let Some(response) = self.handler.oversized(prefix, self.meta.clone()).await else {
-            return Close::Oversized;
-        };
-        match self.write_frame(&response).await {
+        let responses = self.handler.oversized(prefix, self.meta.clone()).await;
+        match self.write_frames(&responses).await {
             Ok(()) => Close::Oversized,
             Err(close) => close,
         }
+    }
+
+    /// Writes each response as its own frame, in order; each write has its own timeout.
+    async fn write_frames(&mut self, responses: &[Vec<u8>]) -> Result<(), Close> {
+        for response in responses {
+            self.write_frame(response).await?;
+        }
+        Ok(())
     }
 
     async fn write_frame(&mut self, payload: &[u8]) -> Result<(), Close> {

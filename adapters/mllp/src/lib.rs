@@ -4,8 +4,8 @@
 //!
 //! This crate owns the bytes on the wire and the connection lifecycle (limits, timeouts,
 //! connection cap, graceful shutdown). It knows nothing of HL7 or FHIR: a [`MessageHandler`]
-//! turns a payload into a response payload, typically an ACK, and decides what to answer for an
-//! oversized frame. Logs carry sizes, peers and connection ids, never payload bytes.
+//! turns a payload into response payloads, typically ACKs, each
+//! written as its own frame, and decides what to answer for an oversized frame. Logs carry sizes, peers and connection ids, never payload bytes.
 //!
 //! Limitations:
 //! - A 0x0B inside a frame is payload, not a new frame (see [`codec`]); a sender that lost a

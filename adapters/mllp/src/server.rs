@@ -46,18 +46,21 @@ pub struct FrameMeta {
 /// What the application does with frames. Frames of one connection are handled one at a time,
 /// in order; different connections are handled concurrently.
 pub trait MessageHandler: Send + Sync + 'static {
-    /// Handles one payload and returns the response payload (an ACK), which the server frames
-    /// and writes before reading the connection's next frame. An empty response writes nothing:
-    /// some messages (acknowledgements themselves) must not be answered.
-    fn handle(&self, frame: Bytes, meta: FrameMeta) -> impl Future<Output = Vec<u8>> + Send;
+    /// Handles one payload and returns the response payloads (ACKs), which the server frames
+    /// one by one and writes, in order, before reading the connection's next frame. Several
+    /// responses are several frames (an HL7 accept acknowledgement, then an application
+    /// acknowledgement); none writes nothing, since some messages (acknowledgements themselves,
+    /// or messages whose sender asked for no acknowledgement) must not be answered.
+    fn handle(&self, frame: Bytes, meta: FrameMeta) -> impl Future<Output = Vec<Vec<u8>>> + Send;
 
     /// Answers a frame longer than `max_frame_bytes`, given its first bytes (at most 64 KiB,
-    /// enough to read MSH). The response, if any, is written, then the connection is closed.
+    /// enough to read MSH). The responses, if any, are written as for [`handle`](Self::handle),
+    /// then the connection is closed.
     fn oversized(
         &self,
         prefix: Bytes,
         meta: FrameMeta,
-    ) -> impl Future<Output = Option<Vec<u8>>> + Send;
+    ) -> impl Future<Output = Vec<Vec<u8>>> + Send;
 }
 
 /// How `run` ended.

@@ -21,7 +21,8 @@ const WAIT: Duration = Duration::from_secs(3);
 /// How long "nothing arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// Answers `ACK:<payload>`, and `AR:<first 8 bytes>` for oversized frames.
+/// Answers `ACK:<payload>` (nothing to `SILENT`, two frames to `TWICE`), and
+/// `AR:<first 8 bytes>` for oversized frames.
 #[derive(Default)]
 struct EchoHandler {
     metas: Mutex<Vec<FrameMeta>>,
@@ -30,7 +31,7 @@ struct EchoHandler {
 }
 
 impl MessageHandler for EchoHandler {
-    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<u8> {
+    async fn handle(&self, frame: Bytes, meta: FrameMeta) -> Vec<Vec<u8>> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_in_flight.fetch_max(now, Ordering::SeqCst);
         if let Ok(mut metas) = self.metas.lock() {
@@ -38,14 +39,15 @@ impl MessageHandler for EchoHandler {
         }
         sleep(Duration::from_millis(5)).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if &frame[..] == b"SILENT" {
-            return Vec::new();
+        match &frame[..] {
+            b"SILENT" => Vec::new(),
+            b"TWICE" => vec![b"FIRST".to_vec(), b"SECOND".to_vec()],
+            _ => vec![[b"ACK:".as_slice(), &frame].concat()],
         }
-        [b"ACK:".as_slice(), &frame].concat()
     }
 
-    async fn oversized(&self, prefix: Bytes, _meta: FrameMeta) -> Option<Vec<u8>> {
-        Some([b"AR:".as_slice(), &prefix[..prefix.len().min(8)]].concat())
+    async fn oversized(&self, prefix: Bytes, _meta: FrameMeta) -> Vec<Vec<u8>> {
+        vec![[b"AR:".as_slice(), &prefix[..prefix.len().min(8)]].concat()]
     }
 }
 
@@ -447,6 +449,20 @@ async fn an_empty_response_writes_nothing_and_the_next_frame_is_answered() {
     assert!(client.stays_quiet().await);
     client.send(&encode(b"next")).await;
     assert_eq!(client.read_frame().await.as_deref(), Some(&b"ACK:next"[..]));
+}
+
+#[tokio::test]
+async fn several_responses_go_out_as_separate_frames_in_order_before_the_next_frame() {
+    let server = TestServer::start(config()).await;
+    let mut client = server.connect().await;
+    client.send(&encode(b"TWICE")).await;
+    client.send(&encode(b"after")).await;
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"FIRST"[..]));
+    assert_eq!(client.read_frame().await.as_deref(), Some(&b"SECOND"[..]));
+    assert_eq!(
+        client.read_frame().await.as_deref(),
+        Some(&b"ACK:after"[..])
+    );
 }
 
 #[tokio::test]

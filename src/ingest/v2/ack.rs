@@ -6,9 +6,10 @@
 
 use std::borrow::Cow;
 
+use super::ack_mode::AckMode;
 use super::delimiters::Delimiters;
 use super::escape::escape;
-use super::frame::FrameError;
+use super::frame::{FrameError, MiscountedBatch};
 use super::header::Header;
 use super::message::ParseError;
 use super::segment_names::joined_segment_at;
@@ -17,7 +18,7 @@ use super::trace::TraceCarrier;
 /// MSH-12 of an ACK to a message whose header could not be read.
 pub(crate) const DEFAULT_VERSION: &str = "2.5.1";
 
-/// MSA-1.
+/// MSA-1 (HL7 table 0008).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckCode {
     /// Accepted.
@@ -26,6 +27,12 @@ pub enum AckCode {
     AE,
     /// Rejected: the message could not be read or is not handled here.
     AR,
+    /// Enhanced mode's accept ACK: committed to safe storage.
+    CA,
+    /// Enhanced mode's accept ACK: not stored now; the sender should send it again.
+    CE,
+    /// Enhanced mode's accept ACK: cannot be accepted as sent.
+    CR,
 }
 
 impl AckCode {
@@ -34,7 +41,15 @@ impl AckCode {
             AckCode::AA => "AA",
             AckCode::AE => "AE",
             AckCode::AR => "AR",
+            AckCode::CA => "CA",
+            AckCode::CE => "CE",
+            AckCode::CR => "CR",
         }
+    }
+
+    /// Whether the code says the message was taken (AA, CA): no ERR segment goes with it.
+    pub fn is_accept(&self) -> bool {
+        matches!(self, AckCode::AA | AckCode::CA)
     }
 }
 
@@ -84,6 +99,22 @@ impl From<&FrameError> for AckError {
     }
 }
 
+/// Every message of a batch whose BTS-1 miscounts it gets this error, located at that BTS-1.
+impl From<&MiscountedBatch> for AckError {
+    fn from(batch: &MiscountedBatch) -> Self {
+        AckError {
+            code: 100,
+            location: Some(("BTS".to_owned(), batch.trailer, 1)),
+            message: format!(
+                "BTS-1 counts {:?} messages but the batch holds {}: it is incomplete; \
+                 send the whole batch again",
+                batch.declared,
+                batch.messages.len()
+            ),
+        }
+    }
+}
+
 impl From<&ParseError> for AckError {
     fn from(err: &ParseError) -> Self {
         let (code, location) = match err {
@@ -105,7 +136,9 @@ impl From<&ParseError> for AckError {
 }
 
 /// Writes an ACK: MSH with the inbound delimiters and sender/receiver swapped, MSA, one ERR per
-/// error for AE/AR, and a ZTR last when `trace` is given. Segments end with CR, the last one
+/// error unless `code` accepts, and a ZTR last when `trace` is given. An ACK to a message in
+/// enhanced mode (see [`AckMode`]) carries MSH-15 and MSH-16 `NE`: an acknowledgement is never
+/// acknowledged, and saying so keeps a sender that reads those fields from answering it. Segments end with CR, the last one
 /// too. Without a header, or with unusable inbound delimiters, standard delimiters and
 /// version 2.5.1 are used and MSA-2 stays empty rather than guessed.
 pub fn build_ack(
@@ -121,7 +154,7 @@ pub fn build_ack(
         writer.msh(ack_control_id, now_hl7_timestamp),
         writer.msa(code),
     ];
-    if code != AckCode::AA {
+    if !code.is_accept() {
         segments.extend(errors.iter().map(|error| writer.err(error)));
     }
     segments.extend(trace.map(|trace| writer.ztr(trace)));
@@ -216,7 +249,10 @@ impl<'a> AckWriter<'a> {
             or_default(self.inbound(|h| h.processing_id.as_deref()), "P"),
             or_default(self.inbound(|h| h.version.as_deref()), DEFAULT_VERSION),
         ];
-        self.segment("MSH", &fields)
+        let no_ack_asked = ["", "", "NE", "NE"].map(Cow::Borrowed);
+        let enhanced = AckMode::of(self.header).is_enhanced();
+        let asked = if enhanced { &no_ack_asked[..] } else { &[] };
+        self.segment("MSH", &[&fields[..], asked].concat())
     }
 
     /// `ACK^<trigger>^ACK`, or `ACK` when the inbound trigger is unknown.
@@ -431,6 +467,34 @@ mod tests {
         let parsed = crate::ingest::v2::parse_message(ack.as_bytes()).expect("the ACK parses");
         let msh_5 = parsed.segment("MSH").and_then(|msh| msh.text(5));
         assert_eq!(msh_5.as_deref(), Some(" MSH"));
+    }
+
+    #[test]
+    fn an_ack_in_enhanced_mode_asks_for_no_ack_and_accepts_carry_no_err() {
+        let h = header("MSH|^~\\&|LAB|F|EHR|H|2024||ORU^R01|C1|T|2.5.1|||AL|AL");
+        let error = AckError {
+            code: 207,
+            location: None,
+            message: "x".to_owned(),
+        };
+        let commit = build_ack(
+            Some(&h),
+            AckCode::CA,
+            std::slice::from_ref(&error),
+            None,
+            "A1",
+            NOW,
+        );
+        assert_eq!(
+            segments(&commit),
+            [
+                "MSH|^~\\&|EHR|H|LAB|F|20240630120030-0500||ACK^R01^ACK|A1|T|2.5.1|||NE|NE",
+                "MSA|CA|C1",
+            ]
+        );
+        let refused = build_ack(Some(&h), AckCode::CE, &[error], None, "A2", NOW);
+        assert_eq!(segments(&refused)[1], "MSA|CE|C1");
+        assert!(segments(&refused)[2].starts_with("ERR|||207^"));
     }
 
     #[test]

@@ -35,6 +35,29 @@ pub struct Frame {
     /// The `FHS`, `BHS`, `BTS` and `FTS` segments in the order received (UTF-8, lossy).
     pub envelope_segments: Vec<String>,
     pub messages: Vec<RawMessage>,
+    /// Batches whose BTS-1 does not count the messages they hold.
+    pub miscounted_batches: Vec<MiscountedBatch>,
+}
+
+impl Frame {
+    /// The miscounted batch that holds message `index`, if any.
+    pub fn miscounted_batch_of(&self, index: usize) -> Option<&MiscountedBatch> {
+        self.miscounted_batches
+            .iter()
+            .find(|batch| batch.messages.contains(&index))
+    }
+}
+
+/// A batch whose trailer (BTS-1, the batch message count) names another number of messages
+/// than it holds: evidently incomplete (or padded), so none of its messages is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MiscountedBatch {
+    /// Its messages, as indexes into [`Frame::messages`].
+    pub messages: Range<usize>,
+    /// BTS-1 as sent.
+    pub declared: String,
+    /// Which BTS of the frame closed it, from 1 (for the ERR location).
+    pub trailer: usize,
 }
 
 /// Why a frame could not be split. Segment numbers count non-blank lines from 1.
@@ -215,6 +238,10 @@ struct Splitter<'a> {
     envelope: Envelope,
     file: FileState,
     batch_open: bool,
+    /// Messages before the open batch's BHS.
+    batch_start: usize,
+    trailers: usize,
+    miscounted: Vec<MiscountedBatch>,
     current: Vec<Range<usize>>,
     envelope_segments: Vec<String>,
     messages: Vec<RawMessage>,
@@ -227,6 +254,9 @@ impl<'a> Splitter<'a> {
             envelope: Envelope::Bare,
             file: FileState::None,
             batch_open: false,
+            batch_start: 0,
+            trailers: 0,
+            miscounted: Vec::new(),
             current: Vec::new(),
             envelope_segments: Vec::new(),
             messages: Vec::new(),
@@ -248,6 +278,11 @@ impl<'a> Splitter<'a> {
                 self.envelope_transition(kind, line)?;
                 self.flush();
                 let text = String::from_utf8_lossy(&self.frame[range]).into_owned();
+                match kind {
+                    Kind::Bhs => self.batch_start = self.messages.len(),
+                    Kind::Bts => self.check_batch_count(&text),
+                    _ => {}
+                }
                 self.envelope_segments.push(text);
             }
         }
@@ -282,6 +317,22 @@ impl<'a> Splitter<'a> {
         Ok(())
     }
 
+    /// Compares BTS-1, when valued, with the messages since the batch's BHS. A count that is
+    /// not a number cannot match either.
+    fn check_batch_count(&mut self, bts: &str) {
+        self.trailers += 1;
+        let declared = bts_1(bts);
+        let messages = self.batch_start..self.messages.len();
+        if declared.is_empty() || declared.parse::<usize>().ok() == Some(messages.len()) {
+            return;
+        }
+        self.miscounted.push(MiscountedBatch {
+            messages,
+            declared: declared.to_owned(),
+            trailer: self.trailers,
+        });
+    }
+
     fn start_message(&mut self, range: Range<usize>) {
         self.flush();
         self.current.push(range);
@@ -310,8 +361,17 @@ impl<'a> Splitter<'a> {
             envelope: self.envelope,
             envelope_segments: self.envelope_segments,
             messages: self.messages,
+            miscounted_batches: self.miscounted,
         })
     }
+}
+
+/// BTS-1, trimmed; the segment's own fourth character is its field separator.
+fn bts_1(bts: &str) -> &str {
+    let Some(separator) = bts.chars().nth(3) else {
+        return "";
+    };
+    bts.split(separator).nth(1).unwrap_or("").trim()
 }
 
 #[cfg(test)]
@@ -399,6 +459,51 @@ mod tests {
         let frame = split_frame(&frame(&[&segments[..], &["FTS|2"]].concat(), "\r")).unwrap();
         assert_eq!(frame.envelope, Envelope::File);
         assert_eq!(control_ids(&frame), ["A1", "B2"]);
+    }
+
+    #[test]
+    fn a_bts_1_that_miscounts_its_batch_is_reported_with_the_batch() {
+        let segments = [
+            "BHS|^~\\&",
+            MSH_A,
+            "BTS|1",
+            "BHS|^~\\&",
+            MSH_A,
+            MSH_B,
+            "BTS|3",
+            MSH_B,
+        ];
+        let frame = split_frame(&frame(&segments, "\r")).unwrap();
+        let miscounted = MiscountedBatch {
+            messages: 1..3,
+            declared: "3".into(),
+            trailer: 2,
+        };
+        assert_eq!(frame.miscounted_batches, std::slice::from_ref(&miscounted));
+        assert_eq!(frame.miscounted_batch_of(0), None);
+        assert_eq!(frame.miscounted_batch_of(2), Some(&miscounted));
+        assert_eq!(
+            frame.miscounted_batch_of(3),
+            None,
+            "a bare message after the batch"
+        );
+    }
+
+    #[test]
+    fn an_absent_or_matching_bts_1_changes_nothing_and_a_word_is_no_count() {
+        let count = |bts: &str| {
+            let segments = ["BHS|^~\\&", MSH_A, MSH_B, bts];
+            split_frame(&frame(&segments, "\r"))
+                .unwrap()
+                .miscounted_batches
+                .len()
+        };
+        assert_eq!(count("BTS"), 0);
+        assert_eq!(count("BTS||comment"), 0);
+        assert_eq!(count("BTS|2"), 0);
+        assert_eq!(count("BTS| 02 "), 0);
+        assert_eq!(count("BTS|two"), 1);
+        assert_eq!(count("BTS|0"), 1);
     }
 
     #[test]

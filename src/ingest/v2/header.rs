@@ -44,6 +44,12 @@ pub struct Header {
 }
 
 impl Header {
+    /// Whether the message is itself an acknowledgement (MSH-9.1 `ACK`), which is never
+    /// answered: acknowledging acknowledgements would loop.
+    pub fn is_acknowledgement(&self) -> bool {
+        self.message_code.as_deref() == Some("ACK")
+    }
+
     /// Reads the header from a decoded MSH segment. `continued` says that the next line of the
     /// message is not a segment (the MSH was wrapped), so its last field may be cut short and
     /// is not trusted. Returns `None` when the line has no usable field separator.

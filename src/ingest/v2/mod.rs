@@ -13,7 +13,8 @@
 //!   (`msg.segments_named("OBX")`, `seg.field(5)`, `rep.component(1)`).
 //! - [`dtm`]: HL7 timestamps to FHIR `date`, `dateTime`, `instant` and `time` text.
 //! - [`TraceCarrier`]: the W3C trace context carried in a `ZTR` segment.
-//! - [`build_ack`]: an ACK written from plain values.
+//! - [`build_ack`]: an ACK written from plain values; [`AckMode`]: which ACKs a message gets
+//!   (original or enhanced mode, from MSH-15 and MSH-16).
 //!
 //! The `hl7-parser` crate is used for one job only: splitting a normalised message into
 //! segments, fields, repetitions, components and subcomponents. Splitting frames, reading
@@ -26,6 +27,7 @@
 //! verbatim rather than interpreted.
 
 mod ack;
+mod ack_mode;
 mod charset;
 mod delimiters;
 pub mod dtm;
@@ -37,11 +39,14 @@ mod segment_names;
 mod trace;
 
 pub use ack::{build_ack, error_text, AckCode, AckError};
+pub use ack_mode::{accept_code, split_stored_acks, AckCondition, AckMode, DueAcks};
 pub use charset::{Charset, CharsetSource};
 pub use delimiters::{DelimiterError, Delimiters};
 pub use dtm::{DtmError, UtcOffset};
 pub use escape::{escape, unescape};
-pub use frame::{read_header, split_frame, Envelope, Frame, FrameError, RawMessage};
+pub use frame::{
+    read_header, split_frame, Envelope, Frame, FrameError, MiscountedBatch, RawMessage,
+};
 pub use header::Header;
 pub use message::{parse_message, Field, Message, ParseError, Repetition, Segment};
 pub use trace::{TraceCarrier, ZTR_MAX_REPETITIONS};

@@ -270,7 +270,7 @@ fn headers() -> Vec<Case> {
         case("an unknown MSH-18 is tolerated: bytes are read as UTF-8, else windows-1252 (documented)", Send::Frame(msh_with("|2.5.1", "|2.5.1||||||XYZ-99")), Accepted),
         case("invalid UTF-8 under MSH-18 UNICODE UTF-8 is read as windows-1252 and accepted (documented fallback)", Send::Frame(with_bytes(msh_with("|2.5.1", "|2.5.1||||||UNICODE UTF-8"), "Fennick", b"\xe9\xff")), Accepted),
         case("Latin-1 bytes under MSH-18 8859/1 are accepted", Send::Frame(with_bytes(msh_with("|2.5.1", "|2.5.1||||||8859/1"), "Fennick", b"\xe9")), Accepted),
-        case("an unknown MSH-11 processing id is accepted: MSH-11 is not checked (README)", Send::Frame(msh_with("|P|", "|X|")), Accepted),
+        case("an unknown MSH-11 processing id is refused naming MSH-11", Send::Frame(msh_with("|P|", "|X|")), Refused("AR", Some("MSH^1^11"))),
     ]
 }
 
@@ -322,9 +322,9 @@ fn batches() -> Vec<Case> {
             Refused("AR", None),
         ),
         case(
-            "a BTS count that disagrees: the message that came is accepted and acknowledged",
+            "a BTS count that disagrees: the incomplete batch is refused naming BTS-1",
             Send::Frame(batch("BHS|^~\\&|BADLAB|BADFAC\r", "BTS|5\r")),
-            Accepted,
+            Refused("AR", Some("BTS^1^1")),
         ),
         case(
             "a file without FTS is refused",
