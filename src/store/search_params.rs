@@ -181,6 +181,15 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
         ],
     ),
     (
+        "Provenance",
+        &[
+            p("recorded", DATE, &["recorded"]),
+            p("target", ANY, &["target"]),
+            p("patient", PATIENT, &["target"]),
+            p("agent", ANY, &["agent.who"]),
+        ],
+    ),
+    (
         "AllergyIntolerance",
         &[
             p("code", TOKEN, &["code"]),

@@ -1,12 +1,17 @@
-//! Scheduling (SIU) over real MLLP connections, checked where a FHIR client would look.
+//! Scheduling (SIU) and the Provenance of every message, over real MLLP connections and
+//! checked where a FHIR client would look.
 
 use serde_json::Value;
 
-use crate::support::{everything_for, field, replaced, resources_of, spawn_app};
+use crate::replay_cli::cli;
+use crate::support::{
+    everything_for, field, fresh_database, replaced, resources_of, spawn_app, spawn_app_on,
+};
 
 const S12: &[u8] = include_bytes!("../fixtures/siu_s12.hl7");
 const S14: &[u8] = include_bytes!("../fixtures/siu_s14.hl7");
 const S15: &[u8] = include_bytes!("../fixtures/siu_s15.hl7");
+const ORU: &[u8] = include_bytes!("../fixtures/oru_r01_ztr.hl7");
 const SCHEDULED_MRN: &str = "TST500201";
 
 fn reference_to(resource: &Value) -> String {
@@ -97,6 +102,11 @@ async fn a_modification_then_a_cancellation_update_the_same_appointment() {
         3,
         "the booked resources stay named"
     );
+    assert_eq!(
+        resources_of(&bundle, "Provenance").len(),
+        3,
+        "one per message"
+    );
     app.stop().await;
 }
 
@@ -124,5 +134,81 @@ async fn an_unsupported_siu_event_is_refused_ar() {
     let ack = app.mllp_exchange(&[&discontinued]).await.remove(0);
     assert_eq!(field(&ack, "MSA", 1), "AR", "{ack:?}");
     assert!(field(&ack, "ERR", 3).starts_with("201^"), "{ack:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oru_provenance_names_every_written_resource_the_raw_message_and_the_trace() {
+    let (database_url, _database) = fresh_database().await;
+    let app = spawn_app_on(&database_url, |_| {}).await;
+    app.send_accepted(ORU).await;
+    let bundle = everything_for(&app, "TST100234").await;
+    let provenances = resources_of(&bundle, "Provenance");
+    assert_eq!(provenances.len(), 1);
+    let provenance = provenances[0];
+    let mut targets: Vec<String> = provenance["target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["reference"].as_str().unwrap().to_owned())
+        .collect();
+    targets.sort();
+    let mut written: Vec<String> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| reference_to(&e["resource"]))
+        .filter(|r| !r.starts_with("Provenance/"))
+        .collect();
+    written.sort();
+    assert_eq!(
+        targets, written,
+        "Patient, Encounter, the report and its five results"
+    );
+    assert_eq!(targets.len(), 8);
+    assert_eq!(provenance["activity"]["coding"][0]["code"], "R01");
+    assert_eq!(provenance["agent"][0]["who"]["display"], "LABSYS");
+    assert_eq!(provenance["agent"][0]["onBehalfOf"]["display"], "NORTHLAB");
+    assert_eq!(
+        provenance["extension"][0]["valueString"], "0af7651916cd43dd8448eb211c80319c",
+        "the trace the ZTR started"
+    );
+    let mllp = app.mllp.to_string();
+    let listed = tokio::task::block_in_place(|| cli(&["messages"], &database_url, &mllp));
+    let stored: Value = serde_json::from_slice(listed.stdout.trim_ascii()).unwrap();
+    assert_eq!(stored["control_id"], "LAB0001");
+    let source = &provenance["entity"][0];
+    assert_eq!(source["role"], "source");
+    assert_eq!(source["what"]["identifier"]["value"], stored["id"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_resend_writes_no_second_provenance() {
+    let app = spawn_app().await;
+    app.send_accepted(S12).await;
+    app.send_accepted(S12).await;
+    let changed = replaced(
+        S12,
+        "Bring previous imaging",
+        "Bring previous imaging and referral",
+    );
+    app.send_accepted(&changed).await;
+    let bundle = everything_for(&app, SCHEDULED_MRN).await;
+    let provenances = resources_of(&bundle, "Provenance");
+    assert_eq!(provenances.len(), 1, "one message key, one Provenance");
+    assert_eq!(
+        provenances[0]["meta"]["versionId"], "2",
+        "the identical resend wrote nothing; the changed one updated it"
+    );
+    let patient_id = resources_of(&bundle, "Patient")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, found) = app
+        .get_json(&format!("/Provenance?patient={patient_id}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(found["total"], 1, "{found}");
     app.stop().await;
 }

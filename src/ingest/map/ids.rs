@@ -27,6 +27,7 @@
 //! - Practitioner: the XCN id number with its assigning authority (AIP-3); none without an id.
 //! - Location: the PL's own identifier (PL-10); else the facility with point of care, room,
 //!   bed, building and floor.
+//! - Provenance: one per message, from MSH-3, MSH-4 and MSH-10 as sent.
 //! - Observations of an order, a specimen or an immunization: as for a report, under that
 //!   resource's key.
 //!
@@ -190,6 +191,18 @@ pub(super) fn location_place_key(
     let mut parts = vec!["Location", "place", facility.as_str()];
     parts.extend_from_slice(place);
     key(&parts)
+}
+
+/// The Provenance of one message: the sender (MSH-3, MSH-4, as sent) and its control id
+/// (MSH-10), the key by which a resend is recognised.
+pub(crate) fn message_provenance_id(application: &str, facility: &str, control_id: &str) -> String {
+    resource_id(&key(&[
+        "Provenance",
+        "message",
+        application,
+        facility,
+        control_id,
+    ]))
 }
 
 /// Counts keys already given out in one message.

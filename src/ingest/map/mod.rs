@@ -62,6 +62,7 @@ mod service_request;
 mod specimen;
 mod vxu;
 
+pub(crate) use ids::message_provenance_id;
 use serde_json::Value;
 use thiserror::Error;
 
