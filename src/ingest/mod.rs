@@ -12,6 +12,7 @@
 pub mod map;
 mod ownership;
 mod process;
+mod provenance;
 mod rate;
 mod senders;
 mod stored;

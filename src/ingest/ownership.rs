@@ -1,5 +1,5 @@
-//! Reports, observations, visits, orders, specimens, immunizations and documents get their ids
-//! from order, visit, specimen and document numbers (DESIGN.md, "ids"). A sender that reuses
+//! Reports, observations, visits, orders, specimens, immunizations, documents and appointments
+//! get their ids from order, visit, specimen, document and appointment numbers (DESIGN.md, "ids"). A sender that reuses
 //! one of those numbers for another patient would otherwise move the stored resource, with
 //! what refers to it, to that patient; such a message is refused instead.
 //!
@@ -24,6 +24,7 @@ const OWNED_TYPES: &[&str] = &[
     "Specimen",
     "Immunization",
     "DocumentReference",
+    "Appointment",
 ];
 /// Types locked while a message is checked and written without being owned: a Patient is
 /// merged with its stored version (`ingest::stored`), which must not change in between.
@@ -126,10 +127,15 @@ pub async fn foreign_owner(store: &Store, ops: &[WriteOp]) -> Result<Option<AckE
     Ok(None)
 }
 
-/// The patient a resource belongs to: `subject`, or `patient` for an Immunization.
+/// The patient a resource belongs to: `subject`, `patient` for an Immunization, or the
+/// first participant that is a Patient for an Appointment.
 fn subject_of(resource: &Value) -> Option<String> {
-    ["/subject/reference", "/patient/reference"]
+    let direct = ["/subject/reference", "/patient/reference"]
         .iter()
-        .find_map(|path| resource.pointer(path).and_then(Value::as_str))
+        .find_map(|path| resource.pointer(path).and_then(Value::as_str));
+    let participants = resource["participant"].as_array().into_iter().flatten();
+    let mut actors = participants.filter_map(|p| p.pointer("/actor/reference")?.as_str());
+    direct
+        .or_else(|| actors.find(|r| r.starts_with("Patient/")))
         .map(String::from)
 }

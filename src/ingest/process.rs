@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::map::MapContext;
 use super::ownership::{foreign_owner, OwnerLocks};
+use super::provenance::message_provenance;
 use super::rate::PeerRate;
 use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
@@ -105,6 +106,8 @@ pub struct Hl7Ingest {
     /// `HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER`; `None` when 0 (unpaced).
     peer_rate: Option<PeerRate>,
     senders: Option<SenderMap>,
+    /// Base of the extension URL that carries a Provenance's trace id.
+    canonical_base: String,
 }
 
 impl Hl7Ingest {
@@ -121,6 +124,7 @@ impl Hl7Ingest {
             peer_rate: (config.mllp_max_messages_per_second_per_peer > 0)
                 .then(|| PeerRate::new(config.mllp_max_messages_per_second_per_peer)),
             senders,
+            canonical_base: config.canonical_base.clone(),
         }
     }
 
@@ -364,7 +368,7 @@ impl Hl7Ingest {
         lane: Lane,
         started: Instant,
     ) -> Answer {
-        let (code, errors, accepted, retry) = match verdict {
+        let (code, errors, mut accepted, retry) = match verdict {
             Verdict::Accept(accepted) => (Some(AckCode::AA), Vec::new(), accepted, false),
             Verdict::Refuse(code, error) => (Some(code), vec![error], Accepted::default(), false),
             Verdict::Retry(error) => (Some(AckCode::AE), vec![error], Accepted::default(), true),
@@ -376,6 +380,8 @@ impl Hl7Ingest {
             .map(|code| acks_for(header, code, !retry, &errors))
             .unwrap_or_default();
         let row = message_row(bytes, header, code, &acks.text(), &origin.peer);
+        let provenance = message_provenance(header, &row, &accepted.ops, &self.canonical_base);
+        accepted.ops.extend(provenance);
         let written = accepted
             .ops
             .iter()

@@ -7,7 +7,8 @@
 //! - an amended resource ([`Mapped::amended`](super::map::Mapped)) keeps every stored element
 //!   the message does not map, and its identifiers and links add up: the merged patient of an
 //!   A40 keeps its name and birth date, a cancelled order (an ORC without OBR) its code, a
-//!   Specimen what the order and the results each said of it.
+//!   Specimen what the order and the results each said of it, a cancelled Appointment its
+//!   time and the participants it was booked with.
 //!
 //! The merge reads the stored version and writes under a precondition on its version (or its
 //! absence), so a change in between fails the write (the sender is answered AE and resends)
@@ -30,6 +31,9 @@ const ADDED_UP: &[(&str, EntryKey)] = &[
     ("link", |link| link["other"].clone()),
     ("identifier", |id| {
         Value::Array(vec![id["system"].clone(), id["value"].clone()])
+    }),
+    ("participant", |p| {
+        Value::Array(vec![p["actor"].clone(), p["type"].clone()])
     }),
 ];
 

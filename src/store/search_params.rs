@@ -49,6 +49,9 @@ const LOCATION: Kind = Kind::Reference {
 const MEDICATION: Kind = Kind::Reference {
     target: Some("Medication"),
 };
+const PRACTITIONER: Kind = Kind::Reference {
+    target: Some("Practitioner"),
+};
 
 const CLINICAL_DATE: &[&str] = &["effectiveDateTime", "effectivePeriod"];
 
@@ -160,6 +163,30 @@ const PARAMS: &[(&str, &[SearchParam])] = &[
             p("status", TOKEN, &["status"]),
             p("date", DATE, &["occurrenceDateTime"]),
             p("patient", PATIENT, &["patient"]),
+        ],
+    ),
+    (
+        "Appointment",
+        &[
+            p("status", TOKEN, &["status"]),
+            p("date", DATE, &["start"]),
+            p("service-type", TOKEN, &["serviceType"]),
+            p("appointment-type", TOKEN, &["appointmentType"]),
+            p("reason-code", TOKEN, &["reasonCode"]),
+            p("based-on", ANY, &["basedOn"]),
+            p("actor", ANY, &["participant.actor"]),
+            p("patient", PATIENT, &["participant.actor"]),
+            p("practitioner", PRACTITIONER, &["participant.actor"]),
+            p("location", LOCATION, &["participant.actor"]),
+        ],
+    ),
+    (
+        "Provenance",
+        &[
+            p("recorded", DATE, &["recorded"]),
+            p("target", ANY, &["target"]),
+            p("patient", PATIENT, &["target"]),
+            p("agent", ANY, &["agent.who"]),
         ],
     ),
     (

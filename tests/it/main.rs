@@ -29,6 +29,7 @@ mod mllp_hostile;
 mod mllp_ingest;
 mod mllp_lab_orders;
 mod mllp_patient_records;
+mod mllp_scheduling;
 mod ops_endpoints;
 mod otlp_export;
 mod read_cache;

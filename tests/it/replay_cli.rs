@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::support::{fresh_database, spawn_app_on};
 
-fn cli(args: &[&str], database_url: &str, mllp: &str) -> std::process::Output {
+pub(crate) fn cli(args: &[&str], database_url: &str, mllp: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hl7bridge"))
         .args(args)
         .env_clear()

@@ -190,11 +190,23 @@ impl Ident {
     /// CX: value in component 1, assigning authority (HD) in the subcomponents of
     /// component 4, type in component 5.
     pub(super) fn from_cx(cx: &Repetition<'_>) -> Option<Ident> {
-        let hd = |m| cx.subcomponent(4, m);
+        Ident::with_authority_in(cx, 4, 5)
+    }
+
+    /// XCN: id number in component 1, assigning authority (HD) in the subcomponents of
+    /// component 9, identifier type in component 13.
+    pub(super) fn from_xcn(xcn: &Repetition<'_>) -> Option<Ident> {
+        Ident::with_authority_in(xcn, 9, 13)
+    }
+
+    /// Value in component 1, the assigning authority's HD in the subcomponents of component
+    /// `authority`, the identifier type in component `type_at`.
+    fn with_authority_in(rep: &Repetition<'_>, authority: usize, type_at: usize) -> Option<Ident> {
+        let hd = |m| rep.subcomponent(authority, m);
         Some(Ident {
-            value: trimmed(cx.component(1))?,
+            value: trimmed(rep.component(1))?,
             system: super::ids::authority_system(hd(1), hd(2), hd(3)),
-            type_code: code(cx.component(5)),
+            type_code: code(rep.component(type_at)),
         })
     }
 

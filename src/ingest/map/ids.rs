@@ -22,6 +22,12 @@
 //! - Immunization: the filler order number (ORC-3), else the placer's (ORC-2); else the
 //!   patient, the vaccine code (RXA-5) and the time given (RXA-3).
 //! - DocumentReference: the unique document number (TXA-12).
+//! - Appointment: the filler appointment id (SCH-2), which every SIU from the scheduling
+//!   system carries; else the placer's (SCH-1) under a different prefix.
+//! - Practitioner: the XCN id number with its assigning authority (AIP-3); none without an id.
+//! - Location: the PL's own identifier (PL-10); else the facility with point of care, room,
+//!   bed, building and floor.
+//! - Provenance: one per message, from MSH-3, MSH-4 and MSH-10 as sent.
 //! - Observations of an order, a specimen or an immunization: as for a report, under that
 //!   resource's key.
 //!
@@ -121,8 +127,12 @@ impl Scope {
     fn system(&self, ident: &Ident) -> String {
         match &ident.system {
             Some(system) => system.clone(),
-            None => format!("urn:hl7bridge:v2:sender:{}", uri_part(&self.sender)),
+            None => self.sender_system(),
         }
+    }
+
+    fn sender_system(&self) -> String {
+        format!("urn:hl7bridge:v2:sender:{}", uri_part(&self.sender))
     }
 }
 
@@ -153,6 +163,46 @@ pub(super) fn patient_key(ident: &Ident, scope: &Scope) -> String {
 
 pub(super) fn encounter_key(visit: &Ident, scope: &Scope) -> String {
     key(&["Encounter", &scope.system(visit), &visit.value])
+}
+
+/// A Practitioner named by an XCN id number (ORC-12, OBR-16, AIP-3, ...).
+pub(super) fn practitioner_key(person: &Ident, scope: &Scope) -> String {
+    key(&["Practitioner", &scope.system(person), &person.value])
+}
+
+/// A Location named by its own identifier (PL-10).
+pub(super) fn location_identifier_key(location: &Ident, scope: &Scope) -> String {
+    key(&[
+        "Location",
+        "identifier",
+        &scope.system(location),
+        &location.value,
+    ])
+}
+
+/// A Location named by its place: the facility's system (else the sender's scope), then the
+/// point of care, room, bed, building and floor as sent.
+pub(super) fn location_place_key(
+    facility: Option<String>,
+    place: &[&str],
+    scope: &Scope,
+) -> String {
+    let facility = facility.unwrap_or_else(|| scope.sender_system());
+    let mut parts = vec!["Location", "place", facility.as_str()];
+    parts.extend_from_slice(place);
+    key(&parts)
+}
+
+/// The Provenance of one message: the sender (MSH-3, MSH-4, as sent) and its control id
+/// (MSH-10), the key by which a resend is recognised.
+pub(crate) fn message_provenance_id(application: &str, facility: &str, control_id: &str) -> String {
+    resource_id(&key(&[
+        "Provenance",
+        "message",
+        application,
+        facility,
+        control_id,
+    ]))
 }
 
 /// Counts keys already given out in one message.

@@ -2,7 +2,7 @@
 //!
 //! One file per target resource (`patient.rs`, `encounter.rs`, `diagnostic_report.rs`,
 //! `observation.rs`, `service_request.rs`, `specimen.rs`, `immunization.rs`,
-//! `document_reference.rs`), each with the HL7 tables it uses as constants; `oru.rs`,
+//! `document_reference.rs`, `appointment.rs`, `practitioner.rs`, `location.rs`), each with the HL7 tables it uses as constants; `oru.rs`,
 //! `orders.rs`, `oul.rs`, `vxu.rs` and `merge.rs` walk their messages' groups, `ids.rs` makes
 //! the deterministic ids, `datatypes.rs` converts the shared HL7 data types.
 //!
@@ -19,7 +19,9 @@
 //! - VXU^V04 (`vxu.rs`): an Immunization per RXA, an Observation (`partOf` it) per OBX;
 //! - MDM^T02 (`document_reference.rs`): a DocumentReference from TXA with the OBX content;
 //! - ADT^A01/A03/A04/A08; ADT^A28/A31 (Patient only: their PV1 is a placeholder); ADT^A40
-//!   (`merge.rs`: the surviving and the merged Patient, linked).
+//!   (`merge.rs`: the surviving and the merged Patient, linked);
+//! - SIU^S12/S13/S14/S15/S17/S26 (`appointment.rs`): an Appointment, with a Practitioner per
+//!   AIP that has an id number and a Location per AIL (no Encounter: see there).
 //!
 //! Anything else is a [`MapError`] with code 200 (message type) or 201 (event).
 //!
@@ -41,22 +43,26 @@
 //! - Decimals keep their digits because the workspace enables serde_json's
 //!   `arbitrary_precision`; without it `72.40` would be written `72.4`.
 
+mod appointment;
 mod datatypes;
 mod diagnostic_report;
 mod document_reference;
 mod encounter;
 mod ids;
 mod immunization;
+mod location;
 mod merge;
 mod observation;
 mod orders;
 mod oru;
 mod oul;
 mod patient;
+mod practitioner;
 mod service_request;
 mod specimen;
 mod vxu;
 
+pub(crate) use ids::message_provenance_id;
 use serde_json::Value;
 use thiserror::Error;
 
@@ -278,7 +284,10 @@ pub fn map_message(msg: &Message, ctx: &MapContext) -> Result<Mapped, MapError> 
         (Some("MDM"), Some("T02")) => document_reference::map_mdm(&ctx),
         (Some("ADT"), Some("A40")) => merge::map_merge(&ctx),
         (Some("ADT"), Some(event)) if ADT_EVENTS.contains(&event) => map_adt(&ctx, event),
-        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "MDM" | "ADT"), _) => {
+        (Some("SIU"), Some(event)) if appointment::SIU_EVENTS.contains(&event) => {
+            appointment::map_siu(&ctx, event)
+        }
+        (Some("ORU" | "OML" | "ORM" | "OUL" | "VXU" | "MDM" | "ADT" | "SIU"), _) => {
             Err(unsupported(201, "event"))
         }
         _ => Err(unsupported(200, "message type")),

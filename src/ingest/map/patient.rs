@@ -139,23 +139,27 @@ fn gender(pid: &Segment<'_>) -> Result<Option<&'static str>, MapError> {
 /// XPN: family name (FN.1 surname), given name, further given names, suffix, prefix, degree,
 /// name type. A name with no name parts is skipped.
 fn human_name(xpn: &Repetition<'_>) -> Option<Value> {
+    person_name(xpn, 0, 7)
+}
+
+/// A person's name laid out as XPN from component `1 + shift` on, its name type in component
+/// `type_at`: XCN carries the same parts after its id number (`shift` 1, type in 10).
+pub(super) fn person_name(name: &Repetition<'_>, shift: usize, type_at: usize) -> Option<Value> {
     let parts = |components: &[usize]| {
         let values = components
             .iter()
-            .filter_map(|&c| xpn.component(c))
+            .filter_map(|&c| name.component(c + shift))
             .map(Value::String);
         values.collect::<Vec<_>>()
     };
-    let family = xpn.subcomponent(1, 1);
+    let family = name.subcomponent(1 + shift, 1);
     let (given, prefix, suffix) = (parts(&[2, 3]), parts(&[5]), parts(&[4, 6]));
     if family.is_none() && given.is_empty() && prefix.is_empty() && suffix.is_empty() {
         return None;
     }
+    let name_use = code(name.component(type_at));
     Obj::new()
-        .text(
-            "use",
-            lookup(NAME_USE_0200, code(xpn.component(7)).as_deref()),
-        )
+        .text("use", lookup(NAME_USE_0200, name_use.as_deref()))
         .text("family", family)
         .list("given", given)
         .list("prefix", prefix)
