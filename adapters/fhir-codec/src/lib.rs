@@ -167,6 +167,56 @@ fn check_structure(value: &Value, path: &mut String, depth: usize) -> Result<(),
     }
 }
 
+/// R4 elements of type positiveInt, by JSON name. fhirbolt reads positiveInt as a `u32` and so
+/// takes 0, which FHIR forbids. The names are those every R4 type uses for positiveInt only,
+/// those it uses for positiveInt or a complex type (a number can only be the positiveInt), and
+/// the `[x]` choices; `sequence`, `count`, `number` and `priority` are also integers or
+/// unsignedInts elsewhere, and 0 is left to fhirbolt for them. (Listed from fhirbolt's own R4
+/// model: the fields typed `PositiveInt`.)
+const POSITIVE_INTS: &[&str] = &[
+    "careTeamSequence",
+    "countMax",
+    "detailSequence",
+    "diagnosisSequence",
+    "dimensions",
+    "frames",
+    "frequency",
+    "frequencyMax",
+    "groupSize",
+    "height",
+    "informationSequence",
+    "itemSequence",
+    "limit",
+    "minutesDuration",
+    "noteNumber",
+    "order",
+    "precedence",
+    "procedureSequence",
+    "rank",
+    "repetitions",
+    "subDetailSequence",
+    "subdetailSequence",
+    "supportingInfoSequence",
+    "width",
+];
+
+fn is_positive_int(key: &str) -> bool {
+    key.ends_with("PositiveInt") || POSITIVE_INTS.contains(&key)
+}
+
+/// A positiveInt (or each of an array of them) is at least 1. Values that are not numbers are
+/// the other types some of these names have, or fhirbolt's to refuse.
+fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
+    let zero = |v: &Value| v.as_number().is_some_and(|n| n.as_u64() == Some(0));
+    match value {
+        Value::Array(items) if items.iter().any(zero) => {
+            Err(structure(path, "a positiveInt must be at least 1"))
+        }
+        v if zero(v) => Err(structure(path, "a positiveInt must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
 /// FHIR strings exclude code points below U+0020 other than tab, CR and LF.
 fn is_forbidden_control(c: char) -> bool {
     (c as u32) < 0x20 && !matches!(c, '\t' | '\r' | '\n')
@@ -184,6 +234,9 @@ fn check_object(
             check_primitive_extension(map.get(primitive), child, path)?;
         } else if let Value::Array(items) = child {
             check_nulls_are_aligned(items, map.get(&format!("_{key}")), path)?;
+        }
+        if is_positive_int(key) {
+            check_positive(child, path)?;
         }
         check_structure(child, path, depth + 1)?;
         path.truncate(len);
@@ -332,6 +385,33 @@ mod tests {
                 "{input}: {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_positive_int_of_zero_is_refused_naming_it() {
+        let dose = |n: u32| {
+            json!({"resourceType": "Immunization", "status": "completed",
+                "vaccineCode": {"text": "x"}, "patient": {"reference": "Patient/p"},
+                "occurrenceString": "x", "protocolApplied": [{"doseNumberPositiveInt": n}]})
+        };
+        let refused = canonicalize(dose(0)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "Immunization.protocolApplied[0].doseNumberPositiveInt: a positiveInt must be at least 1"
+        );
+        assert!(canonicalize(dose(1)).is_ok());
+        let timing = |count: u32, frequency: u32| {
+            json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                "medicationCodeableConcept": {"text": "x"}, "subject": {"reference": "Patient/p"},
+                "dosageInstruction": [{"sequence": 0, "timing": {"repeat":
+                    {"count": count, "frequency": frequency, "period": 1, "periodUnit": "d"}}}]})
+        };
+        // `frequency` is a positiveInt; `sequence` (an integer here) may be 0.
+        assert!(canonicalize(timing(1, 0)).is_err());
+        assert!(canonicalize(timing(1, 2)).is_ok());
+        let claim_item = json!({"resourceType": "Patient", "contact": [{"telecom":
+            [{"system": "phone", "value": "1", "rank": 0}]}]});
+        assert!(canonicalize(claim_item).is_err(), "ContactPoint.rank");
     }
 
     #[test]
