@@ -9,8 +9,8 @@ use hl7bridge::import::ImportOptions;
 use hl7bridge::startup::Application;
 use hl7bridge::telemetry::Telemetry;
 
-const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send FILE...\n       \
-hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay ID...\n       \
+const USAGE: &str = "usage: hl7bridge serve\n       hl7bridge send [--grace-ms N] FILE...\n       \
+hl7bridge messages [--ack AA|AE|AR] [--limit N]\n       hl7bridge replay [--grace-ms N] ID...\n       \
 hl7bridge import [--ndjson] [--jobs N] [--defer-index] FILE|DIR...\n       \
 hl7bridge reindex [--all]\n\n\
 serve: starts the FHIR API and the MLLP listener. Settings come from HL7BRIDGE_* environment\n\
@@ -18,7 +18,10 @@ variables (see README.md); with none set it serves FHIR on 127.0.0.1:8080 and ML
 127.0.0.1:2575 and stores data in ./hl7bridge.db (SQLite). HL7BRIDGE_KAFKA_BROKERS switches\n\
 the Kafka adapter on (HL7v2 and FHIR topics in, the change feed out).\n\
 send: sends each HL7v2 file as one MLLP frame to HL7BRIDGE_MLLP_ADDR (default\n\
-127.0.0.1:2575) and prints the ACKs; exits 1 unless every ACK is AA.\n\
+127.0.0.1:2575) and prints the ACKs; exits 1 unless every file is accepted (application ACK AA;\n\
+none asked for: accept ACK CA; neither: nothing due). The ACKs each message asks for (MSH-15,\n\
+MSH-16) are read: one always sent is waited for up to 30 s, one sent on error or on success\n\
+only (ER, SU) for --grace-ms (default 1000).\n\
 messages: lists the HL7v2 messages stored in HL7BRIDGE_DATABASE_URL, newest first, one JSON\n\
 line each (sender, control id, type, ACK code; never content); default limit 100.\n\
 replay: sends the stored messages with these ids to HL7BRIDGE_MLLP_ADDR again, like send.\n\
@@ -71,10 +74,29 @@ fn main() -> ExitCode {
 }
 
 fn send() -> anyhow::Result<bool> {
-    let files: Vec<String> = std::env::args().skip(2).collect();
-    anyhow::ensure!(!files.is_empty(), "{USAGE}");
+    let (waits, files) = sender_args()?;
     let config = Config::from_env()?;
-    hl7bridge::send::send_files(config.mllp_addr, &files)
+    hl7bridge::send::send_files(config.mllp_addr, &files, waits)
+}
+
+/// `[--grace-ms N] NAME...` of `send` and `replay`.
+fn sender_args() -> anyhow::Result<(hl7bridge::send::Waits, Vec<String>)> {
+    let mut grace = hl7bridge::send::DEFAULT_GRACE;
+    let mut names = Vec::new();
+    let mut args = std::env::args().skip(2);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--grace-ms" => {
+                let ms = args.next().and_then(|n| n.parse().ok());
+                let ms =
+                    ms.ok_or_else(|| anyhow::anyhow!("--grace-ms takes a number\n\n{USAGE}"))?;
+                grace = std::time::Duration::from_millis(ms);
+            }
+            _ => names.push(arg),
+        }
+    }
+    anyhow::ensure!(!names.is_empty(), "{USAGE}");
+    Ok((hl7bridge::send::Waits::with_grace(grace), names))
 }
 
 fn exit_code(result: anyhow::Result<bool>) -> ExitCode {
@@ -113,8 +135,7 @@ fn messages() -> anyhow::Result<bool> {
 }
 
 fn replay() -> anyhow::Result<bool> {
-    let ids: Vec<String> = std::env::args().skip(2).collect();
-    anyhow::ensure!(!ids.is_empty(), "{USAGE}");
+    let (waits, ids) = sender_args()?;
     let config = Config::from_env()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,6 +144,7 @@ fn replay() -> anyhow::Result<bool> {
         &config.database_url,
         config.mllp_addr,
         &ids,
+        waits,
     ))
 }
 

@@ -34,9 +34,14 @@ pub async fn list(database_url: &str, ack_code: Option<&str>, limit: u64) -> any
     Ok(())
 }
 
-/// Sends each stored message (by id) to `mllp` and prints its ACK. `Ok(true)` when every ACK
-/// is AA.
-pub async fn replay(database_url: &str, mllp: SocketAddr, ids: &[String]) -> anyhow::Result<bool> {
+/// Sends each stored message (by id) to `mllp` and prints its ACKs, read as `send` reads them
+/// (the ACKs its MSH-15 and MSH-16 ask for). `Ok(true)` when every message is accepted.
+pub async fn replay(
+    database_url: &str,
+    mllp: SocketAddr,
+    ids: &[String],
+    waits: crate::send::Waits,
+) -> anyhow::Result<bool> {
     let store = Store::connect(database_url)
         .await
         .context("opening the database")?;
@@ -49,7 +54,7 @@ pub async fn replay(database_url: &str, mllp: SocketAddr, ids: &[String]) -> any
         payloads.push((id.clone(), raw));
     }
     store.close().await;
-    tokio::task::spawn_blocking(move || crate::send::send_payloads(mllp, &payloads))
+    tokio::task::spawn_blocking(move || crate::send::send_payloads(mllp, &payloads, waits))
         .await
         .context("the sender stopped")?
 }

@@ -19,5 +19,5 @@ mod stored;
 pub mod v2;
 pub(crate) mod verdict;
 
-pub use process::{Answer, Hl7Ingest, Origin};
+pub use process::{Answer, Hl7Ingest, Origin, MAX_MESSAGES_PER_FRAME};
 pub use senders::SenderMap;

@@ -16,8 +16,8 @@ use super::rate::PeerRate;
 use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
-    build_ack, read_header, split_frame, split_stored_acks, AckCode, AckError, AckMode, Header,
-    RawMessage, TraceCarrier,
+    build_ack, due_under, read_header, split_frame, split_stored_acks, AckCode, AckError, AckMode,
+    Header, RawMessage, TraceCarrier,
 };
 use super::verdict::{decide, Accepted, Decision, Verdict};
 use crate::audit::{AuditRecord, AuditTrail, Door};
@@ -599,13 +599,9 @@ fn message_span(header: Option<&Header>) -> tracing::Span {
 }
 
 /// The ACKs due for a message answered `code` (as original mode decides), `committed` saying
-/// whether it is in safe storage. An inbound ACK gets none, whatever its MSH-15 and MSH-16 ask
-/// and even when it could not be read: acknowledging acknowledgements would loop.
+/// whether it is in safe storage. An inbound ACK gets none ([`AckMode::conditions_for`]).
 fn acks_for(header: Option<&Header>, code: AckCode, committed: bool, errors: &[AckError]) -> Acks {
-    if header.is_some_and(Header::is_acknowledgement) {
-        return Acks::default();
-    }
-    let due = AckMode::of(header).due(code, committed);
+    let due = due_under(AckMode::conditions_for(header), code, committed);
     Acks {
         accept: due.accept.map(|code| ack_for(header, code, errors)),
         application: due.application.map(|code| ack_for(header, code, errors)),

@@ -35,6 +35,7 @@ mod otlp_export;
 mod read_cache;
 mod replay_cli;
 mod replica;
+mod send_cli;
 mod support;
 mod tls;
 mod trace_journey;

@@ -139,10 +139,11 @@ async fn the_send_command_delivers_a_file_and_reports_acceptance() {
     std::fs::write(&bad, b"PID|1||X\r").unwrap();
     let addr = app.mllp;
     let files = |f: &std::path::Path| vec![f.display().to_string()];
+    let waits = hl7bridge::send::Waits::with_grace(hl7bridge::send::DEFAULT_GRACE);
     let (ok, refused) = tokio::task::spawn_blocking(move || {
         (
-            hl7bridge::send::send_files(addr, &files(&good)).unwrap(),
-            hl7bridge::send::send_files(addr, &files(&bad)).unwrap(),
+            hl7bridge::send::send_files(addr, &files(&good), waits).unwrap(),
+            hl7bridge::send::send_files(addr, &files(&bad), waits).unwrap(),
         )
     })
     .await

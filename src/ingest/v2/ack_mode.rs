@@ -48,6 +48,27 @@ impl AckCondition {
         }
     }
 
+    /// What a client can know before the outcome: whether the ACK this condition governs will
+    /// come, may come (depending on the outcome) or will not.
+    pub fn expectation(self) -> Expectation {
+        match (self.wants(true), self.wants(false)) {
+            (true, true) => Expectation::Certain,
+            (false, false) => Expectation::None,
+            _ => Expectation::Maybe,
+        }
+    }
+
+    /// What the absence of the ACK this condition governs says about the outcome: `Some(true)`
+    /// when it is sent only on error (so none means success), `Some(false)` when it is sent only
+    /// on success, `None` when its absence says nothing (never sent, or always sent and lost).
+    pub fn silence_means_success(self) -> Option<bool> {
+        match (self.wants(true), self.wants(false)) {
+            (false, true) => Some(true),
+            (true, false) => Some(false),
+            _ => None,
+        }
+    }
+
     fn wants(self, success: bool) -> bool {
         match self {
             AckCondition::Always => true,
@@ -56,6 +77,15 @@ impl AckCondition {
             AckCondition::OnSuccess => success,
         }
     }
+}
+
+/// Whether an acknowledgement will be sent, as known before the message is processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Expectation {
+    None,
+    /// Sent or not depending on the outcome (`ER`, `SU`).
+    Maybe,
+    Certain,
 }
 
 /// How a message is acknowledged.
@@ -94,25 +124,47 @@ impl AckMode {
         matches!(self, AckMode::Enhanced { .. })
     }
 
+    /// The conditions under which the accept ACK and the application ACK are sent. Original
+    /// mode is enhanced mode with `NE` and `AL` (v2.8.2 chapter 2, note in 2.9.2), though its
+    /// ACKs say nothing of enhanced mode.
+    pub fn conditions(self) -> (AckCondition, AckCondition) {
+        match self {
+            AckMode::Original => (AckCondition::Never, AckCondition::Always),
+            AckMode::Enhanced {
+                accept,
+                application,
+            } => (accept, application),
+        }
+    }
+
     /// The ACKs due for a message answered `application` (AA, AE or AR, as original mode
     /// decides), `committed` saying whether it is in safe storage.
     pub fn due(self, application: AckCode, committed: bool) -> DueAcks {
-        match self {
-            AckMode::Original => DueAcks {
-                accept: None,
-                application: Some(application),
-            },
-            AckMode::Enhanced {
-                accept,
-                application: wanted,
-            } => {
-                let commit = accept_code(application, committed);
-                DueAcks {
-                    accept: Some(commit).filter(|c| accept.wants(*c == AckCode::CA)),
-                    application: Some(application).filter(|c| wanted.wants(*c == AckCode::AA)),
-                }
-            }
+        due_under(self.conditions(), application, committed)
+    }
+
+    /// The conditions under which a message with `header` gets each ACK: those of its mode,
+    /// except that an inbound ACK gets none, whatever its MSH-15 and MSH-16 ask and even when
+    /// it could not be read, since acknowledging acknowledgements would loop.
+    pub fn conditions_for(header: Option<&Header>) -> (AckCondition, AckCondition) {
+        if header.is_some_and(Header::is_acknowledgement) {
+            return (AckCondition::Never, AckCondition::Never);
         }
+        AckMode::of(header).conditions()
+    }
+}
+
+/// The ACKs due under `conditions` (accept, application; see [`AckMode::conditions_for`]) for
+/// a message answered `application`, `committed` saying whether it is in safe storage.
+pub fn due_under(
+    (accept, wanted): (AckCondition, AckCondition),
+    application: AckCode,
+    committed: bool,
+) -> DueAcks {
+    let commit = accept_code(application, committed);
+    DueAcks {
+        accept: Some(commit).filter(|c| accept.wants(*c == AckCode::CA)),
+        application: Some(application).filter(|c| wanted.wants(*c == AckCode::AA)),
     }
 }
 
@@ -131,7 +183,7 @@ pub fn accept_code(application: AckCode, committed: bool) -> AckCode {
 pub fn split_stored_acks(stored: &str) -> (Option<String>, Option<String>) {
     let (mut accept, mut application) = (None, None);
     for ack in ack_messages(stored) {
-        if msa_1(&ack).starts_with('C') {
+        if msa_field(&ack, 1).starts_with('C') {
             accept = Some(ack);
         } else {
             application = Some(ack);
@@ -141,7 +193,7 @@ pub fn split_stored_acks(stored: &str) -> (Option<String>, Option<String>) {
 }
 
 /// The messages of a text of ACKs, each starting at a segment named MSH.
-fn ack_messages(text: &str) -> Vec<String> {
+pub fn ack_messages(text: &str) -> Vec<String> {
     let mut messages: Vec<String> = Vec::new();
     for segment in text.split('\r').filter(|s| !s.is_empty()) {
         match messages.last_mut() {
@@ -155,11 +207,12 @@ fn ack_messages(text: &str) -> Vec<String> {
     messages
 }
 
-fn msa_1(ack: &str) -> &str {
+/// MSA-`n` of one ACK message, raw; empty when it has no MSA or no such field.
+pub fn msa_field(ack: &str, n: usize) -> &str {
     let separator = ack.chars().nth(3).unwrap_or('|');
     ack.split('\r')
         .find(|segment| segment.starts_with("MSA"))
-        .and_then(|msa| msa.split(separator).nth(1))
+        .and_then(|msa| msa.split(separator).nth(n))
         .unwrap_or("")
 }
 
@@ -248,6 +301,28 @@ mod tests {
                 application: AckCondition::Never
             }
         );
+    }
+
+    #[test]
+    fn before_the_outcome_al_is_certain_ne_is_never_and_er_or_su_may_be() {
+        use AckCondition::*;
+        let seen: Vec<_> = [Always, Never, OnError, OnSuccess]
+            .into_iter()
+            .map(|c| (c.expectation(), c.silence_means_success()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Expectation::Certain, None),
+                (Expectation::None, None),
+                (Expectation::Maybe, Some(true)),
+                (Expectation::Maybe, Some(false)),
+            ]
+        );
+        assert_eq!(AckMode::Original.conditions(), (Never, Always));
+        let ack = "MSH|^~\\&|A|B|C|D|2024||ACK^R01^ACK|K1|P|2.5.1|||AL|AL";
+        let header = read_header(ack.as_bytes());
+        assert_eq!(AckMode::conditions_for(header.as_ref()), (Never, Never));
     }
 
     #[test]

@@ -39,7 +39,10 @@ mod segment_names;
 mod trace;
 
 pub use ack::{build_ack, error_text, AckCode, AckError};
-pub use ack_mode::{accept_code, split_stored_acks, AckCondition, AckMode, DueAcks};
+pub use ack_mode::{
+    accept_code, ack_messages, due_under, msa_field, split_stored_acks, AckCondition, AckMode,
+    DueAcks, Expectation,
+};
 pub use charset::{Charset, CharsetSource};
 pub use delimiters::{DelimiterError, Delimiters};
 pub use dtm::{DtmError, UtcOffset};
