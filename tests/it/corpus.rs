@@ -228,6 +228,35 @@ async fn every_corpus_hl7v2_file_gets_framed_acks_matching_its_control_ids() {
         "file | MSH-10 | ACK | resources stored, or why not\n{}",
         table.join("\n")
     );
+    // Every resource the accepted messages stored is valid R4, as fhirbolt's strict model
+    // reads it.
+    use sea_orm::{ConnectionTrait, Statement};
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT resource_type, id, content FROM resource",
+        ))
+        .await
+        .unwrap();
+    assert!(
+        rows.len() > 100,
+        "the accepted messages stored their resources"
+    );
+    for row in &rows {
+        let (t, id, content): (String, String, String) = (
+            row.try_get_by_index(0).unwrap(),
+            row.try_get_by_index(1).unwrap(),
+            row.try_get_by_index(2).unwrap(),
+        );
+        let resource: serde_json::Value = serde_json::from_str(&content).unwrap();
+        if let Err(err) = hl7bridge_fhir_codec::canonicalize(resource) {
+            panic!("{t}/{id} does not validate: {err}");
+        }
+    }
+    eprintln!(
+        "{} stored resources validate against the R4 model",
+        rows.len()
+    );
     app.stop().await;
 }
 
