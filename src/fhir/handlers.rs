@@ -575,6 +575,10 @@ async fn posted_parameters(
     Ok(pairs)
 }
 
+/// The most parameters a POSTed operation takes: `$everything` has six, and each becomes part
+/// of the `next` link.
+const MAX_OPERATION_PARAMETERS: usize = 64;
+
 /// A Parameters resource's simple parameters as name-value pairs.
 fn parameter_pairs(parameters: &Value) -> Result<Vec<(String, String)>, FhirError> {
     if parameters["resourceType"] != "Parameters" {
@@ -583,10 +587,22 @@ fn parameter_pairs(parameters: &Value) -> Result<Vec<(String, String)>, FhirErro
             "resourceType",
         ));
     }
-    let listed = parameters["parameter"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let listed = match parameters.get("parameter") {
+        None => &[][..],
+        Some(Value::Array(listed)) => listed.as_slice(),
+        Some(_) => {
+            return Err(FhirError::invalid_at(
+                "parameter is a list",
+                "Parameters.parameter",
+            ))
+        }
+    };
+    if listed.len() > MAX_OPERATION_PARAMETERS {
+        return Err(FhirError::invalid_at(
+            format!("at most {MAX_OPERATION_PARAMETERS} parameters"),
+            "Parameters.parameter",
+        ));
+    }
     listed
         .iter()
         .enumerate()
@@ -895,12 +911,14 @@ impl EverythingRequest {
                     if let Some(bad) = types.iter().find(|t| !is_resource_type(t)) {
                         return Err(invalid(&format!("{bad:?} is not a resource type")));
                     }
-                    // Repeated `_type` parameters add up, as a comma list does.
-                    request
-                        .page
-                        .types
-                        .get_or_insert_with(Vec::new)
-                        .extend(types);
+                    // Repeated `_type` parameters add up, as a comma list does; each type is
+                    // kept once (and the links carry the list once, after the loop), so what
+                    // reaches the store and the links is bounded by the number of types.
+                    let all = request.page.types.get_or_insert_with(Vec::new);
+                    all.extend(types);
+                    all.sort_unstable();
+                    all.dedup();
+                    continue;
                 }
                 "_count" => {
                     let count: u64 = value.parse().map_err(|_| invalid("not a whole number"))?;
@@ -926,6 +944,9 @@ impl EverythingRequest {
                 }
             }
             request.applied.push((name, value));
+        }
+        if let Some(types) = &request.page.types {
+            request.applied.push(("_type".to_string(), types.join(",")));
         }
         if low.is_some() || high.is_some() {
             let window = (low.unwrap_or(i64::MIN), high.unwrap_or(i64::MAX));

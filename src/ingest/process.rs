@@ -349,6 +349,16 @@ impl Hl7Ingest {
                 tracing::warn!(error = %err, "reading stored versions failed; answering AE");
                 Verdict::Retry(internal("the message could not be stored; resend it later"))
             }
+            Err(MergeError::UnbookedWithoutTime) => Verdict::Refuse(
+                AckCode::AE,
+                AckError {
+                    code: 101,
+                    location: Some(("TQ1".to_string(), 1, 7)),
+                    message: "no appointment with this id is booked here, and the message gives \
+                              no start and end (FHIR Appointment invariant app-3)"
+                        .to_string(),
+                },
+            ),
             Err(MergeError::Invalid { resource_type }) => {
                 tracing::error!(%resource_type, "a merged resource failed R4 validation");
                 let message =

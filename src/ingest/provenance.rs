@@ -14,9 +14,10 @@
 //!   (`{canonical_base}/StructureDefinition/audit-trace-id`). The W3C trace-context extension
 //!   is for Bundles only (DESIGN.md).
 //!
-//! Its id comes from MSH-3, MSH-4 and MSH-10 (`map::ids`), so a resend with another payload
-//! updates the same Provenance (an identical resend is answered from the stored ACK and writes
-//! nothing).
+//! Its id comes from MSH-3, MSH-4, MSH-10 and the payload's hash (`map::ids`): an identical
+//! resend is answered from the stored ACK and writes nothing, while a corrected resend (or a
+//! control id a sender reuses) is a message of its own with a Provenance of its own, so what
+//! the earlier one wrote, still stored, keeps the Provenance that names it.
 
 use serde_json::{json, Value};
 
@@ -53,6 +54,7 @@ pub fn message_provenance(
         &header.sending_application,
         &header.sending_facility,
         control_id,
+        &row.payload_hash,
     );
     let mut provenance = json!({
         "resourceType": "Provenance",

@@ -108,10 +108,21 @@ fn add_up(mapped: &mut Map<String, Value>, stored: &Map<String, Value>, names: &
     }
 }
 
+/// R4's invariant app-3: only a proposed, cancelled or waitlisted Appointment may go without
+/// its start and end. An amending event (a deletion, a no-show) for an appointment never
+/// booked here has no stored time to keep.
+fn may_be_untimed(appointment: &Value) -> bool {
+    let timed = appointment.get("start").is_some() && appointment.get("end").is_some();
+    let status = appointment["status"].as_str().unwrap_or_default();
+    timed || ["proposed", "cancelled", "waitlist"].contains(&status)
+}
+
 /// Why merging failed.
 #[derive(Debug)]
 pub enum MergeError {
     Store(StoreError),
+    /// An amending SIU event for an appointment not booked here, without a time of its own.
+    UnbookedWithoutTime,
     /// The merged resource is not valid R4 (a stored version written by a FHIR client that the
     /// mapping cannot be combined with).
     Invalid {
@@ -154,6 +165,9 @@ pub async fn merge_with_stored(
         let key = (w.resource_type.clone(), w.id.clone());
         let Some(current) = found.get(&key) else {
             if merge == Merge::Amend {
+                if w.resource_type == "Appointment" && !may_be_untimed(&w.content) {
+                    return Err(MergeError::UnbookedWithoutTime);
+                }
                 preconditions.push((key.0, key.1, Precondition::Absent));
             }
             continue;

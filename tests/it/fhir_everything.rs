@@ -221,7 +221,7 @@ async fn a_posted_parameters_resource_means_what_the_same_query_means() {
         "end=2019-12-31",
         "_count=5",
         "_type=Observation",
-        "_type=Patient",
+        "Patient",
     ] {
         assert!(next.contains(part), "{next} lacks {part}");
     }
@@ -543,5 +543,46 @@ async fn a_type_level_cursor_whose_patient_was_deleted_starts_the_next_record_fr
         3,
         "{keys:?}"
     );
+    app.stop().await;
+}
+
+/// Hostile pass: a posted `_type` repeating one type 40,000 times was passed to the store as
+/// 40,000 SQL parameters (500 "too many SQL variables" on SQLite, a misleading 503 on
+/// PostgreSQL). A GET cannot carry such a list (431), so only the POST form reached it.
+#[tokio::test]
+async fn a_posted_type_list_with_tens_of_thousands_of_entries_is_not_a_server_error() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let types = vec!["Observation"; 40_000].join(",");
+    for path in [
+        format!("/Patient/{patient}/$everything"),
+        "/Patient/$everything".to_string(),
+    ] {
+        let (status, body) = post_everything(
+            &app,
+            &path,
+            json!({"resourceType": "Parameters",
+                "parameter": [{"name": "_type", "valueString": types}]}),
+        )
+        .await;
+        assert!(status < 500, "{path}: {status} {body}");
+    }
+    app.stop().await;
+}
+
+/// Hostile pass: a `parameter` that is not an array was ignored, so the `_type` and `_count`
+/// it held were dropped and the whole record came back unpaged.
+#[tokio::test]
+async fn a_parameters_body_whose_parameter_is_not_an_array_is_refused() {
+    let app = spawn_app().await;
+    let patient = seed(&app).await;
+    let (status, body) = post_everything(
+        &app,
+        &format!("/Patient/{patient}/$everything"),
+        json!({"resourceType": "Parameters",
+            "parameter": {"name": "_count", "valueInteger": 2}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
     app.stop().await;
 }

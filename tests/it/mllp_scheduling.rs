@@ -196,11 +196,12 @@ async fn a_resend_writes_no_second_provenance() {
     app.send_accepted(&changed).await;
     let bundle = everything_for(&app, SCHEDULED_MRN).await;
     let provenances = resources_of(&bundle, "Provenance");
-    assert_eq!(provenances.len(), 1, "one message key, one Provenance");
     assert_eq!(
-        provenances[0]["meta"]["versionId"], "2",
-        "the identical resend wrote nothing; the changed one updated it"
+        provenances.len(),
+        2,
+        "the identical resend wrote nothing; the corrected one is a message of its own"
     );
+    assert!(provenances.iter().all(|p| p["meta"]["versionId"] == "1"));
     let patient_id = resources_of(&bundle, "Patient")[0]["id"]
         .as_str()
         .unwrap()
@@ -209,6 +210,53 @@ async fn a_resend_writes_no_second_provenance() {
         .get_json(&format!("/Provenance?patient={patient_id}"))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["total"], 2, "{found}");
+    app.stop().await;
+}
+
+/// Hostile pass: an S17 (or S26) for an appointment never booked, with no timing, stores no
+/// `entered-in-error` (`noshow`) Appointment without start or end, which R4's invariant app-3
+/// allows only for proposed, cancelled or waitlisted ones.
+#[tokio::test]
+async fn a_deletion_before_any_booking_stores_no_appointment_breaking_app_3() {
+    let app = spawn_app().await;
+    let s17 = replaced(
+        &replaced(S12, "SIU^S12^SIU_S12", "SIU^S17^SIU_S12"),
+        "TQ1|1||||||202407151400-0400|202407151430-0400",
+        "TQ1|1",
+    );
+    let ack = app.mllp_exchange(&[&s17]).await.remove(0);
+    let (_, found) = app.get_json("/Appointment?identifier=FIL-7702").await;
+    for entry in found["entry"].as_array().into_iter().flatten() {
+        let appointment = &entry["resource"];
+        let status = appointment["status"].as_str().unwrap_or_default();
+        let timed = appointment.get("start").is_some() && appointment.get("end").is_some();
+        assert!(
+            timed || ["proposed", "cancelled", "waitlist"].contains(&status),
+            "app-3 broken: {appointment} (ACK {ack:?})"
+        );
+    }
+    app.stop().await;
+}
+
+/// Hostile pass: a corrected resend (or a reused control id) that names another patient gets a
+/// Provenance of its own; the first patient's stored data keeps the one that names it.
+#[tokio::test]
+async fn a_corrected_resend_for_another_patient_leaves_the_first_patients_provenance() {
+    let app = spawn_app().await;
+    app.send_accepted(S12).await;
+    let other = replaced(
+        &replaced(S12, SCHEDULED_MRN, "TST500299"),
+        "PLA-3301^EHR|FIL-7702",
+        "PLA-3399^EHR|FIL-7799",
+    );
+    app.send_accepted(&other).await;
+    let first = everything_for(&app, SCHEDULED_MRN).await;
+    assert_eq!(resources_of(&first, "Appointment").len(), 1);
+    assert_eq!(
+        resources_of(&first, "Provenance").len(),
+        1,
+        "the first patient's stored data lost its Provenance"
+    );
     app.stop().await;
 }

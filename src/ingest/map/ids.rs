@@ -195,13 +195,19 @@ pub(super) fn location_place_key(
 
 /// The Provenance of one message: the sender (MSH-3, MSH-4, as sent) and its control id
 /// (MSH-10), the key by which a resend is recognised.
-pub(crate) fn message_provenance_id(application: &str, facility: &str, control_id: &str) -> String {
+pub(crate) fn message_provenance_id(
+    application: &str,
+    facility: &str,
+    control_id: &str,
+    payload_hash: &str,
+) -> String {
     resource_id(&key(&[
         "Provenance",
         "message",
         application,
         facility,
         control_id,
+        payload_hash,
     ]))
 }
 
