@@ -30,6 +30,7 @@ mod mllp_ingest;
 mod mllp_lab_orders;
 mod mllp_patient_records;
 mod mllp_scheduling;
+mod mllp_tracker_cases;
 mod ops_endpoints;
 mod otlp_export;
 mod read_cache;
