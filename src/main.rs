@@ -117,8 +117,18 @@ fn messages() -> anyhow::Result<bool> {
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         match (arg.as_str(), rest.next()) {
-            ("--ack", Some(code)) => ack = Some(code.clone()),
-            ("--limit", Some(n)) => limit = n.parse()?,
+            ("--ack", Some(code)) => {
+                let code = code.to_ascii_uppercase();
+                if !["AA", "AE", "AR"].contains(&code.as_str()) {
+                    anyhow::bail!("--ack takes AA, AE or AR (the stored decision)");
+                }
+                ack = Some(code);
+            }
+            ("--limit", Some(n)) => {
+                limit = n
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--limit takes a whole number"))?
+            }
             _ => anyhow::bail!("{USAGE}"),
         }
     }

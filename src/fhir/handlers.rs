@@ -592,7 +592,7 @@ fn parameter_pairs(parameters: &Value) -> Result<Vec<(String, String)>, FhirErro
         Some(Value::Array(listed)) => listed.as_slice(),
         Some(_) => {
             return Err(FhirError::invalid_at(
-                "parameter is a list",
+                "Parameters.parameter must be a JSON array",
                 "Parameters.parameter",
             ))
         }
