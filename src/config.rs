@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::ingest::v2::UtcOffset;
+use crate::ingest::v2::{CharsetRules, UtcOffset};
 use crate::ingest::SenderMap;
 
 /// Settings for the whole server. Defaults are in [`Config::default`].
@@ -95,6 +95,10 @@ pub struct Config {
     /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
     /// (`+HH:MM` or `-HH:MM`). Default `+00:00`.
     pub default_utc_offset: UtcOffset,
+    /// `HL7BRIDGE_MLLP_CHARSETS` (`application^facility=charset;…`, `*` for any) and
+    /// `HL7BRIDGE_MLLP_FALLBACK_CHARSET` (default windows-1252): how HL7v2 bytes are decoded
+    /// where a sender's MSH-18 cannot be trusted, and when nothing else fits.
+    pub mllp_charsets: CharsetRules,
     /// `HL7BRIDGE_SHUTDOWN_TIMEOUT_MS`: how long draining may take on SIGINT/SIGTERM.
     /// Default 10000.
     pub shutdown_timeout_ms: u64,
@@ -233,6 +237,7 @@ impl Default for Config {
             http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
             default_utc_offset: UtcOffset::UTC,
+            mllp_charsets: CharsetRules::default(),
             shutdown_timeout_ms: 10_000,
             http_tls: None,
             mllp_tls: None,
@@ -349,6 +354,19 @@ impl Config {
                 problems.push(format!(
                     "{PREFIX}{name}: expected +HH:MM or -HH:MM, got {offset:?}"
                 ));
+            }
+        }
+        let by_sender = take("MLLP_CHARSETS");
+        let fallback = take("MLLP_FALLBACK_CHARSET");
+        if by_sender.is_some() || fallback.is_some() {
+            let value = |v: &Option<(String, String)>| v.as_ref().map(|(_, v)| v.clone());
+            match CharsetRules::parse(value(&by_sender).as_deref(), value(&fallback).as_deref()) {
+                Ok(rules) => config.mllp_charsets = rules,
+                Err(found) => problems.extend(
+                    found
+                        .iter()
+                        .map(|p| format!("{PREFIX}MLLP_CHARSETS / MLLP_FALLBACK_CHARSET: {p}")),
+                ),
             }
         }
         if let Some((name, days)) = take("AUDIT_RETENTION_DAYS") {
@@ -781,6 +799,30 @@ mod tests {
         assert!(err
             .to_string()
             .contains("HL7BRIDGE_DATABSE_URL: unknown setting"));
+    }
+
+    #[test]
+    fn character_sets_by_sender_and_the_fallback_are_read_and_checked() {
+        let config = Config::from_vars(vars(&[
+            (
+                "HL7BRIDGE_MLLP_CHARSETS",
+                "LAB^EAST=8859/2;*^WEST=windows-1250",
+            ),
+            ("HL7BRIDGE_MLLP_FALLBACK_CHARSET", "8859/15"),
+        ]))
+        .unwrap();
+        let expected =
+            CharsetRules::parse(Some("LAB^EAST=8859/2;*^WEST=windows-1250"), Some("8859/15"));
+        assert_eq!(config.mllp_charsets, expected.unwrap());
+        let err = Config::from_vars(vars(&[
+            ("HL7BRIDGE_MLLP_CHARSETS", "LAB=8859/2"),
+            ("HL7BRIDGE_MLLP_FALLBACK_CHARSET", "klingon"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err
+            .to_string()
+            .contains("expected application^facility=charset"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use super::rate::PeerRate;
 use super::senders::SenderMap;
 use super::stored::{merge_with_stored, MergeError};
 use super::v2::{
-    build_ack, due_under, read_header, split_frame, split_stored_acks, AckCode, AckError, AckMode,
-    Header, RawMessage, TraceCarrier,
+    build_ack, due_under, read_header, split_frame_with, split_stored_acks, AckCode, AckError,
+    AckMode, CharsetRules, Header, RawMessage, TraceCarrier,
 };
 use super::verdict::{decide, Accepted, Decision, Verdict};
 use crate::audit::{AuditRecord, AuditTrail, Door};
@@ -106,6 +106,8 @@ pub struct Hl7Ingest {
     /// `HL7BRIDGE_MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER`; `None` when 0 (unpaced).
     peer_rate: Option<PeerRate>,
     senders: Option<SenderMap>,
+    /// How message bytes are decoded (per sender, and the fallback).
+    charsets: CharsetRules,
     /// Base of the extension URL that carries a Provenance's trace id.
     canonical_base: String,
 }
@@ -124,6 +126,7 @@ impl Hl7Ingest {
             peer_rate: (config.mllp_max_messages_per_second_per_peer > 0)
                 .then(|| PeerRate::new(config.mllp_max_messages_per_second_per_peer)),
             senders,
+            charsets: config.mllp_charsets.clone(),
             canonical_base: config.canonical_base.clone(),
         }
     }
@@ -136,7 +139,7 @@ impl Hl7Ingest {
 
     /// Splits a payload into its messages and answers each, in order.
     pub async fn ingest(&self, payload: &[u8], origin: &Origin) -> Vec<Answer> {
-        let frame = match split_frame(payload) {
+        let frame = match split_frame_with(payload, &self.charsets) {
             Ok(frame) => frame,
             Err(err) => {
                 return vec![
@@ -207,7 +210,7 @@ impl Hl7Ingest {
                 transient: false,
             };
         }
-        let span = message_span(raw.header());
+        let span = message_span(&raw);
         let header = raw.header().cloned();
         let context = self.map_context;
         let decided = tokio::task::spawn_blocking(move || {
@@ -269,7 +272,7 @@ impl Hl7Ingest {
     async fn refuse_as_sent(&self, raw: &RawMessage, error: AckError, origin: &Origin) -> Answer {
         let started = Instant::now();
         let verdict = Verdict::Refuse(AckCode::AR, error);
-        let span = message_span(raw.header());
+        let span = message_span(raw);
         self.commit(
             raw.bytes(),
             raw.header(),
@@ -595,7 +598,10 @@ fn internal(message: &str) -> AckError {
     }
 }
 
-fn message_span(header: Option<&Header>) -> tracing::Span {
+/// The span of one message, with which character set its text was read in and why (never
+/// the text).
+fn message_span(raw: &RawMessage) -> tracing::Span {
+    let header = raw.header();
     let field = |v: Option<&String>| v.cloned().unwrap_or_default();
     tracing::info_span!(
         "hl7.message",
@@ -605,6 +611,8 @@ fn message_span(header: Option<&Header>) -> tracing::Span {
         hl7bridge.trigger_event = %field(header.and_then(|h| h.trigger_event.as_ref())),
         hl7bridge.control_id = %field(header.and_then(|h| h.control_id.as_ref())),
         hl7bridge.ack_code = tracing::field::Empty,
+        hl7bridge.charset = raw.charset().encoding,
+        hl7bridge.charset_source = raw.charset().source.as_str(),
     )
 }
 

@@ -23,7 +23,7 @@
 
 use hl7bridge_mllp::PeerIdentity;
 
-use super::v2::{unescape, AckError, Header};
+use super::v2::{AckError, Header};
 
 /// HL7 table 0357 has no code for an unauthorised sender; 207 (application internal error)
 /// is the generic one, and ERR-8 says what is wrong.
@@ -116,7 +116,7 @@ impl SenderMap {
             Some(name) => name.as_str(),
             None => "without a name",
         };
-        let Some((application, facility)) = header.and_then(namespace_ids) else {
+        let Some((application, facility)) = header.and_then(Header::namespace_ids) else {
             let message = format!(
                 "MSH-3/MSH-4 cannot be read to check them against the client certificate \
                  {certificate}"
@@ -163,19 +163,6 @@ impl Sender {
         problems.extend(found.iter().map(|p| format!("{identity}: {p}")));
         found.is_empty().then_some(sender)
     }
-}
-
-/// The namespace ids (HD-1) of MSH-3 and MSH-4, unescaped.
-fn namespace_ids(header: &Header) -> Option<(String, String)> {
-    let delimiters = header.delimiters.as_ref().ok()?;
-    let first = |raw: &str| {
-        let namespace = raw.split(delimiters.component).next().unwrap_or("");
-        unescape(namespace, delimiters).trim().to_string()
-    };
-    Some((
-        first(&header.sending_application),
-        first(&header.sending_facility),
-    ))
 }
 
 fn not_allowed(field: usize, message: String) -> AckError {

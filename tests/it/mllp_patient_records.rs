@@ -3,7 +3,9 @@
 
 use serde_json::Value;
 
-use crate::support::{everything_for, field, replaced, resources_of, spawn_app, TestApp};
+use crate::support::{
+    everything_for, field, replaced, resources_of, spawn_app, spawn_app_with, TestApp,
+};
 
 const ADT_A01: &[u8] = include_bytes!("../fixtures/adt_a01.hl7");
 const ADT_A28: &[u8] = include_bytes!("../fixtures/adt_a28.hl7");
@@ -194,5 +196,42 @@ async fn an_mdm_t02_stores_the_document_with_its_text() {
         document["context"]["encounter"][0]["reference"],
         format!("Encounter/{}", encounter["id"].as_str().unwrap())
     );
+    app.stop().await;
+}
+
+/// A sender's configured character set decides how its bytes are read, over MSH-18 and the
+/// UTF-8 check; a configured fallback reads what nothing else fits.
+#[tokio::test]
+async fn a_senders_character_set_and_the_fallback_come_from_the_settings() {
+    use hl7bridge::ingest::v2::CharsetRules;
+    // 0xB1 is ą in ISO 8859-2, ± in 8859-1 (what MSH-18 claims) and windows-1252.
+    let adt = |application: &str, msh_18: &str, mrn: &str| {
+        let mut bytes = format!(
+            "MSH|^~\\&|{application}|EAST|HL7BRIDGE|GENHOSP|20240630120030||ADT^A04^ADT_A01|CS-{mrn}|P|2.5.1||||||{msh_18}\r\
+             EVN|A04|20240630120030\r\
+             PID|1||{mrn}^^^EAST^MR||Wi"
+        )
+        .into_bytes();
+        bytes.push(0xB1);
+        bytes.extend_from_slice(b"niewska^Ola||19900101|F\r");
+        bytes
+    };
+    let app = spawn_app_with(|c| {
+        c.mllp_charsets = CharsetRules::parse(Some("POLAB^EAST=8859/2"), Some("8859/5")).unwrap();
+    })
+    .await;
+    for (application, msh_18, mrn, family) in [
+        ("POLAB", "8859/1", "CS001", "Wi\u{105}niewska"),
+        ("OTHER", "8859/1", "CS002", "Wi\u{b1}niewska"),
+        ("OTHER", "", "CS003", "Wi\u{411}niewska"),
+    ] {
+        app.send_accepted(&adt(application, msh_18, mrn)).await;
+        let bundle = everything_for(&app, mrn).await;
+        let patient = resources_of(&bundle, "Patient")[0];
+        assert_eq!(
+            patient["name"][0]["family"], family,
+            "{application} {msh_18:?}"
+        );
+    }
     app.stop().await;
 }

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use super::charset::{decode, Charset};
+use super::charset::{decode, Charset, CharsetRules};
 use super::header::Header;
 use super::segment_names::starts_like_segment;
 
@@ -119,14 +119,19 @@ impl RawMessage {
         self.header.as_ref()
     }
 
-    fn from_lines(frame: &[u8], lines: &[Range<usize>]) -> RawMessage {
+    fn from_lines(frame: &[u8], lines: &[Range<usize>], rules: &CharsetRules) -> RawMessage {
         let first = &frame[lines[0].clone()];
         let joined = lines
             .iter()
             .map(|r| &frame[r.clone()])
             .collect::<Vec<_>>()
             .join(&b'\r');
-        let (text, charset) = decode(&joined, msh_18(first).as_deref());
+        // The sender's namespace ids are ASCII in practice; read before decoding, since the
+        // sender may be what decides how to decode.
+        let sender =
+            Header::read(&String::from_utf8_lossy(first), false).and_then(|h| h.namespace_ids());
+        let sender = sender.as_ref().map(|(a, f)| (a.as_str(), f.as_str()));
+        let (text, charset) = decode(&joined, msh_18(first).as_deref(), sender, rules);
         let header = read_decoded_header(&text);
         let end = lines.last().map_or(lines[0].end, |r| r.end);
         let bytes = frame[lines[0].start..end].to_vec();
@@ -160,8 +165,13 @@ fn msh_18(msh: &[u8]) -> Option<String> {
 
 /// Splits a frame into messages, checking the batch envelope.
 pub fn split_frame(frame: &[u8]) -> Result<Frame, FrameError> {
+    split_frame_with(frame, &CharsetRules::default())
+}
+
+/// [`split_frame`], decoding each message's text by `rules` (see [`super::charset`]).
+pub fn split_frame_with(frame: &[u8], rules: &CharsetRules) -> Result<Frame, FrameError> {
     let frame = frame.strip_prefix(UTF8_BOM).unwrap_or(frame);
-    let mut splitter = Splitter::new(frame);
+    let mut splitter = Splitter::new(frame, rules);
     for (i, range) in segment_lines(frame).into_iter().enumerate() {
         splitter.push(i + 1, range)?;
     }
@@ -176,7 +186,7 @@ pub fn read_header(frame: &[u8]) -> Option<Header> {
         .iter()
         .position(|r| kind(&frame[r.clone()]) == Kind::Msh)?;
     let end = (start + 2).min(lines.len());
-    RawMessage::from_lines(frame, &lines[start..end]).header
+    RawMessage::from_lines(frame, &lines[start..end], &CharsetRules::default()).header
 }
 
 /// Non-blank segment lines as byte ranges of the frame.
@@ -235,6 +245,7 @@ enum FileState {
 /// The state of one pass over a frame's segment lines.
 struct Splitter<'a> {
     frame: &'a [u8],
+    rules: &'a CharsetRules,
     envelope: Envelope,
     file: FileState,
     batch_open: bool,
@@ -248,9 +259,10 @@ struct Splitter<'a> {
 }
 
 impl<'a> Splitter<'a> {
-    fn new(frame: &'a [u8]) -> Self {
+    fn new(frame: &'a [u8], rules: &'a CharsetRules) -> Self {
         Splitter {
             frame,
+            rules,
             envelope: Envelope::Bare,
             file: FileState::None,
             batch_open: false,
@@ -342,7 +354,7 @@ impl<'a> Splitter<'a> {
         if !self.current.is_empty() {
             let lines = std::mem::take(&mut self.current);
             self.messages
-                .push(RawMessage::from_lines(self.frame, &lines));
+                .push(RawMessage::from_lines(self.frame, &lines, self.rules));
         }
     }
 

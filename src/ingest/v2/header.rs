@@ -44,6 +44,19 @@ pub struct Header {
 }
 
 impl Header {
+    /// The namespace ids (HD-1) of MSH-3 and MSH-4, unescaped: who sent the message.
+    pub fn namespace_ids(&self) -> Option<(String, String)> {
+        let delimiters = self.delimiters.as_ref().ok()?;
+        let first = |raw: &str| {
+            let namespace = raw.split(delimiters.component).next().unwrap_or("");
+            unescape(namespace, delimiters).trim().to_string()
+        };
+        Some((
+            first(&self.sending_application),
+            first(&self.sending_facility),
+        ))
+    }
+
     /// Whether the message is itself an acknowledgement (MSH-9.1 `ACK`), which is never
     /// answered: acknowledging acknowledgements would loop.
     pub fn is_acknowledgement(&self) -> bool {

@@ -43,12 +43,13 @@ pub use ack_mode::{
     accept_code, ack_messages, due_under, msa_field, split_stored_acks, AckCondition, AckMode,
     DueAcks, Expectation,
 };
-pub use charset::{Charset, CharsetSource};
+pub use charset::{encoding_named, Charset, CharsetRules, CharsetSource};
 pub use delimiters::{DelimiterError, Delimiters};
 pub use dtm::{DtmError, UtcOffset};
 pub use escape::{escape, unescape};
 pub use frame::{
-    read_header, split_frame, Envelope, Frame, FrameError, MiscountedBatch, RawMessage,
+    read_header, split_frame, split_frame_with, Envelope, Frame, FrameError, MiscountedBatch,
+    RawMessage,
 };
 pub use header::Header;
 pub use message::{parse_message, Field, Message, ParseError, Repetition, Segment};
