@@ -17,6 +17,7 @@ mod fhir_patch;
 mod fhir_rest;
 mod fhir_search;
 mod fhir_summary;
+mod fhir_tracker_cases;
 mod fhir_xml;
 mod fhirpy_client;
 mod group_commit;

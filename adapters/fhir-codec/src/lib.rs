@@ -204,6 +204,91 @@ fn is_positive_int(key: &str) -> bool {
     key.ends_with("PositiveInt") || POSITIVE_INTS.contains(&key)
 }
 
+/// R4 elements of type instant, by path without array indices: fhirbolt keeps an instant as
+/// text and checks nothing, so `"issued": "2024-03-05"` would be stored. (Listed from
+/// fhirbolt's own R4 model: the fields typed `Instant`; those inside types, Meta and
+/// Signature, by their suffix.)
+const INSTANT_PATHS: &[&str] = &[
+    "Appointment.start",
+    "Appointment.end",
+    "AppointmentResponse.start",
+    "AppointmentResponse.end",
+    "AuditEvent.recorded",
+    "Bundle.timestamp",
+    "Bundle.entry.request.ifModifiedSince",
+    "Bundle.entry.response.lastModified",
+    "DeviceMetric.calibration.time",
+    "DiagnosticReport.issued",
+    "DocumentReference.date",
+    "Media.issued",
+    "Observation.issued",
+    "Provenance.recorded",
+    "Slot.start",
+    "Slot.end",
+    "Subscription.end",
+];
+const INSTANT_SUFFIXES: &[&str] = &[".meta.lastUpdated", ".signature.when"];
+
+fn is_instant_path(path: &str) -> bool {
+    let mut bare = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => bare.push(c),
+            _ => {}
+        }
+    }
+    // `[x]` choices name their type: `valueInstant`, `effectiveInstant`.
+    let choice = bare.rsplit('.').next().is_some_and(|last| last.ends_with("Instant"));
+    choice
+        || INSTANT_PATHS.contains(&bare.as_str())
+        || INSTANT_SUFFIXES.iter().any(|s| bare.ends_with(s))
+}
+
+/// FHIR's instant: `YYYY-MM-DDThh:mm:ss`, optional fraction, then `Z` or `±hh:mm`.
+fn is_instant(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let shape = digits(0..4)
+        && bytes.get(4) == Some(&b'-')
+        && digits(5..7)
+        && bytes.get(7) == Some(&b'-')
+        && digits(8..10)
+        && bytes.get(10) == Some(&b'T')
+        && digits(11..13)
+        && bytes.get(13) == Some(&b':')
+        && digits(14..16)
+        && bytes.get(16) == Some(&b':')
+        && digits(17..19);
+    if !shape {
+        return false;
+    }
+    let mut rest = &text[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let n = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    let zone_ok = rest == "Z"
+        || (rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':'
+            && rest[1..3]
+                .bytes()
+                .chain(rest[4..6].bytes())
+                .all(|b| b.is_ascii_digit()));
+    // The calendar and clock ranges (month 13, hour 25) by a real parse.
+    zone_ok && chrono::DateTime::parse_from_rfc3339(text).is_ok()
+}
+
 /// A positiveInt (or each of an array of them) is at least 1. Values that are not numbers are
 /// the other types some of these names have, or fhirbolt's to refuse.
 fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
@@ -237,6 +322,15 @@ fn check_object(
         }
         if is_positive_int(key) {
             check_positive(child, path)?;
+        }
+        if let Value::String(text) = child {
+            if is_instant_path(path) && !is_instant(text) {
+                return Err(structure(
+                    path,
+                    "an instant is a date and time to the second with its time zone \
+                     (YYYY-MM-DDThh:mm:ss[.fff]Z or ±hh:mm)",
+                ));
+            }
         }
         check_structure(child, path, depth + 1)?;
         path.truncate(len);
@@ -385,6 +479,42 @@ mod tests {
                 "{input}: {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_instant_must_be_a_full_date_time_with_a_zone() {
+        let report = |issued: &str| {
+            json!({"resourceType": "DiagnosticReport", "status": "final",
+                "code": {"text": "x"}, "issued": issued})
+        };
+        for good in [
+            "2024-03-05T10:00:00Z",
+            "2024-03-05T10:00:00.123+05:30",
+            "2024-02-29T23:59:59-00:00",
+        ] {
+            assert!(canonicalize(report(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "2024-03-05",
+            "2024-03-05T10:00:00",
+            "2024-03-05T10:00Z",
+            "2024-13-05T10:00:00Z",
+            "2023-02-29T10:00:00Z",
+            "2024-03-05 10:00:00Z",
+            "2024-03-05T10:00:00.Z",
+            "2024-03-05T25:00:00Z",
+        ] {
+            let refused = canonicalize(report(bad)).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("DiagnosticReport.issued: an instant"),
+                "{bad}: {refused}"
+            );
+        }
+        // Inside a Bundle entry's path, and in a Signature anywhere.
+        assert!(is_instant_path("Bundle.entry[3].response.lastModified"));
+        assert!(is_instant_path("Provenance.signature[0].when"));
+        assert!(!is_instant_path("Observation.effectiveInstant.x"));
+        assert!(is_instant_path("Observation.effectiveInstant"));
     }
 
     #[test]
