@@ -90,6 +90,10 @@ pub struct Config {
     /// `HL7BRIDGE_MLLP_IDLE_TIMEOUT_MS`: an MLLP connection with no frame for this long is
     /// closed. Default 600000 (ten minutes).
     pub mllp_idle_timeout_ms: u64,
+    /// `HL7BRIDGE_MLLP_FRAME_TIMEOUT_MS`: the longest one frame may take to arrive, from its
+    /// first byte, however steadily it comes (a trickling sender cannot hold a connection
+    /// slot). Default 60000: a 16 MiB frame needs about 280 KB/s.
+    pub mllp_frame_timeout_ms: u64,
     /// `HL7BRIDGE_MLLP_MAX_FRAME_BYTES`: the largest MLLP frame. Default 16 MiB.
     pub mllp_max_frame_bytes: usize,
     /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
@@ -226,6 +230,7 @@ impl Default for Config {
             mllp_max_connections: 1024,
             mllp_max_connections_per_peer: 64,
             mllp_idle_timeout_ms: 600_000,
+            mllp_frame_timeout_ms: 60_000,
             mllp_max_messages_per_second_per_peer: 2000,
             max_bundle_entries: 20_000,
             everything_max_unpaged: 1000,
@@ -299,6 +304,7 @@ impl Config {
             "MLLP_MAX_CONNECTIONS_PER_PEER"
         );
         setting!(mllp_idle_timeout_ms, "MLLP_IDLE_TIMEOUT_MS");
+        setting!(mllp_frame_timeout_ms, "MLLP_FRAME_TIMEOUT_MS");
         setting!(
             mllp_max_messages_per_second_per_peer,
             "MLLP_MAX_MESSAGES_PER_SECOND_PER_PEER"
@@ -450,6 +456,7 @@ impl Config {
             self.mllp_max_connections,
             self.mllp_max_connections_per_peer,
             self.mllp_idle_timeout_ms as usize,
+            self.mllp_frame_timeout_ms as usize,
             self.replica_max_lag_ms as usize,
             self.database_pool.max_connections as usize,
             self.database_pool.acquire_timeout.as_millis() as usize,

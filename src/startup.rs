@@ -58,6 +58,7 @@ impl Application {
             max_connections: config.mllp_max_connections,
             max_connections_per_peer: config.mllp_max_connections_per_peer,
             idle_timeout_ms: config.mllp_idle_timeout_ms,
+            frame_timeout_ms: config.mllp_frame_timeout_ms,
             handshake_timeout_ms: config.tls_handshake_timeout_ms,
             ..MllpConfig::default()
         };

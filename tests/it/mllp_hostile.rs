@@ -294,3 +294,41 @@ async fn idle_connections_holding_every_slot_make_way_for_a_sender_and_busy_ones
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     app.stop().await;
 }
+
+/// `HL7BRIDGE_MLLP_FRAME_TIMEOUT_MS` bounds how long one frame may take, however steadily it
+/// trickles in: the connection is closed, and a complete frame sent in time is answered.
+#[tokio::test]
+async fn the_frame_timeout_is_a_setting_and_cuts_a_trickling_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::support::spawn_app_with(|c| c.mllp_frame_timeout_ms = 800).await;
+    let mut stream = tokio::net::TcpStream::connect(app.mllp).await.unwrap();
+    let started = std::time::Instant::now();
+    stream.write_all(b"\x0bMSH|^~\\&|TRICKLE").await.unwrap();
+    let closed = async {
+        loop {
+            // A byte every 100 ms: never idle, never finished.
+            if stream.write_all(b"|").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(std::time::Duration::from_millis(1), stream.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+        .await
+        .expect("the trickling frame's connection is closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(700),
+        "{waited:?}"
+    );
+    let ack = one_ack(&app, &oru("FT1", "FTMRN1", "FTF1")).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack:?}");
+    app.stop().await;
+}

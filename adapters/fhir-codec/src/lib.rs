@@ -160,6 +160,10 @@ fn check_structure(value: &Value, path: &mut String, depth: usize) -> Result<(),
             path,
             &format!("a number longer than {MAX_NUMBER_CHARS} characters"),
         )),
+        // `1e400`: no decimal a FHIR client could read back (it overflows a double).
+        Value::Number(n) if n.as_f64().is_none() => {
+            Err(structure(path, "a number out of any decimal's range"))
+        }
         Value::Array(items) => check_array(items, path, depth),
         Value::Object(map) if map.is_empty() => Err(structure(path, "empty object")),
         Value::Object(map) => check_object(map, path, depth),
@@ -241,7 +245,10 @@ fn is_instant_path(path: &str) -> bool {
         }
     }
     // `[x]` choices name their type: `valueInstant`, `effectiveInstant`.
-    let choice = bare.rsplit('.').next().is_some_and(|last| last.ends_with("Instant"));
+    let choice = bare
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.ends_with("Instant"));
     choice
         || INSTANT_PATHS.contains(&bare.as_str())
         || INSTANT_SUFFIXES.iter().any(|s| bare.ends_with(s))
@@ -479,6 +486,21 @@ mod tests {
                 "{input}: {refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_number_beyond_a_doubles_range_is_refused() {
+        let observation = |value: &str| {
+            serde_json::from_str::<Value>(&format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
+                    "valueQuantity":{{"value":{value}}}}}"#
+            ))
+            .unwrap()
+        };
+        let refused = canonicalize(observation("1e400")).unwrap_err().to_string();
+        assert!(refused.contains("out of any decimal's range"), "{refused}");
+        assert!(canonicalize(observation("1e300")).is_ok());
+        assert!(canonicalize(observation("-0.000000000000000000001")).is_ok());
     }
 
     #[test]
