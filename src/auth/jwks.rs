@@ -139,14 +139,20 @@ fn system_roots_for(https: bool) -> anyhow::Result<RootCertStore> {
     }
 }
 
-async fn get(client: &reqwest::Client, url: &str) -> reqwest::Result<String> {
-    client
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await
+/// The most a key set may hold: real ones are a few kilobytes, and a key server (or whatever
+/// answers in its place) must not make the server buffer without bound.
+const MAX_KEY_SET_BYTES: usize = 1 << 20;
+
+async fn get(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let mut response = client.get(url).send().await?.error_for_status()?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_KEY_SET_BYTES {
+            anyhow::bail!("the key set is larger than {MAX_KEY_SET_BYTES} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).context("the key set is not UTF-8 text")
 }
 
 fn follow_safe_redirects(attempt: Attempt) -> Action {

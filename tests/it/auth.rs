@@ -852,35 +852,54 @@ mod https_key_set {
 /// A JWKS served over HTTP on loopback, as an identity provider would serve it.
 #[tokio::test]
 async fn a_key_set_fetched_from_a_url_verifies_tokens() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let jwks = std::fs::read_to_string(fixture("jwks.json")).unwrap();
+    let url = serve_over_http(jwks).await;
+    let app = spawn_app_with(|c| c.auth = Some(url_key_set(url))).await;
+    accepts_the_test_key_only(&app).await;
+    app.stop().await;
+}
+
+/// Serves `body` as JSON to every request on a loopback port; returns its URL.
+async fn serve_over_http(body: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let jwks = jwks.clone();
+            let body = body.clone();
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
                 let _ = socket.read(&mut request).await;
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{jwks}",
-                    jwks.len()
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
                 );
                 let _ = socket.write_all(response.as_bytes()).await;
             });
         }
     });
-    let app = spawn_app_with(|c| {
-        c.auth = Some(AuthSettings {
-            jwks: JwksSource::Url { url, ca: None },
-            issuer: ISSUER.into(),
-            audience: AUDIENCE.into(),
-            leeway_s: 0,
-        })
-    })
-    .await;
-    accepts_the_test_key_only(&app).await;
-    app.stop().await;
+    url
+}
+
+fn url_key_set(url: String) -> AuthSettings {
+    AuthSettings {
+        jwks: JwksSource::Url { url, ca: None },
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        leeway_s: 0,
+    }
+}
+
+/// A key server answering with megabytes is not read to the end: the start stops, naming
+/// the setting.
+#[tokio::test]
+async fn a_key_set_larger_than_a_megabyte_stops_the_start() {
+    let huge = format!("{{\"keys\": [], \"padding\": \"{}\"}}", "x".repeat(2 << 20));
+    let url = serve_over_http(huge).await;
+    let config = crate::tls::test_config(|c| c.auth = Some(url_key_set(url)));
+    let error = crate::tls::start_error(config).await;
+    assert!(error.contains("HL7BRIDGE_AUTH_JWKS_URL"), "{error}");
+    assert!(error.contains("larger than"), "{error}");
 }
 
 /// SMART v2 `u` updates; only `c` creates, and a PUT to an id that does not exist (or was
