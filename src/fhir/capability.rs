@@ -30,6 +30,99 @@ pub fn capability_statement(base: &str, started: &str) -> Value {
     })
 }
 
+/// The R4 target types of the reference parameters the index keeps for any type (their
+/// element allows several): a `_revinclude` through one of them is listed only on the types
+/// it can point at. A parameter not listed here (Provenance's `target`) may point at any.
+const R4_TARGETS: &[((&str, &str), &[&str])] = &[
+    (
+        ("Patient", "general-practitioner"),
+        &["Organization", "Practitioner", "PractitionerRole"],
+    ),
+    (
+        ("Observation", "subject"),
+        &["Patient", "Group", "Device", "Location"],
+    ),
+    (
+        ("Observation", "performer"),
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "CareTeam",
+            "Patient",
+            "RelatedPerson",
+        ],
+    ),
+    (
+        ("Observation", "has-member"),
+        &["Observation", "QuestionnaireResponse", "MolecularSequence"],
+    ),
+    (
+        ("DiagnosticReport", "performer"),
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "CareTeam",
+        ],
+    ),
+    (
+        ("DiagnosticReport", "subject"),
+        &["Patient", "Group", "Device", "Location"],
+    ),
+    (("Encounter", "subject"), &["Patient", "Group"]),
+    (
+        ("Encounter", "participant"),
+        &["Practitioner", "PractitionerRole", "RelatedPerson"],
+    ),
+    (("Condition", "subject"), &["Patient", "Group"]),
+    (("Procedure", "subject"), &["Patient", "Group"]),
+    (
+        ("MedicationRequest", "requester"),
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "Organization",
+            "Patient",
+            "RelatedPerson",
+            "Device",
+        ],
+    ),
+    (("MedicationRequest", "subject"), &["Patient", "Group"]),
+    (("Appointment", "based-on"), &["ServiceRequest"]),
+    (
+        ("Appointment", "actor"),
+        &[
+            "Patient",
+            "Practitioner",
+            "PractitionerRole",
+            "RelatedPerson",
+            "Device",
+            "HealthcareService",
+            "Location",
+        ],
+    ),
+    (
+        ("Provenance", "agent"),
+        &[
+            "Practitioner",
+            "PractitionerRole",
+            "RelatedPerson",
+            "Patient",
+            "Device",
+            "Organization",
+        ],
+    ),
+];
+
+/// Whether `source`'s reference parameter `param` can point at a `target`.
+fn may_reference(source: &str, param: &str, target: &str) -> bool {
+    R4_TARGETS
+        .iter()
+        .find(|((s, p), _)| *s == source && *p == param)
+        .is_none_or(|(_, targets)| targets.contains(&target))
+}
+
 /// What a date parameter's `documentation` says: R4's CapabilityStatement has no element for
 /// sort keys.
 const SORT_KEY: &str = "Also a `_sort` key (`-` first for descending).";
@@ -73,8 +166,9 @@ fn resource(resource_type: &str) -> Value {
         .map(|p| format!("{resource_type}:{}", p.name))
         .collect();
     let revincludes: Vec<String> = all()
-        .filter(|(_, p)| match p.kind {
-            Kind::Reference { target } => target.is_none_or(|t| t == resource_type),
+        .filter(|(source, p)| match p.kind {
+            Kind::Reference { target: Some(t) } => t == resource_type,
+            Kind::Reference { target: None } => may_reference(source, p.name, resource_type),
             _ => false,
         })
         .map(|(t, p)| format!("{t}:{}", p.name))
@@ -92,4 +186,48 @@ fn resource(resource_type: &str) -> Value {
         }]);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revincludes(resource_type: &str) -> Vec<String> {
+        serde_json::from_value(resource(resource_type)["searchRevInclude"].clone()).unwrap()
+    }
+
+    #[test]
+    fn revincludes_are_listed_only_where_their_reference_can_point() {
+        let appointment = revincludes("Appointment");
+        assert!(
+            !appointment.contains(&"Observation:subject".to_string()),
+            "{appointment:?}"
+        );
+        assert!(appointment.contains(&"Provenance:target".to_string()));
+        let patient = revincludes("Patient");
+        for expected in [
+            "Observation:subject",
+            "Appointment:actor",
+            "Provenance:target",
+        ] {
+            assert!(
+                patient.contains(&expected.to_string()),
+                "{expected}: {patient:?}"
+            );
+        }
+        assert!(revincludes("ServiceRequest").contains(&"Appointment:based-on".to_string()));
+    }
+
+    #[test]
+    fn every_listed_parameter_is_one_the_index_keeps_for_any_type() {
+        for ((source, param), _) in R4_TARGETS {
+            let found = crate::store::search_params::find(source, param)
+                .unwrap_or_else(|| panic!("{source}.{param} is not indexed"));
+            assert_eq!(
+                found.kind,
+                Kind::Reference { target: None },
+                "{source}.{param}"
+            );
+        }
+    }
 }
