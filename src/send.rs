@@ -377,21 +377,23 @@ impl Link {
 }
 
 /// The answer's MSA segments (ACK code and control id) and, for each ERR, its location and
-/// table 0357 code. The rest of an ACK (the header, ERR's diagnostic text) is left out of the
-/// terminal: what was said about a message stays in the server's message store.
+/// table 0357 code. The rest of an ACK (the header, MSA-3's and ERR's free text, which a
+/// receiver may fill with what it read) is left out of the terminal: no message content, so
+/// no patient data, is printed; what was said about a message stays in the message store.
 fn summary(answer: &str) -> String {
     let separator = answer.chars().nth(3).unwrap_or('|');
     answer
         .split('\r')
         .filter_map(|segment| {
-            if segment.starts_with("MSA") {
-                Some(segment.to_string())
+            let kept = if segment.starts_with("MSA") {
+                3
             } else if segment.starts_with("ERR") {
-                let fields: Vec<&str> = segment.split(separator).take(5).collect();
-                Some(fields.join(&separator.to_string()))
+                5
             } else {
-                None
-            }
+                return None;
+            };
+            let fields: Vec<&str> = segment.split(separator).take(kept).collect();
+            Some(fields.join(&separator.to_string()))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -429,6 +431,9 @@ mod tests {
             summary(ack),
             "MSA|AE|C1\nERR||PID^1^7|102^Data type error^HL70357|E"
         );
+        // Another receiver's MSA-3 text may quote what it read: left out too.
+        let quoting = "MSH|^~\\&|OTHER|H|LAB|F|2024||ACK|X|P|2.3\rMSA|AE|C2|bad name Quill^Ada\r";
+        assert_eq!(summary(quoting), "MSA|AE|C2");
     }
 
     #[test]

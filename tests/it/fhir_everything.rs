@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use crate::support::{next_link, spawn_app, spawn_app_with, TestApp};
+use crate::support::{next_link, pages, spawn_app, spawn_app_with, TestApp};
 
 /// An invented patient with eight observations in 2019, four in 2020, an encounter in 2018 and
 /// a 2019 MedicationRequest naming a Medication and a Practitioner. Returns the patient's id.
@@ -45,29 +45,6 @@ async fn seed(app: &TestApp) -> String {
         .as_str()
         .unwrap();
     location.split('/').nth(1).unwrap().to_string()
-}
-
-/// Follows `next` links from `first`; returns every page.
-async fn pages(app: &TestApp, first: &str) -> Vec<Value> {
-    let mut url = format!("{}{first}", app.base);
-    let mut out = Vec::new();
-    loop {
-        let response = app.client.get(&url).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        let page: Value = response.json().await.unwrap();
-        let next = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-        out.push(page);
-        match next {
-            Some(next) => url = next,
-            None => return out,
-        }
-        assert!(out.len() < 50, "paging ends");
-    }
 }
 
 fn entries<'a>(page: &'a Value, mode: &str) -> Vec<&'a Value> {

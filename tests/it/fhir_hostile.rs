@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{spawn_app, spawn_app_with};
+use crate::support::{entry_statuses, spawn_app, spawn_app_with};
 
 fn transaction(entries: Vec<Value>) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
@@ -14,15 +14,6 @@ fn transaction(entries: Vec<Value>) -> Value {
 
 fn post(url: &str, resource: Value) -> Value {
     json!({"resource": resource, "request": {"method": "POST", "url": url}})
-}
-
-fn statuses(response: &Value) -> Vec<String> {
-    response["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test]
@@ -119,7 +110,7 @@ async fn a_failed_batch_entry_is_neither_matched_nor_referenced_by_other_entries
     let (status, response) = app.post_bundle(bundle.to_string()).await;
     assert_eq!(status, 200);
     assert_eq!(
-        statuses(&response),
+        entry_statuses(&response),
         ["400 Bad Request", "201 Created", "400 Bad Request"]
     );
     let location = response["entry"][1]["response"]["location"]
@@ -169,7 +160,7 @@ async fn in_a_batch_a_failed_precondition_fails_only_its_entry() {
     let (status, response) = app.post_bundle(bundle.to_string()).await;
     assert_eq!(status, 200);
     assert_eq!(
-        statuses(&response),
+        entry_statuses(&response),
         ["412 Precondition Failed", "201 Created"]
     );
     app.stop().await;
@@ -185,7 +176,7 @@ async fn a_batch_applies_two_updates_of_one_resource_in_order() {
     let bundle =
         json!({"resourceType": "Bundle", "type": "batch", "entry": [put("male"), put("female")]});
     let (_, response) = app.post_bundle(bundle.to_string()).await;
-    assert_eq!(statuses(&response), ["201 Created", "200 OK"]);
+    assert_eq!(entry_statuses(&response), ["201 Created", "200 OK"]);
     let (_, patient) = app.get_json("/Patient/twice").await;
     assert_eq!(
         (
@@ -368,7 +359,7 @@ async fn an_entry_failing_at_reference_resolution_is_neither_matched_nor_referen
     ]});
     let (_, response) = app.post_bundle(bundle.to_string()).await;
     assert_eq!(
-        statuses(&response),
+        entry_statuses(&response),
         ["400 Bad Request", "201 Created", "400 Bad Request"]
     );
     app.stop().await;

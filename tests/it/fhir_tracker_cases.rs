@@ -3,20 +3,11 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, TestApp};
+use crate::support::{entry_statuses, spawn_app, TestApp};
 
 fn organization(value: &str) -> Value {
     json!({"resourceType": "Organization", "name": "Invented Clinic",
         "identifier": [{"system": "urn:test:tracker-org", "value": value}]})
-}
-
-fn statuses(response: &Value) -> Vec<String> {
-    response["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// `Type/id` of an entry's response location, without its version.
@@ -71,10 +62,14 @@ async fn a_transaction_of_conditional_puts_posted_twice_answers_200_the_second_t
          "request": {"method": "PUT", "url": "Patient?identifier=urn:test:tracker-mrn|MRN-T2"}}]});
     let (status, first) = app.post_bundle(bundle.to_string()).await;
     assert_eq!(status, 200, "{first}");
-    assert_eq!(statuses(&first), ["201 Created", "201 Created"]);
+    assert_eq!(entry_statuses(&first), ["201 Created", "201 Created"]);
     let (status, second) = app.post_bundle(bundle.to_string()).await;
     assert_eq!(status, 200, "{second}");
-    assert_eq!(statuses(&second), ["200 OK", "200 OK"], "never 409 or 500");
+    assert_eq!(
+        entry_statuses(&second),
+        ["200 OK", "200 OK"],
+        "never 409 or 500"
+    );
     assert_eq!(count(&app, "/Patient?identifier=MRN-T2").await, 1);
     app.stop().await;
 }
@@ -119,7 +114,7 @@ async fn a_batch_with_one_invalid_entry_answers_it_400_and_applies_the_others() 
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["type"], "batch-response");
     assert_eq!(
-        statuses(&response),
+        entry_statuses(&response),
         ["201 Created", "400 Bad Request", "201 Created"]
     );
     let outcome = &response["entry"][1]["response"]["outcome"];

@@ -341,6 +341,34 @@ async fn fresh_postgres_database(url: &str) -> String {
     format!("{server}/{name}{query}")
 }
 
+/// Each entry's `response.status` of a transaction or batch response.
+pub fn entry_statuses(response: &Value) -> Vec<String> {
+    response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Follows `next` links from `first` (a path); returns every page.
+pub async fn pages(app: &TestApp, first: &str) -> Vec<Value> {
+    let mut url = format!("{}{first}", app.base);
+    let mut out = Vec::new();
+    loop {
+        let response = app.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let next = next_link(&page);
+        out.push(page);
+        match next {
+            Some(next) => url = next,
+            None => return out,
+        }
+        assert!(out.len() < 50, "paging ends");
+    }
+}
+
 /// A Bundle's `next` link, if it has one.
 pub fn next_link(bundle: &Value) -> Option<String> {
     bundle["link"]

@@ -488,15 +488,17 @@ mod tests {
         }
     }
 
+    /// An Observation whose quantity is `value`, written as given (JSON number text).
+    fn observation(value: &str) -> Value {
+        serde_json::from_str::<Value>(&format!(
+            r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
+                "valueQuantity":{{"value":{value}}}}}"#
+        ))
+        .unwrap()
+    }
+
     #[test]
     fn a_number_beyond_a_doubles_range_is_refused() {
-        let observation = |value: &str| {
-            serde_json::from_str::<Value>(&format!(
-                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
-                    "valueQuantity":{{"value":{value}}}}}"#
-            ))
-            .unwrap()
-        };
         let refused = canonicalize(observation("1e400")).unwrap_err().to_string();
         assert!(refused.contains("out of any decimal's range"), "{refused}");
         assert!(canonicalize(observation("1e300")).is_ok());
@@ -644,13 +646,6 @@ mod tests {
 
     #[test]
     fn a_number_longer_than_the_bound_is_refused_with_its_path() {
-        let observation = |value: &str| {
-            serde_json::from_str::<Value>(&format!(
-                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
-                    "valueQuantity":{{"value":{value}}}}}"#
-            ))
-            .unwrap()
-        };
         let longest = format!("0.{}", "1".repeat(MAX_NUMBER_CHARS - 2));
         let out = canonicalize(observation(&longest)).unwrap();
         assert_eq!(out["valueQuantity"]["value"].to_string(), longest);
