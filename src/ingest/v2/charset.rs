@@ -121,6 +121,11 @@ impl CharsetRules {
         }
     }
 
+    /// Whether any sender has a character set of its own.
+    pub(crate) fn has_sender_rules(&self) -> bool {
+        !self.by_sender.is_empty()
+    }
+
     /// The character set configured for a sender (MSH-3 and MSH-4 namespace ids).
     fn for_sender(&self, application: &str, facility: &str) -> Option<&'static Encoding> {
         let fits = |pattern: &str, value: &str| pattern == "*" || pattern == value;

@@ -127,9 +127,12 @@ impl RawMessage {
             .collect::<Vec<_>>()
             .join(&b'\r');
         // The sender's namespace ids are ASCII in practice; read before decoding, since the
-        // sender may be what decides how to decode.
-        let sender =
-            Header::read(&String::from_utf8_lossy(first), false).and_then(|h| h.namespace_ids());
+        // sender may be what decides how to decode (and only then: this runs per message).
+        let sender = rules
+            .has_sender_rules()
+            .then(|| Header::read(&String::from_utf8_lossy(first), false))
+            .flatten()
+            .and_then(|h| h.namespace_ids());
         let sender = sender.as_ref().map(|(a, f)| (a.as_str(), f.as_str()));
         let (text, charset) = decode(&joined, msh_18(first).as_deref(), sender, rules);
         let header = read_decoded_header(&text);
