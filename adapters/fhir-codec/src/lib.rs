@@ -296,6 +296,129 @@ fn is_instant(text: &str) -> bool {
     zone_ok && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
 
+/// R4 elements of type date or dateTime (instant, a dateTime with every part, in places), by
+/// JSON name: the names that no R4 type uses for anything JSON writes as a string. fhirbolt
+/// keeps these as unchecked text, so `"birthDate": "yesterday"` would be stored and then
+/// break every date search and every client that parses it. (Listed from fhirbolt's own R4
+/// model: the fields typed `Date`, `DateTime` or `Instant` whose name has no string-valued
+/// type elsewhere; `start`, which GraphDefinition uses for a code, is checked only in a
+/// Period.) `[x]` choices name their type: `valueDate`, `effectiveDateTime`.
+const DATE_TIME_NAMES: &[&str] = &[
+    "approvalDate",
+    "authored",
+    "authoredOn",
+    "birthDate",
+    "created",
+    "creation",
+    "date",
+    "dateAsserted",
+    "dateOfFirstAuthorization",
+    "dateTime",
+    "dateWritten",
+    "detected",
+    "effectiveDate",
+    "effectiveTime",
+    "end",
+    "enteredDate",
+    "event",
+    "expirationDate",
+    "expiry",
+    "ifModifiedSince",
+    "internationalBirthDate",
+    "issued",
+    "lastModified",
+    "lastOccurrence",
+    "lastPerformed",
+    "lastReviewDate",
+    "lastUpdated",
+    "lockedDate",
+    "manufactureDate",
+    "nextScheduled",
+    "occurrenceDateTime",
+    "onset",
+    "paymentDate",
+    "presentationDate",
+    "publicationDate",
+    "received",
+    "receivedTime",
+    "recorded",
+    "recordedDate",
+    "recordedOn",
+    "releaseDate",
+    "restoreDate",
+    "sent",
+    "started",
+    "statusDate",
+    "time",
+    "timestamp",
+    "validTo",
+    "validationDate",
+    "verificationDate",
+    "whenHandedOver",
+    "whenPrepared",
+];
+
+/// Of those, the names typed `date` wherever they appear: no time of day.
+const DATE_ONLY_NAMES: &[&str] = &[
+    "approvalDate",
+    "birthDate",
+    "lastReviewDate",
+    "nextScheduled",
+];
+
+/// Whether a string at `key` (under `path`, the parent's path) must be a date or dateTime:
+/// `Some(true)` for a date only.
+fn date_kind(parent: &str, key: &str) -> Option<bool> {
+    if DATE_ONLY_NAMES.contains(&key) || key.ends_with("Date") && !key.ends_with("DateTime") {
+        // `valueDate`, `birthDate`; but `effectiveDate` is a dateTime.
+        return Some(DATE_ONLY_NAMES.contains(&key) || !DATE_TIME_NAMES.contains(&key));
+    }
+    if key.ends_with("DateTime") || DATE_TIME_NAMES.contains(&key) {
+        return Some(false);
+    }
+    let in_period = parent
+        .rsplit('.')
+        .next()
+        .map(|last| last.split('[').next().unwrap_or(last))
+        .is_some_and(|last| last == "period" || last.ends_with("Period"));
+    (in_period && key == "start").then_some(false)
+}
+
+/// FHIR's date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) and, unless `date_only`, dateTime: a date, or
+/// a full date with a time to the second, optional fraction, and a zone.
+fn is_date_time(text: &str, date_only: bool) -> bool {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let number = |range: std::ops::Range<usize>| text[range].parse::<u32>().unwrap_or(0);
+    if !digits(0..4) || number(0..4) == 0 {
+        return false;
+    }
+    match bytes.len() {
+        4 => return true,
+        7 => {
+            return bytes[4] == b'-' && digits(5..7) && (1..=12).contains(&number(5..7));
+        }
+        10 => {
+            return bytes[4] == b'-'
+                && bytes[7] == b'-'
+                && digits(5..7)
+                && digits(8..10)
+                && chrono::NaiveDate::from_ymd_opt(
+                    number(0..4) as i32,
+                    number(5..7),
+                    number(8..10),
+                )
+                .is_some();
+        }
+        _ => {}
+    }
+    !date_only && is_instant(text)
+}
+
 /// A positiveInt (or each of an array of them) is at least 1. Values that are not numbers are
 /// the other types some of these names have, or fhirbolt's to refuse.
 fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
@@ -307,6 +430,28 @@ fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
         v if zero(v) => Err(structure(path, "a positiveInt must be at least 1")),
         _ => Ok(()),
     }
+}
+
+/// A date or dateTime (or each of an array of them) has FHIR's shape and names a real day.
+/// Values that are not strings are fhirbolt's to refuse.
+fn check_dates(value: &Value, path: &str, date_only: bool) -> Result<(), CodecError> {
+    let bad = |v: &Value| v.as_str().is_some_and(|t| !is_date_time(t, date_only));
+    let wrong = match value {
+        Value::Array(items) => items.iter().any(bad),
+        v => bad(v),
+    };
+    if !wrong {
+        return Ok(());
+    }
+    Err(structure(
+        path,
+        if date_only {
+            "a date is YYYY, YYYY-MM or YYYY-MM-DD, and a real one"
+        } else {
+            "a dateTime is YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff] with a time \
+             zone (Z or ±hh:mm), and a real one"
+        },
+    ))
 }
 
 /// FHIR strings exclude code points below U+0020 other than tab, CR and LF.
@@ -338,6 +483,9 @@ fn check_object(
                      (YYYY-MM-DDThh:mm:ss[.fff]Z or ±hh:mm)",
                 ));
             }
+        }
+        if let Some(date_only) = date_kind(&path[..len], key) {
+            check_dates(child, path, date_only)?;
         }
         check_structure(child, path, depth + 1)?;
         path.truncate(len);
@@ -503,6 +651,71 @@ mod tests {
         assert!(refused.contains("out of any decimal's range"), "{refused}");
         assert!(canonicalize(observation("1e300")).is_ok());
         assert!(canonicalize(observation("-0.000000000000000000001")).is_ok());
+    }
+
+    #[test]
+    fn dates_and_date_times_must_have_fhirs_shape_and_name_a_real_day() {
+        let patient = |birth: &str| json!({"resourceType": "Patient", "birthDate": birth});
+        for good in ["1980", "1980-02", "1980-02-29"] {
+            assert!(canonicalize(patient(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "yesterday",
+            "1981-02-29",
+            "1980-13",
+            "0000",
+            "80-02-03",
+            "1980-02-03T10:00:00Z",
+            "03/02/1980",
+        ] {
+            let refused = canonicalize(patient(bad)).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("Patient.birthDate: a date is"),
+                "{bad}: {refused}"
+            );
+        }
+        let observation = |effective: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "effectiveDateTime": effective})
+        };
+        for good in [
+            "2024",
+            "2024-03-05",
+            "2024-03-05T10:00:00+01:00",
+            "2024-03-05T10:00:00.5Z",
+        ] {
+            assert!(canonicalize(observation(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "2024-03-05T10:00:00",
+            "2024-03-05T10:00Z",
+            "2024-03-32",
+            "now",
+        ] {
+            let refused = canonicalize(observation(bad)).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("Observation.effectiveDateTime: a dateTime is"),
+                "{bad}: {refused}"
+            );
+        }
+        // A Period's start, an array of Timing events, and a code named `start` elsewhere.
+        let encounter = json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"code": "AMB"}, "period": {"start": "2024-02-30"}});
+        let refused = canonicalize(encounter).unwrap_err().to_string();
+        assert!(refused.starts_with("Encounter.period.start"), "{refused}");
+        let request = json!({"resourceType": "MedicationRequest", "status": "active",
+            "intent": "order", "medicationCodeableConcept": {"text": "x"},
+            "subject": {"reference": "Patient/p"},
+            "dosageInstruction": [{"timing": {"event": ["2024-03-05T08:00:00Z", "soon"]}}]});
+        let refused = canonicalize(request).unwrap_err().to_string();
+        assert!(refused.contains("timing.event"), "{refused}");
+        assert_eq!(date_kind("GraphDefinition", "start"), None);
+        assert_eq!(date_kind("Goal.target[0].duePeriod", "start"), Some(false));
+        assert_eq!(date_kind("Extension", "valueDate"), Some(true));
+        assert_eq!(
+            date_kind("MedicationKnowledge", "effectiveDate"),
+            Some(false)
+        );
     }
 
     #[test]
