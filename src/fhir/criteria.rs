@@ -1,42 +1,155 @@
-//! Search criteria in conditional operations and conditional references
-//! (`Organization?identifier=http://x|123`). Only `identifier` is supported for now.
+//! Match URLs: the search criteria of conditional creates (`ifNoneExist`), conditional updates
+//! and deletes, and conditional references (`Organization?identifier=http://x|123`).
+//!
+//! A match URL may use any search parameter this server indexes for the type, and `_id` and
+//! `_lastUpdated`. A parameter it does not know, and any result parameter (`_count`, `_sort`),
+//! is refused with 400: ignoring a criterion would widen the match, and a conditional update
+//! would then overwrite a resource the client never meant.
+//!
+//! A value that is the `fullUrl` of an entry of the same Bundle (`patient=urn:uuid:…`) stands
+//! for the resource that entry creates or matches, and is replaced by its `Type/id` before
+//! the match is made.
 //!
 //! A `+` in a match URL is a plus sign, not a space: these URLs come from Bundle entries, not
 //! from HTML forms, and identifier values and time offsets contain real plus signs.
 
 use super::error::FhirError;
 use super::id::is_resource_type;
-use crate::store::IdentifierLookup;
+use super::search::match_criteria;
+use crate::store::{Criterion, IdentifierLookup};
 
-/// Parses `Type?identifier=[system|]value`.
-pub fn parse_conditional_reference(reference: &str) -> Option<Result<IdentifierLookup, FhirError>> {
+/// A match URL as read: its type and its (name, value) pairs, percent-decoded, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MatchUrl {
+    pub resource_type: String,
+    pairs: Vec<(String, String)>,
+}
+
+/// What answers a match URL once the `fullUrl`s in it are resolved.
+#[derive(Debug, Clone)]
+pub enum Match {
+    /// A single `identifier` criterion with one value: a Bundle's lookups of this kind (a
+    /// Synthea patient Bundle holds hundreds) are answered together by one query.
+    Identifier(IdentifierLookup),
+    /// Anything else: a search.
+    Search(SearchMatch),
+}
+
+/// A match URL answered by a search.
+#[derive(Debug, Clone)]
+pub struct SearchMatch {
+    pub resource_type: String,
+    /// The resolved match URL, canonical enough to key the answers of one Bundle.
+    pub key: String,
+    pub criteria: Vec<Criterion>,
+}
+
+impl Match {
+    pub fn resource_type(&self) -> &str {
+        match self {
+            Match::Identifier(lookup) => &lookup.resource_type,
+            Match::Search(search) => &search.resource_type,
+        }
+    }
+}
+
+/// What a value in a match URL stands for: `Some("Type/id")` for an entry's `fullUrl`, `None`
+/// for a value to be taken as written.
+pub type Placeholders<'a> = &'a dyn Fn(&str) -> Result<Option<String>, FhirError>;
+
+impl MatchUrl {
+    /// Reads the query part of a match URL for `resource_type`; a leading `?` or `Type?` is
+    /// allowed. Every parameter is checked now, so an unknown one fails the entry before
+    /// anything is planned.
+    pub fn parse(resource_type: &str, query: &str) -> Result<MatchUrl, FhirError> {
+        let query = query.trim_start_matches('?');
+        let query = match query.split_once('?') {
+            Some((prefix, rest)) if prefix == resource_type => rest,
+            _ => query,
+        };
+        let mut pairs = Vec::new();
+        for part in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            let (name, value) = (decoded(name)?, decoded(value)?);
+            if name.is_empty() {
+                return Err(FhirError::invalid("a criterion without a name"));
+            }
+            if value.is_empty() {
+                return Err(FhirError::invalid(format!(
+                    "the criterion {name} has no value"
+                )));
+            }
+            pairs.push((name, value));
+        }
+        if pairs.is_empty() {
+            return Err(FhirError::invalid(
+                "a match URL needs at least one search criterion",
+            ));
+        }
+        let url = MatchUrl {
+            resource_type: resource_type.to_string(),
+            pairs,
+        };
+        url.resolve(&|_| Ok(None))?;
+        Ok(url)
+    }
+
+    /// The match, with every value that names a `fullUrl` replaced by what `placeholders`
+    /// says it stands for.
+    pub fn resolve(&self, placeholders: Placeholders) -> Result<Match, FhirError> {
+        let mut pairs = Vec::with_capacity(self.pairs.len());
+        for (name, value) in &self.pairs {
+            let resolved = value
+                .split(',')
+                .map(|v| Ok(placeholders(v)?.unwrap_or_else(|| v.to_string())))
+                .collect::<Result<Vec<_>, FhirError>>()?;
+            pairs.push((name.clone(), resolved.join(",")));
+        }
+        if let [(name, value)] = pairs.as_slice() {
+            if name == "identifier" && !value.contains(',') {
+                return Ok(Match::Identifier(identifier_lookup(
+                    &self.resource_type,
+                    value,
+                )?));
+            }
+        }
+        let criteria = match_criteria(&self.resource_type, &pairs)?;
+        let query: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        Ok(Match::Search(SearchMatch {
+            resource_type: self.resource_type.clone(),
+            key: format!("{}?{}", self.resource_type, query.join("&")),
+            criteria,
+        }))
+    }
+
+    /// Whether this is one `identifier` criterion with one value (matched on identifiers
+    /// alone, with no other index rows).
+    pub fn is_identifier_only(&self) -> bool {
+        matches!(self.pairs.as_slice(), [(name, value)] if name == "identifier" && !value.contains(','))
+    }
+
+    /// Every value of the match URL, split at commas (where `fullUrl`s may stand).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.pairs.iter().flat_map(|(_, v)| v.split(','))
+    }
+}
+
+/// Parses a conditional reference, `Type?criteria`; `None` for any other reference.
+pub fn parse_conditional_reference(reference: &str) -> Option<Result<MatchUrl, FhirError>> {
     let (resource_type, query) = reference.split_once('?')?;
     if !is_resource_type(resource_type) {
         return Some(Err(FhirError::invalid(format!(
             "conditional reference to unknown resource type {resource_type:?}"
         ))));
     }
-    Some(parse_identifier_query(resource_type, query))
+    Some(MatchUrl::parse(resource_type, query))
 }
 
-/// Parses the query part of a conditional create or update for `resource_type`.
-pub fn parse_identifier_query(
-    resource_type: &str,
-    query: &str,
-) -> Result<IdentifierLookup, FhirError> {
-    let mut params = query.split('&').filter(|p| !p.is_empty());
-    let (Some(param), None) = (params.next(), params.next()) else {
-        return Err(unsupported(query));
-    };
-    let Some(("identifier", raw)) = param.split_once('=') else {
-        return Err(unsupported(query));
-    };
-    let token = percent_decode(raw)
-        .filter(|t| !t.chars().any(char::is_control))
-        .ok_or_else(|| FhirError::invalid("malformed percent-encoding or a control character"))?;
+/// `identifier=[system|]value` for one type.
+fn identifier_lookup(resource_type: &str, token: &str) -> Result<IdentifierLookup, FhirError> {
     let (system, value) = match token.split_once('|') {
         Some((system, value)) => (Some(system.to_string()), value),
-        None => (None, token.as_str()),
+        None => (None, token),
     };
     if value.is_empty() {
         return Err(FhirError::invalid("identifier criteria without a value"));
@@ -48,15 +161,10 @@ pub fn parse_identifier_query(
     })
 }
 
-fn unsupported(query: &str) -> FhirError {
-    let names: Vec<&str> = query
-        .split('&')
-        .map(|p| p.split('=').next().unwrap_or(""))
-        .collect();
-    FhirError::invalid(format!(
-        "only a single identifier criterion is supported here, got: {}",
-        names.join(", ")
-    ))
+fn decoded(text: &str) -> Result<String, FhirError> {
+    percent_decode(text)
+        .filter(|t| !t.chars().any(char::is_control))
+        .ok_or_else(|| FhirError::invalid("malformed percent-encoding or a control character"))
 }
 
 /// Decodes `%XX` escapes; `+` stays a plus. `None` for a malformed escape or invalid UTF-8.
@@ -80,34 +188,90 @@ pub fn percent_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::ResponseError;
+
+    fn lookup(resource_type: &str, query: &str) -> IdentifierLookup {
+        match MatchUrl::parse(resource_type, query)
+            .unwrap()
+            .resolve(&|_| Ok(None))
+            .unwrap()
+        {
+            Match::Identifier(lookup) => lookup,
+            other => panic!("not an identifier lookup: {other:?}"),
+        }
+    }
 
     #[test]
     fn a_conditional_reference_with_a_system_is_split() {
-        let lookup = parse_conditional_reference("Organization?identifier=https://x.test/id|a1")
+        let url = parse_conditional_reference("Organization?identifier=https://x.test/id|a1")
             .unwrap()
             .unwrap();
-        assert_eq!(lookup.resource_type, "Organization");
+        assert_eq!(url.resource_type, "Organization");
+        let Match::Identifier(lookup) = url.resolve(&|_| Ok(None)).unwrap() else {
+            panic!("one identifier is a lookup");
+        };
         assert_eq!(lookup.system.as_deref(), Some("https://x.test/id"));
         assert_eq!(lookup.value, "a1");
     }
 
     #[test]
     fn a_plus_is_a_plus_and_percent_escapes_are_decoded() {
-        let lookup = parse_identifier_query("Patient", "identifier=urn:x%7Ca+b").unwrap();
+        let lookup = lookup("Patient", "identifier=urn:x%7Ca+b");
         assert_eq!(lookup.system.as_deref(), Some("urn:x"));
         assert_eq!(lookup.value, "a+b");
     }
 
     #[test]
     fn a_leading_bar_means_no_system() {
-        let lookup = parse_identifier_query("Patient", "identifier=%7C42").unwrap();
-        assert_eq!(lookup.system.as_deref(), Some(""));
+        assert_eq!(
+            lookup("Patient", "identifier=%7C42").system.as_deref(),
+            Some("")
+        );
     }
 
     #[test]
-    fn other_criteria_are_refused_clearly() {
-        let err = parse_identifier_query("Patient", "name=x&birthdate=2000").unwrap_err();
-        assert!(err.to_string().contains("name, birthdate"), "{err}");
+    fn a_leading_type_and_question_mark_are_allowed() {
+        assert_eq!(lookup("Patient", "Patient?identifier=7").value, "7");
+        assert_eq!(lookup("Patient", "?identifier=7").value, "7");
+    }
+
+    #[test]
+    fn several_criteria_make_a_search_keyed_by_their_resolved_text() {
+        let url = MatchUrl::parse(
+            "Observation",
+            "patient=urn:uuid:p1&code=http://loinc.org|1-8",
+        )
+        .unwrap();
+        let resolved = url
+            .resolve(&|v| Ok((v == "urn:uuid:p1").then(|| "Patient/abc".to_string())))
+            .unwrap();
+        let Match::Search(search) = resolved else {
+            panic!("two criteria are a search");
+        };
+        assert_eq!(
+            search.key,
+            "Observation?patient=Patient/abc&code=http://loinc.org|1-8"
+        );
+        assert_eq!(search.criteria.len(), 2);
+    }
+
+    #[test]
+    fn unknown_and_result_parameters_are_refused_not_ignored() {
+        for query in [
+            "nickname=x",
+            "family=x&_count=1",
+            "_sort=birthdate&family=x",
+        ] {
+            let err = MatchUrl::parse("Patient", query).unwrap_err();
+            assert_eq!(err.status_code(), actix_web::http::StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn empty_criteria_are_refused() {
+        for query in ["", "?", "identifier=", "family=x&gender="] {
+            assert!(MatchUrl::parse("Patient", query).is_err(), "{query:?}");
+        }
     }
 
     #[test]

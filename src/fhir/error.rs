@@ -68,6 +68,15 @@ impl FhirError {
         }
     }
 
+    /// The same error, an `Invalid` one pointed at `expression` (the element that holds what
+    /// was found wrong).
+    pub fn at(self, expression: &str) -> Self {
+        match self {
+            FhirError::Invalid { message, .. } => FhirError::invalid_at(message, expression),
+            other => other,
+        }
+    }
+
     /// The same error, pointed at a Bundle entry.
     pub fn in_entry(self, index: usize) -> Self {
         FhirError::AtEntry {

@@ -9,20 +9,19 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::criteria::parse_conditional_reference;
+use super::criteria::{parse_conditional_reference, MatchUrl};
 use super::error::FhirError;
 use super::id::parse_relative_reference;
 use super::transaction::ambiguous;
-use crate::store::IdentifierLookup;
 
 /// Rewrites every reference in `content`: `fullUrl`s of the bundle (`urn:uuid:` included) to
-/// their `Type/id`, conditional references (`Type?identifier=…`) to the one resource `find`
+/// their `Type/id`, conditional references (`Type?criteria`) to the one resource `find`
 /// returns. Other literal references are left as written; anything that is none (see
 /// [`is_literal_reference`]) is refused.
 pub fn rewrite_references(
     content: &mut Value,
     targets: &HashMap<String, String>,
-    find: &dyn Fn(&IdentifierLookup) -> Vec<String>,
+    find: Finder,
 ) -> Result<(), FhirError> {
     let contained = contained_ids(content);
     let mut failure = None;
@@ -39,10 +38,23 @@ pub fn rewrite_references(
     failure.map_or(Ok(()), Err)
 }
 
+/// The ids of the resources a conditional reference's match URL matches.
+pub type Finder<'a> = &'a dyn Fn(&MatchUrl) -> Result<Vec<String>, FhirError>;
+
+/// Rewrites the references that name a `fullUrl` in `targets` and leaves every other as
+/// written (for matching a Bundle's resources against criteria before they are finished).
+pub fn rewrite_known(content: &mut Value, targets: &HashMap<String, String>) {
+    visit_references_mut(content, &mut |reference| {
+        if let Some(target) = targets.get(reference.as_str()) {
+            *reference = target.clone();
+        }
+    });
+}
+
 fn resolve(
     reference: &str,
     targets: &HashMap<String, String>,
-    find: &dyn Fn(&IdentifierLookup) -> Vec<String>,
+    find: Finder,
     contained: &[String],
 ) -> Result<Option<String>, FhirError> {
     if let Some(target) = targets.get(reference) {
@@ -53,7 +65,7 @@ fn resolve(
             "reference {reference:?} names no entry of this bundle"
         )));
     }
-    let Some(lookup) = parse_conditional_reference(reference) else {
+    let Some(url) = parse_conditional_reference(reference) else {
         if is_literal_reference(reference, contained) {
             return Ok(None);
         }
@@ -61,9 +73,9 @@ fn resolve(
             "reference {reference:?} is not Type/id, an absolute URL or #id of a contained resource"
         )));
     };
-    let lookup = lookup?;
-    match find(&lookup).as_slice() {
-        [id] => Ok(Some(format!("{}/{id}", lookup.resource_type))),
+    let url = url?;
+    match find(&url)?.as_slice() {
+        [id] => Ok(Some(format!("{}/{id}", url.resource_type))),
         [] => Err(FhirError::invalid(format!(
             "conditional reference {reference:?} matched nothing"
         ))),
@@ -164,11 +176,11 @@ mod tests {
         let mut list = json!({"resourceType": "List",
             "contained": [{"resourceType": "Observation", "subject": {"reference": "urn:uuid:1"}}],
             "subject": {"reference": "urn:uuid:1"}});
-        rewrite_references(&mut list, &targets, &|_| Vec::new()).unwrap();
+        rewrite_references(&mut list, &targets, &|_| Ok(Vec::new())).unwrap();
         assert_eq!(list["contained"][0]["subject"]["reference"], "Patient/p");
         let mut document = json!({"resourceType": "Bundle", "type": "document", "entry": [
             {"resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:9"}}}]});
-        rewrite_references(&mut document, &targets, &|_| Vec::new()).unwrap();
+        rewrite_references(&mut document, &targets, &|_| Ok(Vec::new())).unwrap();
         assert_eq!(
             document["entry"][0]["resource"]["subject"]["reference"],
             "urn:uuid:9"
@@ -181,7 +193,7 @@ mod tests {
         let check = |reference: &str, contained: Value| {
             let mut obs = json!({"resourceType": "Observation", "contained": contained,
                 "subject": {"reference": reference}});
-            rewrite_references(&mut obs, &no_targets, &|_| Vec::new()).is_ok()
+            rewrite_references(&mut obs, &no_targets, &|_| Ok(Vec::new())).is_ok()
         };
         let none = json!([]);
         for bad in [

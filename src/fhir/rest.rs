@@ -51,7 +51,7 @@ pub async fn delete(
     remove(&state, &req, &resource_type, url).await
 }
 
-/// `PUT /{type}?identifier=…`: conditional update (the one match, else a create).
+/// `PUT /{type}?criteria`: conditional update (the one match, else a create).
 pub async fn conditional_update(
     state: web::Data<FhirState>,
     req: HttpRequest,
@@ -63,7 +63,7 @@ pub async fn conditional_update(
     put(&state, &req, &resource_type, url, body).await
 }
 
-/// `DELETE /{type}?identifier=…`: conditional delete of the one match (412 when several match,
+/// `DELETE /{type}?criteria`: conditional delete of the one match (412 when several match,
 /// 204 when none does).
 pub async fn conditional_delete(
     state: web::Data<FhirState>,
@@ -160,7 +160,7 @@ fn conditional_url(req: &HttpRequest, resource_type: &str) -> Result<String, Fhi
     let query = req.query_string();
     if query.is_empty() {
         return Err(FhirError::invalid(format!(
-            "{} /{resource_type} needs search criteria (identifier=…)",
+            "{} /{resource_type} needs search criteria (identifier=…, or any others)",
             req.method()
         )));
     }
@@ -267,9 +267,13 @@ fn without_entry(err: FhirError, resource_type: &str) -> FhirError {
                 expression,
             } => FhirError::Invalid {
                 message,
-                expression: expression.map(|e| match e.strip_prefix("resource") {
-                    Some(rest) => format!("{resource_type}{rest}"),
-                    None => e,
+                // `request.url` and `request.ifNoneExist` are the request's own URL and
+                // If-None-Exist header, which no expression names.
+                expression: expression.filter(|e| !e.starts_with("request.")).map(|e| {
+                    match e.strip_prefix("resource") {
+                        Some(rest) => format!("{resource_type}{rest}"),
+                        None => e,
+                    }
                 }),
             },
             other => other,

@@ -369,6 +369,34 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
     Ok(Some(criterion))
 }
 
+/// The criteria of a match URL (see [`super::criteria`]): every parameter must be one this
+/// server matches on; anything else is refused, since ignoring it would widen the match.
+pub fn match_criteria(
+    resource_type: &str,
+    pairs: &[(String, String)],
+) -> Result<Vec<Criterion>, FhirError> {
+    if pairs.len() > MAX_CRITERIA {
+        return Err(FhirError::invalid(format!(
+            "at most {MAX_CRITERIA} criteria are accepted in a match URL"
+        )));
+    }
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            criterion(resource_type, name, value)?.ok_or_else(|| {
+                FhirError::invalid_at(
+                    format!(
+                        "{name} is not a search parameter this server matches {resource_type} \
+                         on; a match URL holds search criteria only, since one ignored would \
+                         widen the match"
+                    ),
+                    name.clone(),
+                )
+            })
+        })
+        .collect()
+}
+
 /// `Type:param[:Target]` naming a reference parameter: (Type, its paths, the target type).
 fn include_target(value: &str) -> Option<(String, Vec<String>, Option<String>)> {
     let mut parts = value.split(':');

@@ -2,18 +2,20 @@
 //!
 //! Processing runs in three passes over the entries:
 //! 1. read each entry's request (method, URL, resource), check the resource against the R4
-//!    model, and collect every identifier lookup the bundle needs — conditional creates and
-//!    updates and conditional references — so they are answered by one batched query instead
-//!    of one query per entry;
+//!    model, and collect every match URL the bundle needs — conditional creates, updates and
+//!    deletes, and conditional references — so the store answers them before planning (all
+//!    identifier lookups in one batched query);
 //! 2. decide each entry's target id (new, matched, or given) and map every `fullUrl`
 //!    (`urn:uuid:` placeholders included) to `Type/id`; entries that failed step 1 take no
-//!    part, so nothing can match or reference them;
+//!    part, so nothing can match or reference them. A match URL naming an earlier entry's
+//!    `fullUrl` is answered once that entry's target is known (see [`plan`]);
 //! 3. rewrite references and write everything that passed, in one database transaction per
 //!    round (see [`split_writes`]).
 //!
 //! A transaction fails as a whole at the first bad entry (the error names it); a batch answers
 //! each entry on its own.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use actix_web::http::StatusCode;
@@ -22,12 +24,12 @@ use serde_json::{json, Map, Value};
 
 use super::access;
 use super::bundle::{meta, BundleTrace};
-use super::criteria::{parse_conditional_reference, parse_identifier_query};
+use super::criteria::{parse_conditional_reference, Match, MatchUrl};
 use super::error::FhirError;
 use super::id::{is_resource_type, is_valid_id};
-use super::references::{rewrite_references, visit_references};
+use super::references::{rewrite_known, rewrite_references, visit_references};
 use crate::auth::{Access, Permission, Reach};
-use crate::store::index::identifiers;
+use crate::store::index::{extract, identifiers, IndexRows};
 use crate::store::{
     instant_text, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store, StoreError,
     WriteBatch, WriteOp, Written,
@@ -44,7 +46,7 @@ enum Kind {
 enum Request {
     Create {
         resource: Value,
-        if_none_exist: Option<IdentifierLookup>,
+        if_none_exist: Option<MatchUrl>,
     },
     Update {
         resource: Value,
@@ -59,7 +61,7 @@ enum Request {
 #[derive(Clone)]
 enum Target {
     Id(String),
-    Conditional(IdentifierLookup),
+    Conditional(MatchUrl),
 }
 
 /// An entry once its target is known.
@@ -109,36 +111,161 @@ impl NewIds {
 const NEW_ID_NAMESPACE: uuid::Uuid =
     uuid::Uuid::from_u128(0x5f1c_2b0e_8d4a_4c4f_9b7e_1a2d_3c4b_5e6f);
 
-/// Identifier lookups answered by the database, plus resources of this bundle, so conditional
-/// references can resolve to either. Local identifiers are indexed by (type, value), so a
-/// bundle of thousands of conditional entries stays linear.
+/// What the store answered for a Bundle's match URLs (only matches the caller may use).
 #[derive(Default)]
-struct Matches {
-    stored: HashMap<IdentifierLookup, Vec<String>>,
-    /// (type, value) → (system, id)
-    local: HashMap<(String, String), Vec<(String, String)>>,
+struct Answers {
+    /// Identifier lookups; a lookup that matched nothing maps to no ids.
+    identifiers: HashMap<IdentifierLookup, Vec<String>>,
+    /// Other searches, by their resolved match URL.
+    searches: HashMap<String, Vec<String>>,
 }
 
-impl Matches {
-    fn add_local(&mut self, resource_type: &str, id: &str, system: String, value: String) {
-        let key = (resource_type.to_string(), value);
-        self.local
-            .entry(key)
-            .or_default()
-            .push((system, id.to_string()));
+impl Answers {
+    fn has(&self, m: &Match) -> bool {
+        match m {
+            Match::Identifier(lookup) => self.identifiers.contains_key(lookup),
+            Match::Search(search) => self.searches.contains_key(&search.key),
+        }
+    }
+}
+
+/// Matching while a Bundle is planned: what the store answered, less the resources that
+/// entries planned so far change, plus the resources of this Bundle. Local identifiers are
+/// indexed by (type, value), so a bundle of thousands of conditional entries stays linear.
+struct Matches<'a> {
+    answers: &'a Answers,
+    /// (type, value) → (system, id)
+    local: HashMap<(String, String), Vec<(String, String)>>,
+    /// This Bundle's resources by type, with their index rows: kept only when some match URL
+    /// asks more than an identifier.
+    local_rows: Option<HashMap<String, Vec<(String, IndexRows)>>>,
+    /// Resources written or deleted by entries planned so far: what the store holds of them
+    /// is about to change, so only their new content can match.
+    changed: HashSet<(String, String)>,
+    /// `fullUrl` → `Type/id`: entries planned so far, and entries whose target needs no match.
+    targets: HashMap<String, String>,
+    /// Every `fullUrl` of the Bundle's readable entries.
+    full_urls: HashSet<String>,
+    /// Matches the store has not answered yet (their resolved form was not known before).
+    pending: RefCell<Vec<Match>>,
+    now_us: i64,
+}
+
+impl<'a> Matches<'a> {
+    fn new(answers: &'a Answers, rows: bool) -> Self {
+        Matches {
+            answers,
+            local: HashMap::new(),
+            local_rows: rows.then(HashMap::new),
+            changed: HashSet::new(),
+            targets: HashMap::new(),
+            full_urls: HashSet::new(),
+            pending: RefCell::new(Vec::new()),
+            now_us: chrono::Utc::now().timestamp_micros(),
+        }
     }
 
-    fn ids(&self, lookup: &IdentifierLookup) -> Vec<String> {
-        let mut ids = self.stored.get(lookup).cloned().unwrap_or_default();
-        let key = (lookup.resource_type.clone(), lookup.value.clone());
-        for (system, id) in self.local.get(&key).into_iter().flatten() {
-            let system_ok = lookup.system.as_deref().is_none_or(|s| s == system);
-            if system_ok && !ids.contains(id) {
-                ids.push(id.clone());
+    /// Records what an entry writes, for the entries planned after it.
+    fn add_local(&mut self, w: &ResourceWrite) {
+        for (system, value) in identifiers(&w.content) {
+            let key = (w.resource_type.clone(), value);
+            self.local
+                .entry(key)
+                .or_default()
+                .push((system, w.id.clone()));
+        }
+        if let Some(by_type) = &mut self.local_rows {
+            let mut content = w.content.clone();
+            rewrite_known(&mut content, &self.targets);
+            let rows = extract(&w.resource_type, &w.id, &content);
+            let list = by_type.entry(w.resource_type.clone()).or_default();
+            list.retain(|(id, _)| *id != w.id);
+            list.push((w.id.clone(), rows));
+        }
+    }
+
+    /// The ids `url` matches, its `fullUrl` values replaced by their targets.
+    fn matched(&self, url: &MatchUrl) -> Result<Vec<String>, FhirError> {
+        let resolved = url.resolve(&|value| self.placeholder(value))?;
+        Ok(self.ids(&resolved))
+    }
+
+    fn placeholder(&self, value: &str) -> Result<Option<String>, FhirError> {
+        if let Some(target) = self.targets.get(value) {
+            return Ok(Some(target.clone()));
+        }
+        if self.full_urls.contains(value) {
+            return Err(FhirError::invalid(format!(
+                "{value} is the fullUrl of a conditional entry that comes later in the Bundle; \
+                 put that entry first"
+            )));
+        }
+        if value.starts_with("urn:uuid:") || value.starts_with("urn:oid:") {
+            return Err(FhirError::invalid(format!(
+                "{value} names no entry of this Bundle"
+            )));
+        }
+        Ok(None)
+    }
+
+    fn ids(&self, m: &Match) -> Vec<String> {
+        let stored = match m {
+            Match::Identifier(lookup) => self.answers.identifiers.get(lookup),
+            Match::Search(search) => self.answers.searches.get(&search.key),
+        };
+        if stored.is_none() {
+            self.pending.borrow_mut().push(m.clone());
+        }
+        let resource_type = m.resource_type().to_string();
+        let unchanged = |id: &&String| {
+            !self
+                .changed
+                .contains(&(resource_type.clone(), id.to_string()))
+        };
+        let mut ids: Vec<String> = stored
+            .into_iter()
+            .flatten()
+            .filter(unchanged)
+            .cloned()
+            .collect();
+        for id in self.local_ids(m) {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
         ids
     }
+
+    fn local_ids(&self, m: &Match) -> Vec<String> {
+        match m {
+            Match::Identifier(lookup) => {
+                let key = (lookup.resource_type.clone(), lookup.value.clone());
+                let found = self.local.get(&key).into_iter().flatten();
+                found
+                    .filter(|(system, _)| lookup.system.as_deref().is_none_or(|s| s == system))
+                    .map(|(_, id)| id.clone())
+                    .collect()
+            }
+            Match::Search(search) => {
+                let rows = self.local_rows.as_ref();
+                let candidates = rows.and_then(|by_type| by_type.get(&search.resource_type));
+                let meets = |(id, rows): &&(String, IndexRows)| {
+                    search
+                        .criteria
+                        .iter()
+                        .all(|c| c.holds(id, rows, self.now_us))
+                };
+                let found = candidates.into_iter().flatten().filter(meets);
+                found.map(|(id, _)| id.clone()).collect()
+            }
+        }
+    }
+}
+
+/// Planning's outcome: every entry planned, or the matches the store must answer first.
+enum Planning {
+    Done(Vec<Result<Planned, FhirError>>),
+    Ask(Vec<Match>),
 }
 
 /// Plans targets and finishes resources. In a batch, an entry that fails only while its
@@ -147,18 +274,20 @@ impl Matches {
 fn plan_until_stable(
     kind: Kind,
     mut entries: Vec<Result<Entry, FhirError>>,
-    stored: &HashMap<IdentifierLookup, Vec<String>>,
-) -> Vec<Result<Planned, FhirError>> {
+    answers: &Answers,
+    rows: bool,
+) -> Planning {
     loop {
-        let mut matches = Matches {
-            stored: stored.clone(),
-            ..Default::default()
-        };
+        let mut matches = Matches::new(answers, rows);
         let planned = plan_targets(entries.clone(), &mut matches);
-        let finished = finish_resources(planned, &matches);
+        let finished = finish_resources(planned, &mut matches);
+        let pending = matches.pending.into_inner();
+        if !pending.is_empty() {
+            return Planning::Ask(pending);
+        }
         let newly_failed = |i: usize| entries[i].is_ok() && finished[i].is_err();
         if kind == Kind::Transaction || !(0..entries.len()).any(newly_failed) {
-            return finished;
+            return Planning::Done(finished);
         }
         let failed: Vec<usize> = (0..entries.len()).filter(|&i| newly_failed(i)).collect();
         for i in failed {
@@ -169,6 +298,79 @@ fn plan_until_stable(
     }
 }
 
+/// How many times planning may stop for matches it could only resolve then: each time is one
+/// link of a chain of entries whose match URLs name earlier entries' `fullUrl`s.
+const MAX_MATCH_ROUNDS: usize = 16;
+
+/// Plans every entry, asking the store for matches as planning finds them: a match URL that
+/// names an earlier entry's `fullUrl` can only be resolved, and answered, once that entry's
+/// target is known.
+async fn plan(
+    store: &Store,
+    access: &Access,
+    kind: Kind,
+    entries: Vec<Result<Entry, FhirError>>,
+    answers: &mut Answers,
+    rows: bool,
+) -> Result<Vec<Result<Planned, FhirError>>, FhirError> {
+    let limit = match_limit(entries.len());
+    for _ in 0..MAX_MATCH_ROUNDS {
+        match plan_until_stable(kind, entries.clone(), answers, rows) {
+            Planning::Done(planned) => return Ok(planned),
+            Planning::Ask(pending) => answer(store, access, answers, pending, limit).await?,
+        }
+    }
+    Err(FhirError::invalid(format!(
+        "the Bundle's match URLs name each other's fullUrls more than {MAX_MATCH_ROUNDS} deep"
+    )))
+}
+
+/// Enough ids per search that the resources this Bundle changes can be set aside and still
+/// tell none, one or several apart.
+fn match_limit(entries: usize) -> u64 {
+    entries as u64 + 2
+}
+
+/// Asks the store for `matches` not answered yet: identifier lookups together, searches one
+/// by one.
+async fn answer(
+    store: &Store,
+    access: &Access,
+    answers: &mut Answers,
+    matches: Vec<Match>,
+    limit: u64,
+) -> Result<(), FhirError> {
+    let mut lookups = Vec::new();
+    let mut searched = HashSet::new();
+    for m in matches {
+        if answers.has(&m) {
+            continue;
+        }
+        match m {
+            Match::Identifier(lookup) => lookups.push(lookup),
+            Match::Search(search) => {
+                if !searched.insert(search.key.clone()) {
+                    continue;
+                }
+                let t = &search.resource_type;
+                let ids = store.search_ids(t, &search.criteria, limit).await?;
+                let ids = in_reach(store, access, t, ids).await?;
+                answers.searches.insert(search.key, ids);
+            }
+        }
+    }
+    if lookups.is_empty() {
+        return Ok(());
+    }
+    let mut found = store.ids_by_identifier(&lookups).await?;
+    for lookup in lookups {
+        let ids = found.remove(&lookup).unwrap_or_default();
+        let ids = in_reach(store, access, &lookup.resource_type, ids).await?;
+        answers.identifiers.insert(lookup, ids);
+    }
+    Ok(())
+}
+
 /// Limits on what one Bundle may ask for.
 pub struct BundleLimits {
     pub max_entries: usize,
@@ -177,7 +379,7 @@ pub struct BundleLimits {
 /// Processes a transaction or batch Bundle and returns the response Bundle.
 ///
 /// Bundles with conditional writes (ifNoneExist, conditional update or delete) hold
-/// `conditional_gate` from their identifier lookups until their writes commit, so that racing
+/// `conditional_gate` from their first match until their writes commit, so that racing
 /// conditional creates on this node find each other instead of duplicating. Conditional
 /// references alone create nothing and do not take it: a Synthea patient Bundle refers to its
 /// practitioners and organizations by identifier, and such Bundles load side by side.
@@ -216,19 +418,28 @@ pub async fn process(
         .collect();
     let mut permissions: Vec<Option<(String, Permission)>> =
         entries.iter().map(|e| e.as_ref().ok().map(needs)).collect();
-    let lookups = collect_lookups(&entries);
+    let urls = match_urls(&entries);
+    let rows = urls.iter().any(|url| !url.is_identifier_only());
     let _gate = if has_conditional_writes(&entries) {
         Some(conditional_gate.lock().await)
     } else {
         None
     };
-    let stored = store.ids_by_identifier(&lookups).await?;
-    let stored = matches_in_reach(store, access, stored).await?;
+    let mut answers = Answers::default();
+    let known = known_now(&urls, &entries);
+    answer(
+        store,
+        access,
+        &mut answers,
+        known,
+        match_limit(entries.len()),
+    )
+    .await?;
     let mut preconditions: Vec<Option<Precondition>> = entries
         .iter()
         .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
         .collect();
-    let mut planned = plan_until_stable(kind, entries, &stored);
+    let mut planned = plan(store, access, kind, entries, &mut answers, rows).await?;
     creating_puts_need_create(
         store,
         access,
@@ -309,28 +520,25 @@ fn permitted(access: &Access, entry: Entry) -> Result<Entry, FhirError> {
     Ok(entry)
 }
 
-/// The identifier matches `access` may use (see `access::may_match`); for a token that names
-/// no patient, all of them, unread.
-async fn matches_in_reach(
+/// The matches `access` may use (see `access::may_match`); for a token that names no patient,
+/// all of them, unread.
+async fn in_reach(
     store: &Store,
     access: &Access,
-    stored: HashMap<IdentifierLookup, Vec<String>>,
-) -> Result<HashMap<IdentifierLookup, Vec<String>>, FhirError> {
+    resource_type: &str,
+    ids: Vec<String>,
+) -> Result<Vec<String>, FhirError> {
     if access.patient().is_none() {
-        return Ok(stored);
+        return Ok(ids);
     }
-    let mut kept = HashMap::with_capacity(stored.len());
-    for (lookup, ids) in stored {
-        let mut usable = Vec::with_capacity(ids.len());
-        for id in ids {
-            let found = store.read(&lookup.resource_type, &id).await?;
-            if found.is_some_and(|r| access::may_match(access, &r)) {
-                usable.push(id);
-            }
+    let mut usable = Vec::with_capacity(ids.len());
+    for id in ids {
+        let found = store.read(resource_type, &id).await?;
+        if found.is_some_and(|r| access::may_match(access, &r)) {
+            usable.push(id);
         }
-        kept.insert(lookup, usable);
     }
-    Ok(kept)
+    Ok(usable)
 }
 
 /// A PUT that creates its target (none exists, or it was deleted) is a create as well as an
@@ -614,7 +822,7 @@ fn read_create(url: &str, resource: Option<Value>, request: &Value) -> Result<Re
     let resource = resource_of_type(url, resource)?;
     let if_none_exist = match request.get("ifNoneExist") {
         Some(Value::String(query)) => {
-            Some(parse_identifier_query(url, query.trim_start_matches('?'))?)
+            Some(MatchUrl::parse(url, query).map_err(|e| e.at("request.ifNoneExist"))?)
         }
         Some(_) => {
             return Err(FhirError::invalid_at(
@@ -633,7 +841,8 @@ fn read_create(url: &str, resource: Option<Value>, request: &Value) -> Result<Re
 fn read_update(url: &str, resource: Option<Value>) -> Result<Request, FhirError> {
     if let Some((resource_type, query)) = url.split_once('?') {
         let resource = resource_of_type(resource_type, resource)?;
-        let target = Target::Conditional(parse_identifier_query(resource_type, query)?);
+        let url = MatchUrl::parse(resource_type, query).map_err(|e| e.at("request.url"))?;
+        let target = Target::Conditional(url);
         return Ok(Request::Update { resource, target });
     }
     let (resource_type, id) = type_and_id(url)?;
@@ -660,7 +869,8 @@ fn read_delete(url: &str) -> Result<Request, FhirError> {
                 "request.url",
             ));
         }
-        let target = Target::Conditional(parse_identifier_query(resource_type, query)?);
+        let url = MatchUrl::parse(resource_type, query).map_err(|e| e.at("request.url"))?;
+        let target = Target::Conditional(url);
         return Ok(Request::Delete {
             resource_type: resource_type.into(),
             target,
@@ -711,39 +921,71 @@ fn has_conditional_writes(entries: &[Result<Entry, FhirError>]) -> bool {
     })
 }
 
-fn collect_lookups(entries: &[Result<Entry, FhirError>]) -> Vec<IdentifierLookup> {
-    let mut lookups = HashSet::new();
+/// Every match URL of the readable entries: their conditions and their resources'
+/// conditional references (those that do not parse fail later, in their entry).
+fn match_urls(entries: &[Result<Entry, FhirError>]) -> Vec<MatchUrl> {
+    let mut urls = HashSet::new();
     for entry in entries.iter().flatten() {
         let resource = match &entry.request {
             Request::Create {
                 resource,
                 if_none_exist,
             } => {
-                lookups.extend(if_none_exist.clone());
+                urls.extend(if_none_exist.clone());
                 resource
             }
             Request::Update { resource, target } => {
-                if let Target::Conditional(lookup) = target {
-                    lookups.insert(lookup.clone());
+                if let Target::Conditional(url) = target {
+                    urls.insert(url.clone());
                 }
                 resource
             }
             Request::Delete {
-                target: Target::Conditional(lookup),
+                target: Target::Conditional(url),
                 ..
             } => {
-                lookups.insert(lookup.clone());
+                urls.insert(url.clone());
                 continue;
             }
             Request::Delete { .. } => continue,
         };
         visit_references(resource, &mut |reference| {
-            if let Some(Ok(lookup)) = parse_conditional_reference(reference) {
-                lookups.insert(lookup);
+            if let Some(Ok(url)) = parse_conditional_reference(reference) {
+                urls.insert(url);
             }
         });
     }
-    lookups.into_iter().collect()
+    urls.into_iter().collect()
+}
+
+/// The matches that can be asked before planning: those of match URLs naming no `fullUrl`.
+fn known_now(urls: &[MatchUrl], entries: &[Result<Entry, FhirError>]) -> Vec<Match> {
+    let full_urls: HashSet<&str> = entries
+        .iter()
+        .flatten()
+        .filter_map(|e| e.full_url.as_deref())
+        .collect();
+    let names_an_entry =
+        |v: &str| full_urls.contains(v) || v.starts_with("urn:uuid:") || v.starts_with("urn:oid:");
+    urls.iter()
+        .filter(|url| !url.values().any(names_an_entry))
+        .filter_map(|url| url.resolve(&|_| Ok(None)).ok())
+        .collect()
+}
+
+/// The target of an entry that needs no match: a plain create's new resource, a PUT's id.
+fn fixed_target(entry: &Entry) -> Option<String> {
+    match &entry.request {
+        Request::Create {
+            resource,
+            if_none_exist: None,
+        } => Some(format!("{}/{}", type_of(resource), entry.new_id)),
+        Request::Update {
+            resource,
+            target: Target::Id(id),
+        } => Some(format!("{}/{id}", type_of(resource))),
+        _ => None,
+    }
 }
 
 /// Pass 2: target ids. Creates and updates are recorded as local matches as they are planned,
@@ -753,6 +995,13 @@ fn plan_targets(
     matches: &mut Matches,
 ) -> Vec<Result<(Option<String>, Planned), FhirError>> {
     let mut planned = Vec::with_capacity(entries.len());
+    for entry in entries.iter().flatten() {
+        let Some(url) = &entry.full_url else { continue };
+        matches.full_urls.insert(url.clone());
+        if let Some(target) = fixed_target(entry) {
+            matches.targets.entry(url.clone()).or_insert(target);
+        }
+    }
     let mut full_urls = HashSet::new();
     for entry in entries {
         let result = entry.and_then(|e| {
@@ -765,9 +1014,16 @@ fn plan_targets(
             }
             plan_entry(e, matches).map(|p| (full_url, p))
         });
-        if let Ok((_, Planned::Write(WriteOp::Upsert(w)))) = &result {
-            for (system, value) in identifiers(&w.content) {
-                matches.add_local(&w.resource_type, &w.id, system, value);
+        if let Ok((full_url, p)) = &result {
+            if let (Some(url), Some(target)) = (full_url, target_of(p)) {
+                matches.targets.insert(url.clone(), target);
+            }
+            if let Planned::Write(op) = p {
+                let (t, id) = op_target(op);
+                matches.changed.insert((t, id));
+            }
+            if let Planned::Write(WriteOp::Upsert(w)) = p {
+                matches.add_local(w);
             }
         }
         planned.push(result);
@@ -783,8 +1039,8 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             if_none_exist,
         } => {
             let resource_type = type_of(&resource);
-            if let Some(lookup) = if_none_exist {
-                match matches.ids(&lookup).as_slice() {
+            if let Some(url) = if_none_exist {
+                match matches.matched(&url)?.as_slice() {
                     [] => {}
                     [id] => {
                         return Ok(Planned::Existing {
@@ -801,8 +1057,8 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             let resource_type = type_of(&resource);
             let id = match target {
                 Target::Id(id) => id,
-                Target::Conditional(lookup) => {
-                    conditional_update_target(&resource, matches.ids(&lookup), new_id)?
+                Target::Conditional(url) => {
+                    conditional_update_target(&resource, matches.matched(&url)?, new_id)?
                 }
             };
             Ok(upsert(resource_type, id, resource))
@@ -814,7 +1070,7 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             let id = match target {
                 Target::Id(id) => id,
                 // No match: a delete of an id nothing has, which answers 204 and writes nothing.
-                Target::Conditional(lookup) => match matches.ids(&lookup).as_slice() {
+                Target::Conditional(url) => match matches.matched(&url)?.as_slice() {
                     [] => new_id,
                     [id] => id.clone(),
                     many => {
@@ -874,7 +1130,7 @@ fn upsert(resource_type: String, id: String, content: Value) -> Planned {
 /// Pass 3: references rewritten, ids set, content checked and made canonical.
 fn finish_resources(
     planned: Vec<Result<(Option<String>, Planned), FhirError>>,
-    matches: &Matches,
+    matches: &mut Matches,
 ) -> Vec<Result<Planned, FhirError>> {
     let mut targets = HashMap::new();
     for (full_url, p) in planned.iter().flatten() {
@@ -883,9 +1139,11 @@ fn finish_resources(
         };
         targets.insert(url.clone(), target);
     }
+    matches.targets = targets;
+    let matches = &*matches;
     planned
         .into_iter()
-        .map(|p| p.and_then(|(_, p)| finish(p, &targets, matches)))
+        .map(|p| p.and_then(|(_, p)| finish(p, matches)))
         .collect()
 }
 
@@ -897,15 +1155,13 @@ fn target_of(planned: &Planned) -> Option<String> {
     }
 }
 
-fn finish(
-    planned: Planned,
-    targets: &HashMap<String, String>,
-    matches: &Matches,
-) -> Result<Planned, FhirError> {
+fn finish(planned: Planned, matches: &Matches) -> Result<Planned, FhirError> {
     let Planned::Write(WriteOp::Upsert(mut w)) = planned else {
         return Ok(planned);
     };
-    rewrite_references(&mut w.content, targets, &|lookup| matches.ids(lookup))?;
+    rewrite_references(&mut w.content, &matches.targets, &|url| {
+        matches.matched(url)
+    })?;
     if let Value::Object(map) = &mut w.content {
         set_id(map, &w.id);
     }
@@ -1047,8 +1303,18 @@ fn error_response(err: &FhirError) -> Value {
 mod tests {
     use super::*;
 
-    fn no_matches() -> Matches {
-        Matches::default()
+    fn no_matches() -> Matches<'static> {
+        static EMPTY: std::sync::OnceLock<Answers> = std::sync::OnceLock::new();
+        Matches::new(EMPTY.get_or_init(Answers::default), false)
+    }
+
+    fn organization(id: &str, system: &str, value: &str) -> ResourceWrite {
+        ResourceWrite {
+            resource_type: "Organization".into(),
+            id: id.into(),
+            content: json!({"resourceType": "Organization",
+                "identifier": [{"system": system, "value": value}]}),
+        }
     }
 
     #[test]
@@ -1056,22 +1322,23 @@ mod tests {
         let targets = HashMap::from([("urn:uuid:1".to_string(), "Patient/abc".to_string())]);
         let mut obs =
             json!({"resourceType": "Observation", "subject": {"reference": "urn:uuid:1"}});
-        rewrite_references(&mut obs, &targets, &|l| no_matches().ids(l)).unwrap();
+        rewrite_references(&mut obs, &targets, &|u| no_matches().matched(u)).unwrap();
         assert_eq!(obs["subject"]["reference"], "Patient/abc");
     }
 
     #[test]
     fn an_unknown_placeholder_is_an_error_not_a_dangling_reference() {
         let mut obs = json!({"subject": {"reference": "urn:uuid:nope"}});
-        assert!(rewrite_references(&mut obs, &HashMap::new(), &|l| no_matches().ids(l)).is_err());
+        let find = |u: &MatchUrl| no_matches().matched(u);
+        assert!(rewrite_references(&mut obs, &HashMap::new(), &find).is_err());
     }
 
     #[test]
     fn a_conditional_reference_resolves_to_a_resource_of_the_same_bundle() {
         let mut matches = no_matches();
-        matches.add_local("Organization", "o1", "urn:x".into(), "7".into());
+        matches.add_local(&organization("o1", "urn:x", "7"));
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=urn:x|7"}});
-        rewrite_references(&mut enc, &HashMap::new(), &|l| matches.ids(l)).unwrap();
+        rewrite_references(&mut enc, &HashMap::new(), &|u| matches.matched(u)).unwrap();
         assert_eq!(enc["serviceProvider"]["reference"], "Organization/o1");
     }
 
@@ -1079,11 +1346,109 @@ mod tests {
     fn an_ambiguous_conditional_reference_is_a_precondition_failure() {
         let mut matches = no_matches();
         for id in ["o1", "o2"] {
-            matches.add_local("Organization", id, "urn:x".into(), "7".into());
+            matches.add_local(&organization(id, "urn:x", "7"));
         }
         let mut enc = json!({"serviceProvider": {"reference": "Organization?identifier=7"}});
-        let err = rewrite_references(&mut enc, &HashMap::new(), &|l| matches.ids(l)).unwrap_err();
+        let find = |u: &MatchUrl| matches.matched(u);
+        let err = rewrite_references(&mut enc, &HashMap::new(), &find).unwrap_err();
         assert_eq!(err.status_code(), StatusCode::PRECONDITION_FAILED);
+    }
+
+    fn entries(bundle_entries: Value) -> Vec<Result<Entry, FhirError>> {
+        let items = bundle_entries.as_array().unwrap().clone();
+        let ids = NewIds::Derived("test".into());
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                read_entry(e).map(|mut e| {
+                    e.new_id = ids.for_entry(i);
+                    e
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_match_url_naming_an_earlier_entry_is_resolved_then_asked_then_matched_locally() {
+        let code = json!({"coding": [{"system": "http://loinc.org", "code": "718-7"}]});
+        let entries = entries(json!([
+            {"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient"},
+             "resource": {"resourceType": "Patient"}},
+            {"fullUrl": "urn:uuid:o", "request": {"method": "POST", "url": "Observation"},
+             "resource": {"resourceType": "Observation", "status": "final", "code": code,
+                          "subject": {"reference": "urn:uuid:p"}}},
+            {"request": {"method": "POST", "url": "Observation",
+                         "ifNoneExist": "patient=urn:uuid:p&code=http://loinc.org|718-7"},
+             "resource": {"resourceType": "Observation", "status": "final", "code": code}},
+        ]));
+        let patient_id = NewIds::Derived("test".into()).for_entry(0);
+        let observation_id = NewIds::Derived("test".into()).for_entry(1);
+        // The store is asked with the placeholder resolved to the new patient's id.
+        let Planning::Ask(asked) = plan_until_stable(
+            Kind::Transaction,
+            entries.clone(),
+            &Answers::default(),
+            true,
+        ) else {
+            panic!("the resolved search was not asked");
+        };
+        let keys: Vec<String> = asked
+            .into_iter()
+            .map(|m| match m {
+                Match::Search(s) => s.key,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let expected =
+            format!("Observation?patient=Patient/{patient_id}&code=http://loinc.org|718-7");
+        assert_eq!(keys, vec![expected.clone()]);
+        // The store knows none; the second entry of the Bundle matches.
+        let answers = Answers {
+            searches: HashMap::from([(expected, Vec::new())]),
+            ..Answers::default()
+        };
+        let Planning::Done(planned) = plan_until_stable(Kind::Transaction, entries, &answers, true)
+        else {
+            panic!("asked again");
+        };
+        match &planned[2] {
+            Ok(Planned::Existing { resource_type, id }) => {
+                assert_eq!(
+                    (resource_type.as_str(), id),
+                    ("Observation", &observation_id)
+                )
+            }
+            _ => panic!("the third entry did not match the second"),
+        }
+    }
+
+    #[test]
+    fn a_match_url_naming_a_later_conditional_entry_is_refused() {
+        let entries = entries(json!([
+            {"request": {"method": "POST", "url": "Observation",
+                         "ifNoneExist": "patient=urn:uuid:p&status=final"},
+             "resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"text": "x"}}},
+            {"fullUrl": "urn:uuid:p", "request": {"method": "POST", "url": "Patient",
+                                                  "ifNoneExist": "identifier=urn:mrn|1"},
+             "resource": {"resourceType": "Patient"}},
+        ]));
+        let lookup = IdentifierLookup {
+            resource_type: "Patient".into(),
+            system: Some("urn:mrn".into()),
+            value: "1".into(),
+        };
+        let answers = Answers {
+            identifiers: HashMap::from([(lookup, Vec::new())]),
+            ..Answers::default()
+        };
+        let outcome = plan_until_stable(Kind::Transaction, entries, &answers, true);
+        let Planning::Done(planned) = outcome else {
+            panic!("nothing is left to ask");
+        };
+        let err = planned[0].as_ref().err().expect("refused");
+        assert!(err.to_string().contains("later in the Bundle"), "{err}");
     }
 
     #[test]

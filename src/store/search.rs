@@ -4,8 +4,9 @@
 
 use sea_orm::Value;
 
-use super::index::{index_key, index_prefix};
+use super::index::{index_key, index_prefix, IndexRows};
 use super::read::{placeholders, select, stored, StoredResource};
+use super::write::normalize;
 use super::{Store, StoreError};
 
 /// Date comparison prefixes (FHIR R4 search, 3.1.1.4.6).
@@ -70,6 +71,89 @@ pub enum Criterion {
         patient: String,
         strict: bool,
     },
+}
+
+impl DateCriterion {
+    /// Whether a stored range `[low, high)` meets this criterion: [`date_condition`] in Rust.
+    pub fn holds(&self, low: i64, high: i64) -> bool {
+        let contained = low >= self.low && high <= self.high;
+        match self.prefix {
+            Prefix::Eq => contained,
+            Prefix::Ne => !contained,
+            Prefix::Gt => high > self.high,
+            Prefix::Lt => low < self.low,
+            Prefix::Ge => high > self.high || contained,
+            Prefix::Le => low < self.low || contained,
+            Prefix::Sa => low >= self.high,
+            Prefix::Eb => high <= self.low,
+            Prefix::Ap => low < self.high && high > self.low,
+        }
+    }
+}
+
+impl Criterion {
+    /// Whether a resource not stored yet, with these index rows, meets the criterion: the same
+    /// test its SQL makes on stored rows (for matching the resources of a Bundle being
+    /// planned). Such a resource is written `now_us`; it is in no compartment yet.
+    pub fn holds(&self, id: &str, rows: &IndexRows, now_us: i64) -> bool {
+        match self {
+            Criterion::Ids(ids) => ids.iter().any(|i| i == id),
+            Criterion::LastUpdated(alternatives) => {
+                alternatives.iter().any(|d| d.holds(now_us, now_us + 1))
+            }
+            Criterion::Token {
+                param,
+                alternatives,
+            } => {
+                let values: Vec<(&str, &str)> = if param == "identifier" {
+                    let identifiers = rows.identifiers.iter();
+                    identifiers.map(|(s, v)| (s.as_str(), v.as_str())).collect()
+                } else {
+                    let tokens = rows.tokens.iter().filter(|(p, _, _)| p == param);
+                    tokens.map(|(_, s, v)| (s.as_str(), v.as_str())).collect()
+                };
+                alternatives.iter().any(|(system, code)| {
+                    values.iter().any(|(s, v)| {
+                        system.as_deref().is_none_or(|want| want == *s)
+                            && code.as_deref().is_none_or(|want| want == *v)
+                    })
+                })
+            }
+            Criterion::Reference {
+                paths,
+                alternatives,
+            } => rows.refs.iter().any(|(path, target_type, target_id)| {
+                paths.contains(path)
+                    && alternatives.iter().any(|(t, want)| {
+                        want == target_id && t.as_ref().is_none_or(|t| t == target_type)
+                    })
+            }),
+            Criterion::Date {
+                param,
+                alternatives,
+            } => rows.dates.iter().any(|(p, low, high)| {
+                p == param && alternatives.iter().any(|d| d.holds(*low, *high))
+            }),
+            Criterion::Str {
+                param,
+                alternatives,
+            } => rows.strings.iter().any(|(p, value)| {
+                let normalized = normalize(value);
+                let stored = index_prefix(&normalized);
+                p == param
+                    && alternatives.iter().any(|(how, text)| {
+                        let wanted = normalize(text);
+                        let wanted = index_prefix(&wanted);
+                        match how {
+                            StrMatch::Exact => value == text,
+                            StrMatch::StartsWith => stored.starts_with(wanted),
+                            StrMatch::Contains => stored.contains(wanted),
+                        }
+                    })
+            }),
+            Criterion::Compartment { .. } => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +244,25 @@ impl Store {
         let rows = self.query(what, &sql, params).await?;
         rows.iter()
             .map(|row| Ok((stored(row)?, row.try_get_by_index::<i64>(6)?)))
+            .collect()
+    }
+
+    /// The ids of live resources matching every criterion, at most `limit`, in id order.
+    pub async fn search_ids(
+        &self,
+        resource_type: &str,
+        criteria: &[Criterion],
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut sql = String::from("SELECT r.id FROM resource r");
+        let mut params = Vec::new();
+        where_clause(&mut sql, &mut params, resource_type, criteria);
+        sql.push_str(&format!(" ORDER BY r.id LIMIT {limit}"));
+        let rows = self
+            .query(select("resource", "match URL"), &sql, params)
+            .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get_by_index::<String>(0)?))
             .collect()
     }
 
@@ -460,6 +563,64 @@ fn like_escaped(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_criteria_hold_in_memory_as_their_sql_says() {
+        // Stored [10, 20); searched [10, 20), [0, 10), [20, 30) and [12, 15).
+        let (low, high) = (10, 20);
+        let at = |prefix, low, high| DateCriterion { prefix, low, high };
+        let cases = [
+            (at(Prefix::Eq, 10, 20), true),
+            (at(Prefix::Eq, 12, 15), false),
+            (at(Prefix::Ne, 12, 15), true),
+            (at(Prefix::Gt, 0, 10), true),
+            (at(Prefix::Gt, 20, 30), false),
+            (at(Prefix::Lt, 20, 30), true),
+            (at(Prefix::Lt, 0, 10), false),
+            (at(Prefix::Ge, 10, 20), true),
+            (at(Prefix::Le, 10, 20), true),
+            (at(Prefix::Sa, 0, 10), true),
+            (at(Prefix::Sa, 12, 15), false),
+            (at(Prefix::Eb, 20, 30), true),
+            (at(Prefix::Ap, 12, 15), true),
+            (at(Prefix::Ap, 20, 30), false),
+        ];
+        for (criterion, expected) in cases {
+            assert_eq!(criterion.holds(low, high), expected, "{criterion:?}");
+        }
+    }
+
+    #[test]
+    fn criteria_hold_on_index_rows_case_and_accent_blind_where_search_is() {
+        let mut rows = IndexRows::default();
+        rows.strings
+            .insert(("family".into(), "Ærøskøbing-Müller".into()));
+        rows.tokens
+            .insert(("code".into(), "http://loinc.org".into(), "1-8".into()));
+        rows.refs
+            .insert(("subject".into(), "Patient".into(), "p1".into()));
+        let name = |how, text: &str| Criterion::Str {
+            param: "family".into(),
+            alternatives: vec![(how, text.into())],
+        };
+        assert!(name(StrMatch::StartsWith, "ærø").holds("x", &rows, 0));
+        assert!(name(StrMatch::Contains, "MULLER").holds("x", &rows, 0));
+        assert!(!name(StrMatch::Exact, "ærøskøbing-müller").holds("x", &rows, 0));
+        let code = |system: Option<&str>, code: &str| Criterion::Token {
+            param: "code".into(),
+            alternatives: vec![(system.map(str::to_string), Some(code.into()))],
+        };
+        assert!(code(Some("http://loinc.org"), "1-8").holds("x", &rows, 0));
+        assert!(code(None, "1-8").holds("x", &rows, 0));
+        assert!(!code(Some(""), "1-8").holds("x", &rows, 0));
+        let subject = |t: Option<&str>, id: &str| Criterion::Reference {
+            paths: vec!["subject".into()],
+            alternatives: vec![(t.map(str::to_string), id.into())],
+        };
+        assert!(subject(Some("Patient"), "p1").holds("x", &rows, 0));
+        assert!(!subject(Some("Group"), "p1").holds("x", &rows, 0));
+        assert!(Criterion::Ids(vec!["x".into()]).holds("x", &rows, 0));
+    }
 
     #[test]
     fn like_wildcards_in_search_text_are_literal() {

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::spawn_app;
+use crate::support::{assert_one_created, race, spawn_app};
 
 async fn send(
     request: reqwest::RequestBuilder,
@@ -261,26 +261,8 @@ async fn twenty_racing_conditional_updates_make_one_resource_and_conditional_del
     let url = format!("{}/Patient?identifier=urn:cu%7CCU-1", app.base);
     let body = json!({"resourceType": "Patient",
         "identifier": [{"system": "urn:cu", "value": "CU-1"}], "gender": "female"});
-    let racers: Vec<_> = (0..20)
-        .map(|_| {
-            let request = app.client.put(&url);
-            let body = body.clone();
-            tokio::spawn(async move { send(request, body).await.0 })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for racer in racers {
-        statuses.push(racer.await.unwrap());
-    }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 201 || *s == 200),
-        "{statuses:?}"
-    );
+    let statuses = race(20, || app.client.put(&url), &body).await;
+    assert_one_created(&statuses);
     let (_, found) = app.get_json("/Patient?identifier=urn:cu|CU-1").await;
     assert_eq!(
         found["entry"].as_array().unwrap().len(),

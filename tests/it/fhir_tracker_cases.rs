@@ -3,18 +3,11 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{entry_statuses, spawn_app, TestApp};
+use crate::support::{entry_statuses, located, spawn_app, TestApp};
 
 fn organization(value: &str) -> Value {
     json!({"resourceType": "Organization", "name": "Invented Clinic",
         "identifier": [{"system": "urn:test:tracker-org", "value": value}]})
-}
-
-/// `Type/id` of an entry's response location, without its version.
-fn located(entry: &Value) -> String {
-    let location = entry["response"]["location"].as_str().unwrap();
-    let mut parts = location.split('/');
-    format!("{}/{}", parts.next().unwrap(), parts.next().unwrap())
 }
 
 async fn count(app: &TestApp, query: &str) -> u64 {
@@ -124,5 +117,48 @@ async fn a_batch_with_one_invalid_entry_answers_it_400_and_applies_the_others() 
         .unwrap_or_default();
     assert!(named.contains("issued"), "the element is named: {outcome}");
     assert_eq!(count(&app, "/Organization?identifier=ORG-T4").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_entrys_if_none_exist_naming_the_first_entrys_placeholder_is_resolved_first() {
+    let app = spawn_app().await;
+    let bundle = |mrn: &str| {
+        let condition = format!("identifier=urn:test:tracker-mrn|{mrn}");
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:pat-t5", "request": {"method": "POST", "url": "Patient",
+                "ifNoneExist": condition},
+             "resource": {"resourceType": "Patient",
+                "identifier": [{"system": "urn:test:tracker-mrn", "value": mrn}]}},
+            {"fullUrl": "urn:uuid:obs-t5", "request": {"method": "POST", "url": "Observation",
+                "ifNoneExist": "patient=urn:uuid:pat-t5&code=http://loinc.org|718-7"},
+             "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+                "subject": {"reference": "urn:uuid:pat-t5"}}}]})
+    };
+    let (status, first) = app.post_bundle(bundle("MRN-T5").to_string()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(entry_statuses(&first), ["201 Created", "201 Created"]);
+    // Posted again: the placeholder stands for the patient the first entry matched, so the
+    // observation matches too. Left unresolved, it would match nothing and be duplicated.
+    let (status, second) = app.post_bundle(bundle("MRN-T5").to_string()).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(entry_statuses(&second), ["200 OK", "200 OK"]);
+    for i in 0..2 {
+        assert_eq!(located(&first["entry"][i]), located(&second["entry"][i]));
+    }
+    let patient = located(&first["entry"][0]);
+    assert_eq!(
+        count(&app, &format!("/Observation?subject={patient}")).await,
+        1
+    );
+    // Another patient's observation of the same code is its own.
+    let (status, third) = app.post_bundle(bundle("MRN-T5b").to_string()).await;
+    assert_eq!(status, 200, "{third}");
+    assert_eq!(entry_statuses(&third), ["201 Created", "201 Created"]);
+    assert_eq!(
+        count(&app, "/Observation?code=http://loinc.org|718-7").await,
+        2
+    );
     app.stop().await;
 }

@@ -10,6 +10,7 @@ mod corpus;
 mod crash_safety;
 mod deferred_index;
 mod fhir_api;
+mod fhir_conditional;
 mod fhir_everything;
 mod fhir_examples;
 mod fhir_hostile;

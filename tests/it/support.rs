@@ -351,6 +351,44 @@ pub fn entry_statuses(response: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `Type/id` of a transaction or batch response entry's location, without its version.
+pub fn located(entry: &Value) -> String {
+    let location = entry["response"]["location"].as_str().unwrap();
+    let mut parts = location.split('/');
+    format!("{}/{}", parts.next().unwrap(), parts.next().unwrap())
+}
+
+/// Sends `n` requests at once, each built by `request` with `body` as FHIR JSON, and returns
+/// their statuses.
+pub async fn race(
+    n: usize,
+    request: impl Fn() -> reqwest::RequestBuilder,
+    body: &Value,
+) -> Vec<u16> {
+    let racers: Vec<_> = (0..n)
+        .map(|_| {
+            let sent = request()
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send();
+            tokio::spawn(async move { sent.await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for racer in racers {
+        statuses.push(racer.await.unwrap());
+    }
+    statuses
+}
+
+/// Racing conditional writes: exactly one created, the others found it (200).
+pub fn assert_one_created(statuses: &[u16]) {
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(created, 1, "{statuses:?}");
+    let found_it = statuses.iter().all(|s| *s == 201 || *s == 200);
+    assert!(found_it, "{statuses:?}");
+}
+
 /// Follows `next` links from `first` (a path); returns every page.
 pub async fn pages(app: &TestApp, first: &str) -> Vec<Value> {
     let mut url = format!("{}{first}", app.base);
