@@ -367,9 +367,18 @@ pub async fn search_post(
     }
     let text =
         std::str::from_utf8(&body).map_err(|_| FhirError::invalid("the form body is not UTF-8"))?;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let wanted = super::negotiate::from_form(req.query_string(), text, accept)?;
     let mut pairs = decode_pairs(req.query_string())?;
     pairs.extend(decode_pairs(text)?);
-    run_search(&state, &req, &resource_type, pairs).await
+    let mut response = run_search(&state, &req, &resource_type, pairs).await?;
+    if let Some(wanted) = wanted {
+        response.extensions_mut().insert(wanted);
+    }
+    Ok(response)
 }
 
 /// One page of results: at most `_count` resources after the cursor, a `next` link when there

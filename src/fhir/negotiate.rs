@@ -8,7 +8,9 @@
 //! including every plain JSON response, passes through untouched. A request that accepts
 //! neither format gets 406 (in JSON, since nothing it named can be written).
 //!
-//! `_format` and `_pretty` are read from the query string only, not from a `_search` form body.
+//! `POST _search` may carry `_format` and `_pretty` in its form body, which this middleware
+//! cannot read before the handler: the handler reads them and leaves its choice on the
+//! response ([`from_form`]), and a choice found there wins.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -49,6 +51,12 @@ pub async fn negotiate(
         }
     };
     let response = next.call(req).await?;
+    let wanted = response
+        .response()
+        .extensions()
+        .get::<Wanted>()
+        .copied()
+        .unwrap_or(wanted);
     let plain = Wanted {
         format: Format::Json,
         pretty: false,
@@ -127,6 +135,24 @@ pub fn wanted(query: &str, accept: Option<&str>) -> Result<Wanted, FhirError> {
         (None, None) => Format::Json,
     };
     Ok(Wanted { format, pretty })
+}
+
+/// What a `POST _search` asks for when its form body names `_format` or `_pretty` (the query
+/// string's `_format` still wins); `None` when the body names neither.
+pub fn from_form(
+    query: &str,
+    form: &str,
+    accept: Option<&str>,
+) -> Result<Option<Wanted>, FhirError> {
+    let names = |pair: &str| pair.split('=').next().unwrap_or("").to_string();
+    if !form
+        .split('&')
+        .map(names)
+        .any(|n| n == "_format" || n == "_pretty")
+    {
+        return Ok(None);
+    }
+    wanted(&format!("{query}&{form}"), accept).map(Some)
 }
 
 /// A `_format` value or a media type (without parameters) this server writes.

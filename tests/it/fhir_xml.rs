@@ -275,6 +275,31 @@ async fn format_parameters_and_accept_ranges_choose_the_representation() {
 }
 
 #[tokio::test]
+async fn a_search_posted_with_format_in_its_form_body_answers_in_that_format() {
+    let app = spawn_app().await;
+    create_patient(&app).await;
+    let search = |query: &str, body: &str| {
+        app.client
+            .post(format!("{}/Patient/_search{query}", app.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+    };
+    let xml = send(search("", "gender=female&_format=xml")).await;
+    assert_eq!(xml.status, 200, "{}", xml.body);
+    assert!(xml.content_type.starts_with("application/fhir+xml"));
+    assert!(xml.body.contains("<Bundle"), "{}", xml.body);
+    let pretty = send(search("", "gender=female&_pretty=true")).await;
+    assert!(pretty.content_type.starts_with("application/fhir+json"));
+    assert!(pretty.body.contains("\n  \"resourceType\": \"Bundle\""));
+    // The query string's `_format` wins, as it does over Accept.
+    let json = send(search("?_format=json", "gender=female&_format=xml")).await;
+    assert!(json.content_type.starts_with("application/fhir+json"));
+    let refused = send(search("", "gender=female&_format=html")).await;
+    assert_eq!(refused.status, 406, "{}", refused.body);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn pretty_indents_either_format_and_plain_json_is_left_byte_for_byte() {
     let app = spawn_app().await;
     let id = create_patient(&app).await;
