@@ -10,12 +10,34 @@ use serde_json::json;
 
 use crate::store::{instant_text, Store};
 
+/// The server's database, which these commands only read: a SQLite file that is not there
+/// is an error, not a new empty database left behind in the working directory.
+async fn open_existing(database_url: &str) -> anyhow::Result<Store> {
+    if let Some(path) = sqlite_file(database_url) {
+        if !std::path::Path::new(path).exists() {
+            anyhow::bail!(
+                "no database at {path}: run this where `serve` runs, or set \
+                 HL7BRIDGE_DATABASE_URL to the database the server uses"
+            );
+        }
+    }
+    Store::connect(database_url)
+        .await
+        .context("opening the database")
+}
+
+/// The file of a `sqlite:` URL; `None` for an in-memory database or another kind.
+fn sqlite_file(database_url: &str) -> Option<&str> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
 /// Prints one JSON line per stored message, newest first: who sent it, when, its control id,
 /// type and ACK code — never its content.
 pub async fn list(database_url: &str, ack_code: Option<&str>, limit: u64) -> anyhow::Result<()> {
-    let store = Store::connect(database_url)
-        .await
-        .context("opening the database")?;
+    let store = open_existing(database_url).await?;
     for m in store.messages(ack_code, limit).await? {
         let line = json!({
             "id": m.id,
@@ -42,9 +64,7 @@ pub async fn replay(
     ids: &[String],
     waits: crate::send::Waits,
 ) -> anyhow::Result<bool> {
-    let store = Store::connect(database_url)
-        .await
-        .context("opening the database")?;
+    let store = open_existing(database_url).await?;
     let mut payloads = Vec::with_capacity(ids.len());
     for id in ids {
         let raw = store
@@ -57,4 +77,21 @@ pub async fn replay(
     tokio::task::spawn_blocking(move || crate::send::send_payloads(mllp, &payloads, waits))
         .await
         .context("the sender stopped")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_of_a_sqlite_url_is_found_in_every_spelling() {
+        assert_eq!(sqlite_file("sqlite://hl7bridge.db"), Some("hl7bridge.db"));
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/h.db?mode=rwc"),
+            Some("/var/lib/h.db")
+        );
+        assert_eq!(sqlite_file("sqlite:h.db"), Some("h.db"));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("postgres://x/y"), None);
+    }
 }

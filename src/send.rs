@@ -246,7 +246,7 @@ fn judge(message: &Outgoing, acks: &[String], grace: Duration) -> Verdict {
     let nothing_came = accept_code.is_none() && application_code.is_none();
     let note = if nothing_came && accepted {
         let asked = if missing.is_empty() {
-            "none was asked for".to_string()
+            "none was asked for; `hl7bridge messages` lists what the server decided".to_string()
         } else {
             missing.join("; ")
         };
@@ -512,7 +512,10 @@ mod tests {
         assert!(ne.accepted);
         assert_eq!(
             ne.note.as_deref(),
-            Some("nothing was due for C1: none was asked for")
+            Some(
+                "nothing was due for C1: none was asked for; `hl7bridge messages` lists what \
+                 the server decided"
+            )
         );
         let er = judge(&one("ER", "ER"), &[], GRACE);
         assert!(er.accepted, "ER sends only on error");

@@ -84,6 +84,22 @@ async fn stored_messages_are_listed_without_content_and_replayed_over_mllp() {
 }
 
 #[test]
+fn messages_and_replay_against_a_missing_database_say_so_and_create_nothing() {
+    let dir = std::env::temp_dir().join(format!("hl7bridge-nodb-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("nothing-here.db");
+    let url = format!("sqlite://{}", missing.display());
+    for args in [&["messages"][..], &["replay", "some-id"]] {
+        let output = cli(args, &url, "127.0.0.1:9");
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("no database at"), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created the database");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn help_on_a_subcommand_prints_usage_instead_of_starting_a_server() {
     let dir = std::env::temp_dir().join(format!("hl7bridge-help-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -168,7 +168,8 @@ async fn a_stored_enhanced_mode_message_is_replayed_with_its_stored_acks() {
         stdout,
         format!(
             "{both_id}:\nMSA|CA|SC-RP1\nMSA|AA|SC-RP1\n\
-             {silent_id}:\nnothing was due for SC-RP2: none was asked for\n"
+             {silent_id}:\nnothing was due for SC-RP2: none was asked for; `hl7bridge messages` lists what the \
+             server decided\n"
         )
     );
     app.stop().await;
