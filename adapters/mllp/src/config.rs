@@ -16,6 +16,11 @@ pub struct MllpConfig {
     /// Close a connection whose frame has not ended this long after its start block, however
     /// steadily bytes arrive, so a trickling sender cannot hold a slot. Default 60 s.
     pub frame_timeout_ms: u64,
+    /// At the connection cap, when no connection is idle, a connection whose frame has been
+    /// arriving for this long is closed to make way for a newcomer: a sender trickling bytes
+    /// from many addresses cannot hold every slot for the frame timeout over and over. Its half
+    /// frame was never acknowledged, so a real sender sends it again. Default 10 s.
+    pub slow_frame_evict_ms: u64,
     /// Close a connection whose peer does not take a response within this time. Default 30 s.
     pub write_timeout_ms: u64,
     /// Connections served at once; past it the server stops accepting until one closes, leaving
@@ -39,6 +44,7 @@ impl Default for MllpConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             idle_timeout_ms: 10 * 60 * 1000,
             frame_timeout_ms: 60 * 1000,
+            slow_frame_evict_ms: 10 * 1000,
             write_timeout_ms: 30 * 1000,
             max_connections: 1024,
             max_connections_per_peer: 64,
@@ -62,6 +68,7 @@ impl MllpConfig {
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("frame_timeout_ms", self.frame_timeout_ms),
+            ("slow_frame_evict_ms", self.slow_frame_evict_ms),
             ("write_timeout_ms", self.write_timeout_ms),
             ("max_connections", self.max_connections as u64),
             (

@@ -139,11 +139,10 @@ where
             if let Some(r) = &self.registration {
                 match frame_started {
                     None => r.activity.idle_since(r.registry_start(), idle_since),
-                    Some(_) => r.activity.busy(),
+                    Some(started) => r.activity.receiving_since(r.registry_start(), started),
                 }
             }
-            let evictable = frame_started.is_none();
-            match self.read_input(deadline, stopping, evictable).await {
+            match self.read_input(deadline, stopping).await {
                 Input::Bytes(n) => {
                     if let Some(r) = &self.registration {
                         r.activity.busy();
@@ -218,8 +217,9 @@ where
     }
 
     /// Waits for input until `deadline`, or until a stop is requested (unless already
-    /// `stopping`), or (when `evictable`) until the server asks this connection to make way.
-    async fn read_input(&mut self, deadline: Instant, stopping: bool, evictable: bool) -> Input {
+    /// `stopping`), or until the server asks this connection to make way (which it does only
+    /// while it waits here, idle or mid-frame).
+    async fn read_input(&mut self, deadline: Instant, stopping: bool) -> Input {
         let read = timeout_at(deadline, self.stream.read(&mut self.read_buf));
         let evicted = async {
             match &self.registration {
@@ -236,7 +236,7 @@ where
                 Err(_) => Input::DeadlinePassed,
             },
             () = stop_requested(&mut self.stop), if !stopping => Input::StopRequested,
-            () = evicted, if evictable => Input::Evicted,
+            () = evicted => Input::Evicted,
         }
     }
 

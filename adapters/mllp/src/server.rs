@@ -131,6 +131,7 @@ impl MllpServer {
             listener, config, ..
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let slow_frame = Duration::from_millis(config.slow_frame_evict_ms);
         let mut acceptor = Acceptor {
             config,
             handler,
@@ -142,7 +143,7 @@ impl MllpServer {
             per_peer: PeerCounts::default(),
             last_refusal_warning: None,
             refused_since_warning: 0,
-            slots: Registry::new(),
+            slots: Registry::new(slow_frame),
             last_eviction_warning: None,
             evicted_since_warning: 0,
         };
@@ -262,14 +263,17 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
             }
             return;
         };
-        if self.slots.staying() >= self.config.max_connections && self.slots.evict_longest_idle() {
+        if self.slots.staying() >= self.config.max_connections && self.slots.evict_one() {
             self.evicted_since_warning += 1;
             if self
                 .last_eviction_warning
                 .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
             {
-                warn!(max = self.config.max_connections, evicted = self.evicted_since_warning,
-                    "MLLP connections at their maximum; closing the longest idle ones for newcomers");
+                warn!(
+                    max = self.config.max_connections,
+                    evicted = self.evicted_since_warning,
+                    "MLLP connections at their maximum; closing idle or slow ones for newcomers"
+                );
                 self.last_eviction_warning = Some(std::time::Instant::now());
                 self.evicted_since_warning = 0;
             }

@@ -136,6 +136,7 @@ fn config() -> MllpConfig {
         max_frame_bytes: 1024,
         idle_timeout_ms: 5_000,
         frame_timeout_ms: 5_000,
+        slow_frame_evict_ms: 2_000,
         write_timeout_ms: 1_000,
         max_connections: 16,
         max_connections_per_peer: 8,
@@ -411,6 +412,39 @@ async fn at_the_connection_cap_a_second_client_waits_until_the_first_leaves() {
     assert_eq!(
         second.read_frame().await.as_deref(),
         Some(&b"ACK:second"[..])
+    );
+}
+
+#[tokio::test]
+async fn at_the_cap_a_frame_trickling_longest_makes_way_once_it_is_old_enough() {
+    let server = TestServer::start(MllpConfig {
+        max_connections: 2,
+        slow_frame_evict_ms: 400,
+        ..config()
+    })
+    .await;
+    // Both slots hold a frame that has started and not ended: nothing is idle.
+    let mut oldest = server.connect().await;
+    oldest.send(b"\x0bslow-one").await;
+    sleep(Duration::from_millis(100)).await;
+    let mut newer = server.connect().await;
+    newer.send(b"\x0bslow-two").await;
+    sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let mut sender = server.connect().await;
+    sender.send(&encode(b"real")).await;
+    assert_eq!(sender.read_frame().await.as_deref(), Some(&b"ACK:real"[..]));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not left in the backlog"
+    );
+    assert!(oldest.closed_by_server().await, "the oldest frame made way");
+    // One eviction was enough: the other finishes its frame and is answered.
+    newer.send(b"\x1c\x0d").await;
+    assert_eq!(
+        newer.read_frame().await.as_deref(),
+        Some(&b"ACK:slow-two"[..])
     );
 }
 
