@@ -119,30 +119,30 @@ impl Registry {
     /// The connection idle longest, if one has been idle at least `min_idle` and is not
     /// already on its way out.
     fn longest_idle(&self, min_idle: Duration) -> Option<Arc<Activity>> {
-        let now = Instant::now()
-            .saturating_duration_since(self.start)
-            .as_millis() as u64;
-        let cutoff = now.checked_sub(min_idle.as_millis() as u64)?;
-        self.lock()
-            .values()
-            .filter(|a| !a.evicted.load(Ordering::Relaxed))
-            .map(|a| (a.idle_since_ms.load(Ordering::Relaxed), a))
-            .filter(|(since, _)| *since != BUSY && *since <= cutoff)
-            .min_by_key(|(since, _)| *since)
-            .map(|(_, a)| a.clone())
+        self.earliest(min_idle, |a| &a.idle_since_ms)
     }
 
     /// The connection whose frame has been arriving longest, if that frame started at least
     /// `min_age` ago and the connection is not already on its way out.
     fn slowest_frame(&self, min_age: Duration) -> Option<Arc<Activity>> {
+        self.earliest(min_age, |a| &a.receiving_since_ms)
+    }
+
+    /// The connection whose `since` (a time, or `u64::MAX` for none) is earliest and at least
+    /// `min_age` ago, among those not on their way out.
+    fn earliest(
+        &self,
+        min_age: Duration,
+        since: impl Fn(&Activity) -> &AtomicU64,
+    ) -> Option<Arc<Activity>> {
         let now = millis(self.start, Instant::now());
         let cutoff = now.checked_sub(min_age.as_millis() as u64)?;
         self.lock()
             .values()
             .filter(|a| !a.evicted.load(Ordering::Relaxed))
-            .map(|a| (a.receiving_since_ms.load(Ordering::Relaxed), a))
-            .filter(|(since, _)| *since != NOT_RECEIVING && *since <= cutoff)
-            .min_by_key(|(since, _)| *since)
+            .map(|a| (since(a).load(Ordering::Relaxed), a))
+            .filter(|(at, _)| *at != u64::MAX && *at <= cutoff)
+            .min_by_key(|(at, _)| *at)
             .map(|(_, a)| a.clone())
     }
 
