@@ -15,7 +15,7 @@
 
 use super::error::FhirError;
 use super::id::is_resource_type;
-use super::search::match_criteria;
+use super::search::{match_criteria, split_alternatives};
 use crate::store::{Criterion, IdentifierLookup};
 
 /// A match URL as read: its type and its (name, value) pairs, percent-decoded, in order.
@@ -94,24 +94,28 @@ impl MatchUrl {
         Ok(url)
     }
 
-    /// The match, with every value that names a `fullUrl` replaced by what `placeholders`
-    /// says it stands for.
+    /// The match, with every value of a reference parameter that names a `fullUrl` replaced
+    /// by what `placeholders` says it stands for. Values of other parameters are taken as
+    /// written: `identifier=urn:uuid:…` is an identifier, not a placeholder.
     pub fn resolve(&self, placeholders: Placeholders) -> Result<Match, FhirError> {
         let mut pairs = Vec::with_capacity(self.pairs.len());
         for (name, value) in &self.pairs {
-            let resolved = value
-                .split(',')
-                .map(|v| Ok(placeholders(v)?.unwrap_or_else(|| v.to_string())))
+            if !self.is_reference(name) {
+                pairs.push((name.clone(), value.clone()));
+                continue;
+            }
+            let resolved = split_alternatives(value)
+                .into_iter()
+                .map(|v| Ok(placeholders(&v)?.unwrap_or(v)))
                 .collect::<Result<Vec<_>, FhirError>>()?;
             pairs.push((name.clone(), resolved.join(",")));
         }
-        if let [(name, value)] = pairs.as_slice() {
-            if name == "identifier" && !value.contains(',') {
-                return Ok(Match::Identifier(identifier_lookup(
-                    &self.resource_type,
-                    value,
-                )?));
-            }
+        if self.is_identifier_only() {
+            let token = split_alternatives(&pairs[0].1).remove(0);
+            return Ok(Match::Identifier(identifier_lookup(
+                &self.resource_type,
+                &token,
+            )?));
         }
         let criteria = match_criteria(&self.resource_type, &pairs)?;
         let query: Vec<String> = pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
@@ -125,12 +129,22 @@ impl MatchUrl {
     /// Whether this is one `identifier` criterion with one value (matched on identifiers
     /// alone, with no other index rows).
     pub fn is_identifier_only(&self) -> bool {
-        matches!(self.pairs.as_slice(), [(name, value)] if name == "identifier" && !value.contains(','))
+        matches!(self.pairs.as_slice(),
+            [(name, value)] if name == "identifier" && split_alternatives(value).len() == 1)
     }
 
-    /// Every value of the match URL, split at commas (where `fullUrl`s may stand).
-    pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.pairs.iter().flat_map(|(_, v)| v.split(','))
+    /// Whether `name` is a reference parameter of the type, whose values may be `fullUrl`s.
+    fn is_reference(&self, name: &str) -> bool {
+        crate::store::search_params::find(&self.resource_type, name)
+            .is_some_and(|p| matches!(p.kind, crate::store::search_params::Kind::Reference { .. }))
+    }
+
+    /// The values of reference parameters, split at commas: where `fullUrl`s may stand.
+    pub fn reference_values(&self) -> Vec<String> {
+        let references = self.pairs.iter().filter(|(n, _)| self.is_reference(n));
+        references
+            .flat_map(|(_, v)| split_alternatives(v))
+            .collect()
     }
 }
 

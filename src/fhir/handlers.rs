@@ -580,7 +580,7 @@ async fn posted_parameters(
 ) -> Result<Vec<(String, String)>, FhirError> {
     let mut pairs = decode_pairs(req.query_string())?;
     let parameters = read_resource_body(state, req, body).await?;
-    pairs.extend(parameter_pairs(&parameters)?);
+    pairs.extend(parameter_pairs(&parameters.value)?);
     Ok(pairs)
 }
 
@@ -973,7 +973,10 @@ pub async fn post_bundle(
     req: HttpRequest,
     body: web::Payload,
 ) -> Answer {
-    let bundle = read_resource_body(&state, &req, body).await?;
+    let ReadBody {
+        value: bundle,
+        budget: _held_while_processed,
+    } = read_resource_body(&state, &req, body).await?;
     let extension_url = BundleTrace::extension_url(&state.canonical_base);
     let carried = super::bundle::carried_trace(&bundle, &extension_url);
     crate::telemetry::link_payload_context(&tracing::Span::current(), carried.as_ref());
@@ -994,31 +997,68 @@ pub async fn post_bundle(
     Ok(bundle_response(response.to_string()))
 }
 
+/// A request body, read, with its share of the memory budget, held until it is dropped: keep
+/// it while the request is processed.
+pub(super) struct ReadBody<'a> {
+    pub value: Value,
+    pub budget: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+/// What a body is charged at least, per JSON value in it. The budget (twice the largest body)
+/// assumes a body takes about 25 times its size in memory while it is processed, which holds
+/// for FHIR JSON of ordinary values (15 to 30 bytes each); a body of tiny values (`[1,1,1…]`,
+/// two bytes each) takes about 100 times, and is charged as if it were that much larger.
+const CHARGE_PER_VALUE: usize = 16;
+
 /// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
 /// content type checked, size and time bounded, parsed off the I/O worker. The memory budget is
-/// held only while reading and parsing.
-pub(super) async fn read_resource_body(
-    state: &FhirState,
+/// reserved before reading, for the declared size, then for what the parsed body is charged.
+pub(super) async fn read_resource_body<'a>(
+    state: &'a FhirState,
     req: &HttpRequest,
     body: web::Payload,
-) -> Result<Value, FhirError> {
+) -> Result<ReadBody<'a>, FhirError> {
     let format = body_format(req)?;
     if format == BodyFormat::JsonPatch {
         return Err(FhirError::UnsupportedMediaType(
             "a JSON Patch is only taken by PATCH".into(),
         ));
     }
-    let _budget = state
+    let connections = &state.body_timeouts.connections;
+    let budget = state
         .body_budget
-        .reserve(declared_length(req), &state.body_timeouts.connections)
+        .reserve(declared_length(req), connections)
         .await;
     let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
-    tokio::task::spawn_blocking(move || match format {
-        BodyFormat::Xml => parse_xml(&bytes),
-        _ => parse_json(&bytes),
+    let size = bytes.len();
+    let (value, values) = tokio::task::spawn_blocking(move || {
+        let value = match format {
+            BodyFormat::Xml => parse_xml(&bytes),
+            _ => parse_json(&bytes),
+        }?;
+        let values = count_values(&value);
+        Ok::<_, FhirError>((value, values))
     })
     .await
-    .map_err(|_| FhirError::Internal)?
+    .map_err(|_| FhirError::Internal)??;
+    let charge = size.max(values.saturating_mul(CHARGE_PER_VALUE));
+    let budget = state.body_budget.grow(budget, charge, connections).await;
+    Ok(ReadBody { value, budget })
+}
+
+/// How many JSON values `value` holds, itself included.
+fn count_values(value: &Value) -> usize {
+    let mut count = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    count
 }
 
 /// A JSON Patch body (`application/json-patch+json`), as JSON.
@@ -1299,6 +1339,13 @@ pub(super) fn encode_query_value(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_json_value_is_counted() {
+        let value: Value = serde_json::from_str(r#"{"a":[1,2,{"b":null}],"c":"x"}"#).unwrap();
+        // The object, the array, 1, 2, the inner object, null, "x".
+        assert_eq!(count_values(&value), 7);
+    }
+
     use super::*;
 
     #[test]

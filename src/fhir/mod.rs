@@ -242,4 +242,58 @@ impl BodyBudget {
         let _waiting = Waiting(&waiting.budget_waiters);
         self.permits.acquire_many(mib).await.ok()
     }
+
+    /// The budget a parsed body keeps while its request is processed: none under 1 MiB (small
+    /// requests are bounded by the connection limit, and must not queue behind large ones);
+    /// else `held` when it covers `bytes`, or else `held` given back and `bytes` (at most the
+    /// maximum body) reserved anew, so that no request holds part of the budget while it waits
+    /// for more.
+    pub async fn grow<'a>(
+        &'a self,
+        held: Option<tokio::sync::SemaphorePermit<'a>>,
+        bytes: usize,
+        waiting: &OpenConnections,
+    ) -> Option<tokio::sync::SemaphorePermit<'a>> {
+        if bytes < 1 << 20 {
+            return None;
+        }
+        let wanted = bytes.min(self.max_body_bytes).div_ceil(1 << 20).max(1);
+        if held
+            .as_ref()
+            .is_some_and(|permit| permit.num_permits() >= wanted)
+        {
+            return held;
+        }
+        drop(held);
+        self.reserve(Some(bytes), waiting).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_parsed_body_keeps_what_it_is_charged_and_small_ones_keep_nothing() {
+        const MIB: usize = 1 << 20;
+        let budget = BodyBudget::new(8 * MIB, 4 * MIB);
+        let connections = OpenConnections::new(16);
+        let held = budget.reserve(Some(MIB), &connections).await;
+        assert_eq!(budget.permits.available_permits(), 7);
+        // Charged at 3 MiB after parsing (tiny values): it now holds 3.
+        let grown = budget.grow(held, 3 * MIB, &connections).await.unwrap();
+        assert_eq!(grown.num_permits(), 3);
+        assert_eq!(budget.permits.available_permits(), 5);
+        // Charged beyond the largest body: the largest body's share, no more.
+        let most = budget
+            .grow(Some(grown), 40 * MIB, &connections)
+            .await
+            .unwrap();
+        assert_eq!(most.num_permits(), 4);
+        drop(most);
+        // A small body gives its reservation back once parsed.
+        let held = budget.reserve(Some(1000), &connections).await;
+        assert!(budget.grow(held, 900 * 1024, &connections).await.is_none());
+        assert_eq!(budget.permits.available_permits(), 8);
+    }
 }

@@ -94,9 +94,12 @@ fn is_fhir_json(content_type: Option<&HeaderValue>) -> bool {
 /// A FHIR JSON body in the wanted form, with its content type.
 fn render(json: &[u8], wanted: Wanted) -> Result<(&'static str, Vec<u8>), FhirError> {
     match wanted.format {
-        // fhirbolt always indents its XML.
+        // fhirbolt always indents its XML: unindented unless `_pretty=true`.
         Format::Xml(content_type) => hl7bridge_fhir_codec::json_to_xml(json)
-            .map(|xml| (content_type, xml))
+            .map(|xml| match wanted.pretty {
+                true => (content_type, xml),
+                false => (content_type, hl7bridge_fhir_codec::compact_xml(&xml)),
+            })
             .map_err(|e| {
                 tracing::warn!(error = %e, "a response could not be written as XML");
                 FhirError::NotAcceptable(format!(

@@ -23,7 +23,8 @@ pub async fn create(
     body: web::Payload,
 ) -> Answer {
     let resource_type = known_type(path.into_inner())?;
-    let resource = read_resource_body(&state, &req, body).await?;
+    let body = read_resource_body(&state, &req, body).await?;
+    let resource = body.value;
     let mut request = json!({"method": "POST", "url": resource_type});
     if let Some(query) = header_text(&req, "if-none-exist")? {
         request["ifNoneExist"] = json!(query);
@@ -144,8 +145,8 @@ async fn put(
     url: String,
     body: web::Payload,
 ) -> Answer {
-    let resource = read_resource_body(state, req, body).await?;
-    let entry = json!({"resource": resource, "request": {"method": "PUT", "url": url}});
+    let body = read_resource_body(state, req, body).await?;
+    let entry = json!({"resource": body.value, "request": {"method": "PUT", "url": url}});
     run(state, req, resource_type, entry).await
 }
 
@@ -304,10 +305,18 @@ fn valid_id(id: &str) -> Result<(), FhirError> {
 /// A header's value. One that is present but not visible ASCII is an error, never treated as
 /// absent: dropping an unreadable `If-None-Exist` would turn a conditional create into a plain
 /// one.
+/// Sent twice, it is refused too: these headers hold one value, and reading only the first
+/// (say, the first of two `If-None-Exist` conditions) would widen a match.
 fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, FhirError> {
-    let Some(value) = req.headers().get(name) else {
+    let mut values = req.headers().get_all(name);
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(FhirError::invalid(format!(
+            "the {name} header is given more than once"
+        )));
+    }
     let text = value
         .to_str()
         .map_err(|_| FhirError::invalid(format!("the {name} header is not visible ASCII")))?;

@@ -283,8 +283,31 @@ fn parse_cursor(text: &str) -> Result<(i64, String), FhirError> {
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
 }
 
-fn alternatives(value: &str) -> Result<Vec<&str>, FhirError> {
-    let list: Vec<&str> = value.split(',').collect();
+/// A parameter's comma-separated values; `\,` is a comma within a value, and `\\` a
+/// backslash (R4 search, "Escaping Search Parameters").
+pub fn split_alternatives(value: &str) -> Vec<String> {
+    let mut list = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next @ (',' | '\\')) => list.last_mut().unwrap().push(next),
+                Some(other) => {
+                    let current = list.last_mut().unwrap();
+                    current.push('\\');
+                    current.push(other);
+                }
+                None => list.last_mut().unwrap().push('\\'),
+            },
+            ',' => list.push(String::new()),
+            other => list.last_mut().unwrap().push(other),
+        }
+    }
+    list
+}
+
+fn alternatives(value: &str) -> Result<Vec<String>, FhirError> {
+    let list = split_alternatives(value);
     if list.len() > MAX_ALTERNATIVES {
         return Err(FhirError::invalid(format!(
             "at most {MAX_ALTERNATIVES} comma-separated values per parameter"
@@ -446,7 +469,7 @@ fn reference(value: &str, target: Option<&str>) -> Option<(Option<String>, Strin
     Some((target_type, id.to_string()))
 }
 
-fn dates(values: &[&str]) -> Result<Vec<DateCriterion>, String> {
+fn dates(values: &[String]) -> Result<Vec<DateCriterion>, String> {
     values.iter().map(|v| date(v)).collect()
 }
 
@@ -532,6 +555,19 @@ mod tests {
         assert!(cut.get("note").is_none());
         assert_eq!(cut["meta"]["tag"][0]["code"], "SUBSETTED");
         assert_eq!(cut["meta"]["versionId"], "2");
+    }
+
+    #[test]
+    fn an_escaped_comma_is_part_of_the_value() {
+        assert_eq!(split_alternatives(r"a\,b,c"), ["a,b", "c"]);
+        assert_eq!(split_alternatives(r"a\\,b"), [r"a\", "b"]);
+        assert_eq!(split_alternatives(r"a\|b"), [r"a\|b"]);
+        let request = read("Patient", &[("identifier", r"urn:s|a\,b")]).unwrap();
+        assert!(matches!(
+            &request.criteria[0],
+            Criterion::Token { alternatives, .. } if alternatives.len() == 1
+                && alternatives[0].1.as_deref() == Some("a,b")
+        ));
     }
 
     #[test]

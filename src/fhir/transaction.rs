@@ -24,15 +24,15 @@ use serde_json::{json, Map, Value};
 
 use super::access;
 use super::bundle::{meta, BundleTrace};
-use super::criteria::{parse_conditional_reference, Match, MatchUrl};
+use super::criteria::{parse_conditional_reference, Match, MatchUrl, SearchMatch};
 use super::error::FhirError;
 use super::id::{is_resource_type, is_valid_id};
 use super::references::{rewrite_known, rewrite_references, visit_references};
 use crate::auth::{Access, Permission, Reach};
 use crate::store::index::{extract, identifiers, IndexRows};
 use crate::store::{
-    instant_text, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store, StoreError,
-    WriteBatch, WriteOp, Written,
+    instant_text, Criterion, IdentifierLookup, Outcome, Precondition, ResourceWrite, Store,
+    StoreError, WriteBatch, WriteOp, Written,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +142,10 @@ struct Matches<'a> {
     /// Resources written or deleted by entries planned so far: what the store holds of them
     /// is about to change, so only their new content can match.
     changed: HashSet<(String, String)>,
+    /// Of those, the deleted ones. In a transaction a condition may not match one: both
+    /// entries would name the same resource, which R4 forbids.
+    deleted: HashSet<(String, String)>,
+    kind: Kind,
     /// `fullUrl` → `Type/id`: entries planned so far, and entries whose target needs no match.
     targets: HashMap<String, String>,
     /// Every `fullUrl` of the Bundle's readable entries.
@@ -152,12 +156,14 @@ struct Matches<'a> {
 }
 
 impl<'a> Matches<'a> {
-    fn new(answers: &'a Answers, rows: bool) -> Self {
+    fn new(answers: &'a Answers, rows: bool, kind: Kind) -> Self {
         Matches {
             answers,
             local: HashMap::new(),
             local_rows: rows.then(HashMap::new),
             changed: HashSet::new(),
+            deleted: HashSet::new(),
+            kind,
             targets: HashMap::new(),
             full_urls: HashSet::new(),
             pending: RefCell::new(Vec::new()),
@@ -187,6 +193,23 @@ impl<'a> Matches<'a> {
     /// The ids `url` matches, its `fullUrl` values replaced by their targets.
     fn matched(&self, url: &MatchUrl) -> Result<Vec<String>, FhirError> {
         let resolved = url.resolve(&|value| self.placeholder(value))?;
+        if self.kind == Kind::Transaction {
+            let stored = match &resolved {
+                Match::Identifier(lookup) => self.answers.identifiers.get(lookup),
+                Match::Search(search) => self.answers.searches.get(&search.key),
+            };
+            let t = resolved.resource_type();
+            let gone = stored
+                .into_iter()
+                .flatten()
+                .find(|id| self.deleted.contains(&(t.to_string(), id.to_string())));
+            if let Some(id) = gone {
+                return Err(FhirError::invalid(format!(
+                    "the condition matches {t}/{id}, which an earlier entry of this transaction \
+                     deletes: one resource may be the target of one entry only"
+                )));
+            }
+        }
         Ok(self.ids(&resolved))
     }
 
@@ -196,8 +219,9 @@ impl<'a> Matches<'a> {
         }
         if self.full_urls.contains(value) {
             return Err(FhirError::invalid(format!(
-                "{value} is the fullUrl of a conditional entry that comes later in the Bundle; \
-                 put that entry first"
+                "{value} is the fullUrl of a conditional entry whose resource is not known before \
+                 this condition is matched: this entry itself, or one after it (put that one \
+                 first)"
             )));
         }
         if value.starts_with("urn:uuid:") || value.starts_with("urn:oid:") {
@@ -234,6 +258,17 @@ impl<'a> Matches<'a> {
             }
         }
         ids
+    }
+
+    /// Whether a live `resource_type/id` exists, in the store or written by an entry planned
+    /// so far (asked of the store like a match on `_id`).
+    fn exists(&self, resource_type: &str, id: &str) -> bool {
+        let by_id = Match::Search(SearchMatch {
+            resource_type: resource_type.to_string(),
+            key: format!("{resource_type}?_id={id}"),
+            criteria: vec![Criterion::Ids(vec![id.to_string()])],
+        });
+        !self.ids(&by_id).is_empty()
     }
 
     fn local_ids(&self, m: &Match) -> Vec<String> {
@@ -278,7 +313,7 @@ fn plan_until_stable(
     rows: bool,
 ) -> Planning {
     loop {
-        let mut matches = Matches::new(answers, rows);
+        let mut matches = Matches::new(answers, rows, kind);
         let planned = plan_targets(entries.clone(), &mut matches);
         let finished = finish_resources(planned, &mut matches);
         let pending = matches.pending.into_inner();
@@ -300,7 +335,7 @@ fn plan_until_stable(
 
 /// How many times planning may stop for matches it could only resolve then: each time is one
 /// link of a chain of entries whose match URLs name earlier entries' `fullUrl`s.
-const MAX_MATCH_ROUNDS: usize = 16;
+const MAX_MATCH_ROUNDS: usize = 64;
 
 /// Plans every entry, asking the store for matches as planning finds them: a match URL that
 /// names an earlier entry's `fullUrl` can only be resolved, and answered, once that entry's
@@ -331,6 +366,9 @@ fn match_limit(entries: usize) -> u64 {
     entries as u64 + 2
 }
 
+/// How many of a Bundle's searches run at once.
+const CONCURRENT_SEARCHES: usize = 4;
+
 /// Asks the store for `matches` not answered yet: identifier lookups together, searches one
 /// by one.
 async fn answer(
@@ -340,8 +378,9 @@ async fn answer(
     matches: Vec<Match>,
     limit: u64,
 ) -> Result<(), FhirError> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
     let mut lookups = Vec::new();
-    let mut searched = HashSet::new();
+    let mut searches = HashMap::new();
     for m in matches {
         if answers.has(&m) {
             continue;
@@ -349,16 +388,23 @@ async fn answer(
         match m {
             Match::Identifier(lookup) => lookups.push(lookup),
             Match::Search(search) => {
-                if !searched.insert(search.key.clone()) {
-                    continue;
-                }
-                let t = &search.resource_type;
-                let ids = store.search_ids(t, &search.criteria, limit).await?;
-                let ids = in_reach(store, access, t, ids).await?;
-                answers.searches.insert(search.key, ids);
+                searches.entry(search.key.clone()).or_insert(search);
             }
         }
     }
+    // A few at once: each is one indexed query, and the Bundle holds the conditional gate
+    // while they run.
+    let answered: Vec<(String, Vec<String>)> = stream::iter(searches.into_values())
+        .map(|search| async move {
+            let t = &search.resource_type;
+            let ids = store.search_ids(t, &search.criteria, limit).await?;
+            let ids = in_reach(store, access, t, ids).await?;
+            Ok::<_, FhirError>((search.key, ids))
+        })
+        .buffer_unordered(CONCURRENT_SEARCHES)
+        .try_collect()
+        .await?;
+    answers.searches.extend(answered);
     if lookups.is_empty() {
         return Ok(());
     }
@@ -723,6 +769,13 @@ fn read_entry(entry: Value) -> Result<Entry, FhirError> {
         .unwrap_or("")
         .trim_start_matches('/');
     let precondition = read_precondition(method, request)?;
+    if method != "POST" && request.get("ifNoneExist").is_some() {
+        return Err(FhirError::invalid_at(
+            "ifNoneExist belongs to a POST (a conditional PUT or DELETE puts its condition in \
+             request.url)",
+            "request.ifNoneExist",
+        ));
+    }
     let resource = entry.get("resource").cloned().map(checked).transpose()?;
     let request = match method {
         "POST" => read_create(url, resource, request)?,
@@ -965,10 +1018,11 @@ fn known_now(urls: &[MatchUrl], entries: &[Result<Entry, FhirError>]) -> Vec<Mat
         .flatten()
         .filter_map(|e| e.full_url.as_deref())
         .collect();
-    let names_an_entry =
-        |v: &str| full_urls.contains(v) || v.starts_with("urn:uuid:") || v.starts_with("urn:oid:");
+    let names_an_entry = |v: &String| {
+        full_urls.contains(v.as_str()) || v.starts_with("urn:uuid:") || v.starts_with("urn:oid:")
+    };
     urls.iter()
-        .filter(|url| !url.values().any(names_an_entry))
+        .filter(|url| !url.reference_values().iter().any(names_an_entry))
         .filter_map(|url| url.resolve(&|_| Ok(None)).ok())
         .collect()
 }
@@ -1019,8 +1073,11 @@ fn plan_targets(
                 matches.targets.insert(url.clone(), target);
             }
             if let Planned::Write(op) = p {
-                let (t, id) = op_target(op);
-                matches.changed.insert((t, id));
+                let target = op_target(op);
+                if matches!(op, WriteOp::Delete { .. }) {
+                    matches.deleted.insert(target.clone());
+                }
+                matches.changed.insert(target);
             }
             if let Planned::Write(WriteOp::Upsert(w)) = p {
                 matches.add_local(w);
@@ -1058,7 +1115,16 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
             let id = match target {
                 Target::Id(id) => id,
                 Target::Conditional(url) => {
-                    conditional_update_target(&resource, matches.matched(&url)?, new_id)?
+                    let found = matches.matched(&url)?;
+                    let id = conditional_update_target(&resource, &found, new_id)?;
+                    if found.is_empty() && matches.exists(&resource_type, &id) {
+                        return Err(FhirError::Conflict(format!(
+                            "no {resource_type} matches the condition, and {resource_type}/{id}, \
+                             which resource.id names, exists: a conditional update does not \
+                             overwrite a resource its condition does not match"
+                        )));
+                    }
+                    id
                 }
             };
             Ok(upsert(resource_type, id, resource))
@@ -1090,11 +1156,11 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
 /// else a new one. A body id that contradicts the match is refused.
 fn conditional_update_target(
     resource: &Value,
-    found: Vec<String>,
+    found: &[String],
     new_id: String,
 ) -> Result<String, FhirError> {
     let body_id = resource.get("id").and_then(Value::as_str);
-    match (found.as_slice(), body_id) {
+    match (found, body_id) {
         ([], Some(id)) if is_valid_id(id) => Ok(id.to_string()),
         ([], Some(_)) => Err(FhirError::invalid_at("not a valid id", "resource.id")),
         ([], None) => Ok(new_id),
@@ -1204,6 +1270,9 @@ fn split_writes(
     preconditions: &[Option<Precondition>],
     results: &mut [Option<Result<Value, FhirError>>],
 ) -> Result<Vec<Round>, FhirError> {
+    if kind == Kind::Transaction {
+        deleted_after_a_match(&planned)?;
+    }
     let mut rounds: Vec<Round> = Vec::new();
     let mut last_round: HashMap<String, usize> = HashMap::new();
     for (index, p) in planned.into_iter().enumerate() {
@@ -1244,6 +1313,29 @@ fn split_writes(
         rounds[round].positions.push(index);
     }
     Ok(rounds)
+}
+
+/// In a transaction, a resource an `ifNoneExist` matched may not be deleted by a later entry:
+/// both would name it, and the references to the first entry would point at nothing.
+fn deleted_after_a_match(planned: &[Result<Planned, FhirError>]) -> Result<(), FhirError> {
+    let mut matched = HashSet::new();
+    for (index, p) in planned.iter().enumerate() {
+        match p {
+            Ok(Planned::Existing { resource_type, id }) => {
+                matched.insert(format!("{resource_type}/{id}"));
+            }
+            Ok(Planned::Write(op @ WriteOp::Delete { .. })) if matched.contains(&op_key(op)) => {
+                let key = op_key(op);
+                let message = format!(
+                    "{key} is what an earlier entry's ifNoneExist matched: one resource may be \
+                     the target of one entry only"
+                );
+                return Err(FhirError::invalid(message).in_entry(index));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The entry whose precondition failed, when that is what `err` says.
@@ -1305,7 +1397,11 @@ mod tests {
 
     fn no_matches() -> Matches<'static> {
         static EMPTY: std::sync::OnceLock<Answers> = std::sync::OnceLock::new();
-        Matches::new(EMPTY.get_or_init(Answers::default), false)
+        Matches::new(
+            EMPTY.get_or_init(Answers::default),
+            false,
+            Kind::Transaction,
+        )
     }
 
     fn organization(id: &str, system: &str, value: &str) -> ResourceWrite {
@@ -1448,7 +1544,7 @@ mod tests {
             panic!("nothing is left to ask");
         };
         let err = planned[0].as_ref().err().expect("refused");
-        assert!(err.to_string().contains("later in the Bundle"), "{err}");
+        assert!(err.to_string().contains("not known before"), "{err}");
     }
 
     #[test]

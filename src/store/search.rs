@@ -496,9 +496,13 @@ fn push_criterion(sql: &mut String, params: &mut Vec<Value>, t: &str, criterion:
             let parts: Vec<&str> = alternatives
                 .iter()
                 .map(|(how, text)| match how {
+                    // The normalized form too, which the lookup index holds: equal values
+                    // have equal normalized forms, and `value` alone is not indexed.
                     StrMatch::Exact => {
+                        let normalized = index_prefix(&normalize(text)).to_string();
+                        params.push(Value::from(normalized));
                         params.push(Value::from(index_key(text).into_owned()));
-                        "value = ?"
+                        "(normalized = ? AND value = ?)"
                     }
                     StrMatch::StartsWith => {
                         params.push(Value::from(format!("{}%", like_escaped(text))));

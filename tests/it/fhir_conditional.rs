@@ -212,16 +212,166 @@ async fn a_resource_an_earlier_entry_deletes_no_longer_matches() {
     )
     .await;
     let id = stored["id"].as_str().unwrap();
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"request": {"method": "DELETE", "url": format!("Patient/{id}")}},
-        {"resource": patient("Gonewell", "1950-01-01"),
-         "request": {"method": "POST", "url": "Patient",
-                     "ifNoneExist": "family=Gonewell&birthdate=1950-01-01"}}]});
-    let (status, response) = app.post_bundle(bundle.to_string()).await;
+    let bundle = |kind: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "DELETE", "url": format!("Patient/{id}")}},
+            {"resource": patient("Gonewell", "1950-01-01"),
+             "request": {"method": "POST", "url": "Patient",
+                         "ifNoneExist": "family=Gonewell&birthdate=1950-01-01"}}]})
+    };
+    // In a transaction both entries would name the deleted patient: refused as a whole.
+    let (status, outcome) = app.post_bundle(bundle("transaction").to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert_eq!(app.get(&format!("/Patient/{id}")).await.status(), 200);
+    // A batch applies its entries in turn: the condition no longer matches.
+    let (status, response) = app.post_bundle(bundle("batch").to_string()).await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(entry_statuses(&response), ["204 No Content", "201 Created"]);
     let live = ids(&app, "/Patient?family=Gonewell").await;
     assert_eq!(live.len(), 1);
     assert_ne!(live[0], id, "a new patient, not the deleted one");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_conditional_update_matching_nothing_never_overwrites_the_resource_its_body_names() {
+    let app = spawn_app().await;
+    let (_, victim) = send(
+        app.client.post(format!("{}/Patient", app.base)),
+        &patient("Victimson", "1944-04-04"),
+    )
+    .await;
+    let id = victim["id"].as_str().unwrap();
+    let mut intruder = patient("Intruder", "1999-09-09");
+    intruder["id"] = json!(id);
+    let url = format!("{}/Patient?identifier=urn:mrn%7CNO-SUCH", app.base);
+    let (status, outcome) = send(app.client.put(&url), &intruder).await;
+    assert_eq!(status, 409, "{outcome}");
+    let (_, kept) = app.get_json(&format!("/Patient/{id}")).await;
+    assert_eq!(kept["name"][0]["family"], "Victimson");
+    assert_eq!(kept["meta"]["versionId"], "1");
+    // An id nothing has yet is update-as-create, as before.
+    intruder["id"] = json!("cond-fresh-1");
+    let (status, created) = send(app.client.put(&url), &intruder).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["id"], "cond-fresh-1");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_a_transaction_a_matched_resource_cannot_also_be_deleted() {
+    let app = spawn_app().await;
+    let (_, stored) = send(
+        app.client.post(format!("{}/Patient", app.base)),
+        &patient("Overlap", "1960-06-06"),
+    )
+    .await;
+    let id = stored["id"].as_str().unwrap();
+    let condition = "family=Overlap&birthdate=1960-06-06";
+    let matched_then_deleted = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:ov-p", "resource": patient("Overlap", "1960-06-06"),
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": condition}},
+        {"request": {"method": "DELETE", "url": format!("Patient/{id}")}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "urn:uuid:ov-p"}},
+         "request": {"method": "POST", "url": "Observation"}}]});
+    let (status, outcome) = app.post_bundle(matched_then_deleted.to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    let deleted_twice = |kind: &str| {
+        let delete = json!({"method": "DELETE", "url": format!("Patient?{condition}")});
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": delete.clone()}, {"request": delete}]})
+    };
+    let (status, outcome) = app
+        .post_bundle(deleted_twice("transaction").to_string())
+        .await;
+    assert_eq!(status, 400, "{outcome}");
+    assert_eq!(app.get(&format!("/Patient/{id}")).await.status(), 200);
+    // A batch applies its entries in turn: the second finds nothing left to delete.
+    let (status, response) = app.post_bundle(deleted_twice("batch").to_string()).await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(
+        entry_statuses(&response),
+        ["204 No Content", "204 No Content"]
+    );
+    assert_eq!(app.get(&format!("/Patient/{id}")).await.status(), 410);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn conditions_are_read_as_written_and_refused_when_ambiguous() {
+    let app = spawn_app().await;
+    let post = |condition: &str| {
+        app.client
+            .post(format!("{}/Patient", app.base))
+            .header("if-none-exist", condition.to_string())
+    };
+    // An escaped comma is part of the value: the retry matches.
+    let comma = json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:s", "value": "a,b"}]});
+    let statuses = [
+        send(post(r"identifier=urn:s|a\,b"), &comma).await.0,
+        send(post(r"identifier=urn:s|a\,b"), &comma).await.0,
+    ];
+    assert_eq!(statuses, [201, 200]);
+    assert_eq!(ids(&app, "/Patient?identifier=urn:s|a%5C,b").await.len(), 1);
+    // A urn:uuid identifier in a Bundle condition is an identifier, not a placeholder.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient",
+            "identifier": [{"value": "urn:uuid:5d0c7e6a-0000-4000-8000-000000000001"}]},
+         "request": {"method": "POST", "url": "Patient",
+            "ifNoneExist": "identifier=urn:uuid:5d0c7e6a-0000-4000-8000-000000000001"}}]});
+    for expected in ["201 Created", "200 OK"] {
+        let (status, response) = app.post_bundle(bundle.to_string()).await;
+        assert_eq!(status, 200, "{response}");
+        assert_eq!(entry_statuses(&response), [expected]);
+    }
+    // Two If-None-Exist headers: refused, not the first alone.
+    let twice = post("family=Twice").header("if-none-exist", "gender=female");
+    let (status, outcome) = send(twice, &patient("Twice", "1970-01-01")).await;
+    assert_eq!(status, 400, "{outcome}");
+    // ifNoneExist on a PUT is refused, not ignored.
+    let put = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "ine-put"},
+         "request": {"method": "PUT", "url": "Patient/ine-put", "ifNoneExist": "family=x"}}]});
+    let (status, outcome) = app.post_bundle(put.to_string()).await;
+    assert_eq!(status, 400, "{outcome}");
+    assert!(ids(&app, "/Patient?family=Twice").await.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_chain_of_twenty_conditions_on_earlier_entries_is_idempotent() {
+    let app = spawn_app().await;
+    let mut entries = vec![json!({"fullUrl": "urn:uuid:chain-0",
+        "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "root"}},
+        "request": {"method": "POST", "url": "Observation",
+            "ifNoneExist": "code=chain-root&status=final"}})];
+    entries[0]["resource"]["code"] = json!({"coding": [{"code": "chain-root"}]});
+    for link in 1..=20 {
+        let code = format!("chain-{link}");
+        entries.push(json!({"fullUrl": format!("urn:uuid:chain-{link}"),
+            "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"code": code}]},
+                "hasMember": [{"reference": format!("urn:uuid:chain-{}", link - 1)}]},
+            "request": {"method": "POST", "url": "Observation",
+                "ifNoneExist": format!("has-member=urn:uuid:chain-{}&code={code}", link - 1)}}));
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    let (status, first) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(entry_statuses(&first).iter().all(|s| s == "201 Created"));
+    let (status, second) = app.post_bundle(bundle.to_string()).await;
+    assert_eq!(status, 200, "{second}");
+    assert!(
+        entry_statuses(&second).iter().all(|s| s == "200 OK"),
+        "{second}"
+    );
+    assert_eq!(
+        ids(&app, "/Observation?status=final&_count=100")
+            .await
+            .len(),
+        21
+    );
     app.stop().await;
 }

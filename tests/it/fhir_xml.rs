@@ -334,6 +334,9 @@ async fn pretty_indents_either_format_and_plain_json_is_left_byte_for_byte() {
         "{}",
         xml.body
     );
+    let compact = get_xml(&app, &format!("/Patient/{id}")).await;
+    assert!(!compact.body.contains("\n  <"), "{}", compact.body);
+    assert!(compact.body.contains("<gender value=\"female\"/>"));
     app.stop().await;
 }
 

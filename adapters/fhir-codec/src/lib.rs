@@ -22,7 +22,7 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::{Map, Value};
 
-pub use xml::{json_to_xml, xml_to_json};
+pub use xml::{compact_xml, json_to_xml, xml_to_json};
 
 /// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).
 pub const MAX_DEPTH: usize = 64;
@@ -284,6 +284,7 @@ fn is_instant(text: &str) -> bool {
         }
         rest = &fraction[n..];
     }
+    // R4's offsets run from -14:00 to +14:00.
     let zone_ok = rest == "Z"
         || (rest.len() == 6
             && matches!(rest.as_bytes()[0], b'+' | b'-')
@@ -291,7 +292,8 @@ fn is_instant(text: &str) -> bool {
             && rest[1..3]
                 .bytes()
                 .chain(rest[4..6].bytes())
-                .all(|b| b.is_ascii_digit()));
+                .all(|b| b.is_ascii_digit())
+            && (&rest[1..3] < "14" || &rest[1..] == "14:00"));
     // The calendar and clock ranges (month 13, hour 25) by a real parse.
     zone_ok && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
@@ -683,6 +685,8 @@ mod tests {
             "2024-03-05",
             "2024-03-05T10:00:00+01:00",
             "2024-03-05T10:00:00.5Z",
+            "2024-03-05T10:00:00+14:00",
+            "2024-03-05T10:00:00-13:59",
         ] {
             assert!(canonicalize(observation(good)).is_ok(), "{good}");
         }
@@ -691,6 +695,8 @@ mod tests {
             "2024-03-05T10:00Z",
             "2024-03-32",
             "now",
+            "2024-03-05T10:00:00+14:01",
+            "2024-03-05T10:00:00-15:00",
         ] {
             let refused = canonicalize(observation(bad)).unwrap_err().to_string();
             assert!(

@@ -75,6 +75,44 @@ pub fn json_to_xml(json: &[u8]) -> Result<Vec<u8>, CodecError> {
         .map_err(|e| CodecError::Model(e.to_string()))
 }
 
+/// FHIR XML as fhirbolt writes it (indented), without the indentation: the whitespace-only
+/// text between elements is dropped, and everything else is kept byte for byte, the narrative
+/// XHTML whole (whitespace between inline tags is content there). FHIR puts primitive values
+/// in attributes, so outside the narrative no text is content.
+pub fn compact_xml(xml: &[u8]) -> Vec<u8> {
+    let mut reader = Reader::from_reader(xml);
+    let mut dropped: Vec<std::ops::Range<usize>> = Vec::new();
+    // Elements open inside the narrative `div`, itself included.
+    let mut in_narrative = 0usize;
+    loop {
+        let start = reader.buffer_position();
+        let Ok(event) = reader.read_event() else {
+            // Not what fhirbolt writes: left as it is.
+            return xml.to_vec();
+        };
+        let end = reader.buffer_position();
+        match event {
+            Event::Eof => break,
+            Event::Start(tag) if in_narrative > 0 || tag.name().as_ref() == b"div" => {
+                in_narrative += 1;
+            }
+            Event::End(_) if in_narrative > 0 => in_narrative -= 1,
+            Event::Text(text) if in_narrative == 0 && text.iter().all(u8::is_ascii_whitespace) => {
+                dropped.push(start..end);
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::with_capacity(xml.len());
+    let mut from = 0;
+    for range in dropped {
+        out.extend_from_slice(&xml[from..range.start]);
+        from = range.end;
+    }
+    out.extend_from_slice(&xml[from..]);
+    out
+}
+
 /// Where a `"div":"` value does not start with `<div`. In compact JSON that pattern can only be
 /// a key and its string value: inside a string the quotes would be escaped.
 fn plain_text_div(json: &[u8]) -> Option<usize> {
@@ -298,6 +336,34 @@ fn xml_error(at: usize, message: &str) -> CodecError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn compact_xml_drops_the_indentation_and_keeps_the_narrative_whole() {
+        let json = br#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><b>Ada</b> <i>Quill</i></div>"},"gender":"female","birthDate":"1980-02-03"}"#;
+        let indented = json_to_xml(json).unwrap();
+        assert!(
+            indented.windows(3).any(|w| w == b"\n  "),
+            "fhirbolt indents"
+        );
+        let compact = compact_xml(&indented);
+        let text = String::from_utf8(compact.clone()).unwrap();
+        assert!(
+            text.contains(r#"<gender value="female"/><birthDate value="1980-02-03"/>"#),
+            "{text}"
+        );
+        // The narrative as fhirbolt wrote it (it re-indents XHTML; see the module's notes).
+        let narrative = |xml: &str| {
+            let start = xml.find("<div").unwrap();
+            xml[start..xml.find("</div>").unwrap() + 6].to_string()
+        };
+        let indented_text = String::from_utf8(indented.clone()).unwrap();
+        assert_eq!(narrative(&text), narrative(&indented_text));
+        // The same resource either way.
+        assert_eq!(
+            xml_to_json(&compact).unwrap(),
+            xml_to_json(&indented).unwrap()
+        );
+    }
+
     use super::*;
 
     const PATIENT: &str = r#"<Patient xmlns="http://hl7.org/fhir"><id value="x1"/><gender value="female"/></Patient>"#;
