@@ -20,10 +20,33 @@ async fn open_existing(database_url: &str) -> anyhow::Result<Store> {
                  HL7BRIDGE_DATABASE_URL to the database the server uses"
             );
         }
+        // Opened read-only first: another application's SQLite file must not be given this
+        // server's tables.
+        if !holds_messages(path).await? {
+            anyhow::bail!(
+                "{path} is not an hl7bridge database (it holds no stored messages table)"
+            );
+        }
     }
     Store::connect(database_url)
         .await
         .context("opening the database")
+}
+
+/// Whether the SQLite file at `path` has hl7bridge's message table, read without changing it.
+async fn holds_messages(path: &str) -> anyhow::Result<bool> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    let db = sea_orm::Database::connect(format!("sqlite://{path}?mode=ro"))
+        .await
+        .with_context(|| format!("opening {path}"))?;
+    let found = db
+        .query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'hl7_message'",
+        ))
+        .await;
+    let _ = db.close().await;
+    Ok(!found.context("reading the database's tables")?.is_empty())
 }
 
 /// The file of a `sqlite:` URL; `None` for an in-memory database or another kind.

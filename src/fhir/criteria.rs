@@ -133,6 +133,16 @@ impl MatchUrl {
             [(name, value)] if name == "identifier" && split_alternatives(value).len() == 1)
     }
 
+    /// The id a condition of `_id` alone names, when it names one valid id.
+    pub fn sole_id(&self) -> Option<String> {
+        let [(name, value)] = self.pairs.as_slice() else {
+            return None;
+        };
+        let mut ids = split_alternatives(value);
+        let one = name == "_id" && ids.len() == 1 && super::id::is_valid_id(&ids[0]);
+        one.then(|| ids.remove(0))
+    }
+
     /// Whether `name` is a reference parameter of the type, whose values may be `fullUrl`s.
     fn is_reference(&self, name: &str) -> bool {
         crate::store::search_params::find(&self.resource_type, name)

@@ -1005,9 +1005,10 @@ pub(super) struct ReadBody<'a> {
 }
 
 /// What a body is charged at least, per JSON value in it. The budget (twice the largest body)
-/// assumes a body takes about 25 times its size in memory while it is processed, which holds
-/// for FHIR JSON of ordinary values (15 to 30 bytes each); a body of tiny values (`[1,1,1…]`,
-/// two bytes each) takes about 100 times, and is charged as if it were that much larger.
+/// assumes a body takes about 25 times its size in memory while it is processed; parsed, each
+/// JSON value takes about 400 bytes (measured by a hostile tester: 4.75 million values, 3.8
+/// GB), so a value is charged 400 / 25 = 16 bytes. Ordinary FHIR JSON (15 to 30 bytes a value)
+/// is charged its size; a body of tiny values, as much as it will take.
 const CHARGE_PER_VALUE: usize = 16;
 
 /// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
@@ -1025,11 +1026,23 @@ pub(super) async fn read_resource_body<'a>(
         ));
     }
     let connections = &state.body_timeouts.connections;
-    let budget = state
+    let mut budget = state
         .body_budget
         .reserve(declared_length(req), connections)
         .await;
     let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
+    // JSON is charged before it is parsed, by a count of its values that allocates nothing:
+    // a body of tiny values must wait for (or be refused) the budget parsing it will take,
+    // not be given it after the fact.
+    if format != BodyFormat::Xml {
+        let charge = bytes
+            .len()
+            .max(json_values(&bytes).saturating_mul(CHARGE_PER_VALUE));
+        if charge > state.body_budget.total_bytes() {
+            return Err(FhirError::PayloadTooLarge(state.max_body_bytes));
+        }
+        budget = state.body_budget.grow(budget, charge, connections).await;
+    }
     let size = bytes.len();
     let (value, values) = tokio::task::spawn_blocking(move || {
         let value = match format {
@@ -1044,6 +1057,29 @@ pub(super) async fn read_resource_body<'a>(
     let charge = size.max(values.saturating_mul(CHARGE_PER_VALUE));
     let budget = state.body_budget.grow(budget, charge, connections).await;
     Ok(ReadBody { value, budget })
+}
+
+/// How many values JSON text holds, about (commas, containers and one more, outside
+/// strings), without parsing it.
+fn json_values(bytes: &[u8]) -> usize {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b',' | b'{' | b'[' => count += 1,
+            _ => {}
+        }
+    }
+    count
 }
 
 /// How many JSON values `value` holds, itself included.
@@ -1339,6 +1375,13 @@ pub(super) fn encode_query_value(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_values_are_counted_without_parsing_and_strings_hide_their_commas() {
+        let text = br#"{"a":[1,2,{"b":null}],"c":"x,y\",{["}"#;
+        let parsed: Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(json_values(text), count_values(&parsed));
+    }
+
     #[test]
     fn every_json_value_is_counted() {
         let value: Value = serde_json::from_str(r#"{"a":[1,2,{"b":null}],"c":"x"}"#).unwrap();

@@ -220,6 +220,11 @@ impl BodyBudget {
         declared: Option<usize>,
         waiting: &OpenConnections,
     ) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // A small declared body takes none: such bodies are bounded by the connection limit,
+        // and a small write must not queue behind large uploads.
+        if declared.is_some_and(|d| d < 1 << 20) {
+            return None;
+        }
         let bytes = declared
             .unwrap_or(self.max_body_bytes)
             .min(self.max_body_bytes);
@@ -241,6 +246,11 @@ impl BodyBudget {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _waiting = Waiting(&waiting.budget_waiters);
         self.permits.acquire_many(mib).await.ok()
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total_bytes(&self) -> usize {
+        (self.total_mib as usize) << 20
     }
 
     /// The budget a parsed body keeps while its request is processed: none under 1 MiB (small

@@ -152,6 +152,10 @@ struct Matches<'a> {
     full_urls: HashSet<String>,
     /// Matches the store has not answered yet (their resolved form was not known before).
     pending: RefCell<Vec<Match>>,
+    /// Resources conditional updates create under an id of their own choosing (the body's,
+    /// or `_id`'s) because nothing matched: they must still be absent when written, or a
+    /// plain PUT racing with this Bundle would be overwritten.
+    must_be_absent: HashSet<String>,
     now_us: i64,
 }
 
@@ -167,6 +171,7 @@ impl<'a> Matches<'a> {
             targets: HashMap::new(),
             full_urls: HashSet::new(),
             pending: RefCell::new(Vec::new()),
+            must_be_absent: HashSet::new(),
             now_us: chrono::Utc::now().timestamp_micros(),
         }
     }
@@ -297,9 +302,10 @@ impl<'a> Matches<'a> {
     }
 }
 
-/// Planning's outcome: every entry planned, or the matches the store must answer first.
+/// Planning's outcome: every entry planned (and the keys that must be absent when written),
+/// or the matches the store must answer first.
 enum Planning {
-    Done(Vec<Result<Planned, FhirError>>),
+    Done(Vec<Result<Planned, FhirError>>, HashSet<String>),
     Ask(Vec<Match>),
 }
 
@@ -322,7 +328,7 @@ fn plan_until_stable(
         }
         let newly_failed = |i: usize| entries[i].is_ok() && finished[i].is_err();
         if kind == Kind::Transaction || !(0..entries.len()).any(newly_failed) {
-            return Planning::Done(finished);
+            return Planning::Done(finished, matches.must_be_absent);
         }
         let failed: Vec<usize> = (0..entries.len()).filter(|&i| newly_failed(i)).collect();
         for i in failed {
@@ -347,11 +353,11 @@ async fn plan(
     entries: Vec<Result<Entry, FhirError>>,
     answers: &mut Answers,
     rows: bool,
-) -> Result<Vec<Result<Planned, FhirError>>, FhirError> {
+) -> Result<(Vec<Result<Planned, FhirError>>, HashSet<String>), FhirError> {
     let limit = match_limit(entries.len());
     for _ in 0..MAX_MATCH_ROUNDS {
         match plan_until_stable(kind, entries.clone(), answers, rows) {
-            Planning::Done(planned) => return Ok(planned),
+            Planning::Done(planned, absent) => return Ok((planned, absent)),
             Planning::Ask(pending) => answer(store, access, answers, pending, limit).await?,
         }
     }
@@ -485,7 +491,15 @@ pub async fn process(
         .iter()
         .map(|e| e.as_ref().ok().and_then(|e| e.precondition.clone()))
         .collect();
-    let mut planned = plan(store, access, kind, entries, &mut answers, rows).await?;
+    let (mut planned, must_be_absent) =
+        plan(store, access, kind, entries, &mut answers, rows).await?;
+    for (index, p) in planned.iter().enumerate() {
+        if let Ok(Planned::Write(op)) = p {
+            if must_be_absent.contains(&op_key(op)) {
+                preconditions[index].get_or_insert(Precondition::Absent);
+            }
+        }
+    }
     creating_puts_need_create(
         store,
         access,
@@ -1088,7 +1102,7 @@ fn plan_targets(
     planned
 }
 
-fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
+fn plan_entry(entry: Entry, matches: &mut Matches) -> Result<Planned, FhirError> {
     let new_id = entry.new_id;
     match entry.request {
         Request::Create {
@@ -1116,6 +1130,8 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
                 Target::Id(id) => id,
                 Target::Conditional(url) => {
                     let found = matches.matched(&url)?;
+                    // `PUT Type?_id=x` that matches nothing creates `x`, so a retry matches it.
+                    let new_id = url.sole_id().unwrap_or(new_id);
                     let id = conditional_update_target(&resource, &found, new_id)?;
                     if found.is_empty() && matches.exists(&resource_type, &id) {
                         return Err(FhirError::Conflict(format!(
@@ -1123,6 +1139,11 @@ fn plan_entry(entry: Entry, matches: &Matches) -> Result<Planned, FhirError> {
                              which resource.id names, exists: a conditional update does not \
                              overwrite a resource its condition does not match"
                         )));
+                    }
+                    if found.is_empty() {
+                        matches
+                            .must_be_absent
+                            .insert(format!("{resource_type}/{id}"));
                     }
                     id
                 }
@@ -1504,7 +1525,8 @@ mod tests {
             searches: HashMap::from([(expected, Vec::new())]),
             ..Answers::default()
         };
-        let Planning::Done(planned) = plan_until_stable(Kind::Transaction, entries, &answers, true)
+        let Planning::Done(planned, _) =
+            plan_until_stable(Kind::Transaction, entries, &answers, true)
         else {
             panic!("asked again");
         };
@@ -1540,7 +1562,7 @@ mod tests {
             ..Answers::default()
         };
         let outcome = plan_until_stable(Kind::Transaction, entries, &answers, true);
-        let Planning::Done(planned) = outcome else {
+        let Planning::Done(planned, _) = outcome else {
             panic!("nothing is left to ask");
         };
         let err = planned[0].as_ref().err().expect("refused");

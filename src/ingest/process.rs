@@ -599,11 +599,15 @@ fn internal(message: &str) -> AckError {
 }
 
 /// The span of one message, with which character set its text was read in and why (never
-/// the text).
+/// the text). Each message is a trace of its own (or continues the one its carrier names):
+/// a feed keeps one MLLP connection open for hours, and its thousands of messages must not
+/// share the connection's trace. The span is linked to the connection's span instead.
 fn message_span(raw: &RawMessage) -> tracing::Span {
     let header = raw.header();
     let field = |v: Option<&String>| v.cloned().unwrap_or_default();
-    tracing::info_span!(
+    let connection = tracing::Span::current();
+    let span = tracing::info_span!(
+        parent: None,
         "hl7.message",
         otel.name = "process HL7v2 message",
         otel.kind = "server",
@@ -613,7 +617,9 @@ fn message_span(raw: &RawMessage) -> tracing::Span {
         hl7bridge.ack_code = tracing::field::Empty,
         hl7bridge.charset = raw.charset().encoding,
         hl7bridge.charset_source = raw.charset().source.as_str(),
-    )
+    );
+    crate::telemetry::link_span(&span, &connection);
+    span
 }
 
 /// The ACKs due for a message answered `code` (as original mode decides), `committed` saying

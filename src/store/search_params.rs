@@ -347,7 +347,8 @@ fn split_zone(text: &str) -> Option<(&str, i64)> {
             let sign = if zone.starts_with('-') { -1 } else { 1 };
             let (h, m) = zone[1..].split_once(':')?;
             let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-            if h > 14 || m > 59 {
+            // R4's offsets run from -14:00 to +14:00.
+            if h > 14 || m > 59 || (h == 14 && m > 0) {
                 return None;
             }
             Some((&text[..at], sign * (h * 3600 + m * 60) * 1_000_000))

@@ -213,6 +213,15 @@ pub fn add_link(span: &tracing::Span, linked: &TraceParent) {
     span.add_link(cx.span().span_context().clone());
 }
 
+/// Links `span` to `other` (a message to the connection it came over), when `other` is a
+/// valid, recorded span.
+pub fn link_span(span: &tracing::Span, other: &tracing::Span) {
+    let other = other.context().span().span_context().clone();
+    if other.is_valid() {
+        span.add_link(other);
+    }
+}
+
 /// `traceparent` (and `tracestate`) naming `span`, for outbound carriers.
 pub fn span_traceparent(span: &tracing::Span) -> Option<(String, Option<String>)> {
     let cx = span.context();

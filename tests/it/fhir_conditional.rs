@@ -375,3 +375,17 @@ async fn a_chain_of_twenty_conditions_on_earlier_entries_is_idempotent() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_conditional_update_on_an_id_alone_creates_that_id_so_a_retry_updates_it() {
+    let app = spawn_app().await;
+    let url = format!("{}/Patient?_id=by-id-7", app.base);
+    let (first, created) = send(app.client.put(&url), &patient("Byid", "1977-07-07")).await;
+    assert_eq!(first, 201, "{created}");
+    assert_eq!(created["id"], "by-id-7");
+    let (second, updated) = send(app.client.put(&url), &patient("Byid", "1977-07-08")).await;
+    assert_eq!(second, 200, "{updated}");
+    assert_eq!(updated["meta"]["versionId"], "2");
+    assert_eq!(ids(&app, "/Patient?family=Byid").await, ["by-id-7"]);
+    app.stop().await;
+}

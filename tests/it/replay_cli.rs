@@ -96,6 +96,18 @@ fn messages_and_replay_against_a_missing_database_say_so_and_create_nothing() {
         assert!(stderr.contains("no database at"), "{args:?}: {stderr}");
         assert!(!missing.exists(), "{args:?} created the database");
     }
+    // A file that is not this server's database is left as it is.
+    let foreign = dir.join("other-application.db");
+    std::fs::write(&foreign, b"").unwrap();
+    let url = format!("sqlite://{}", foreign.display());
+    let output = cli(&["messages"], &url, "127.0.0.1:9");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not an hl7bridge database"));
+    assert_eq!(
+        std::fs::metadata(&foreign).unwrap().len(),
+        0,
+        "left untouched"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -199,3 +199,48 @@ async fn one_trace_runs_from_the_ztr_through_the_database_and_kafka_and_the_read
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Messages without a ZTR on one long-lived connection: each is a trace of its own, not the
+/// connection's (a feed keeps its connection open for hours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_on_one_connection_is_its_own_trace() {
+    let (endpoint, _received) = fake_collector().await;
+    let dir = std::env::temp_dir().join(format!("hl7bridge-traces-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, _http, mllp) =
+        tokio::task::block_in_place(|| start_binary(&endpoint, &dir, &[]));
+    let message = include_str!("../fixtures/oru_r01_ztr.hl7")
+        .trim_end()
+        .replace("\r\n", "\r")
+        .replace('\n', "\r");
+    let mut stream = TcpStream::connect(&mllp).await.unwrap();
+    // Messages without a ZTR on the same connection: each is a trace of its own, not the
+    // connection's (a feed's connection stays open for hours).
+    let mut traces = Vec::new();
+    for control_id in ["LAB0001-B", "LAB0001-C"] {
+        let untraced: Vec<&str> = message
+            .split('\r')
+            .filter(|segment| !segment.starts_with("ZTR"))
+            .collect();
+        let untraced = untraced
+            .join("\r")
+            .replace("|LAB0001|", &format!("|{control_id}|"));
+        stream
+            .write_all(&hl7bridge_mllp::encode(untraced.as_bytes()))
+            .await
+            .unwrap();
+        let ack = read_frame(&mut stream).await;
+        assert!(ack.contains("MSA|AA"), "{ack}");
+        let ztr = ack
+            .split('\r')
+            .find(|s| s.starts_with("ZTR"))
+            .expect("the ACK carries a ZTR");
+        let trace = ztr.split('|').nth(1).unwrap()[3..35].to_string();
+        assert_ne!(trace, LAB_TRACE);
+        traces.push(trace);
+    }
+    assert_ne!(traces[0], traces[1], "one trace per message");
+    let _ = child.kill();
+    let _ = tokio::task::block_in_place(|| child.wait());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -368,22 +368,67 @@ const DATE_ONLY_NAMES: &[&str] = &[
     "nextScheduled",
 ];
 
-/// Whether a string at `key` (under `path`, the parent's path) must be a date or dateTime:
-/// `Some(true)` for a date only.
-fn date_kind(parent: &str, key: &str) -> Option<bool> {
-    if DATE_ONLY_NAMES.contains(&key) || key.ends_with("Date") && !key.ends_with("DateTime") {
-        // `valueDate`, `birthDate`; but `effectiveDate` is a dateTime.
-        return Some(DATE_ONLY_NAMES.contains(&key) || !DATE_TIME_NAMES.contains(&key));
+/// R4 elements of type time that are not `[x]` choices (listed from fhirbolt's R4 model).
+const TIME_NAMES: &[&str] = &[
+    "availableEndTime",
+    "availableStartTime",
+    "closingTime",
+    "openingTime",
+    "timeOfDay",
+];
+
+/// The temporal types whose text the codec checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Temporal {
+    Date,
+    DateTime,
+    Time,
+}
+
+/// What a string at `key` (under `parent`, the parent's path) must be, if a temporal type.
+fn temporal_kind(parent: &str, key: &str) -> Option<Temporal> {
+    if DATE_ONLY_NAMES.contains(&key) {
+        return Some(Temporal::Date);
+    }
+    if key.ends_with("Date") {
+        // `valueDate`; but `effectiveDate` is a dateTime.
+        return Some(match DATE_TIME_NAMES.contains(&key) {
+            true => Temporal::DateTime,
+            false => Temporal::Date,
+        });
     }
     if key.ends_with("DateTime") || DATE_TIME_NAMES.contains(&key) {
-        return Some(false);
+        return Some(Temporal::DateTime);
+    }
+    // `valueTime`, `answerTime`: choices of type time (`effectiveTime` is listed above).
+    if TIME_NAMES.contains(&key) || key.ends_with("Time") {
+        return Some(Temporal::Time);
     }
     let in_period = parent
         .rsplit('.')
         .next()
         .map(|last| last.split('[').next().unwrap_or(last))
         .is_some_and(|last| last == "period" || last.ends_with("Period"));
-    (in_period && key == "start").then_some(false)
+    (in_period && key == "start").then_some(Temporal::DateTime)
+}
+
+/// FHIR's time: `hh:mm:ss`, optional fraction, hours 00 to 23.
+fn is_time(text: &str) -> bool {
+    let (clock, fraction) = match text.split_once('.') {
+        Some((clock, fraction)) => (clock, Some(fraction)),
+        None => (text, None),
+    };
+    let fraction_ok =
+        fraction.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()));
+    let parts: Vec<&str> = clock.split(':').collect();
+    let two_digits = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
+    let value = |p: &str| p.parse::<u32>().unwrap_or(99);
+    fraction_ok
+        && parts.len() == 3
+        && parts.iter().all(|p| two_digits(p))
+        && value(parts[0]) <= 23
+        && value(parts[1]) <= 59
+        && value(parts[2]) <= 59
 }
 
 /// FHIR's date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`) and, unless `date_only`, dateTime: a date, or
@@ -421,6 +466,35 @@ fn is_date_time(text: &str, date_only: bool) -> bool {
     !date_only && is_instant(text)
 }
 
+/// R4's invariant per-1: a Period's start is not after its end. Compared when both are dates
+/// or both are dateTimes with a time (a date against a time depends on a zone neither has).
+fn check_period_order(map: &Map<String, Value>, path: &str) -> Result<(), CodecError> {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = last.split('[').next().unwrap_or(last);
+    if !(last == "period" || last.ends_with("Period")) {
+        return Ok(());
+    }
+    let (Some(Value::String(start)), Some(Value::String(end))) = (map.get("start"), map.get("end"))
+    else {
+        return Ok(());
+    };
+    let after = if start.len() == end.len() && start.len() <= 10 {
+        start > end
+    } else {
+        match (
+            chrono::DateTime::parse_from_rfc3339(start),
+            chrono::DateTime::parse_from_rfc3339(end),
+        ) {
+            (Ok(start), Ok(end)) => start > end,
+            _ => false,
+        }
+    };
+    if after {
+        return Err(structure(path, "a Period's start is after its end (per-1)"));
+    }
+    Ok(())
+}
+
 /// A positiveInt (or each of an array of them) is at least 1. Values that are not numbers are
 /// the other types some of these names have, or fhirbolt's to refuse.
 fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
@@ -434,10 +508,15 @@ fn check_positive(value: &Value, path: &str) -> Result<(), CodecError> {
     }
 }
 
-/// A date or dateTime (or each of an array of them) has FHIR's shape and names a real day.
-/// Values that are not strings are fhirbolt's to refuse.
-fn check_dates(value: &Value, path: &str, date_only: bool) -> Result<(), CodecError> {
-    let bad = |v: &Value| v.as_str().is_some_and(|t| !is_date_time(t, date_only));
+/// A date, dateTime or time (or each of an array of them) has FHIR's shape and names a real
+/// day or time. Values that are not strings are fhirbolt's to refuse.
+fn check_temporal(value: &Value, path: &str, kind: Temporal) -> Result<(), CodecError> {
+    let fits = |t: &str| match kind {
+        Temporal::Date => is_date_time(t, true),
+        Temporal::DateTime => is_date_time(t, false),
+        Temporal::Time => is_time(t),
+    };
+    let bad = |v: &Value| v.as_str().is_some_and(|t| !fits(t));
     let wrong = match value {
         Value::Array(items) => items.iter().any(bad),
         v => bad(v),
@@ -447,11 +526,13 @@ fn check_dates(value: &Value, path: &str, date_only: bool) -> Result<(), CodecEr
     }
     Err(structure(
         path,
-        if date_only {
-            "a date is YYYY, YYYY-MM or YYYY-MM-DD, and a real one"
-        } else {
-            "a dateTime is YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff] with a time \
-             zone (Z or ±hh:mm), and a real one"
+        match kind {
+            Temporal::Date => "a date is YYYY, YYYY-MM or YYYY-MM-DD, and a real one",
+            Temporal::DateTime => {
+                "a dateTime is YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm:ss[.fff] with a \
+                 time zone (Z or ±hh:mm up to 14:00), and a real one"
+            }
+            Temporal::Time => "a time is hh:mm:ss[.fff], from 00:00:00 to 23:59:59",
         },
     ))
 }
@@ -466,6 +547,7 @@ fn check_object(
     path: &mut String,
     depth: usize,
 ) -> Result<(), CodecError> {
+    check_period_order(map, path)?;
     for (key, child) in map {
         let len = path.len();
         push_segment(path, key);
@@ -486,8 +568,8 @@ fn check_object(
                 ));
             }
         }
-        if let Some(date_only) = date_kind(&path[..len], key) {
-            check_dates(child, path, date_only)?;
+        if let Some(kind) = temporal_kind(&path[..len], key) {
+            check_temporal(child, path, kind)?;
         }
         check_structure(child, path, depth + 1)?;
         path.truncate(len);
@@ -715,13 +797,73 @@ mod tests {
             "dosageInstruction": [{"timing": {"event": ["2024-03-05T08:00:00Z", "soon"]}}]});
         let refused = canonicalize(request).unwrap_err().to_string();
         assert!(refused.contains("timing.event"), "{refused}");
-        assert_eq!(date_kind("GraphDefinition", "start"), None);
-        assert_eq!(date_kind("Goal.target[0].duePeriod", "start"), Some(false));
-        assert_eq!(date_kind("Extension", "valueDate"), Some(true));
+        use Temporal::*;
+        assert_eq!(temporal_kind("GraphDefinition", "start"), None);
+        let due = temporal_kind("Goal.target[0].duePeriod", "start");
+        assert_eq!(due, Some(DateTime));
+        assert_eq!(temporal_kind("Extension", "valueDate"), Some(Date));
+        let effective = temporal_kind("MedicationKnowledge", "effectiveDate");
+        assert_eq!(effective, Some(DateTime));
         assert_eq!(
-            date_kind("MedicationKnowledge", "effectiveDate"),
-            Some(false)
+            temporal_kind("Observation", "effectiveTime"),
+            Some(DateTime)
         );
+        assert_eq!(temporal_kind("Observation", "valueTime"), Some(Time));
+    }
+
+    #[test]
+    fn a_period_may_not_end_before_it_starts() {
+        let encounter = |start: &str, end: &str| {
+            json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                "period": {"start": start, "end": end}})
+        };
+        for (start, end) in [
+            ("2020-03-01", "2020-02-01"),
+            ("2020-03-01T10:00:00Z", "2020-03-01T09:59:59Z"),
+            ("2020-03-01T10:00:00+01:00", "2020-03-01T08:30:00Z"),
+        ] {
+            let refused = canonicalize(encounter(start, end)).unwrap_err().to_string();
+            assert!(refused.contains("per-1"), "{start} {end}: {refused}");
+        }
+        for (start, end) in [
+            ("2020-02-01", "2020-03-01"),
+            ("2020-03-01", "2020-03-01"),
+            ("2020-03-01T10:00:00+01:00", "2020-03-01T09:30:00Z"),
+            ("2020-03-01T10:00:00Z", "2020-03-01"),
+        ] {
+            assert!(canonicalize(encounter(start, end)).is_ok(), "{start} {end}");
+        }
+    }
+
+    #[test]
+    fn a_time_is_a_clock_time_of_one_day() {
+        let observation = |value: &str| {
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "valueTime": value})
+        };
+        for good in ["00:00:00", "23:59:59", "12:30:00.250"] {
+            assert!(canonicalize(observation(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            "24:00:00",
+            "25:00:00",
+            "12:60:00",
+            "12:30",
+            "12:30:00.",
+            "noon",
+        ] {
+            let refused = canonicalize(observation(bad)).unwrap_err().to_string();
+            assert!(
+                refused.starts_with("Observation.valueTime: a time is"),
+                "{bad}: {refused}"
+            );
+        }
+        let timing = json!({"resourceType": "MedicationRequest", "status": "active",
+            "intent": "order", "medicationCodeableConcept": {"text": "x"},
+            "subject": {"reference": "Patient/p"},
+            "dosageInstruction": [{"timing": {"repeat": {"timeOfDay": ["08:00:00", "8am"]}}}]});
+        let refused = canonicalize(timing).unwrap_err().to_string();
+        assert!(refused.contains("timeOfDay"), "{refused}");
     }
 
     #[test]

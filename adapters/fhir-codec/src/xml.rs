@@ -13,8 +13,11 @@
 //! lower-case `utf-8` or a `standalone` in the declaration, and `xsi` namespace declarations
 //! and `xsi:*` attributes (a `schemaLocation`) on the root element.
 //!
-//! Known losses on the way out (fhirbolt item 7): narrative XHTML is re-indented, so
-//! whitespace next to inline tags changes; exponents are written in lower case.
+//! fhirbolt re-indents narrative XHTML both ways and drops the whitespace next to inline tags
+//! (`Seen by <b>Dr</b> on` became `Seen by<b>Dr</b>on`), so the narrative is carried past it:
+//! the `div` as written in the XML becomes the JSON `div` ([`keep_narratives_from_xml`]), and the
+//! JSON `div` is written into the XML ([`write_narratives_into_xml`]). A known loss that
+//! remains (fhirbolt item 7): exponents are written in lower case.
 
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -44,11 +47,142 @@ pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     }))
     .map_err(|_| CodecError::Model("the XML resource could not be read".into()))?
     .map_err(|e| CodecError::Model(e.to_string()))?;
-    catch_unwind(AssertUnwindSafe(|| {
+    let mut json = catch_unwind(AssertUnwindSafe(|| {
         fhirbolt::json::to_json_value(parsed, None)
     }))
     .map_err(|_| CodecError::Model("the resource could not be written".into()))?
-    .map_err(|e| CodecError::Model(e.to_string()))
+    .map_err(|e| CodecError::Model(e.to_string()))?;
+    keep_narratives_from_xml(&prepared, &mut json);
+    Ok(json)
+}
+
+const XHTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
+
+/// The byte ranges of the narrative `div` elements of a FHIR XML document (those not inside
+/// another), in document order; `None` when the document cannot be read.
+fn narrative_ranges(xml: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+    let mut reader = Reader::from_reader(xml);
+    let mut ranges = Vec::new();
+    let (mut depth, mut begin) = (0usize, 0usize);
+    loop {
+        let start = reader.buffer_position();
+        let event = reader.read_event().ok()?;
+        let end = reader.buffer_position();
+        match event {
+            Event::Eof => return Some(ranges),
+            Event::Start(tag) if depth == 0 && tag.name().as_ref() == b"div" => {
+                (depth, begin) = (1, start);
+            }
+            Event::Start(_) if depth > 0 => depth += 1,
+            Event::End(_) if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    ranges.push(begin..end);
+                }
+            }
+            Event::Empty(tag) if depth == 0 && tag.name().as_ref() == b"div" => {
+                ranges.push(start..end)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every narrative `div` string of a JSON resource, in document order (FHIR names no other
+/// element `div`).
+fn narrative_slots(value: &mut Value) -> Vec<&mut String> {
+    let mut slots = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(map) => {
+                // Reversed onto the stack, so they come off in document order.
+                for (key, child) in map.iter_mut().rev() {
+                    if key == "div" {
+                        if let Value::String(text) = child {
+                            slots.push(text);
+                            continue;
+                        }
+                    }
+                    stack.push(child);
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter_mut().rev()),
+            _ => {}
+        }
+    }
+    slots
+}
+
+/// An XHTML `div` as FHIR requires it: the element itself, declaring the XHTML namespace.
+fn is_own_xhtml_div(text: &str) -> bool {
+    let start_tag = text.split('>').next().unwrap_or("");
+    text.starts_with("<div") && start_tag.contains(XHTML_NAMESPACE)
+}
+
+/// Replaces the narratives fhirbolt read (re-indented, spaces beside inline tags lost) with
+/// the `div`s as the XML document holds them. When the two cannot be paired one to one,
+/// fhirbolt's stand.
+fn keep_narratives_from_xml(xml: &[u8], json: &mut Value) {
+    let Some(ranges) = narrative_ranges(xml) else {
+        return;
+    };
+    let slots = narrative_slots(json);
+    if slots.len() != ranges.len() {
+        return;
+    }
+    for (slot, range) in slots.into_iter().zip(ranges) {
+        if let Ok(text) = std::str::from_utf8(&xml[range]) {
+            if is_own_xhtml_div(text) {
+                *slot = text.to_string();
+            }
+        }
+    }
+}
+
+/// Writes each JSON narrative `div` into fhirbolt's XML in place of its re-indented copy.
+/// When they cannot be paired one to one, or the result would not read back, fhirbolt's
+/// output stands.
+fn write_narratives_into_xml(json: &[u8], xml: Vec<u8>) -> Vec<u8> {
+    let Ok(mut value) = serde_json::from_slice::<Value>(json) else {
+        return xml;
+    };
+    let slots = narrative_slots(&mut value);
+    let Some(ranges) = narrative_ranges(&xml) else {
+        return xml;
+    };
+    if slots.len() != ranges.len() || slots.is_empty() {
+        return xml;
+    }
+    let mut out = Vec::with_capacity(xml.len());
+    let mut from = 0;
+    for (slot, range) in slots.into_iter().zip(ranges) {
+        out.extend_from_slice(&xml[from..range.start]);
+        if is_own_xhtml_div(slot) {
+            out.extend_from_slice(slot.as_bytes());
+        } else {
+            out.extend_from_slice(&xml[range.clone()]);
+        }
+        from = range.end;
+    }
+    out.extend_from_slice(&xml[from..]);
+    match narrative_ranges(&out) {
+        Some(_) if reads_back(&out) => out,
+        _ => xml,
+    }
+}
+
+/// Whether `xml` is well-formed, end tags matching.
+fn reads_back(xml: &[u8]) -> bool {
+    let mut reader = Reader::from_reader(xml);
+    reader.check_end_names(true);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Eof) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A FHIR JSON resource (compact, as the server writes it) as indented FHIR XML.
@@ -70,9 +204,10 @@ pub fn json_to_xml(json: &[u8]) -> Result<Vec<u8>, CodecError> {
     }))
     .map_err(|_| CodecError::Model("the resource could not be read".into()))?
     .map_err(|e| CodecError::Model(e.to_string()))?;
-    catch_unwind(AssertUnwindSafe(|| fhirbolt::xml::to_vec(&parsed, None)))
+    let xml = catch_unwind(AssertUnwindSafe(|| fhirbolt::xml::to_vec(&parsed, None)))
         .map_err(|_| CodecError::Model("the resource could not be written as XML".into()))?
-        .map_err(|e| CodecError::Model(e.to_string()))
+        .map_err(|e| CodecError::Model(e.to_string()))?;
+    Ok(write_narratives_into_xml(json, xml))
 }
 
 /// FHIR XML as fhirbolt writes it (indented), without the indentation: the whitespace-only
@@ -337,6 +472,36 @@ fn xml_error(at: usize, message: &str) -> CodecError {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_narrative_posted_as_xml_keeps_its_text_as_written() {
+        let xml = concat!(
+            r#"<Bundle xmlns="http://hl7.org/fhir"><type value="collection"/>"#,
+            r#"<entry><resource><Patient><text><status value="generated"/>"#,
+            r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Seen by <b>Dr Who</b> on <i>Monday</i>.</p></div>"#,
+            r#"</text><contained><Organization><id value="o"/><text><status value="generated"/>"#,
+            r#"<div xmlns="http://www.w3.org/1999/xhtml">Org &amp; <b>co</b></div></text>"#,
+            r#"<name value="x"/></Organization></contained><gender value="male"/></Patient></resource></entry>"#,
+            r#"</Bundle>"#
+        );
+        let json = xml_to_json(xml.as_bytes()).unwrap();
+        let patient = &json["entry"][0]["resource"];
+        assert_eq!(
+            patient["text"]["div"],
+            r#"<div xmlns="http://www.w3.org/1999/xhtml"><p>Seen by <b>Dr Who</b> on <i>Monday</i>.</p></div>"#
+        );
+        assert_eq!(
+            patient["contained"][0]["text"]["div"],
+            r#"<div xmlns="http://www.w3.org/1999/xhtml">Org &amp; <b>co</b></div>"#
+        );
+        // And back out as XML, unchanged.
+        let out = String::from_utf8(json_to_xml(json.to_string().as_bytes()).unwrap()).unwrap();
+        assert!(
+            out.contains("<p>Seen by <b>Dr Who</b> on <i>Monday</i>.</p>"),
+            "{out}"
+        );
+        assert!(out.contains("Org &amp; <b>co</b>"), "{out}");
+    }
+
+    #[test]
     fn compact_xml_drops_the_indentation_and_keeps_the_narrative_whole() {
         let json = br#"{"resourceType":"Patient","text":{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\"><b>Ada</b> <i>Quill</i></div>"},"gender":"female","birthDate":"1980-02-03"}"#;
         let indented = json_to_xml(json).unwrap();
@@ -350,13 +515,13 @@ mod tests {
             text.contains(r#"<gender value="female"/><birthDate value="1980-02-03"/>"#),
             "{text}"
         );
-        // The narrative as fhirbolt wrote it (it re-indents XHTML; see the module's notes).
-        let narrative = |xml: &str| {
-            let start = xml.find("<div").unwrap();
-            xml[start..xml.find("</div>").unwrap() + 6].to_string()
-        };
-        let indented_text = String::from_utf8(indented.clone()).unwrap();
-        assert_eq!(narrative(&text), narrative(&indented_text));
+        // The narrative exactly as the JSON holds it, spaces between inline tags included.
+        assert!(
+            text.contains(
+                r#"<div xmlns="http://www.w3.org/1999/xhtml"><b>Ada</b> <i>Quill</i></div>"#
+            ),
+            "{text}"
+        );
         // The same resource either way.
         assert_eq!(
             xml_to_json(&compact).unwrap(),
