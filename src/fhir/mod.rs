@@ -225,9 +225,10 @@ impl BodyBudget {
         if declared.is_some_and(|d| d < 1 << 20) {
             return None;
         }
+        // A parsed body may be charged more than its size (see `grow`), up to the whole budget.
         let bytes = declared
             .unwrap_or(self.max_body_bytes)
-            .min(self.max_body_bytes);
+            .min(self.total_bytes());
         let mib = u32::try_from(bytes.div_ceil(1 << 20))
             .unwrap_or(u32::MAX)
             .clamp(1, self.total_mib);
@@ -256,7 +257,7 @@ impl BodyBudget {
     /// The budget a parsed body keeps while its request is processed: none under 1 MiB (small
     /// requests are bounded by the connection limit, and must not queue behind large ones);
     /// else `held` when it covers `bytes`, or else `held` given back and `bytes` (at most the
-    /// maximum body) reserved anew, so that no request holds part of the budget while it waits
+    /// whole budget) reserved anew, so that no request holds part of the budget while it waits
     /// for more.
     pub async fn grow<'a>(
         &'a self,
@@ -267,7 +268,7 @@ impl BodyBudget {
         if bytes < 1 << 20 {
             return None;
         }
-        let wanted = bytes.min(self.max_body_bytes).div_ceil(1 << 20).max(1);
+        let wanted = bytes.min(self.total_bytes()).div_ceil(1 << 20).max(1);
         if held
             .as_ref()
             .is_some_and(|permit| permit.num_permits() >= wanted)
@@ -294,12 +295,12 @@ mod tests {
         let grown = budget.grow(held, 3 * MIB, &connections).await.unwrap();
         assert_eq!(grown.num_permits(), 3);
         assert_eq!(budget.permits.available_permits(), 5);
-        // Charged beyond the largest body: the largest body's share, no more.
+        // Charged beyond the largest body (a body of tiny values): up to the whole budget.
         let most = budget
             .grow(Some(grown), 40 * MIB, &connections)
             .await
             .unwrap();
-        assert_eq!(most.num_permits(), 4);
+        assert_eq!(most.num_permits(), 8);
         drop(most);
         // A small body gives its reservation back once parsed.
         let held = budget.reserve(Some(1000), &connections).await;

@@ -1131,16 +1131,20 @@ fn plan_entry(entry: Entry, matches: &mut Matches) -> Result<Planned, FhirError>
                 Target::Conditional(url) => {
                     let found = matches.matched(&url)?;
                     // `PUT Type?_id=x` that matches nothing creates `x`, so a retry matches it.
-                    let new_id = url.sole_id().unwrap_or(new_id);
+                    let named = url.sole_id();
+                    let client_chose = named.is_some() || resource.get("id").is_some();
+                    let new_id = named.unwrap_or(new_id);
                     let id = conditional_update_target(&resource, &found, new_id)?;
-                    if found.is_empty() && matches.exists(&resource_type, &id) {
+                    // Only an id the client chose can name a resource that exists already.
+                    let creates_chosen_id = found.is_empty() && client_chose;
+                    if creates_chosen_id && matches.exists(&resource_type, &id) {
                         return Err(FhirError::Conflict(format!(
                             "no {resource_type} matches the condition, and {resource_type}/{id}, \
                              which resource.id names, exists: a conditional update does not \
                              overwrite a resource its condition does not match"
                         )));
                     }
-                    if found.is_empty() {
+                    if creates_chosen_id {
                         matches
                             .must_be_absent
                             .insert(format!("{resource_type}/{id}"));
