@@ -1033,30 +1033,34 @@ pub(super) async fn read_resource_body<'a>(
     let bytes = read_body(body, state.max_body_bytes, &state.body_timeouts).await?;
     // JSON is charged before it is parsed, by a count of its values that allocates nothing:
     // a body of tiny values must wait for (or be refused) the budget parsing it will take,
-    // not be given it after the fact.
+    // not be given it after the fact. XML values are counted once parsed (as JSON).
     if format != BodyFormat::Xml {
-        let charge = bytes
-            .len()
-            .max(json_values(&bytes).saturating_mul(CHARGE_PER_VALUE));
+        let charge = charge(bytes.len(), json_values(&bytes));
         if charge > state.body_budget.total_bytes() {
             return Err(FhirError::PayloadTooLarge(state.max_body_bytes));
         }
         budget = state.body_budget.grow(budget, charge, connections).await;
     }
     let size = bytes.len();
-    let (value, values) = tokio::task::spawn_blocking(move || {
-        let value = match format {
-            BodyFormat::Xml => parse_xml(&bytes),
-            _ => parse_json(&bytes),
-        }?;
-        let values = count_values(&value);
-        Ok::<_, FhirError>((value, values))
+    let (value, values) = tokio::task::spawn_blocking(move || match format {
+        BodyFormat::Xml => parse_xml(&bytes).map(|value| {
+            let values = count_values(&value);
+            (value, Some(values))
+        }),
+        _ => parse_json(&bytes).map(|value| (value, None)),
     })
     .await
     .map_err(|_| FhirError::Internal)??;
-    let charge = size.max(values.saturating_mul(CHARGE_PER_VALUE));
-    let budget = state.body_budget.grow(budget, charge, connections).await;
+    if let Some(values) = values {
+        let charge = charge(size, values);
+        budget = state.body_budget.grow(budget, charge, connections).await;
+    }
     Ok(ReadBody { value, budget })
+}
+
+/// What a body of `size` bytes holding `values` JSON values is charged.
+fn charge(size: usize, values: usize) -> usize {
+    size.max(values.saturating_mul(CHARGE_PER_VALUE))
 }
 
 /// How many values JSON text holds, about (commas, containers and one more, outside

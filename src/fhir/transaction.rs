@@ -121,10 +121,11 @@ struct Answers {
 }
 
 impl Answers {
-    fn has(&self, m: &Match) -> bool {
+    /// The store's answer to `m`, if it was asked.
+    fn get(&self, m: &Match) -> Option<&Vec<String>> {
         match m {
-            Match::Identifier(lookup) => self.identifiers.contains_key(lookup),
-            Match::Search(search) => self.searches.contains_key(&search.key),
+            Match::Identifier(lookup) => self.identifiers.get(lookup),
+            Match::Search(search) => self.searches.get(&search.key),
         }
     }
 }
@@ -199,10 +200,7 @@ impl<'a> Matches<'a> {
     fn matched(&self, url: &MatchUrl) -> Result<Vec<String>, FhirError> {
         let resolved = url.resolve(&|value| self.placeholder(value))?;
         if self.kind == Kind::Transaction {
-            let stored = match &resolved {
-                Match::Identifier(lookup) => self.answers.identifiers.get(lookup),
-                Match::Search(search) => self.answers.searches.get(&search.key),
-            };
+            let stored = self.answers.get(&resolved);
             let t = resolved.resource_type();
             let gone = stored
                 .into_iter()
@@ -238,10 +236,7 @@ impl<'a> Matches<'a> {
     }
 
     fn ids(&self, m: &Match) -> Vec<String> {
-        let stored = match m {
-            Match::Identifier(lookup) => self.answers.identifiers.get(lookup),
-            Match::Search(search) => self.answers.searches.get(&search.key),
-        };
+        let stored = self.answers.get(m);
         if stored.is_none() {
             self.pending.borrow_mut().push(m.clone());
         }
@@ -388,7 +383,7 @@ async fn answer(
     let mut lookups = Vec::new();
     let mut searches = HashMap::new();
     for m in matches {
-        if answers.has(&m) {
+        if answers.get(&m).is_some() {
             continue;
         }
         match m {

@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_one_created, entry_statuses, located, race, spawn_app, TestApp};
+use crate::support::{
+    assert_one_created, entry_statuses, located, race, send_resource, spawn_app, TestApp,
+};
 
 fn patient(family: &str, birth_date: &str) -> Value {
     json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Invented"]}],
@@ -11,14 +13,7 @@ fn patient(family: &str, birth_date: &str) -> Value {
 }
 
 async fn send(request: reqwest::RequestBuilder, body: &Value) -> (u16, Value) {
-    let response = request
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
+    let (status, _, text) = send_resource(request, body).await;
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 

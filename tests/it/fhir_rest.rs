@@ -2,21 +2,13 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_one_created, race, spawn_app};
+use crate::support::{assert_one_created, race, send_resource, spawn_app};
 
 async fn send(
     request: reqwest::RequestBuilder,
     body: Value,
 ) -> (u16, reqwest::header::HeaderMap, String) {
-    let response = request
-        .header("content-type", "application/fhir+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.unwrap())
+    send_resource(request, &body).await
 }
 
 #[tokio::test]

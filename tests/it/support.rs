@@ -358,6 +358,22 @@ pub fn located(entry: &Value) -> String {
     format!("{}/{}", parts.next().unwrap(), parts.next().unwrap())
 }
 
+/// Sends `body` as FHIR JSON with `request`; the answer's status, headers and text.
+pub async fn send_resource(
+    request: reqwest::RequestBuilder,
+    body: &Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let response = request
+        .header("content-type", "application/fhir+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().await.unwrap())
+}
+
 /// Sends `n` requests at once, each built by `request` with `body` as FHIR JSON, and returns
 /// their statuses.
 pub async fn race(
@@ -367,11 +383,8 @@ pub async fn race(
 ) -> Vec<u16> {
     let racers: Vec<_> = (0..n)
         .map(|_| {
-            let sent = request()
-                .header("content-type", "application/fhir+json")
-                .body(body.to_string())
-                .send();
-            tokio::spawn(async move { sent.await.unwrap().status().as_u16() })
+            let (request, body) = (request(), body.clone());
+            tokio::spawn(async move { send_resource(request, &body).await.0 })
         })
         .collect();
     let mut statuses = Vec::with_capacity(n);
