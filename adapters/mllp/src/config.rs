@@ -23,8 +23,9 @@ pub struct MllpConfig {
     pub slow_frame_evict_ms: u64,
     /// Close a connection whose peer does not take a response within this time. Default 30 s.
     pub write_timeout_ms: u64,
-    /// Connections served at once; past it the server stops accepting until one closes, leaving
-    /// newcomers in the listen backlog. Default 1024.
+    /// Connections served at once. Past it newcomers wait (at most two per address, and
+    /// `max(max_connections, 256)` in all) until a connection closes or makes way for them;
+    /// see the `slots` module for who makes way and who goes first. Default 1024.
     pub max_connections: usize,
     /// Connections one peer address may hold at once; a further one is closed on accept, before
     /// it has sent anything. Keeps one misbehaving (or hostile) sender from using every slot

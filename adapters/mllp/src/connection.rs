@@ -38,7 +38,7 @@ enum Close {
     FrameStalled,
     Oversized,
     Shutdown,
-    /// Closed while idle to give its slot to a newcomer (see [`crate::slots`]).
+    /// Closed, idle or mid-frame, to give its slot to a newcomer (see [`crate::slots`]).
     Evicted,
     ReadFailed(io::Error),
     WriteFailed(io::Error),
@@ -181,6 +181,9 @@ where
         // counts as answered, so the idle timer restarts and the next frame is read.
         self.write_frames(&responses).await?;
         self.frames_answered += 1;
+        if let Some(r) = &self.registration {
+            r.answered(&responses);
+        }
         Ok(())
     }
 
@@ -292,7 +295,7 @@ fn log_close(reason: &Close) {
         Close::FrameStalled => debug!("MLLP frame not finished within frame_timeout_ms; closing"),
         Close::Oversized => debug!("MLLP connection closing after an oversized frame"),
         Close::Shutdown => debug!("MLLP connection closing for shutdown"),
-        Close::Evicted => debug!("MLLP connection idle longest at the connection cap; closing"),
+        Close::Evicted => debug!("MLLP connection made way for a newcomer at the cap; closing"),
         Close::ReadFailed(e) => debug!(error = %e, "MLLP read failed; closing"),
         Close::WriteFailed(e) => warn!(error = %e, "MLLP response could not be written; closing"),
         Close::WriteTimedOut => {

@@ -25,11 +25,21 @@ use crate::connection::{stop_requested, Connection};
 use crate::handshake::{Handshake, PeerIdentity, PlainTcp};
 use crate::slots::Registry;
 
-/// Pending connections the kernel holds while the server is at its connection cap.
+/// Pending connections the kernel holds while the acceptor cannot take them.
 const LISTEN_BACKLOG: u32 = 1024;
+/// Connections of one address waiting at the cap at most; a newer one takes the place of the
+/// oldest (whose sender has likely given up on it) and keeps its turn.
+const WAITING_PER_PEER: usize = 2;
+/// Connections waiting at the cap at most, beyond `max_connections`.
+const WAITING_ROOM_MIN: usize = 256;
+/// Addresses whose last admission is remembered, for taking turns.
+const ADMITTED_MAX: usize = 4096;
+/// Waiting addresses considered in turn for each slot: the first whose newcomer some
+/// connection may make way for is let in.
+const ADMISSION_TRIES: usize = 8;
 /// Pause after a failed accept, which is usually file-descriptor exhaustion and needs time to clear.
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
-/// At the cap with every connection busy, how often to look for one that fell idle.
+/// At the cap with newcomers waiting, how often to look for a connection that may make way.
 const CAP_RECHECK: Duration = Duration::from_millis(200);
 
 /// Where a frame came from.
@@ -141,6 +151,8 @@ impl MllpServer {
             tasks: JoinSet::new(),
             next_id: 0,
             per_peer: PeerCounts::default(),
+            waiting: Vec::new(),
+            admitted: HashMap::new(),
             last_refusal_warning: None,
             refused_since_warning: 0,
             slots: Registry::new(slow_frame),
@@ -149,8 +161,10 @@ impl MllpServer {
         };
         acceptor.accept_until(&listener, shutdown).await;
 
-        // Closing the listener first makes new clients fail fast instead of queueing.
+        // Closing the listener first makes new clients fail fast instead of queueing; those
+        // still waiting for a slot were never served and are closed too.
         drop(listener);
+        acceptor.waiting.clear();
         stop_tx.send_replace(true);
         acceptor.drain().await
     }
@@ -166,12 +180,25 @@ struct Acceptor<H, T> {
     tasks: JoinSet<()>,
     next_id: u64,
     per_peer: PeerCounts,
+    /// Connections accepted at the cap, waiting for a slot (see [`crate::slots`]).
+    waiting: Vec<Waiting>,
+    /// When each address last had a waiting connection let in.
+    admitted: HashMap<IpAddr, std::time::Instant>,
     last_refusal_warning: Option<std::time::Instant>,
     refused_since_warning: u64,
     /// Open connections and how long each has been idle (see [`crate::slots`]).
     slots: Arc<Registry>,
     last_eviction_warning: Option<std::time::Instant>,
     evicted_since_warning: u64,
+}
+
+/// A connection accepted at the cap, not yet served.
+struct Waiting {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: PeerSlot,
+    /// When its address started waiting (see [`WAITING_PER_PEER`]).
+    since: std::time::Instant,
 }
 
 /// Open connections per peer address, shared with the connection tasks.
@@ -220,26 +247,26 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
     async fn accept_until(&mut self, listener: &TcpListener, shutdown: impl Future<Output = ()>) {
         let mut shutdown = pin!(shutdown);
         loop {
-            // At the cap a newcomer is accepted when a connection idle long enough can make way
-            // for it; otherwise it waits in the backlog. Connections on their way out do not
-            // count, but all tasks together stay within twice the cap.
-            let max = self.config.max_connections;
-            let at_cap = self.slots.staying() >= max;
-            let can_accept =
-                self.tasks.len() < max.saturating_mul(2) && (!at_cap || self.slots.has_evictable());
+            self.admit_waiting();
+            // Newcomers are taken from the backlog into the waiting room, so that the next
+            // slot goes to whoever is fairest (see `admit_waiting`), not to whoever reconnects
+            // most often. Connections on their way out do not count against the cap, but all
+            // tasks together stay within twice the cap.
+            let can_accept = self.tasks.len() < self.config.max_connections.saturating_mul(2);
+            let waiting = !self.waiting.is_empty();
             tokio::select! {
                 biased;
                 () = &mut shutdown => return,
                 Some(ended) = self.tasks.join_next() => log_task_end(ended),
                 accepted = listener.accept(), if can_accept => self.on_accept(accepted).await,
-                () = tokio::time::sleep(CAP_RECHECK), if !can_accept => {}
+                () = tokio::time::sleep(CAP_RECHECK), if waiting => {}
             }
         }
     }
 
     async fn on_accept(&mut self, accepted: io::Result<(TcpStream, SocketAddr)>) {
         match accepted {
-            Ok((stream, peer)) => self.spawn_connection(stream, peer),
+            Ok((stream, peer)) => self.enqueue(stream, peer),
             Err(e) => {
                 warn!(error = %e, "accepting an MLLP connection failed");
                 tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
@@ -247,7 +274,9 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
         }
     }
 
-    fn spawn_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// Puts a newcomer in the waiting room, or closes it when its address already holds its
+    /// maximum of connections.
+    fn enqueue(&mut self, stream: TcpStream, peer: SocketAddr) {
         let max = self.config.max_connections_per_peer;
         let Some(slot) = PeerSlot::take(&self.per_peer, peer.ip(), max) else {
             self.refused_since_warning += 1;
@@ -263,22 +292,130 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
             }
             return;
         };
-        if self.slots.staying() >= self.config.max_connections && self.slots.evict_one() {
-            self.evicted_since_warning += 1;
-            if self
-                .last_eviction_warning
-                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
-            {
-                warn!(
-                    max = self.config.max_connections,
-                    evicted = self.evicted_since_warning,
-                    "MLLP connections at their maximum; closing idle or slow ones for newcomers"
-                );
-                self.last_eviction_warning = Some(std::time::Instant::now());
-                self.evicted_since_warning = 0;
+        let mut since = std::time::Instant::now();
+        let theirs = || self.waiting.iter().filter(|w| w.peer.ip() == peer.ip());
+        if theirs().count() >= WAITING_PER_PEER {
+            since = self.drop_oldest_waiting(peer.ip());
+        } else if self.waiting.len() >= self.waiting_room() {
+            // Full: the address waiting with the most gives up its oldest, if it has two.
+            let mut counts: HashMap<IpAddr, usize> = HashMap::new();
+            for w in &self.waiting {
+                *counts.entry(w.peer.ip()).or_insert(0) += 1;
+            }
+            match counts.into_iter().max_by_key(|(_, n)| *n) {
+                Some((ip, n)) if n > 1 => {
+                    self.drop_oldest_waiting(ip);
+                }
+                _ => {
+                    debug!(%peer, "MLLP waiting room full; closing the newcomer");
+                    return;
+                }
             }
         }
-        let registration = self.slots.register(self.next_id);
+        self.waiting.push(Waiting {
+            stream,
+            peer,
+            slot,
+            since,
+        });
+    }
+
+    fn waiting_room(&self) -> usize {
+        self.config.max_connections.max(WAITING_ROOM_MIN)
+    }
+
+    /// Closes the oldest waiting connection of `ip` and returns since when `ip` has waited.
+    fn drop_oldest_waiting(&mut self, ip: IpAddr) -> std::time::Instant {
+        let oldest = (0..self.waiting.len())
+            .filter(|&i| self.waiting[i].peer.ip() == ip)
+            .min_by_key(|&i| self.waiting[i].since)
+            .expect("an address with waiting connections");
+        self.waiting.swap_remove(oldest).since
+    }
+
+    /// Serves waiting newcomers while there are slots, or connections that may make way for
+    /// them. Known senders go first, then addresses holding the fewest connections, then the
+    /// address let in longest ago (or never), then the one waiting longest. Addresses take
+    /// turns, so reconnecting over and over gains nothing.
+    fn admit_waiting(&mut self) {
+        let max = self.config.max_connections;
+        while !self.waiting.is_empty() && self.tasks.len() < max.saturating_mul(2) {
+            let holdings = self.slots.holdings();
+            let staying: usize = holdings.values().sum();
+            let held = |ip: &IpAddr| holdings.get(ip).copied().unwrap_or(0);
+            type Turn = Option<std::time::Instant>;
+            let mut order: Vec<(bool, usize, Turn, std::time::Instant, usize)> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut by_age: Vec<usize> = (0..self.waiting.len()).collect();
+            by_age.sort_by_key(|&i| self.waiting[i].since);
+            for i in by_age {
+                let ip = self.waiting[i].peer.ip();
+                if seen.insert(ip) {
+                    let known = self.slots.is_known(ip);
+                    let turn = self.admitted.get(&ip).copied();
+                    order.push((!known, held(&ip), turn, self.waiting[i].since, i));
+                }
+            }
+            order.sort();
+            let admitted = order
+                .iter()
+                .take(ADMISSION_TRIES)
+                .find_map(|&(unknown, _, _, _, i)| {
+                    let ip = self.waiting[i].peer.ip();
+                    if staying < max {
+                        return Some(i);
+                    }
+                    let victim = self.slots.make_way_for(ip, !unknown, &holdings)?;
+                    self.slots.evict(&victim);
+                    self.note_eviction();
+                    Some(i)
+                });
+            match admitted {
+                Some(i) => {
+                    let Waiting {
+                        stream, peer, slot, ..
+                    } = self.waiting.swap_remove(i);
+                    self.took_turn(peer.ip());
+                    self.spawn_connection(stream, peer, slot);
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn took_turn(&mut self, ip: IpAddr) {
+        if self.admitted.len() >= ADMITTED_MAX && !self.admitted.contains_key(&ip) {
+            let longest_ago = self
+                .admitted
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(ip, _)| *ip);
+            if let Some(longest_ago) = longest_ago {
+                self.admitted.remove(&longest_ago);
+            }
+        }
+        self.admitted.insert(ip, std::time::Instant::now());
+    }
+
+    fn note_eviction(&mut self) {
+        self.evicted_since_warning += 1;
+        if self
+            .last_eviction_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            warn!(
+                max = self.config.max_connections,
+                evicted = self.evicted_since_warning,
+                waiting = self.waiting.len(),
+                "MLLP connections at their maximum; closing idle or slow ones for newcomers"
+            );
+            self.last_eviction_warning = Some(std::time::Instant::now());
+            self.evicted_since_warning = 0;
+        }
+    }
+
+    fn spawn_connection(&mut self, stream: TcpStream, peer: SocketAddr, slot: PeerSlot) {
+        let registration = self.slots.register(self.next_id, peer.ip());
         // Responses are single small writes; Nagle would only delay them.
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, %peer, "could not set TCP_NODELAY");

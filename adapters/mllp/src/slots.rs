@@ -1,20 +1,36 @@
-//! Connection slots at the cap. When `max_connections` connections are open, a newcomer does
-//! not wait behind connections that only sit there: the connection idle longest (between
-//! frames, or still in its handshake) is closed to make way, as long as it has been idle at
-//! least [`MIN_IDLE_TO_EVICT`]. When none is idle, the connection whose frame has been
-//! arriving longest is closed instead, once that frame is older than the configured
-//! `slow_frame_evict_ms`: a real frame arrives in milliseconds, and one that was never
-//! acknowledged is sent again by its sender. Connections being answered are never chosen, so
-//! every answer is written first. Only when every connection is busy do newcomers wait in the
-//! listen backlog.
+//! Connection slots at the cap, shared fairly between sending addresses.
+//!
+//! When `max_connections` connections are open, a newcomer waits in the acceptor's waiting
+//! room (see `server.rs`) until a connection can make way for it. The candidates, cheapest to
+//! close first:
+//!
+//! 1. a connection idle (between frames, or still in its handshake) for at least
+//!    [`MIN_IDLE_TO_EVICT`] that has never had a message accepted;
+//! 2. a connection whose frame has been arriving for at least the configured
+//!    `slow_frame_evict_ms`: a real frame arrives in milliseconds, and one that was never
+//!    acknowledged is sent again by its sender;
+//! 3. a connection that has had messages accepted (MSA-1 `AA` or `CA`) and has been idle for at
+//!    least [`MIN_IDLE_TO_EVICT_SENDER`].
+//!
+//! Connections being answered are never chosen, so every answer is written first. Among
+//! candidates of one kind, the address holding the most connections gives one up first.
+//!
+//! A connection only makes way for a newcomer from its own address, or from an address
+//! holding fewer connections (for the third kind, at least two fewer, so that the swap does
+//! not just move the shortage), or, for the first two kinds, from a known sender: an address
+//! that had a message accepted within [`KNOWN_SENDER_FOR`]. So trickling connections from many
+//! addresses cannot push a real sender out again and again, and a real sender waiting to get in
+//! goes before them.
 //!
 //! Without this, idle connections from a handful of addresses could hold every slot for the
 //! idle timeout (ten minutes by default), and trickling ones from many addresses for the frame
 //! timeout, again and again, and lock real senders out.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -22,18 +38,28 @@ use tokio::time::Instant;
 
 /// A connection idle for less than this is not closed to make way.
 pub const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
+/// A connection that has had messages accepted is not closed to make way before it has been
+/// idle this long: a feed pauses between messages, and reconnecting costs it a wait.
+pub const MIN_IDLE_TO_EVICT_SENDER: Duration = Duration::from_secs(10);
+/// How long an address that had a message accepted stays a known sender.
+pub const KNOWN_SENDER_FOR: Duration = Duration::from_secs(60 * 60);
+/// Known senders remembered at most; past it the longest quiet are forgotten first.
+const KNOWN_SENDERS_MAX: usize = 4096;
 
 const BUSY: u64 = u64::MAX;
 const NOT_RECEIVING: u64 = u64::MAX;
 
 /// What one connection is doing, as the acceptor sees it.
 pub(crate) struct Activity {
+    ip: IpAddr,
     /// Milliseconds since the registry's start at which the connection went idle; `BUSY`
     /// while a frame is being received or answered.
     idle_since_ms: AtomicU64,
     /// Milliseconds since the registry's start at which the frame being received started;
     /// `NOT_RECEIVING` otherwise.
     receiving_since_ms: AtomicU64,
+    /// Whether a message of this connection was accepted.
+    delivered: AtomicBool,
     evicted: AtomicBool,
     wake: Notify,
 }
@@ -71,6 +97,32 @@ impl Activity {
             woken.await;
         }
     }
+
+    /// Which kind of candidate to make way this connection is at `now` (see the module
+    /// docs), and since when; `None` while it may not be chosen.
+    fn candidacy(&self, now: u64, slow_frame: Duration) -> Option<(Kind, u64)> {
+        let older_than = |since: u64, age: Duration| {
+            since != u64::MAX && now.saturating_sub(since) >= age.as_millis() as u64
+        };
+        let idle = self.idle_since_ms.load(Ordering::Relaxed);
+        let receiving = self.receiving_since_ms.load(Ordering::Relaxed);
+        if self.delivered.load(Ordering::Relaxed) {
+            if older_than(idle, MIN_IDLE_TO_EVICT_SENDER) {
+                return Some((Kind::IdleSender, idle));
+            }
+        } else if older_than(idle, MIN_IDLE_TO_EVICT) {
+            return Some((Kind::Idle, idle));
+        }
+        older_than(receiving, slow_frame).then_some((Kind::SlowFrame, receiving))
+    }
+}
+
+/// Candidates to make way, cheapest to close first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Idle,
+    SlowFrame,
+    IdleSender,
 }
 
 fn millis(registry_start: Instant, at: Instant) -> u64 {
@@ -78,12 +130,18 @@ fn millis(registry_start: Instant, at: Instant) -> u64 {
     ms.min(BUSY - 1)
 }
 
-/// Every open connection's [`Activity`].
+/// Every open connection's [`Activity`], and the addresses known to send real messages.
 pub(crate) struct Registry {
     start: Instant,
     open: Mutex<HashMap<u64, Arc<Activity>>>,
     /// How old a frame still arriving must be for its connection to make way.
     slow_frame: Duration,
+    /// When each known sender last had a message accepted.
+    known: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Registry {
@@ -92,23 +150,23 @@ impl Registry {
             start: Instant::now(),
             open: Mutex::default(),
             slow_frame,
+            known: Mutex::default(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Registers connection `id`, idle from now (a handshake not yet finished counts as idle).
-    pub(crate) fn register(self: &Arc<Self>, id: u64) -> Registration {
+    /// Registers connection `id` from `ip`, idle from now (a handshake not yet finished counts
+    /// as idle).
+    pub(crate) fn register(self: &Arc<Self>, id: u64, ip: IpAddr) -> Registration {
         let activity = Arc::new(Activity {
+            ip,
             idle_since_ms: AtomicU64::new(0),
             receiving_since_ms: AtomicU64::new(NOT_RECEIVING),
+            delivered: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         });
         activity.idle_since(self.start, Instant::now());
-        self.lock().insert(id, activity.clone());
+        lock(&self.open).insert(id, activity.clone());
         Registration {
             id,
             registry: self.clone(),
@@ -116,76 +174,76 @@ impl Registry {
         }
     }
 
-    /// The connection idle longest, if one has been idle at least `min_idle` and is not
-    /// already on its way out.
-    fn longest_idle(&self, min_idle: Duration) -> Option<Arc<Activity>> {
-        self.earliest(min_idle, |a| &a.idle_since_ms)
+    /// Connections open and not on their way out, per address.
+    pub(crate) fn holdings(&self) -> HashMap<IpAddr, usize> {
+        let mut held = HashMap::new();
+        for activity in lock(&self.open).values() {
+            if !activity.evicted.load(Ordering::Relaxed) {
+                *held.entry(activity.ip).or_insert(0) += 1;
+            }
+        }
+        held
     }
 
-    /// The connection whose frame has been arriving longest, if that frame started at least
-    /// `min_age` ago and the connection is not already on its way out.
-    fn slowest_frame(&self, min_age: Duration) -> Option<Arc<Activity>> {
-        self.earliest(min_age, |a| &a.receiving_since_ms)
+    /// Whether `ip` had a message accepted within [`KNOWN_SENDER_FOR`].
+    pub(crate) fn is_known(&self, ip: IpAddr) -> bool {
+        lock(&self.known)
+            .get(&ip)
+            .is_some_and(|at| at.elapsed() < KNOWN_SENDER_FOR)
     }
 
-    /// The connection whose `since` (a time, or `u64::MAX` for none) is earliest and at least
-    /// `min_age` ago, among those not on their way out.
-    fn earliest(
+    fn know(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut known = lock(&self.known);
+        if known.len() >= KNOWN_SENDERS_MAX && !known.contains_key(&ip) {
+            known.retain(|_, at| now.duration_since(*at) < KNOWN_SENDER_FOR);
+            if known.len() >= KNOWN_SENDERS_MAX {
+                if let Some(quietest) = known.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip) {
+                    known.remove(&quietest);
+                }
+            }
+        }
+        known.insert(ip, now);
+    }
+
+    /// The connection to make way for a newcomer from `newcomer` (a known sender or not), given
+    /// the connections each address holds; `None` when no connection may (see the module docs).
+    pub(crate) fn make_way_for(
         &self,
-        min_age: Duration,
-        since: impl Fn(&Activity) -> &AtomicU64,
+        newcomer: IpAddr,
+        newcomer_known: bool,
+        holdings: &HashMap<IpAddr, usize>,
     ) -> Option<Arc<Activity>> {
+        let held = |ip: &IpAddr| holdings.get(ip).copied().unwrap_or(0);
+        let theirs = held(&newcomer);
         let now = millis(self.start, Instant::now());
-        let cutoff = now.checked_sub(min_age.as_millis() as u64)?;
-        self.lock()
+        lock(&self.open)
             .values()
             .filter(|a| !a.evicted.load(Ordering::Relaxed))
-            .map(|a| (since(a).load(Ordering::Relaxed), a))
-            .filter(|(at, _)| *at != u64::MAX && *at <= cutoff)
-            .min_by_key(|(at, _)| *at)
+            .filter_map(|a| {
+                let (kind, since) = a.candidacy(now, self.slow_frame)?;
+                let ours = held(&a.ip);
+                let may = a.ip == newcomer
+                    || match kind {
+                        Kind::Idle | Kind::SlowFrame => newcomer_known || ours > theirs,
+                        Kind::IdleSender => ours > theirs + 1,
+                    };
+                may.then_some(((kind, Reverse(ours), since), a))
+            })
+            .min_by_key(|(rank, _)| *rank)
             .map(|(_, a)| a.clone())
     }
 
-    /// The connection to make way: the one idle longest, else the one slowest to send its
-    /// frame.
-    fn candidate(&self) -> Option<Arc<Activity>> {
-        self.longest_idle(MIN_IDLE_TO_EVICT)
-            .or_else(|| self.slowest_frame(self.slow_frame))
-    }
-
-    /// Whether a connection could make way now.
-    pub(crate) fn has_evictable(&self) -> bool {
-        self.candidate().is_some()
-    }
-
-    /// Asks the connection idle longest (else the slowest to send its frame) to close; false
-    /// when none qualifies.
-    pub(crate) fn evict_one(&self) -> bool {
-        self.evict(self.candidate())
-    }
-
-    #[cfg(test)]
-    fn evict_idle_at_least(&self, min_idle: Duration) -> bool {
-        self.evict(self.longest_idle(min_idle))
-    }
-
-    fn evict(&self, chosen: Option<Arc<Activity>>) -> bool {
-        match chosen {
-            Some(activity) => {
-                activity.evicted.store(true, Ordering::Release);
-                activity.wake.notify_one();
-                true
-            }
-            None => false,
-        }
+    /// Asks `chosen` to close.
+    pub(crate) fn evict(&self, chosen: &Activity) {
+        chosen.evicted.store(true, Ordering::Release);
+        chosen.wake.notify_one();
     }
 
     /// Connections open and not on their way out.
-    pub(crate) fn staying(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|a| !a.evicted.load(Ordering::Relaxed))
-            .count()
+    #[cfg(test)]
+    fn staying(&self) -> usize {
+        self.holdings().values().sum()
     }
 }
 
@@ -200,67 +258,221 @@ impl Registration {
     pub(crate) fn registry_start(&self) -> Instant {
         self.registry.start
     }
+
+    /// Notes what the connection answered: an acceptance makes its address a known sender.
+    pub(crate) fn answered(&self, responses: &[Vec<u8>]) {
+        if responses.iter().any(|r| is_acceptance(r)) {
+            self.activity.delivered.store(true, Ordering::Relaxed);
+            self.registry.know(self.activity.ip);
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
+        lock(&self.registry.open).remove(&self.id);
     }
+}
+
+/// Whether `response` is an HL7 acknowledgement accepting a message: an MSA segment whose
+/// first field is `AA` or `CA`.
+fn is_acceptance(response: &[u8]) -> bool {
+    response
+        .split(|&b| b == b'\r' || b == b'\n')
+        .find(|segment| segment.starts_with(b"MSA"))
+        .and_then(|msa| msa.get(4..6))
+        .is_some_and(|code| code == b"AA" || code == b"CA")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last))
+    }
+
+    fn make_way(registry: &Registry, newcomer: IpAddr) -> Option<Arc<Activity>> {
+        let chosen =
+            registry.make_way_for(newcomer, registry.is_known(newcomer), &registry.holdings())?;
+        registry.evict(&chosen);
+        Some(chosen)
+    }
+
+    fn same(chosen: Option<Arc<Activity>>, expected: &Registration) -> bool {
+        chosen.is_some_and(|c| Arc::ptr_eq(&c, &expected.activity))
+    }
+
+    fn acceptance(code: &str) -> Vec<Vec<u8>> {
+        vec![format!("MSH|^~\\&|HL7BRIDGE|X|S|F|20260101||ACK|1|P|2.5\rMSA|{code}|C1").into_bytes()]
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_longest_idle_connection_makes_way_and_busy_ones_never_do() {
-        let min = Duration::from_millis(200);
         let registry = Registry::new(Duration::from_secs(3600));
-        let first = registry.register(1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let second = registry.register(2);
-        let third = registry.register(3);
+        let first = registry.register(1, HOME);
+        tokio::time::advance(MIN_IDLE_TO_EVICT + Duration::from_millis(100)).await;
+        let second = registry.register(2, HOME);
+        let third = registry.register(3, HOME);
         third.activity.busy();
         // Only the first has been idle long enough.
-        assert!(registry.longest_idle(min).is_some());
-        assert!(registry.evict_idle_at_least(min));
+        assert!(same(make_way(&registry, HOME), &first));
         first.activity.evicted().await;
         assert_eq!(registry.staying(), 2);
         assert!(
-            !registry.evict_idle_at_least(min),
+            make_way(&registry, HOME).is_none(),
             "the second is too fresh"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(registry.evict_idle_at_least(min));
+        tokio::time::advance(MIN_IDLE_TO_EVICT).await;
+        assert!(same(make_way(&registry, HOME), &second));
         second.activity.evicted().await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(!registry.evict_idle_at_least(min), "the busy one stays");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(make_way(&registry, HOME).is_none(), "the busy one stays");
         drop(first);
         drop(second);
         assert_eq!(registry.staying(), 1);
-        assert_eq!(registry.lock().len(), 1);
+        assert_eq!(lock(&registry.open).len(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn with_none_idle_the_frame_arriving_longest_makes_way_once_old_enough() {
         let registry = Registry::new(Duration::from_millis(200));
-        let older = registry.register(1);
-        let newer = registry.register(2);
-        let answering = registry.register(3);
+        let older = registry.register(1, HOME);
+        let newer = registry.register(2, HOME);
+        let answering = registry.register(3, HOME);
         let start = older.registry_start();
         older.activity.receiving_since(start, Instant::now());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::advance(Duration::from_millis(50)).await;
         newer.activity.receiving_since(start, Instant::now());
         answering.activity.busy();
-        assert!(!registry.has_evictable(), "no frame is old enough yet");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(registry.evict_one());
-        older.activity.evicted().await;
-        assert!(registry.evict_one(), "the newer one is old enough too");
-        newer.activity.evicted().await;
         assert!(
-            !registry.evict_one(),
+            make_way(&registry, HOME).is_none(),
+            "no frame is old enough yet"
+        );
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(same(make_way(&registry, HOME), &older));
+        assert!(
+            same(make_way(&registry, HOME), &newer),
+            "the newer one is old enough too"
+        );
+        assert!(
+            make_way(&registry, HOME).is_none(),
             "a connection being answered never makes way"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_frame_makes_way_for_an_address_holding_fewer_or_for_a_known_sender() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let start = registry.start;
+        // Two addresses, one trickling connection each, and one of them a second connection.
+        let a = registry.register(1, ip(2));
+        let b = registry.register(2, ip(3));
+        let b2 = registry.register(3, ip(3));
+        for r in [&a, &b, &b2] {
+            r.activity.receiving_since(start, Instant::now());
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // ip(2) holds one: it may take one of ip(3)'s two, not the other way round.
+        assert!(same(make_way(&registry, ip(2)), &b));
+        assert!(
+            make_way(&registry, ip(3)).is_some_and(|c| c.ip == ip(3)),
+            "an address may always replace its own"
+        );
+        // Now each holds one; a newcomer from a third address holding none takes one.
+        assert!(make_way(&registry, ip(4)).is_some_and(|c| c.ip == ip(2)));
+        // A new address holding none, against the remaining... none left: all on their way out.
+        assert!(make_way(&registry, ip(5)).is_none());
+
+        // Between equals only a known sender gets in.
+        let registry = Registry::new(Duration::from_secs(10));
+        let earlier = registry.register(1, ip(9));
+        earlier.answered(&acceptance("AA"));
+        drop(earlier);
+        let trickling = registry.register(2, ip(2));
+        trickling
+            .activity
+            .receiving_since(registry.start, Instant::now());
+        let busy = [registry.register(3, ip(7)), registry.register(4, ip(9))];
+        for r in &busy {
+            r.activity.busy();
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(registry.is_known(ip(9)));
+        assert!(
+            make_way(&registry, ip(7)).is_none(),
+            "an unknown address holding as many does not push another out"
+        );
+        assert!(
+            same(make_way(&registry, ip(9)), &trickling),
+            "a known sender does"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_whose_messages_were_accepted_keeps_its_connection_longer() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let sender = registry.register(1, ip(9));
+        sender.answered(&acceptance("AE"));
+        assert!(!registry.is_known(ip(9)), "AE accepts nothing");
+        sender.answered(&acceptance("AA"));
+        sender.activity.idle_since(registry.start, Instant::now());
+        let other = registry.register(2, ip(9));
+        other.activity.idle_since(registry.start, Instant::now());
+        tokio::time::advance(MIN_IDLE_TO_EVICT_SENDER - Duration::from_secs(1)).await;
+        // Both idle nine seconds: the one that never delivered goes first.
+        assert!(same(make_way(&registry, ip(9)), &other));
+        assert!(
+            make_way(&registry, ip(9)).is_none(),
+            "the sender is not idle long enough"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            make_way(&registry, ip(3)).is_none(),
+            "an address holding one fewer does not push a sender out"
+        );
+        assert!(
+            same(make_way(&registry, ip(9)), &sender),
+            "its own address may replace it"
+        );
+
+        tokio::time::advance(KNOWN_SENDER_FOR).await;
+        assert!(!registry.is_known(ip(9)), "known for an hour only");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_holding_two_more_gives_up_an_idle_sender() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let first = registry.register(1, ip(9));
+        let second = registry.register(2, ip(9));
+        for r in [&first, &second] {
+            r.answered(&acceptance("CA"));
+            r.activity.idle_since(registry.start, Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        tokio::time::advance(MIN_IDLE_TO_EVICT_SENDER).await;
+        assert!(same(make_way(&registry, ip(3)), &first));
+        assert!(make_way(&registry, ip(4)).is_none(), "one each is fair");
+    }
+
+    #[test]
+    fn only_aa_and_ca_are_acceptances() {
+        for (code, accepted) in [
+            ("AA", true),
+            ("CA", true),
+            ("AE", false),
+            ("AR", false),
+            ("CR", false),
+        ] {
+            assert_eq!(is_acceptance(&acceptance(code)[0]), accepted, "{code}");
+        }
+        assert!(!is_acceptance(b"ACK:real"));
+        assert!(!is_acceptance(b"MSA"));
+        assert!(
+            is_acceptance(b"MSH|^~\\&\nMSA#AA#1"),
+            "any separator, any line ending"
         );
     }
 }
