@@ -78,6 +78,11 @@ pub struct Config {
     /// `HL7BRIDGE_HTTP_MAX_CONNECTIONS`: open HTTP connections at most; more wait in the
     /// listen backlog. Default 1024.
     pub http_max_connections: usize,
+    /// `HL7BRIDGE_HTTP_MAX_CONNECTIONS_PER_PEER`: open HTTP connections one client address
+    /// may hold; a further one is closed as soon as it is accepted (or its TLS handshake ends),
+    /// so that one client cannot take every slot. Behind a reverse proxy every client has the
+    /// proxy's address: raise it to `HTTP_MAX_CONNECTIONS`. Default 256.
+    pub http_max_connections_per_peer: usize,
     /// `HL7BRIDGE_MLLP_MAX_CONNECTIONS`: MLLP connections served at once. Default 1024.
     pub mllp_max_connections: usize,
     /// `HL7BRIDGE_MLLP_MAX_CONNECTIONS_PER_PEER`: MLLP connections one address may hold.
@@ -241,6 +246,7 @@ impl Default for Config {
             http_body_idle_timeout_ms: 30_000,
             http_body_timeout_ms: 120_000,
             http_max_connections: 1024,
+            http_max_connections_per_peer: 256,
             default_utc_offset: UtcOffset::UTC,
             mllp_charsets: CharsetRules::default(),
             shutdown_timeout_ms: 10_000,
@@ -297,6 +303,10 @@ impl Config {
         setting!(read_cache_max_bytes, "READ_CACHE_MAX_BYTES");
         setting!(http_body_idle_timeout_ms, "HTTP_BODY_IDLE_TIMEOUT_MS");
         setting!(http_max_connections, "HTTP_MAX_CONNECTIONS");
+        setting!(
+            http_max_connections_per_peer,
+            "HTTP_MAX_CONNECTIONS_PER_PEER"
+        );
         setting!(http_body_timeout_ms, "HTTP_BODY_TIMEOUT_MS");
         setting!(mllp_max_connections, "MLLP_MAX_CONNECTIONS");
         setting!(
@@ -451,6 +461,7 @@ impl Config {
             self.everything_max_unpaged as usize,
             self.max_count as usize,
             self.http_max_connections,
+            self.http_max_connections_per_peer,
             self.http_body_idle_timeout_ms as usize,
             self.http_body_timeout_ms as usize,
             self.mllp_max_connections,

@@ -321,7 +321,10 @@ fn http_server(
     audit: AuditTrail,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
     let addr = listener.local_addr()?;
-    let connections = fhir::OpenConnections::new(config.http_max_connections);
+    let connections = fhir::OpenConnections::new(
+        config.http_max_connections,
+        config.http_max_connections_per_peer,
+    );
     let state = web::Data::new(FhirState {
         reads: store.replica_reads(),
         store,
@@ -359,9 +362,8 @@ fn http_server(
             .configure(fhir::routes)
     })
     .workers(workers)
-    .on_connect(move |_, extensions| {
-        // Dropped with the connection, so the count falls as connections close.
-        extensions.insert(connections.opened());
+    .on_connect(move |connection, extensions| {
+        fhir::on_connect(&connections, connection, extensions)
     })
     .max_connections(config.http_max_connections.div_ceil(workers))
     .tls_handshake_timeout(Duration::from_millis(config.tls_handshake_timeout_ms));

@@ -143,28 +143,71 @@ impl BodyTimeouts {
     }
 }
 
-/// Open HTTP connections, counted as they open and close.
+/// Open HTTP connections, counted as they open and close, in all and per client address.
 #[derive(Debug)]
 pub struct OpenConnections {
     open: std::sync::atomic::AtomicUsize,
     max: usize,
+    per_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    max_per_peer: usize,
+    /// When the last refusal was logged, and how many went unsaid since.
+    refusals: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     /// Requests waiting for the body budget (see [`BodyBudget::reserve`]).
     budget_waiters: std::sync::atomic::AtomicUsize,
 }
 
 impl OpenConnections {
-    pub fn new(max: usize) -> std::sync::Arc<OpenConnections> {
+    pub fn new(max: usize, max_per_peer: usize) -> std::sync::Arc<OpenConnections> {
         std::sync::Arc::new(OpenConnections {
             open: Default::default(),
             max,
+            per_peer: Default::default(),
+            max_per_peer,
+            refusals: Default::default(),
             budget_waiters: Default::default(),
         })
     }
 
-    /// Counts a connection until the guard is dropped (with the connection).
-    pub fn opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+    fn peers(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.per_peer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a connection from `peer` until the guard is dropped (with the connection);
+    /// `None` when `peer` already holds its maximum.
+    pub fn opened(
+        self: &std::sync::Arc<Self>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<OpenConnection> {
+        if let Some(ip) = peer {
+            let mut peers = self.peers();
+            let held = peers.entry(ip).or_insert(0);
+            if *held >= self.max_per_peer {
+                return None;
+            }
+            *held += 1;
+        }
         self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        OpenConnection(self.clone())
+        Some(OpenConnection(self.clone(), peer))
+    }
+
+    /// Warns of connections refused for their client's limit, once a second at most.
+    fn refused(&self, peer: Option<std::net::IpAddr>) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, unsaid) = &mut *refusals;
+        *unsaid += 1;
+        if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        tracing::warn!(
+            peer = ?peer,
+            max = self.max_per_peer,
+            refused = *unsaid,
+            "HTTP client holds its maximum of connections; closing new ones"
+        );
+        *last = Some(std::time::Instant::now());
+        *unsaid = 0;
     }
 
     /// Some request is waiting for the body budget: bodies trickling in while holding it
@@ -181,14 +224,52 @@ impl OpenConnections {
     }
 }
 
-/// One open connection in [`OpenConnections`].
-pub struct OpenConnection(std::sync::Arc<OpenConnections>);
+/// Counts each new connection (see `HttpServer::on_connect`), or closes it at once when its
+/// client already holds `HTTP_MAX_CONNECTIONS_PER_PEER`: a connection that is never counted
+/// cannot take a slot another client needs.
+pub fn on_connect(
+    connections: &std::sync::Arc<OpenConnections>,
+    connection: &dyn std::any::Any,
+    extensions: &mut actix_web::dev::Extensions,
+) {
+    use actix_web::rt::net::TcpStream;
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<TcpStream>;
+    let tcp = connection
+        .downcast_ref::<TcpStream>()
+        .or_else(|| connection.downcast_ref::<Tls>().map(|tls| tls.get_ref().0));
+    let peer = tcp.and_then(|tcp| tcp.peer_addr().ok()).map(|a| a.ip());
+    match connections.opened(peer) {
+        // Dropped with the connection, so the counts fall as connections close.
+        Some(open) => {
+            extensions.insert(open);
+        }
+        None => {
+            if let Some(tcp) = tcp {
+                // The connection ends here: actix reads end of input and drops it.
+                let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
+            }
+            connections.refused(peer);
+        }
+    }
+}
+
+/// One open connection in [`OpenConnections`], and its client's address.
+pub struct OpenConnection(std::sync::Arc<OpenConnections>, Option<std::net::IpAddr>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(ip) = self.1 {
+            let mut peers = self.0.peers();
+            if let Some(held) = peers.get_mut(&ip) {
+                *held -= 1;
+                if *held == 0 {
+                    peers.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -288,7 +369,7 @@ mod tests {
     async fn a_parsed_body_keeps_what_it_is_charged_and_small_ones_keep_nothing() {
         const MIB: usize = 1 << 20;
         let budget = BodyBudget::new(8 * MIB, 4 * MIB);
-        let connections = OpenConnections::new(16);
+        let connections = OpenConnections::new(16, 16);
         let held = budget.reserve(Some(MIB), &connections).await;
         assert_eq!(budget.permits.available_permits(), 7);
         // Charged at 3 MiB after parsing (tiny values): it now holds 3.

@@ -459,6 +459,57 @@ async fn slow_bodies_holding_every_connection_slot_are_cut_within_seconds() {
     app.stop().await;
 }
 
+/// `HL7BRIDGE_HTTP_MAX_CONNECTIONS_PER_PEER`: one client address holding its maximum has a
+/// further connection closed at once, unanswered, while other addresses are served; once one of
+/// its connections closes it may open another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_address_at_its_connection_limit_has_further_connections_closed() {
+    let app = spawn_app_with(|c| c.http_max_connections_per_peer = 3).await;
+    let server: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let connect_from = |last: u8| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, last], 0).into()).unwrap();
+        socket.connect(server).await.unwrap()
+    };
+    let get_health = |mut stream: tokio::net::TcpStream| async move {
+        let request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer));
+        let _ = read.await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(2).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let answer = get_health(connect_from(2).await).await;
+    assert_eq!(
+        answer, "",
+        "the fourth connection from 127.0.0.2 is closed unanswered"
+    );
+    let answer = get_health(connect_from(3).await).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "another address is served: {answer}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = get_health(connect_from(2).await).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "a slot given back is taken: {answer}"
+    );
+    let answer = get_health(held.pop().unwrap()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "held connections are served: {answer}"
+    );
+    app.stop().await;
+}
+
 /// A number FHIR gives no meaning (a decimal of a million digits) would be stored, and then
 /// fail in clients' parsers: it is refused, in JSON, XML and Bundles alike, and one of 64
 /// characters (the bound) is kept as written.

@@ -301,6 +301,38 @@ async fn plain_http_to_the_https_port_is_closed_unanswered_and_https_goes_on() {
     app.stop().await;
 }
 
+/// Over HTTPS the per-client connection limit holds too: a connection past it finishes its
+/// handshake, then is closed unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_closes_a_connection_past_the_clients_limit_after_its_handshake() {
+    let pki = Pki::new("per-peer");
+    let files = pki.server_files("HL7BRIDGE_HTTP_TLS");
+    let app = spawn_app_with(|config| {
+        config.http_tls = Some(files);
+        config.http_max_connections_per_peer = 2;
+    })
+    .await;
+    let addr = https_addr(&app);
+    let config = pki.client_config(&[HTTP1], None);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tls_connect(addr, config.clone()).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut third = tls_connect(addr, config.clone()).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_without_answer(&mut third, Duration::from_secs(3)).await);
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, status, _) = https_get(addr, config, "/metadata").await;
+    assert_eq!(status, 200, "a slot given back is taken");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mllp_over_tls_with_an_allowed_certificate_is_acknowledged_and_stored() {
     let pki = Pki::new("mllp");
