@@ -527,6 +527,11 @@ async fn a_crash_between_the_database_commit_and_the_offset_commit_stores_each_r
             "CR{n} still once"
         );
     }
+    crate::support::report(
+        "Kafka crash between the database commit and the offset commit: 10 records; no offset \
+         committed before the crash; after restart each stored once (duplicates: 0, lost: 0) \
+         and the offset committed at 10",
+    );
     app.stop().await;
 }
 

@@ -476,3 +476,20 @@ pub fn corpus_dir(kind: &str) -> Option<PathBuf> {
     eprintln!("skipped: {} is not present", dir.display());
     None
 }
+
+/// Prints a line a test measured, and appends it to the file `HL7BRIDGE_TEST_REPORT` names, if
+/// set: CI prints that file after the tests, since the test harness shows a passing test's
+/// output to nobody.
+pub fn report(line: &str) {
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("HL7BRIDGE_TEST_REPORT") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Ok(mut file) = file {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
