@@ -15,14 +15,25 @@ use super::error::FhirError;
 
 /// Most operations one patch may hold.
 const MAX_OPERATIONS: usize = 10_000;
+/// Most JSON values a patched resource may hold: as many as one resource may hold at all.
+const MAX_VALUES: usize = hl7bridge_fhir_codec::MAX_NODES;
+/// Most JSON values all of a patch's operations may write together. Without these bounds a
+/// patch of twenty `copy` operations, each doubling the resource, took gigabytes before the
+/// result was ever checked (a hostile tester's finding; twenty-four ran the server out of
+/// memory).
+const MAX_VALUES_WRITTEN: usize = 4 * MAX_VALUES;
 
 /// Applies `patch` to `resource`; on any error `resource` is left as it was.
 pub fn apply(resource: &mut Value, patch: &Value) -> Result<(), FhirError> {
     let operations = read(patch)?;
     let mut patched = resource.clone();
+    let mut budget = Budget {
+        held: count_values(&patched, usize::MAX).unwrap_or(usize::MAX),
+        written: 0,
+    };
     for (index, operation) in operations.iter().enumerate() {
         operation
-            .apply(&mut patched)
+            .apply(&mut patched, &mut budget)
             .map_err(|message| unprocessable(index, &message))?;
     }
     for element in ["resourceType", "id"] {
@@ -129,13 +140,79 @@ fn parse_pointer(text: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// The JSON values the resource holds as the patch goes, and those written so far.
+struct Budget {
+    held: usize,
+    written: usize,
+}
+
+impl Budget {
+    /// Counts `value`, about to be written, or says why it may not be.
+    fn write(&mut self, value: &Value) -> Result<(), String> {
+        let room = MAX_VALUES
+            .saturating_sub(self.held)
+            .min(MAX_VALUES_WRITTEN.saturating_sub(self.written));
+        let n = count_values(value, room).ok_or_else(|| {
+            format!(
+                "the patch would make the resource hold more than {MAX_VALUES} values, or write \
+                 more than {MAX_VALUES_WRITTEN} in all"
+            )
+        })?;
+        self.held += n;
+        self.written += n;
+        Ok(())
+    }
+
+    fn removed(&mut self, value: &Value) {
+        let n = count_values(value, usize::MAX).unwrap_or(usize::MAX);
+        self.held = self.held.saturating_sub(n);
+    }
+}
+
+/// How many JSON values `value` holds, itself included; `None` beyond `limit`.
+fn count_values(value: &Value, limit: usize) -> Option<usize> {
+    let mut count = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count > limit {
+            return None;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    Some(count)
+}
+
 impl Operation {
-    fn apply(&self, doc: &mut Value) -> Result<(), String> {
+    fn apply(&self, doc: &mut Value, budget: &mut Budget) -> Result<(), String> {
         match self {
-            Operation::Add(path, value) => add(doc, guarded(path)?, value.clone()),
-            Operation::Remove(path) => remove(doc, guarded(path)?).map(drop),
+            Operation::Add(path, value) => {
+                let path = guarded(path)?;
+                budget.write(value)?;
+                // An object member added again replaces the one there.
+                if let Some((last, parent)) = path.split_last() {
+                    if let Ok(Value::Object(map)) = get_mut(doc, parent) {
+                        if let Some(old) = map.get(last) {
+                            budget.removed(old);
+                        }
+                    }
+                }
+                add(doc, path, value.clone())
+            }
+            Operation::Remove(path) => {
+                let removed = remove(doc, guarded(path)?)?;
+                budget.removed(&removed);
+                Ok(())
+            }
             Operation::Replace(path, value) => {
-                *get_mut(doc, guarded(path)?)? = value.clone();
+                let target = get_mut(doc, guarded(path)?)?;
+                budget.write(value)?;
+                budget.removed(target);
+                *target = value.clone();
                 Ok(())
             }
             Operation::Move { from, to } => {
@@ -146,8 +223,12 @@ impl Operation {
                 add(doc, guarded(to)?, value)
             }
             Operation::Copy { from, to } => {
-                let value = get_mut(doc, from)?.clone();
-                add(doc, guarded(to)?, value)
+                let to = guarded(to)?;
+                let source = get_mut(doc, from)?;
+                // Counted before it is cloned: a copy too large is never made.
+                budget.write(source)?;
+                let value = source.clone();
+                add(doc, to, value)
             }
             Operation::Test(path, expected) => {
                 if same(get_mut(doc, path)?, expected) {
@@ -351,6 +432,37 @@ mod tests {
             Err(FhirError::Unprocessable(_))
         ));
         assert_eq!(doc, before);
+    }
+
+    #[test]
+    fn copies_that_would_grow_the_resource_past_its_bound_are_refused_before_they_are_made() {
+        let doc = json!({"resourceType": "Patient", "id": "p", "contact": [
+            {"name": {"text": "x", "given": ["a", "b", "c", "d"]}}
+        ]});
+        let doubling = json!({"op": "copy", "from": "/contact", "path": "/contact/-"});
+        let bomb = Value::Array(vec![doubling.clone(); 40]);
+        let started = std::time::Instant::now();
+        let refused = patched(doc.clone(), bomb);
+        assert!(
+            matches!(&refused, Err(FhirError::Unprocessable(m)) if m.contains("more than")),
+            "{refused:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A few copies are fine, and removing makes room again.
+        let few = Value::Array(vec![doubling; 3]);
+        let grown = patched(doc.clone(), few).unwrap();
+        // Each copy appends the whole array to itself.
+        assert_eq!(grown["contact"].as_array().unwrap().len(), 4);
+        let remove = json!({"op": "remove", "path": "/contact/0"});
+        let copy = json!({"op": "copy", "from": "/contact/0", "path": "/contact/-"});
+        let churn: Vec<Value> = (0..5000)
+            .flat_map(|_| [copy.clone(), remove.clone()])
+            .collect();
+        let refused = patched(doc, Value::Array(churn[..9000].to_vec()));
+        assert!(
+            refused.is_ok(),
+            "copy and remove in turn stay bounded: {refused:?}"
+        );
     }
 
     #[test]

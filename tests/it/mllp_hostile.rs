@@ -332,3 +332,74 @@ async fn the_frame_timeout_is_a_setting_and_cuts_a_trickling_frame() {
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack:?}");
     app.stop().await;
 }
+
+/// A hostile tester's finding: a message of a quarter of a million empty fields takes about
+/// 270 MB while it is parsed and mapped, and sixteen of them at once took the server to 3.2 GB
+/// (sixty-four, within one address's connection limit, to 7 GB). Messages now share a memory
+/// budget of 1 GiB, so the rest wait: measured with the debug server, sixteen at once peak at
+/// about 700 MB, and all are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_budget() {
+    use tokio::io::AsyncWriteExt;
+    let (url, _database) = crate::support::fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("hl7bridge-mem-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [("HL7BRIDGE_DATABASE_URL", url.as_str())];
+    let (mut child, _, mllp) =
+        tokio::task::block_in_place(|| crate::otlp_export::start_server(&dir, &env));
+    let peak_kib = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = peak_kib(child.id());
+
+    let sends: Vec<_> = (0..16)
+        .map(|n| {
+            let mllp = mllp.clone();
+            tokio::spawn(async move {
+                let message = format!(
+                    "MSH|^~\\&|MEMTEST|LAB|HL7BRIDGE|HOSP|20260101120000||ADT^A01|MEM{n}|P|2.5\r\
+                 EVN|A01|20260101120000\rPID|1||MEM{n}^^^LAB^MR||Fieldful^Test||19800101|F\r\
+                 PV1|1|I\rNTE|1||{}\r",
+                    "|".repeat(249_000)
+                );
+                let mut stream = tokio::net::TcpStream::connect(&mllp).await.unwrap();
+                let framed = hl7bridge_mllp::encode(message.as_bytes());
+                stream.write_all(&framed).await.unwrap();
+                let ack = tokio::time::timeout(
+                    std::time::Duration::from_secs(120),
+                    crate::support::read_frame(&mut stream),
+                )
+                .await
+                .expect("answered within two minutes");
+                field(&ack, "MSA", 1)
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for send in sends {
+        codes.push(send.await);
+    }
+    let peak = peak_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    for code in codes {
+        assert_eq!(code.unwrap(), "AA");
+    }
+    crate::support::report(&format!(
+        "sixteen messages of 249,000 fields at once: peak RSS {} MB (idle {} MB)",
+        peak / 1024,
+        before / 1024
+    ));
+    assert!(
+        peak < 1_600 * 1024,
+        "peak RSS {} MB: the budget holds at about 1 GiB over idle",
+        peak / 1024
+    );
+}

@@ -335,8 +335,10 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
 
     /// Serves waiting newcomers while there are slots, or connections that may make way for
     /// them. Known senders go first, then addresses holding the fewest connections, then the
-    /// address let in longest ago (or never), then the one waiting longest. Addresses take
-    /// turns, so reconnecting over and over gains nothing.
+    /// address with a message accepted most recently, then the address let in longest ago (or
+    /// never), then the one waiting longest. Addresses take turns, so reconnecting over and
+    /// over gains nothing, and an address that sent one message long ago does not go before
+    /// one sending now.
     fn admit_waiting(&mut self) {
         let max = self.config.max_connections;
         while !self.waiting.is_empty() && self.tasks.len() < max.saturating_mul(2) {
@@ -344,32 +346,37 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
             let staying: usize = holdings.values().sum();
             let held = |ip: &IpAddr| holdings.get(ip).copied().unwrap_or(0);
             type Turn = Option<std::time::Instant>;
-            let mut order: Vec<(bool, usize, Turn, std::time::Instant, usize)> = Vec::new();
+            type Accepted = std::cmp::Reverse<Option<tokio::time::Instant>>;
+            let mut order: Vec<(bool, usize, Accepted, Turn, std::time::Instant, usize)> =
+                Vec::new();
             let mut seen = std::collections::HashSet::new();
             let mut by_age: Vec<usize> = (0..self.waiting.len()).collect();
             by_age.sort_by_key(|&i| self.waiting[i].since);
             for i in by_age {
                 let ip = self.waiting[i].peer.ip();
                 if seen.insert(ip) {
-                    let known = self.slots.is_known(ip);
+                    let accepted = self.slots.last_accepted(ip);
                     let turn = self.admitted.get(&ip).copied();
-                    order.push((!known, held(&ip), turn, self.waiting[i].since, i));
+                    let since = self.waiting[i].since;
+                    let key = (accepted.is_none(), held(&ip), std::cmp::Reverse(accepted));
+                    order.push((key.0, key.1, key.2, turn, since, i));
                 }
             }
             order.sort();
-            let admitted = order
-                .iter()
-                .take(ADMISSION_TRIES)
-                .find_map(|&(unknown, _, _, _, i)| {
-                    let ip = self.waiting[i].peer.ip();
-                    if staying < max {
-                        return Some(i);
-                    }
-                    let victim = self.slots.make_way_for(ip, !unknown, &holdings)?;
-                    self.slots.evict(&victim);
-                    self.note_eviction();
-                    Some(i)
-                });
+            let admitted =
+                order
+                    .iter()
+                    .take(ADMISSION_TRIES)
+                    .find_map(|&(unknown, _, _, _, _, i)| {
+                        let ip = self.waiting[i].peer.ip();
+                        if staying < max {
+                            return Some(i);
+                        }
+                        let victim = self.slots.make_way_for(ip, !unknown, &holdings)?;
+                        self.slots.evict(&victim);
+                        self.note_eviction();
+                        Some(i)
+                    });
             match admitted {
                 Some(i) => {
                     let Waiting {

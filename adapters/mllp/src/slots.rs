@@ -5,12 +5,15 @@
 //! close first:
 //!
 //! 1. a connection idle (between frames, or still in its handshake) for at least
-//!    [`MIN_IDLE_TO_EVICT`] that has never had a message accepted;
+//!    [`MIN_IDLE_TO_EVICT`] that has had no message accepted (MSA-1 `AA` or `CA`) within
+//!    [`SENDING_FOR`];
 //! 2. a connection whose frame has been arriving for at least the configured
-//!    `slow_frame_evict_ms`: a real frame arrives in milliseconds, and one that was never
-//!    acknowledged is sent again by its sender;
-//! 3. a connection that has had messages accepted (MSA-1 `AA` or `CA`) and has been idle for at
-//!    least [`MIN_IDLE_TO_EVICT_SENDER`].
+//!    `slow_frame_evict_ms` (a real frame arrives in milliseconds, and one that was never
+//!    acknowledged is sent again by its sender), or one open that long without a message
+//!    accepted within [`SENDING_FOR`], however busy it keeps with frames that are refused;
+//! 3. a connection that has had a message accepted within [`SENDING_FOR`] and has been idle
+//!    for at least [`MIN_IDLE_TO_EVICT_SENDER`] (only [`MIN_IDLE_TO_EVICT`] when its address
+//!    holds at least two connections more than the newcomer's).
 //!
 //! Connections being answered are never chosen, so every answer is written first. Among
 //! candidates of one kind, the address holding the most connections gives one up first.
@@ -43,6 +46,8 @@ pub const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
 pub const MIN_IDLE_TO_EVICT_SENDER: Duration = Duration::from_secs(10);
 /// How long an address that had a message accepted stays a known sender.
 pub const KNOWN_SENDER_FOR: Duration = Duration::from_secs(60 * 60);
+/// How long a connection that had a message accepted counts as sending.
+pub const SENDING_FOR: Duration = Duration::from_secs(60);
 /// Known senders remembered at most; past it the longest quiet are forgotten first.
 const KNOWN_SENDERS_MAX: usize = 4096;
 
@@ -58,8 +63,11 @@ pub(crate) struct Activity {
     /// Milliseconds since the registry's start at which the frame being received started;
     /// `NOT_RECEIVING` otherwise.
     receiving_since_ms: AtomicU64,
-    /// Whether a message of this connection was accepted.
-    delivered: AtomicBool,
+    /// Milliseconds since the registry's start at which the connection opened.
+    opened_ms: u64,
+    /// Milliseconds since the registry's start at which a message of this connection was
+    /// last accepted; `u64::MAX` for never.
+    accepted_ms: AtomicU64,
     evicted: AtomicBool,
     wake: Notify,
 }
@@ -99,21 +107,36 @@ impl Activity {
     }
 
     /// Which kind of candidate to make way this connection is at `now` (see the module
-    /// docs), and since when; `None` while it may not be chosen.
-    fn candidacy(&self, now: u64, slow_frame: Duration) -> Option<(Kind, u64)> {
+    /// docs), and since when; `None` while it may not be chosen. A sending connection makes
+    /// way after `sender_idle` idle.
+    fn candidacy(
+        &self,
+        now: u64,
+        slow_frame: Duration,
+        sender_idle: Duration,
+    ) -> Option<(Kind, u64)> {
         let older_than = |since: u64, age: Duration| {
             since != u64::MAX && now.saturating_sub(since) >= age.as_millis() as u64
         };
         let idle = self.idle_since_ms.load(Ordering::Relaxed);
         let receiving = self.receiving_since_ms.load(Ordering::Relaxed);
-        if self.delivered.load(Ordering::Relaxed) {
-            if older_than(idle, MIN_IDLE_TO_EVICT_SENDER) {
+        if idle == BUSY && receiving == NOT_RECEIVING {
+            return None;
+        }
+        let accepted = self.accepted_ms.load(Ordering::Relaxed);
+        if accepted != u64::MAX && !older_than(accepted, SENDING_FOR) {
+            if older_than(idle, sender_idle) {
                 return Some((Kind::IdleSender, idle));
             }
-        } else if older_than(idle, MIN_IDLE_TO_EVICT) {
+            return older_than(receiving, slow_frame).then_some((Kind::SlowFrame, receiving));
+        }
+        if older_than(idle, MIN_IDLE_TO_EVICT) {
             return Some((Kind::Idle, idle));
         }
-        older_than(receiving, slow_frame).then_some((Kind::SlowFrame, receiving))
+        if older_than(receiving, slow_frame) {
+            return Some((Kind::SlowFrame, receiving));
+        }
+        older_than(self.opened_ms, slow_frame).then_some((Kind::SlowFrame, self.opened_ms))
     }
 }
 
@@ -161,7 +184,8 @@ impl Registry {
             ip,
             idle_since_ms: AtomicU64::new(0),
             receiving_since_ms: AtomicU64::new(NOT_RECEIVING),
-            delivered: AtomicBool::new(false),
+            opened_ms: millis(self.start, Instant::now()),
+            accepted_ms: AtomicU64::new(u64::MAX),
             evicted: AtomicBool::new(false),
             wake: Notify::new(),
         });
@@ -185,11 +209,18 @@ impl Registry {
         held
     }
 
-    /// Whether `ip` had a message accepted within [`KNOWN_SENDER_FOR`].
-    pub(crate) fn is_known(&self, ip: IpAddr) -> bool {
+    /// When `ip` last had a message accepted, if within [`KNOWN_SENDER_FOR`] (a known
+    /// sender).
+    pub(crate) fn last_accepted(&self, ip: IpAddr) -> Option<Instant> {
         lock(&self.known)
             .get(&ip)
-            .is_some_and(|at| at.elapsed() < KNOWN_SENDER_FOR)
+            .copied()
+            .filter(|at| at.elapsed() < KNOWN_SENDER_FOR)
+    }
+
+    #[cfg(test)]
+    fn is_known(&self, ip: IpAddr) -> bool {
+        self.last_accepted(ip).is_some()
     }
 
     fn know(&self, ip: IpAddr) {
@@ -221,8 +252,13 @@ impl Registry {
             .values()
             .filter(|a| !a.evicted.load(Ordering::Relaxed))
             .filter_map(|a| {
-                let (kind, since) = a.candidacy(now, self.slow_frame)?;
                 let ours = held(&a.ip);
+                let sender_idle = if a.ip != newcomer && ours > theirs + 1 {
+                    MIN_IDLE_TO_EVICT
+                } else {
+                    MIN_IDLE_TO_EVICT_SENDER
+                };
+                let (kind, since) = a.candidacy(now, self.slow_frame, sender_idle)?;
                 let may = a.ip == newcomer
                     || match kind {
                         Kind::Idle | Kind::SlowFrame => newcomer_known || ours > theirs,
@@ -262,7 +298,8 @@ impl Registration {
     /// Notes what the connection answered: an acceptance makes its address a known sender.
     pub(crate) fn answered(&self, responses: &[Vec<u8>]) {
         if responses.iter().any(|r| is_acceptance(r)) {
-            self.activity.delivered.store(true, Ordering::Relaxed);
+            let now = millis(self.registry.start, Instant::now());
+            self.activity.accepted_ms.store(now, Ordering::Relaxed);
             self.registry.know(self.activity.ip);
         }
     }
@@ -455,6 +492,47 @@ mod tests {
         tokio::time::advance(MIN_IDLE_TO_EVICT_SENDER).await;
         assert!(same(make_way(&registry, ip(3)), &first));
         assert!(make_way(&registry, ip(4)).is_none(), "one each is fair");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_busy_with_refused_frames_makes_way_once_open_as_long_as_a_slow_frame() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let chatter = registry.register(1, ip(2));
+        // A junk frame answered every 700 ms: never idle a second, never one slow frame.
+        for _ in 0..14 {
+            tokio::time::advance(Duration::from_millis(700)).await;
+            chatter.answered(&acceptance("AR"));
+            chatter.activity.idle_since(registry.start, Instant::now());
+            if make_way(&registry, ip(3)).is_some() {
+                panic!("made way before it was open ten seconds");
+            }
+        }
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(same(make_way(&registry, ip(3)), &chatter));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_holding_many_sending_connections_gives_one_up_after_a_second_idle() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let pulses: Vec<Registration> = (0..4).map(|n| registry.register(n, ip(3))).collect();
+        for pulse in &pulses {
+            pulse.answered(&acceptance("AA"));
+            pulse.activity.idle_since(registry.start, Instant::now());
+        }
+        tokio::time::advance(MIN_IDLE_TO_EVICT).await;
+        assert!(
+            make_way(&registry, ip(3)).is_none(),
+            "its own newcomer waits for ten seconds idle"
+        );
+        assert!(make_way(&registry, ip(9)).is_some_and(|c| c.ip == ip(3)));
+        // A message accepted over a minute ago no longer counts as sending.
+        let registry = Registry::new(Duration::from_secs(10));
+        let old = registry.register(9, ip(5));
+        old.answered(&acceptance("AA"));
+        tokio::time::advance(SENDING_FOR).await;
+        old.activity.idle_since(registry.start, Instant::now());
+        tokio::time::advance(MIN_IDLE_TO_EVICT).await;
+        assert!(same(make_way(&registry, ip(5)), &old));
     }
 
     #[test]

@@ -457,21 +457,39 @@ async fn connect_from(server: SocketAddr, source: [u8; 4]) -> std::io::Result<Tc
     Ok(stream)
 }
 
-/// Connects from `source` again and again, each time starting a frame and sending a byte of it
-/// every 100 ms until the server closes the connection.
-fn trickle_from(server: SocketAddr, source: [u8; 4], stop: Arc<AtomicBool>) -> JoinHandle<()> {
+/// How an attacker holds its connection.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// Starts a frame and sends a byte of it every 100 ms.
+    Trickle,
+    /// Sends a short frame every 300 ms (answered, never accepted).
+    Chatter,
+}
+
+/// Connects from `source` again and again, holding each connection as `hold` says until the
+/// server closes it.
+fn attack_from(
+    server: SocketAddr,
+    source: [u8; 4],
+    hold: Hold,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let Ok(mut stream) = connect_from(server, source).await else {
                 sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            if stream.write_all(b"\x0bMSH|").await.is_err() {
+            if matches!(hold, Hold::Trickle) && stream.write_all(b"\x0bMSH|").await.is_err() {
                 continue;
             }
             while !stop.load(Ordering::Relaxed) {
-                sleep(Duration::from_millis(100)).await;
-                if stream.write_all(b"x").await.is_err() {
+                let (pause, bytes): (u64, &[u8]) = match hold {
+                    Hold::Trickle => (100, b"x"),
+                    Hold::Chatter => (300, b"\x0bjunk\x1c\r"),
+                };
+                sleep(Duration::from_millis(pause)).await;
+                if stream.write_all(bytes).await.is_err() {
                     break;
                 }
                 match stream.try_read(&mut [0; 64]) {
@@ -515,6 +533,18 @@ async fn exchange(stream: &mut TcpStream, payload: &[u8]) -> (Option<Vec<u8>>, D
 /// back in first after reconnecting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickling_connections_from_many_addresses_do_not_keep_a_sender_out() {
+    a_sender_gets_in_past(Hold::Trickle).await;
+}
+
+/// The second hostile pass: connections kept busy with frames that are answered but never
+/// accepted were never idle a second nor one frame slow, and kept a sender out for the whole
+/// attack (76 s). Open ten seconds without a message accepted, they make way too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_chattering_refused_frames_do_not_keep_a_sender_out() {
+    a_sender_gets_in_past(Hold::Chatter).await;
+}
+
+async fn a_sender_gets_in_past(hold: Hold) {
     let server = TestServer::start(MllpConfig {
         max_connections: 2,
         max_connections_per_peer: 64,
@@ -527,7 +557,7 @@ async fn trickling_connections_from_many_addresses_do_not_keep_a_sender_out() {
     let stop = Arc::new(AtomicBool::new(false));
     let attackers: Vec<_> = (2..6)
         .flat_map(|last| std::iter::repeat_n(last, 10))
-        .map(|last| trickle_from(server.addr, [127, 0, 0, last], stop.clone()))
+        .map(|last| attack_from(server.addr, [127, 0, 0, last], hold, stop.clone()))
         .collect();
     sleep(Duration::from_secs(2)).await;
 
