@@ -358,6 +358,7 @@ fn http_server(
             .wrap(from_fn(fhir::guard))
             .wrap(from_fn(fhir::negotiate))
             .wrap(from_fn(fhir::trace_requests))
+            .wrap(from_fn(fhir::recycle_connections))
             .configure(crate::ops::routes)
             .configure(fhir::routes)
     })

@@ -1005,11 +1005,12 @@ pub(super) struct ReadBody<'a> {
 }
 
 /// What a body is charged at least, per JSON value in it. The budget (twice the largest body)
-/// assumes a body takes about 25 times its size in memory while it is processed; parsed, each
-/// JSON value takes about 400 bytes (measured by a hostile tester: 4.75 million values, 3.8
-/// GB), so a value is charged 400 / 25 = 16 bytes. Ordinary FHIR JSON (15 to 30 bytes a value)
-/// is charged its size; a body of tiny values, as much as it will take.
-const CHARGE_PER_VALUE: usize = 16;
+/// assumes a body takes about 25 times its size in memory while it is processed; parsed and
+/// processed, each JSON value took 400 bytes in one hostile tester's run (4.75 million values,
+/// 3.8 GB) and about 700 in another's (a 65.5 MB transaction of tiny codings, 5.35 GB), so a
+/// value is charged 800 / 25 = 32 bytes. Ordinary FHIR JSON (15 to 30 bytes a value) is
+/// charged its size or up to twice it; a body of tiny values, as much as it will take.
+const CHARGE_PER_VALUE: usize = 32;
 
 /// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
 /// content type checked, size and time bounded, parsed off the I/O worker. The memory budget is

@@ -143,6 +143,25 @@ impl BodyTimeouts {
     }
 }
 
+/// While three quarters of the HTTP connection slots are taken, each response closes its
+/// connection (HTTP/1.1), so that clients keeping their connections alive with steady requests
+/// give their slots back in turn, and a client waiting in the listen backlog gets one (they
+/// queue behind it when they reconnect). A hostile tester held every slot from four addresses
+/// each sending `GET /health` every two seconds, and locked everyone else out.
+pub async fn recycle_connections(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let state = req.app_data::<actix_web::web::Data<FhirState>>().cloned();
+    let mut res = next.call(req).await?;
+    if state.is_some_and(|s| s.body_timeouts.connections.short_of_slots()) {
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(res)
+}
+
 /// Open HTTP connections, counted as they open and close, in all and per client address.
 #[derive(Debug)]
 pub struct OpenConnections {

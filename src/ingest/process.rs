@@ -692,6 +692,14 @@ fn ack_for(header: Option<&Header>, code: AckCode, errors: &[AckError]) -> Strin
 /// the feed and the fault — sender, control id, type, error code and location; the error text
 /// is written never to hold patient data.
 fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
+    let Some(unlogged_before) = REFUSAL_LOG.admit() else {
+        tracing::debug!(
+            ack_code = code.as_str(),
+            error_code = error.code,
+            "HL7v2 message refused"
+        );
+        return;
+    };
     let value = |v: Option<&String>| v.cloned().unwrap_or_default();
     let location = error
         .location
@@ -708,8 +716,50 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
         control_id = %value(header.and_then(|h| h.control_id.as_ref())),
         message_code = %value(header.and_then(|h| h.message_code.as_ref())),
         trigger_event = %value(header.and_then(|h| h.trigger_event.as_ref())),
+        unlogged_before,
         "HL7v2 message refused"
     );
+}
+
+/// Refusals logged at warn per second at most; the rest go to debug and are counted in the
+/// next warning (`unlogged_before`). A hostile tester's flood of junk wrote a warning per
+/// frame, a thousand lines in seconds, and a log can fill a disk.
+const REFUSALS_LOGGED_PER_SECOND: u64 = 20;
+
+static REFUSAL_LOG: LogRate = LogRate::new(REFUSALS_LOGGED_PER_SECOND);
+
+/// At most `per_second` lines a second of one kind.
+struct LogRate {
+    per_second: u64,
+    /// (the second, lines logged in it, lines not logged since the last one logged)
+    state: std::sync::Mutex<(u64, u64, u64)>,
+}
+
+impl LogRate {
+    const fn new(per_second: u64) -> LogRate {
+        LogRate {
+            per_second,
+            state: std::sync::Mutex::new((0, 0, 0)),
+        }
+    }
+
+    /// `Some(lines not logged since the last)` when this one may be logged.
+    fn admit(&self) -> Option<u64> {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, logged, unlogged) = &mut *state;
+        if *at != second {
+            (*at, *logged) = (second, 0);
+        }
+        if *logged >= self.per_second {
+            *unlogged += 1;
+            return None;
+        }
+        *logged += 1;
+        Some(std::mem::take(unlogged))
+    }
 }
 
 /// MessageAnswered: the span's ACK code, the refusal log line, a debug line and the metrics,
@@ -788,6 +838,22 @@ fn hl7_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusals_past_the_rate_are_counted_not_logged() {
+        let rate = super::LogRate::new(3);
+        let admitted: Vec<Option<u64>> = (0..5).map(|_| rate.admit()).collect();
+        // Unless the second turned meanwhile, the last two are held back.
+        if admitted.iter().filter(|a| a.is_some()).count() == 3 {
+            assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            assert_eq!(
+                rate.admit(),
+                Some(2),
+                "the next line says two went unlogged"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

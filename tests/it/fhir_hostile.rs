@@ -510,6 +510,75 @@ async fn a_client_address_at_its_connection_limit_has_further_connections_closed
     app.stop().await;
 }
 
+/// A hostile tester's lockout: clients holding every connection slot, each kept alive with a
+/// request every moment, left nothing for anyone else. While slots run short each answer now
+/// closes its connection, and a newcomer waiting in the backlog gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_kept_alive_on_every_slot_are_recycled_for_a_newcomer() {
+    let app = spawn_app_with(|c| {
+        c.http_max_connections = 16;
+        c.http_max_connections_per_peer = 8;
+    })
+    .await;
+    let server: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut holders = Vec::new();
+    for last in [2u8, 3] {
+        for _ in 0..8 {
+            let stop = stop.clone();
+            holders.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(([127, 0, 0, last], 0).into()).unwrap();
+                    let Ok(mut stream) = socket.connect(server).await else {
+                        continue;
+                    };
+                    // Keep-alive requests until the server closes the connection.
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+                        if stream.write_all(request).await.is_err() {
+                            break;
+                        }
+                        let mut answer = [0u8; 4096];
+                        let read = stream.read(&mut answer);
+                        match tokio::time::timeout(Duration::from_secs(2), read).await {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => break,
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                }
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 4], 0).into()).unwrap();
+    let started = std::time::Instant::now();
+    let mut stream = socket.connect(server).await.unwrap();
+    let request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    let _ = read.await;
+    let waited = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for holder in holders {
+        holder.abort();
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "after {waited:?}: {answer}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "the newcomer waited {waited:?}"
+    );
+    app.stop().await;
+}
+
 /// A number FHIR gives no meaning (a decimal of a million digits) would be stored, and then
 /// fail in clients' parsers: it is refused, in JSON, XML and Bundles alike, and one of 64
 /// characters (the bound) is kept as written.
@@ -629,4 +698,63 @@ async fn slow_uploads_holding_the_body_budget_do_not_keep_a_small_write_waiting_
         holder.abort();
     }
     app.stop().await;
+}
+
+/// A hostile tester's finding: a search page written as XML went through fhirbolt whole, about
+/// 160 times its JSON in memory (30 MB of Patients peaked at 4.8 GB). Written entry by entry,
+/// a page of ten 440 KB Patients raises the peak by little more than a few times its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_search_page_written_as_xml_stays_within_a_few_times_its_size() {
+    let (url, _database) = crate::support::fresh_database().await;
+    let dir = std::env::temp_dir().join(format!("hl7bridge-xml-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [("HL7BRIDGE_DATABASE_URL", url.as_str())];
+    let (mut child, http, _) =
+        tokio::task::block_in_place(|| crate::otlp_export::start_server(&dir, &env));
+    let base = format!("http://{http}");
+    let client = crate::support::http_client_builder().build().unwrap();
+    let given: Vec<String> = (0..40_000).map(|k| format!("g{k:06}")).collect();
+    let patient = json!({"resourceType": "Patient", "gender": "female",
+        "name": [{"family": "Widexml", "given": given}]});
+    for _ in 0..10 {
+        let created = client
+            .post(format!("{base}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(patient.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let peak_kib = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = peak_kib(child.id());
+    let page = client
+        .get(format!(
+            "{base}/Patient?family=Widexml&_count=100&_format=xml"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let xml = page.bytes().await.unwrap();
+    let after = peak_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let entries = xml.windows(8).filter(|w| w == b"<Patient").count();
+    assert_eq!(entries, 10, "every Patient is in the page");
+    let grew_mib = after.saturating_sub(before) / 1024;
+    crate::support::report(&format!(
+        "a {} MB XML page of ten 440 KB Patients raised the peak RSS by {grew_mib} MB",
+        xml.len() >> 20
+    ));
+    assert!(grew_mib < 350, "the peak grew by {grew_mib} MB");
 }

@@ -191,6 +191,85 @@ fn reads_back(xml: &[u8]) -> bool {
 /// would come out as text without its `<div>`, which no XML reader takes back, so it is an
 /// error here instead.
 pub fn json_to_xml(json: &[u8]) -> Result<Vec<u8>, CodecError> {
+    match bundle_to_xml(json)? {
+        Some(xml) => Ok(xml),
+        None => resource_to_xml(json),
+    }
+}
+
+/// The id of the stand-in for entry `n`'s resource in [`bundle_to_xml`].
+fn stand_in_id(n: usize) -> String {
+    format!("hl7bridge-entry-{n}")
+}
+
+/// A Bundle holding resources, written entry by entry: the Bundle with a small stand-in for
+/// each entry's resource, then each resource on its own in its stand-in's place. fhirbolt's
+/// model of a whole search page took over a hundred times its JSON in memory (a hostile
+/// tester's page of 30 MB of Patients peaked at 4.8 GB written as XML); one entry at a time,
+/// the largest entry decides. `None` for anything else.
+fn bundle_to_xml(json: &[u8]) -> Result<Option<Vec<u8>>, CodecError> {
+    if !json.windows(8).any(|w| w == b"\"Bundle\"") {
+        return Ok(None);
+    }
+    let Ok(mut bundle) = serde_json::from_slice::<Value>(json) else {
+        return Ok(None);
+    };
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Ok(None);
+    }
+    let Some(Value::Array(entries)) = bundle.get_mut("entry") else {
+        return Ok(None);
+    };
+    let mut resources = Vec::new();
+    for (n, entry) in entries.iter_mut().enumerate() {
+        if let Some(resource) = entry.get_mut("resource") {
+            let stand_in = serde_json::json!({
+                "resourceType": "Basic", "id": stand_in_id(n), "code": {"text": "entry"}
+            });
+            resources.push((n, std::mem::replace(resource, stand_in)));
+        }
+    }
+    if resources.is_empty() {
+        return Ok(None);
+    }
+    let written =
+        |value: &Value| serde_json::to_vec(value).map_err(|e| CodecError::Model(e.to_string()));
+    let envelope = resource_to_xml(&written(&bundle)?)?;
+    drop(bundle);
+    let lost = || CodecError::Model("an entry's place in the Bundle's XML was lost".into());
+    let mut out = Vec::with_capacity(envelope.len());
+    let mut from = 0;
+    for (n, resource) in resources {
+        let marker = format!("<id value=\"{}\"/>", stand_in_id(n));
+        let at = from + find(&envelope[from..], marker.as_bytes()).ok_or_else(lost)?;
+        let start = envelope[from..at]
+            .windows(6)
+            .rposition(|w| w == b"<Basic")
+            .map(|i| from + i)
+            .ok_or_else(lost)?;
+        let end = at + find(&envelope[at..], b"</Basic>").ok_or_else(lost)? + b"</Basic>".len();
+        out.extend_from_slice(&envelope[from..start]);
+        let xml = resource_to_xml(&written(&resource)?)?;
+        out.extend_from_slice(without_declaration(&xml));
+        from = end;
+    }
+    out.extend_from_slice(&envelope[from..]);
+    Ok(Some(out))
+}
+
+/// An XML document without its `<?xml …?>` declaration (and the line break after it).
+fn without_declaration(xml: &[u8]) -> &[u8] {
+    if !xml.starts_with(b"<?xml") {
+        return xml;
+    }
+    match find(xml, b"?>") {
+        Some(end) => xml[end + 2..].trim_ascii_start(),
+        None => xml,
+    }
+}
+
+/// One resource as XML through fhirbolt, its narratives as the JSON has them.
+fn resource_to_xml(json: &[u8]) -> Result<Vec<u8>, CodecError> {
     if let Some(at) = plain_text_div(json) {
         return Err(CodecError::Model(format!(
             "a narrative div at byte {at} is not XHTML and cannot be written as XML"
@@ -499,6 +578,46 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("Org &amp; <b>co</b>"), "{out}");
+    }
+
+    #[test]
+    fn a_bundle_written_entry_by_entry_is_the_bundle_written_whole() {
+        let bundle = serde_json::json!({
+            "resourceType": "Bundle", "type": "searchset", "total": 2,
+            "link": [{"relation": "self", "url": "http://x/Patient"}],
+            "entry": [
+                {"fullUrl": "http://x/Patient/a", "resource": {
+                    "resourceType": "Patient", "id": "a",
+                    "text": {"status": "generated",
+                             "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><b>Ann</b> Lee</div>"},
+                    "contained": [{"resourceType": "Organization", "id": "o", "name": "Org"}],
+                    "gender": "female"},
+                 "search": {"mode": "match"}},
+                {"request": {"method": "DELETE", "url": "Patient/gone"}},
+                {"fullUrl": "http://x/Observation/b", "resource": {
+                    "resourceType": "Observation", "id": "b", "status": "final",
+                    "code": {"text": "x"}, "valueQuantity": {"value": 72.40}},
+                 "search": {"mode": "include"}}
+            ]
+        });
+        let json = bundle.to_string();
+        let by_entry = json_to_xml(json.as_bytes()).unwrap();
+        let whole = resource_to_xml(json.as_bytes()).unwrap();
+        let text = String::from_utf8(compact_xml(&by_entry)).unwrap();
+        // The same document, but that each entry's resource names its namespace again.
+        assert_eq!(
+            text.replace(r#"<Patient xmlns="http://hl7.org/fhir">"#, "<Patient>")
+                .replace(
+                    r#"<Observation xmlns="http://hl7.org/fhir">"#,
+                    "<Observation>"
+                ),
+            String::from_utf8(compact_xml(&whole)).unwrap()
+        );
+        assert!(!text.contains("Basic"), "{text}");
+        assert_eq!(
+            xml_to_json(&by_entry).unwrap(),
+            serde_json::from_str::<Value>(&json).unwrap()
+        );
     }
 
     #[test]

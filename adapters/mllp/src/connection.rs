@@ -9,6 +9,7 @@
 //! makes the kernel reset the connection, which can destroy the answer just written.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -284,10 +285,26 @@ pub(crate) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|&stopping| stopping).await;
 }
 
+/// The second (since the epoch) of the last mid-frame warning.
+static MID_FRAME_WARNED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a warning stamped in `last` may be logged now (and stamps it).
+fn once_a_second(last: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    last.swap(now, Ordering::Relaxed) != now
+}
+
 fn log_close(reason: &Close) {
     match reason {
         Close::PeerClosed => debug!("MLLP peer closed the connection"),
-        Close::PeerClosedMidFrame { buffered_bytes } => warn!(
+        // Once a second at most: a peer doing it in a loop must not flood the log.
+        Close::PeerClosedMidFrame { buffered_bytes } if once_a_second(&MID_FRAME_WARNED) => warn!(
+            buffered_bytes,
+            "MLLP peer closed the connection mid-frame; the partial frame is dropped"
+        ),
+        Close::PeerClosedMidFrame { buffered_bytes } => debug!(
             buffered_bytes,
             "MLLP peer closed the connection mid-frame; the partial frame is dropped"
         ),
