@@ -27,6 +27,12 @@ pub enum FhirError {
     UnsupportedMediaType(String),
     #[error("request body larger than {0} bytes (HL7BRIDGE_MAX_BODY_BYTES)")]
     PayloadTooLarge(usize),
+    /// A body of more JSON values than the memory budget for bodies can take at all.
+    #[error(
+        "the body holds {values} JSON values, more than the memory for request bodies can take \
+         (about {most}; HL7BRIDGE_MAX_BODY_BYTES sets it): send it in parts"
+    )]
+    TooManyValues { values: usize, most: usize },
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("{0}")]
@@ -104,7 +110,7 @@ impl FhirError {
             FhirError::Gone(_) => "deleted",
             FhirError::Invalid { .. } => "invalid",
             FhirError::NotSupported(_) | FhirError::UnsupportedMediaType(_) => "not-supported",
-            FhirError::PayloadTooLarge(_) => "too-long",
+            FhirError::PayloadTooLarge(_) | FhirError::TooManyValues { .. } => "too-long",
             FhirError::RequestTimeout(_) => "timeout",
             FhirError::NotAcceptable(_) => "not-supported",
             FhirError::PreconditionFailed(_) => "duplicate",
@@ -140,7 +146,9 @@ impl ResponseError for FhirError {
             FhirError::Invalid { .. } => StatusCode::BAD_REQUEST,
             FhirError::NotSupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            FhirError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            FhirError::PayloadTooLarge(_) | FhirError::TooManyValues { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             FhirError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             FhirError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             FhirError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -160,7 +168,9 @@ impl ResponseError for FhirError {
         // connection (and its slot) open.
         if matches!(
             self,
-            FhirError::RequestTimeout(_) | FhirError::PayloadTooLarge(_)
+            FhirError::RequestTimeout(_)
+                | FhirError::PayloadTooLarge(_)
+                | FhirError::TooManyValues { .. }
         ) {
             response.force_close();
         }

@@ -758,3 +758,29 @@ async fn a_large_search_page_written_as_xml_stays_within_a_few_times_its_size() 
     ));
     assert!(grew_mib < 350, "the peak grew by {grew_mib} MB");
 }
+
+/// A hostile tester's finding: a declared `Content-Length` over the limit was waited for, and
+/// answered 408 when the body timeout passed. It is refused at once, 413, for PATCH too.
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_at_once() {
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    for (method, path, content_type) in [
+        ("POST", "/Patient", "application/fhir+json"),
+        ("PATCH", "/Patient/x", "application/json-patch+json"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+             Content-Length: 200000000\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await;
+        let n = read.expect("answered within seconds").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{method}: {answer}");
+        assert!(answer.contains("OperationOutcome"), "{method}: {answer}");
+    }
+    app.stop().await;
+}
