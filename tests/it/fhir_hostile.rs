@@ -706,12 +706,8 @@ async fn slow_uploads_holding_the_body_budget_do_not_keep_a_small_write_waiting_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_search_page_written_as_xml_stays_within_a_few_times_its_size() {
     let (url, _database) = crate::support::fresh_database().await;
-    let dir = std::env::temp_dir().join(format!("hl7bridge-xml-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let env = [("HL7BRIDGE_DATABASE_URL", url.as_str())];
-    let (mut child, http, _) =
-        tokio::task::block_in_place(|| crate::otlp_export::start_server(&dir, &env));
-    let base = format!("http://{http}");
+    let server = crate::support::ServerProcess::start(&url);
+    let base = format!("http://{}", server.http);
     let client = crate::support::http_client_builder().build().unwrap();
     let given: Vec<String> = (0..40_000).map(|k| format!("g{k:06}")).collect();
     let patient = json!({"resourceType": "Patient", "gender": "female",
@@ -726,16 +722,7 @@ async fn a_large_search_page_written_as_xml_stays_within_a_few_times_its_size() 
             .unwrap();
         assert_eq!(created.status(), 201);
     }
-    let peak_kib = |pid: u32| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let before = peak_kib(child.id());
+    let before = server.peak_rss_kib();
     let page = client
         .get(format!(
             "{base}/Patient?family=Widexml&_count=100&_format=xml"
@@ -745,10 +732,8 @@ async fn a_large_search_page_written_as_xml_stays_within_a_few_times_its_size() 
         .unwrap();
     assert_eq!(page.status(), 200);
     let xml = page.bytes().await.unwrap();
-    let after = peak_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    let after = server.peak_rss_kib();
+    drop(server);
     let entries = xml.windows(8).filter(|w| w == b"<Patient").count();
     assert_eq!(entries, 10, "every Patient is in the page");
     let grew_mib = after.saturating_sub(before) / 1024;

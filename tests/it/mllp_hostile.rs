@@ -342,25 +342,12 @@ async fn the_frame_timeout_is_a_setting_and_cuts_a_trickling_frame() {
 async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_budget() {
     use tokio::io::AsyncWriteExt;
     let (url, _database) = crate::support::fresh_database().await;
-    let dir = std::env::temp_dir().join(format!("hl7bridge-mem-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let env = [("HL7BRIDGE_DATABASE_URL", url.as_str())];
-    let (mut child, _, mllp) =
-        tokio::task::block_in_place(|| crate::otlp_export::start_server(&dir, &env));
-    let peak_kib = |pid: u32| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
-    let before = peak_kib(child.id());
+    let server = crate::support::ServerProcess::start(&url);
+    let before = server.peak_rss_kib();
 
     let sends: Vec<_> = (0..16)
         .map(|n| {
-            let mllp = mllp.clone();
+            let mllp = server.mllp.clone();
             tokio::spawn(async move {
                 let message = format!(
                     "MSH|^~\\&|MEMTEST|LAB|HL7BRIDGE|HOSP|20260101120000||ADT^A01|MEM{n}|P|2.5\r\
@@ -385,10 +372,8 @@ async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_bud
     for send in sends {
         codes.push(send.await);
     }
-    let peak = peak_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    let peak = server.peak_rss_kib();
+    drop(server);
     for code in codes {
         assert_eq!(code.unwrap(), "AA");
     }

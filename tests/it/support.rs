@@ -493,3 +493,43 @@ pub fn report(line: &str) {
         }
     }
 }
+
+/// The server binary on a database of its own, started in a directory of its own, for tests
+/// that measure the process (its peak memory); killed and its directory removed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub http: String,
+    pub mllp: String,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn start(database_url: &str) -> ServerProcess {
+        let dir = std::env::temp_dir().join(format!("hl7bridge-proc-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = [("HL7BRIDGE_DATABASE_URL", database_url)];
+        let (child, http, mllp) =
+            tokio::task::block_in_place(|| crate::otlp_export::start_server(&dir, &env));
+        ServerProcess {
+            child,
+            http,
+            mllp,
+            dir,
+        }
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
