@@ -30,7 +30,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Connections of one address waiting at the cap at most; a newer one takes the place of the
 /// oldest (whose sender has likely given up on it) and keeps its turn.
 const WAITING_PER_PEER: usize = 2;
-/// Connections waiting at the cap at most, beyond `max_connections`.
+/// Connections waiting at the cap at most: `max_connections`, or this many if more.
 const WAITING_ROOM_MIN: usize = 256;
 /// Addresses whose last admission is remembered, for taking turns.
 const ADMITTED_MAX: usize = 4096;
@@ -358,8 +358,8 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
                     let accepted = self.slots.last_accepted(ip);
                     let turn = self.admitted.get(&ip).copied();
                     let since = self.waiting[i].since;
-                    let key = (accepted.is_none(), held(&ip), std::cmp::Reverse(accepted));
-                    order.push((key.0, key.1, key.2, turn, since, i));
+                    let recent = std::cmp::Reverse(accepted);
+                    order.push((accepted.is_none(), held(&ip), recent, turn, since, i));
                 }
             }
             order.sort();
