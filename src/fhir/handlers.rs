@@ -1010,7 +1010,7 @@ pub(super) struct ReadBody<'a> {
 /// 3.8 GB) and about 700 in another's (a 65.5 MB transaction of tiny codings, 5.35 GB), so a
 /// value is charged 800 / 25 = 32 bytes. Ordinary FHIR JSON (15 to 30 bytes a value) is
 /// charged its size or up to twice it; a body of tiny values, as much as it will take.
-const CHARGE_PER_VALUE: usize = 32;
+pub(super) const CHARGE_PER_VALUE: usize = 32;
 
 /// The request body as JSON (FHIR XML is decoded to the JSON the JSON path would produce):
 /// content type checked, size and time bounded, parsed off the I/O worker. The memory budget is
@@ -1062,13 +1062,13 @@ pub(super) async fn read_resource_body<'a>(
 }
 
 /// What a body of `size` bytes holding `values` JSON values is charged.
-fn charge(size: usize, values: usize) -> usize {
+pub(super) fn charge(size: usize, values: usize) -> usize {
     size.max(values.saturating_mul(CHARGE_PER_VALUE))
 }
 
 /// How many values JSON text holds, about (commas, containers and one more, outside
 /// strings), without parsing it.
-fn json_values(bytes: &[u8]) -> usize {
+pub(super) fn json_values(bytes: &[u8]) -> usize {
     let (mut count, mut in_string, mut escaped) = (1usize, false, false);
     for &b in bytes {
         if in_string {

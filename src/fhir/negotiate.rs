@@ -69,6 +69,29 @@ pub async fn negotiate(
     let json = actix_web::body::to_bytes(body)
         .await
         .map_err(|_| actix_web::error::ErrorInternalServerError("response body"))?;
+    // Rewriting takes memory as reading a body of this size does (a page as XML about 13
+    // times its JSON, indented JSON up to 25 times): it is charged to the same budget, so that
+    // concurrent large pages wait for each other (a hostile tester's eight 33 MB pages as XML
+    // at once passed 6 GB). A page charged more than the whole budget is not rewritten.
+    let state = req
+        .app_data::<actix_web::web::Data<super::FhirState>>()
+        .cloned();
+    let values = super::handlers::json_values(&json);
+    let charge = super::handlers::charge(json.len(), values);
+    let budget = match &state {
+        Some(state) if charge > state.body_budget.total_bytes() => {
+            let refusal = FhirError::NotAcceptable(format!(
+                "this answer holds {values} JSON values, more than can be rewritten as XML or \
+                 indented within the memory budget; ask for fewer (_count) or for plain JSON"
+            ));
+            return Ok(ServiceResponse::new(req, refusal.error_response()));
+        }
+        Some(state) => {
+            let connections = &state.body_timeouts.connections;
+            state.body_budget.reserve(Some(charge), connections).await
+        }
+        None => None,
+    };
     let rendered = tokio::task::spawn_blocking(move || render(&json, wanted))
         .await
         .map_err(|_| FhirError::Internal)
@@ -82,6 +105,7 @@ pub async fn negotiate(
         }
         Err(err) => err.error_response(),
     };
+    drop(budget);
     Ok(ServiceResponse::new(req, res))
 }
 

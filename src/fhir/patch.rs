@@ -17,20 +17,18 @@ use super::error::FhirError;
 const MAX_OPERATIONS: usize = 10_000;
 /// Most JSON values a patched resource may hold: as many as one resource may hold at all.
 const MAX_VALUES: usize = hl7bridge_fhir_codec::MAX_NODES;
-/// Most JSON values all of a patch's operations may write together. Without these bounds a
-/// patch of twenty `copy` operations, each doubling the resource, took gigabytes before the
-/// result was ever checked (a hostile tester's finding; twenty-four ran the server out of
-/// memory).
-const MAX_VALUES_WRITTEN: usize = 4 * MAX_VALUES;
+/// Deepest nesting a patched resource may reach: as deep as one resource may be at all.
+/// Values nested deeper would be copied, compared and dropped by recursion: a 2.5 KB patch that
+/// copied a value into itself ten times (1,024 deep) overflowed a worker's stack and killed the
+/// server (a hostile tester's finding).
+const MAX_DEPTH: usize = hl7bridge_fhir_codec::MAX_DEPTH;
 
-/// Applies `patch` to `resource`; on any error `resource` is left as it was.
-pub fn apply(resource: &mut Value, patch: &Value) -> Result<(), FhirError> {
+/// Applies `patch` to `resource`, which may grow to `max_bytes` at most; on any error
+/// `resource` is left as it was.
+pub fn apply(resource: &mut Value, patch: &Value, max_bytes: usize) -> Result<(), FhirError> {
     let operations = read(patch)?;
     let mut patched = resource.clone();
-    let mut budget = Budget {
-        held: count_values(&patched, usize::MAX).unwrap_or(usize::MAX),
-        written: 0,
-    };
+    let mut budget = Budget::new(&patched, max_bytes);
     for (index, operation) in operations.iter().enumerate() {
         operation
             .apply(&mut patched, &mut budget)
@@ -140,51 +138,118 @@ fn parse_pointer(text: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
-/// The JSON values the resource holds as the patch goes, and those written so far.
+/// How much a patch may make a resource hold, and write in all: without these bounds a patch of
+/// twenty `copy` operations, each doubling the resource, took gigabytes before the result was
+/// ever checked (a hostile tester's finding; twenty-four ran the server out of memory), and 200
+/// copies of a 1 MB string made a 210 MB resource.
 struct Budget {
-    held: usize,
-    written: usize,
+    /// Values and bytes (text and numbers; 8 bytes a value besides) held now.
+    values: usize,
+    bytes: usize,
+    /// Values and bytes written so far (added, replaced, copied or moved).
+    values_written: usize,
+    bytes_written: usize,
+    /// The most bytes the resource may hold (the largest body the server takes); four times
+    /// as many may be written.
+    max_bytes: usize,
+}
+
+/// The size of a value, counted without recursion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Size {
+    values: usize,
+    bytes: usize,
+    /// 1 for a primitive, one more per level of nesting.
+    depth: usize,
+}
+
+impl Size {
+    /// `value`'s size; `None` as soon as it passes `most` values or bytes, or `max_depth`.
+    fn of(value: &Value, most: Size, max_depth: usize) -> Option<Size> {
+        let mut size = Size::default();
+        let mut stack = vec![(value, 1usize)];
+        while let Some((v, depth)) = stack.pop() {
+            size.values += 1;
+            size.depth = size.depth.max(depth);
+            size.bytes += 8 + match v {
+                Value::String(text) => text.len(),
+                Value::Number(n) => n.to_string().len(),
+                Value::Object(map) => map.keys().map(String::len).sum(),
+                _ => 0,
+            };
+            if size.values > most.values || size.bytes > most.bytes || depth > max_depth {
+                return None;
+            }
+            match v {
+                Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+                Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+                _ => {}
+            }
+        }
+        Some(size)
+    }
+
+    fn unbounded(value: &Value) -> Size {
+        let most = Size {
+            values: usize::MAX,
+            bytes: usize::MAX,
+            depth: 0,
+        };
+        Size::of(value, most, usize::MAX).unwrap_or(most)
+    }
 }
 
 impl Budget {
-    /// Counts `value`, about to be written, or says why it may not be.
-    fn write(&mut self, value: &Value) -> Result<(), String> {
-        let room = MAX_VALUES
-            .saturating_sub(self.held)
-            .min(MAX_VALUES_WRITTEN.saturating_sub(self.written));
-        let n = count_values(value, room).ok_or_else(|| {
+    fn new(resource: &Value, max_bytes: usize) -> Budget {
+        let held = Size::unbounded(resource);
+        Budget {
+            values: held.values,
+            bytes: held.bytes,
+            values_written: 0,
+            bytes_written: 0,
+            max_bytes,
+        }
+    }
+
+    /// Counts `value`, about to be written at `path` (to be held anew unless `moved`), or says
+    /// why it may not be.
+    fn write(&mut self, value: &Value, path: &[String], moved: bool) -> Result<(), String> {
+        let room = |now: usize, most: usize| {
+            if moved {
+                usize::MAX
+            } else {
+                most.saturating_sub(now)
+            }
+        };
+        let most = Size {
+            values: room(self.values, MAX_VALUES)
+                .min((4 * MAX_VALUES).saturating_sub(self.values_written)),
+            bytes: room(self.bytes, self.max_bytes)
+                .min((4 * self.max_bytes).saturating_sub(self.bytes_written)),
+            depth: 0,
+        };
+        let max_depth = MAX_DEPTH.saturating_sub(path.len());
+        let size = Size::of(value, most, max_depth).ok_or_else(|| {
             format!(
-                "the patch would make the resource hold more than {MAX_VALUES} values, or write \
-                 more than {MAX_VALUES_WRITTEN} in all"
+                "the patch would make the resource hold more than {MAX_VALUES} values or {} \
+                 bytes, nest deeper than {MAX_DEPTH}, or write more than four times as much",
+                self.max_bytes
             )
         })?;
-        self.held += n;
-        self.written += n;
+        if !moved {
+            self.values += size.values;
+            self.bytes += size.bytes;
+        }
+        self.values_written += size.values;
+        self.bytes_written += size.bytes;
         Ok(())
     }
 
     fn removed(&mut self, value: &Value) {
-        let n = count_values(value, usize::MAX).unwrap_or(usize::MAX);
-        self.held = self.held.saturating_sub(n);
+        let size = Size::unbounded(value);
+        self.values = self.values.saturating_sub(size.values);
+        self.bytes = self.bytes.saturating_sub(size.bytes);
     }
-}
-
-/// How many JSON values `value` holds, itself included; `None` beyond `limit`.
-fn count_values(value: &Value, limit: usize) -> Option<usize> {
-    let mut count = 0usize;
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        count += 1;
-        if count > limit {
-            return None;
-        }
-        match v {
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => stack.extend(map.values()),
-            _ => {}
-        }
-    }
-    Some(count)
 }
 
 impl Operation {
@@ -192,7 +257,7 @@ impl Operation {
         match self {
             Operation::Add(path, value) => {
                 let path = guarded(path)?;
-                budget.write(value)?;
+                budget.write(value, path, false)?;
                 // An object member added again replaces the one there.
                 if let Some((last, parent)) = path.split_last() {
                     if let Ok(Value::Object(map)) = get_mut(doc, parent) {
@@ -209,8 +274,9 @@ impl Operation {
                 Ok(())
             }
             Operation::Replace(path, value) => {
-                let target = get_mut(doc, guarded(path)?)?;
-                budget.write(value)?;
+                let path = guarded(path)?;
+                let target = get_mut(doc, path)?;
+                budget.write(value, path, false)?;
                 budget.removed(target);
                 *target = value.clone();
                 Ok(())
@@ -219,14 +285,16 @@ impl Operation {
                 if to.len() > from.len() && to.starts_with(from) {
                     return Err("cannot move a value into itself".into());
                 }
-                let value = remove(doc, guarded(from)?)?;
-                add(doc, guarded(to)?, value)
+                let to = guarded(to)?;
+                budget.write(get_mut(doc, guarded(from)?)?, to, true)?;
+                let value = remove(doc, from)?;
+                add(doc, to, value)
             }
             Operation::Copy { from, to } => {
                 let to = guarded(to)?;
                 let source = get_mut(doc, from)?;
-                // Counted before it is cloned: a copy too large is never made.
-                budget.write(source)?;
+                // Counted before it is cloned: a copy too large or too deep is never made.
+                budget.write(source, to, false)?;
                 let value = source.clone();
                 add(doc, to, value)
             }
@@ -373,7 +441,7 @@ mod tests {
 
     fn patched(doc: Value, patch: Value) -> Result<Value, FhirError> {
         let mut doc = doc;
-        apply(&mut doc, &patch).map(|_| doc)
+        apply(&mut doc, &patch, 64 << 20).map(|_| doc)
     }
 
     #[test]
@@ -428,7 +496,7 @@ mod tests {
         let patch = json!([{"op": "replace", "path": "/gender", "value": "female"},
             {"op": "test", "path": "/gender", "value": "male"}]);
         assert!(matches!(
-            apply(&mut doc, &patch),
+            apply(&mut doc, &patch, 1 << 20),
             Err(FhirError::Unprocessable(_))
         ));
         assert_eq!(doc, before);
@@ -463,6 +531,43 @@ mod tests {
             refused.is_ok(),
             "copy and remove in turn stay bounded: {refused:?}"
         );
+    }
+
+    #[test]
+    fn a_value_copied_into_itself_cannot_nest_past_the_resource_depth() {
+        let doc = json!({"resourceType": "Patient", "id": "p"});
+        let mut ops = vec![json!({"op": "add", "path": "/zz", "value": {"b": {}}})];
+        let mut deepest = "/zz/b".to_string();
+        for _ in 0..12 {
+            ops.push(json!({"op": "copy", "from": "/zz", "path": format!("{deepest}/b")}));
+            deepest = format!("{deepest}/b/b");
+        }
+        let refused = patched(doc, Value::Array(ops));
+        assert!(
+            matches!(&refused, Err(FhirError::Unprocessable(m)) if m.contains("nest deeper")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn copies_of_a_large_string_are_bounded_by_bytes() {
+        let doc = json!({"resourceType": "Patient", "id": "p",
+            "extension": [{"url": "u", "valueString": "x".repeat(1 << 20)}]});
+        let copy = json!({"op": "copy", "from": "/extension/0", "path": "/extension/-"});
+        let mut refused_doc = doc.clone();
+        let refused = apply(
+            &mut refused_doc,
+            &Value::Array(vec![copy.clone(); 200]),
+            8 << 20,
+        );
+        assert!(
+            matches!(refused, Err(FhirError::Unprocessable(_))),
+            "{refused:?}"
+        );
+        assert_eq!(refused_doc, doc, "left as it was");
+        let mut grown = doc.clone();
+        apply(&mut grown, &Value::Array(vec![copy; 3]), 8 << 20).unwrap();
+        assert_eq!(grown["extension"].as_array().unwrap().len(), 4);
     }
 
     #[test]

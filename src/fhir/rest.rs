@@ -117,7 +117,7 @@ pub async fn patch(
         }
         let mut resource: Value =
             serde_json::from_str(&current.content).map_err(|_| FhirError::Internal)?;
-        super::patch::apply(&mut resource, &operations)?;
+        super::patch::apply(&mut resource, &operations, state.max_body_bytes)?;
         if let Err(err) = hl7bridge_fhir_codec::canonicalize(resource.clone()) {
             return Err(FhirError::Unprocessable(format!(
                 "the patched resource is not valid: {err}"

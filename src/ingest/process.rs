@@ -127,6 +127,8 @@ struct MessageCost;
 
 impl MessageCost {
     const PER_DELIMITER_BYTES: usize = 1100;
+    /// A field of 5 MB of bytes above 0x7F (decoded to twice as much UTF-8) took 147 MB.
+    const PER_BYTE: usize = 16;
 
     /// The estimate in KiB, at least 1 and at most the whole budget.
     fn kib(text: &str) -> u32 {
@@ -136,8 +138,12 @@ impl MessageCost {
             Some(head) if head.starts_with(b"MSH") => &head[3..8],
             _ => b"|^~\\&",
         };
-        let delimiters = bytes.iter().filter(|b| separators.contains(b)).count();
-        let estimate = bytes.len() * 2 + delimiters * Self::PER_DELIMITER_BYTES;
+        // Segment ends count too: bare segments cost as much as fields.
+        let delimiters = bytes
+            .iter()
+            .filter(|b| separators.contains(b) || **b == b'\r' || **b == b'\n')
+            .count();
+        let estimate = bytes.len() * Self::PER_BYTE + delimiters * Self::PER_DELIMITER_BYTES;
         u32::try_from(estimate.div_ceil(1024))
             .unwrap_or(u32::MAX)
             .clamp(1, MEMORY_BUDGET_KIB)
@@ -351,12 +357,15 @@ impl Hl7Ingest {
             return Some(ack.clone());
         }
         if earlier.iter().any(|(h, _, _)| *h != hash) {
-            tracing::warn!(
-                control_id,
-                sending_application = %application,
-                sending_facility = %facility,
-                "a message reuses a control id with a different payload; processing it"
-            );
+            if let Some(unlogged_before) = REUSE_LOG.admit() {
+                tracing::warn!(
+                    control_id = short(control_id),
+                    sending_application = short(application),
+                    sending_facility = short(facility),
+                    unlogged_before,
+                    "a message reuses a control id with a different payload; processing it"
+                );
+            }
         }
         None
     }
@@ -700,7 +709,7 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
         );
         return;
     };
-    let value = |v: Option<&String>| v.cloned().unwrap_or_default();
+    let value = |v: Option<&String>| short(v.map_or("", String::as_str)).to_string();
     let location = error
         .location
         .as_ref()
@@ -711,8 +720,8 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
         error_code = error.code,
         error_location = %location,
         reason = %error.message,
-        sending_application = %header.map(|h| h.sending_application.as_str()).unwrap_or(""),
-        sending_facility = %header.map(|h| h.sending_facility.as_str()).unwrap_or(""),
+        sending_application = short(header.map_or("", |h| h.sending_application.as_str())),
+        sending_facility = short(header.map_or("", |h| h.sending_facility.as_str())),
         control_id = %value(header.and_then(|h| h.control_id.as_ref())),
         message_code = %value(header.and_then(|h| h.message_code.as_ref())),
         trigger_event = %value(header.and_then(|h| h.trigger_event.as_ref())),
@@ -727,6 +736,16 @@ fn message_refused(header: Option<&Header>, code: AckCode, error: &AckError) {
 const REFUSALS_LOGGED_PER_SECOND: u64 = 20;
 
 static REFUSAL_LOG: LogRate = LogRate::new(REFUSALS_LOGGED_PER_SECOND);
+static REUSE_LOG: LogRate = LogRate::new(REFUSALS_LOGGED_PER_SECOND);
+
+/// A header value as logged: its first 64 characters. A hostile tester's 5 MB MSH-3 made each
+/// refusal a 20 MB log line.
+fn short(value: &str) -> &str {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => &value[..end],
+        None => value,
+    }
+}
 
 /// At most `per_second` lines a second of one kind.
 struct LogRate {
@@ -838,6 +857,22 @@ fn hl7_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn logged_header_values_are_cut_at_64_characters() {
+        assert_eq!(super::short("LAB"), "LAB");
+        let long = "é".repeat(5000);
+        assert_eq!(super::short(&long).chars().count(), 64);
+    }
+
+    #[test]
+    fn bare_segments_and_high_bytes_are_charged_to_the_memory_budget() {
+        let segments = format!("MSH|^~\\&|A|B\r{}", "ZZZ\r".repeat(100_000));
+        // About 1.1 KB a segment: over 100 MB.
+        assert!(super::MessageCost::kib(&segments) > 100 * 1024);
+        let ordinary = "MSH|^~\\&|LAB|FAC|EHR|HOSP|20240630||ADT^A01|C1|P|2.5\rPID|1||M1\r";
+        assert!(super::MessageCost::kib(ordinary) < 256);
+    }
+
     #[test]
     fn refusals_past_the_rate_are_counted_not_logged() {
         let rate = super::LogRate::new(3);

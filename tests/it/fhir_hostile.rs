@@ -769,3 +769,34 @@ async fn a_declared_length_over_the_limit_is_refused_at_once() {
     }
     app.stop().await;
 }
+
+/// A hostile tester's finding: pages rewritten as XML (or indented) took memory no budget
+/// counted, and eight large ones at once passed 6 GB. Rewriting is charged to the body budget;
+/// a page charged more than all of it is refused 406 (plain JSON still served).
+#[tokio::test]
+async fn a_page_too_large_to_rewrite_within_the_budget_is_refused_as_xml_but_served_as_json() {
+    // Bodies of 1 MiB, a budget of 2 MiB: two Patients of 40,000 values each are charged
+    // 2.56 MB together at 32 bytes a value.
+    let app = spawn_app_with(|c| c.max_body_bytes = 1 << 20).await;
+    let given: Vec<String> = (0..40_000).map(|k| format!("{k}")).collect();
+    for n in 0..2 {
+        let patient = json!({"resourceType": "Patient", "id": format!("wide{n}"),
+            "name": [{"family": "Widepage", "given": given}]});
+        let request = app.client.put(format!("{}/Patient/wide{n}", app.base));
+        let (status, _, body) = crate::support::send_resource(request, &patient).await;
+        assert!(status == 201 || status == 200, "{status}: {body}");
+    }
+    let response = app.get("/Patient?family=Widepage&_format=xml").await;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 406, "{}", &text[..text.len().min(300)]);
+    assert!(text.contains("_count"), "{text}");
+    let (status, page) = app.get_json("/Patient?family=Widepage").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 2);
+    let response = app
+        .get("/Patient?family=Widepage&_format=xml&_count=1")
+        .await;
+    assert_eq!(response.status(), 200, "a smaller page is written as XML");
+    app.stop().await;
+}

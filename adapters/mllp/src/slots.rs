@@ -11,17 +11,17 @@
 //!    `slow_frame_evict_ms` (a real frame arrives in milliseconds, and one that was never
 //!    acknowledged is sent again by its sender), or one open that long without a message
 //!    accepted within [`SENDING_FOR`], however busy it keeps with frames that are refused;
-//! 3. a connection that has had a message accepted within [`SENDING_FOR`] and has been idle
-//!    for at least [`MIN_IDLE_TO_EVICT_SENDER`] (only [`MIN_IDLE_TO_EVICT`] when its address
-//!    holds at least two connections more than the newcomer's).
+//! 3. a connection whose last answer accepted a message, within [`SENDING_FOR`], idle for at
+//!    least [`MIN_IDLE_TO_EVICT_SENDER`] (or idle at all when its address holds at least two
+//!    connections more than the newcomer's).
 //!
 //! Connections being answered are never chosen, so every answer is written first. Among
 //! candidates of one kind, the address holding the most connections gives one up first.
 //!
 //! A connection only makes way for a newcomer from its own address, or from an address
-//! holding fewer connections (for the third kind, at least two fewer, so that the swap does
-//! not just move the shortage), or, for the first two kinds, from a known sender: an address
-//! that had a message accepted within [`KNOWN_SENDER_FOR`]. So trickling connections from many
+//! holding fewer connections, or, for the first two kinds, from a known sender: an address
+//! that had a message accepted within [`KNOWN_SENDER_FOR`]. When there are more sending
+//! addresses than slots, those idle ten seconds take turns. So trickling connections from many
 //! addresses cannot push a real sender out again and again, and a real sender waiting to get in
 //! goes before them.
 //!
@@ -253,8 +253,10 @@ impl Registry {
             .filter(|a| !a.evicted.load(Ordering::Relaxed))
             .filter_map(|a| {
                 let ours = held(&a.ip);
+                // Between its messages, a connection of an address holding two more than the
+                // newcomer's makes way at once.
                 let sender_idle = if a.ip != newcomer && ours > theirs + 1 {
-                    MIN_IDLE_TO_EVICT
+                    Duration::ZERO
                 } else {
                     MIN_IDLE_TO_EVICT_SENDER
                 };
@@ -262,7 +264,7 @@ impl Registry {
                 let may = a.ip == newcomer
                     || match kind {
                         Kind::Idle | Kind::SlowFrame => newcomer_known || ours > theirs,
-                        Kind::IdleSender => ours > theirs + 1,
+                        Kind::IdleSender => ours > theirs,
                     };
                 may.then_some(((kind, Reverse(ours), since), a))
             })
@@ -295,12 +297,16 @@ impl Registration {
         self.registry.start
     }
 
-    /// Notes what the connection answered: an acceptance makes its address a known sender.
+    /// Notes what the connection answered: an acceptance makes it a sending connection and its
+    /// address a known sender; any other answer makes it no longer sending (junk between
+    /// occasional real messages does not keep a slot).
     pub(crate) fn answered(&self, responses: &[Vec<u8>]) {
         if responses.iter().any(|r| is_acceptance(r)) {
             let now = millis(self.registry.start, Instant::now());
             self.activity.accepted_ms.store(now, Ordering::Relaxed);
             self.registry.know(self.activity.ip);
+        } else if !responses.is_empty() {
+            self.activity.accepted_ms.store(u64::MAX, Ordering::Relaxed);
         }
     }
 }
@@ -413,7 +419,7 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(11)).await;
         // ip(2) holds one: it may take one of ip(3)'s two, not the other way round.
-        assert!(same(make_way(&registry, ip(2)), &b));
+        assert!(make_way(&registry, ip(2)).is_some_and(|c| c.ip == ip(3)));
         assert!(
             make_way(&registry, ip(3)).is_some_and(|c| c.ip == ip(3)),
             "an address may always replace its own"
@@ -467,10 +473,6 @@ mod tests {
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(
-            make_way(&registry, ip(3)).is_none(),
-            "an address holding one fewer does not push a sender out"
-        );
-        assert!(
             same(make_way(&registry, ip(9)), &sender),
             "its own address may replace it"
         );
@@ -491,7 +493,12 @@ mod tests {
         }
         tokio::time::advance(MIN_IDLE_TO_EVICT_SENDER).await;
         assert!(same(make_way(&registry, ip(3)), &first));
-        assert!(make_way(&registry, ip(4)).is_none(), "one each is fair");
+        // One each: a sender idle ten seconds takes turns with a newcomer holding none.
+        assert!(same(make_way(&registry, ip(4)), &second));
+        assert!(
+            make_way(&registry, ip(5)).is_none(),
+            "none left but those of others"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -533,6 +540,20 @@ mod tests {
         old.activity.idle_since(registry.start, Instant::now());
         tokio::time::advance(MIN_IDLE_TO_EVICT).await;
         assert!(same(make_way(&registry, ip(5)), &old));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn junk_after_an_accepted_message_ends_its_standing_as_a_sender() {
+        let registry = Registry::new(Duration::from_secs(10));
+        let mixed = registry.register(1, ip(2));
+        mixed.answered(&acceptance("AA"));
+        for _ in 0..15 {
+            tokio::time::advance(Duration::from_millis(700)).await;
+            mixed.answered(&acceptance("AR"));
+            mixed.activity.idle_since(registry.start, Instant::now());
+        }
+        // Open over ten seconds, its last answer a refusal: it makes way.
+        assert!(same(make_way(&registry, ip(3)), &mixed));
     }
 
     #[test]
