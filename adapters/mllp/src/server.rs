@@ -192,6 +192,16 @@ struct Acceptor<H, T> {
     evicted_since_warning: u64,
 }
 
+/// Where a waiting newcomer stands (see `admit_waiting`): unknown, connections held, most
+/// recently accepted, last let in, waiting since.
+type PlaceInLine = (
+    bool,
+    usize,
+    std::cmp::Reverse<Option<tokio::time::Instant>>,
+    Option<std::time::Instant>,
+    std::time::Instant,
+);
+
 /// A connection accepted at the cap, not yet served.
 struct Waiting {
     stream: TcpStream,
@@ -306,9 +316,26 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
                 Some((ip, n)) if n > 1 => {
                     self.drop_oldest_waiting(ip);
                 }
+                // One each: the newcomer takes the place of the one that would go in last, if
+                // it would go in before it (a known sender among many unknown addresses).
                 _ => {
-                    debug!(%peer, "MLLP waiting room full; closing the newcomer");
-                    return;
+                    let holdings = self.slots.holdings();
+                    let last = (0..self.waiting.len())
+                        .map(|i| {
+                            let w = &self.waiting[i];
+                            (self.place_in_line(w.peer.ip(), w.since, &holdings), i)
+                        })
+                        .max();
+                    let ours = self.place_in_line(peer.ip(), since, &holdings);
+                    match last {
+                        Some((theirs, i)) if ours < theirs => {
+                            self.waiting.swap_remove(i);
+                        }
+                        _ => {
+                            debug!(%peer, "MLLP waiting room full; closing the newcomer");
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -344,39 +371,31 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
         while !self.waiting.is_empty() && self.tasks.len() < max.saturating_mul(2) {
             let holdings = self.slots.holdings();
             let staying: usize = holdings.values().sum();
-            let held = |ip: &IpAddr| holdings.get(ip).copied().unwrap_or(0);
-            type Turn = Option<std::time::Instant>;
-            type Accepted = std::cmp::Reverse<Option<tokio::time::Instant>>;
-            let mut order: Vec<(bool, usize, Accepted, Turn, std::time::Instant, usize)> =
-                Vec::new();
+            let mut order: Vec<(PlaceInLine, usize)> = Vec::new();
             let mut seen = std::collections::HashSet::new();
             let mut by_age: Vec<usize> = (0..self.waiting.len()).collect();
             by_age.sort_by_key(|&i| self.waiting[i].since);
             for i in by_age {
                 let ip = self.waiting[i].peer.ip();
                 if seen.insert(ip) {
-                    let accepted = self.slots.last_accepted(ip);
-                    let turn = self.admitted.get(&ip).copied();
-                    let since = self.waiting[i].since;
-                    let recent = std::cmp::Reverse(accepted);
-                    order.push((accepted.is_none(), held(&ip), recent, turn, since, i));
+                    let place = self.place_in_line(ip, self.waiting[i].since, &holdings);
+                    order.push((place, i));
                 }
             }
             order.sort();
-            let admitted =
-                order
-                    .iter()
-                    .take(ADMISSION_TRIES)
-                    .find_map(|&(unknown, _, _, _, _, i)| {
-                        let ip = self.waiting[i].peer.ip();
-                        if staying < max {
-                            return Some(i);
-                        }
-                        let victim = self.slots.make_way_for(ip, !unknown, &holdings)?;
-                        self.slots.evict(&victim);
-                        self.note_eviction();
-                        Some(i)
-                    });
+            let admitted = order
+                .iter()
+                .take(ADMISSION_TRIES)
+                .find_map(|&((unknown, ..), i)| {
+                    let ip = self.waiting[i].peer.ip();
+                    if staying < max {
+                        return Some(i);
+                    }
+                    let victim = self.slots.make_way_for(ip, !unknown, &holdings)?;
+                    self.slots.evict(&victim);
+                    self.note_eviction();
+                    Some(i)
+                });
             match admitted {
                 Some(i) => {
                     let Waiting {
@@ -388,6 +407,23 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
                 None => return,
             }
         }
+    }
+
+    /// Where a newcomer from `ip`, waiting since `since`, stands in line (lower goes first).
+    fn place_in_line(
+        &self,
+        ip: IpAddr,
+        since: std::time::Instant,
+        holdings: &HashMap<IpAddr, usize>,
+    ) -> PlaceInLine {
+        let accepted = self.slots.last_accepted(ip);
+        (
+            accepted.is_none(),
+            holdings.get(&ip).copied().unwrap_or(0),
+            std::cmp::Reverse(accepted),
+            self.admitted.get(&ip).copied(),
+            since,
+        )
     }
 
     fn took_turn(&mut self, ip: IpAddr) {
