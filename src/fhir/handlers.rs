@@ -1047,7 +1047,7 @@ pub(super) async fn read_resource_body<'a>(
     let size = bytes.len();
     let (value, values) = tokio::task::spawn_blocking(move || match format {
         BodyFormat::Xml => parse_xml(&bytes).map(|value| {
-            let values = count_values(&value);
+            let values = super::json::Size::unbounded(&value).values;
             (value, Some(values))
         }),
         _ => parse_json(&bytes).map(|value| (value, None)),
@@ -1083,21 +1083,6 @@ pub(super) fn json_values(bytes: &[u8]) -> usize {
         match b {
             b'"' => in_string = true,
             b',' | b'{' | b'[' => count += 1,
-            _ => {}
-        }
-    }
-    count
-}
-
-/// How many JSON values `value` holds, itself included.
-fn count_values(value: &Value) -> usize {
-    let mut count = 0;
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        count += 1;
-        match v {
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => stack.extend(map.values()),
             _ => {}
         }
     }
@@ -1401,14 +1386,17 @@ mod tests {
     fn json_values_are_counted_without_parsing_and_strings_hide_their_commas() {
         let text = br#"{"a":[1,2,{"b":null}],"c":"x,y\",{["}"#;
         let parsed: Value = serde_json::from_slice(text).unwrap();
-        assert_eq!(json_values(text), count_values(&parsed));
+        assert_eq!(
+            json_values(text),
+            crate::fhir::json::Size::unbounded(&parsed).values
+        );
     }
 
     #[test]
     fn every_json_value_is_counted() {
         let value: Value = serde_json::from_str(r#"{"a":[1,2,{"b":null}],"c":"x"}"#).unwrap();
         // The object, the array, 1, 2, the inner object, null, "x".
-        assert_eq!(count_values(&value), 7);
+        assert_eq!(crate::fhir::json::Size::unbounded(&value).values, 7);
     }
 
     use super::*;

@@ -96,6 +96,52 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
+/// The size of a JSON value (values, bytes of text and numbers plus 8 a value, nesting),
+/// counted without recursion: values built by a client may nest deeper than a stack allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    pub values: usize,
+    pub bytes: usize,
+    /// 1 for a primitive, one more per level of nesting.
+    pub depth: usize,
+}
+
+impl Size {
+    /// `value`'s size; `None` as soon as it passes `most` values or bytes, or `max_depth`.
+    pub fn of(value: &Value, most: Size, max_depth: usize) -> Option<Size> {
+        let mut size = Size::default();
+        let mut stack = vec![(value, 1usize)];
+        while let Some((v, depth)) = stack.pop() {
+            size.values += 1;
+            size.depth = size.depth.max(depth);
+            size.bytes += 8 + match v {
+                Value::String(text) => text.len(),
+                Value::Number(n) => n.to_string().len(),
+                Value::Object(map) => map.keys().map(String::len).sum(),
+                _ => 0,
+            };
+            if size.values > most.values || size.bytes > most.bytes || depth > max_depth {
+                return None;
+            }
+            match v {
+                Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
+                Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
+                _ => {}
+            }
+        }
+        Some(size)
+    }
+
+    pub fn unbounded(value: &Value) -> Size {
+        let most = Size {
+            values: usize::MAX,
+            bytes: usize::MAX,
+            depth: 0,
+        };
+        Size::of(value, most, usize::MAX).unwrap_or(most)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

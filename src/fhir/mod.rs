@@ -169,8 +169,8 @@ pub struct OpenConnections {
     max: usize,
     per_peer: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     max_per_peer: usize,
-    /// When the last refusal was logged, and how many went unsaid since.
-    refusals: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// Refusals logged, one a second at most.
+    refusals: crate::telemetry::LogRate,
     /// Requests waiting for the body budget (see [`BodyBudget::reserve`]).
     budget_waiters: std::sync::atomic::AtomicUsize,
 }
@@ -182,7 +182,7 @@ impl OpenConnections {
             max,
             per_peer: Default::default(),
             max_per_peer,
-            refusals: Default::default(),
+            refusals: crate::telemetry::LogRate::new(1),
             budget_waiters: Default::default(),
         })
     }
@@ -213,20 +213,14 @@ impl OpenConnections {
 
     /// Warns of connections refused for their client's limit, once a second at most.
     fn refused(&self, peer: Option<std::net::IpAddr>) {
-        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, unsaid) = &mut *refusals;
-        *unsaid += 1;
-        if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
-            return;
+        if let Some(unlogged_before) = self.refusals.admit() {
+            tracing::warn!(
+                peer = ?peer,
+                max = self.max_per_peer,
+                unlogged_before,
+                "HTTP client holds its maximum of connections; closing new ones"
+            );
         }
-        tracing::warn!(
-            peer = ?peer,
-            max = self.max_per_peer,
-            refused = *unsaid,
-            "HTTP client holds its maximum of connections; closing new ones"
-        );
-        *last = Some(std::time::Instant::now());
-        *unsaid = 0;
     }
 
     /// Some request is waiting for the body budget: bodies trickling in while holding it

@@ -12,6 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::error::FhirError;
+use super::json::Size;
 
 /// Most operations one patch may hold.
 const MAX_OPERATIONS: usize = 10_000;
@@ -152,51 +153,6 @@ struct Budget {
     /// The most bytes the resource may hold (the largest body the server takes); four times
     /// as many may be written.
     max_bytes: usize,
-}
-
-/// The size of a value, counted without recursion.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Size {
-    values: usize,
-    bytes: usize,
-    /// 1 for a primitive, one more per level of nesting.
-    depth: usize,
-}
-
-impl Size {
-    /// `value`'s size; `None` as soon as it passes `most` values or bytes, or `max_depth`.
-    fn of(value: &Value, most: Size, max_depth: usize) -> Option<Size> {
-        let mut size = Size::default();
-        let mut stack = vec![(value, 1usize)];
-        while let Some((v, depth)) = stack.pop() {
-            size.values += 1;
-            size.depth = size.depth.max(depth);
-            size.bytes += 8 + match v {
-                Value::String(text) => text.len(),
-                Value::Number(n) => n.to_string().len(),
-                Value::Object(map) => map.keys().map(String::len).sum(),
-                _ => 0,
-            };
-            if size.values > most.values || size.bytes > most.bytes || depth > max_depth {
-                return None;
-            }
-            match v {
-                Value::Array(items) => stack.extend(items.iter().map(|i| (i, depth + 1))),
-                Value::Object(map) => stack.extend(map.values().map(|i| (i, depth + 1))),
-                _ => {}
-            }
-        }
-        Some(size)
-    }
-
-    fn unbounded(value: &Value) -> Size {
-        let most = Size {
-            values: usize::MAX,
-            bytes: usize::MAX,
-            depth: 0,
-        };
-        Size::of(value, most, usize::MAX).unwrap_or(most)
-    }
 }
 
 impl Budget {

@@ -24,6 +24,7 @@ use crate::audit::{AuditRecord, AuditTrail, Door};
 use crate::config::Config;
 use crate::store::{now_us, payload_hash, Hl7MessageRow, Lane, Store, WriteBatch};
 use crate::telemetry::metrics::metrics;
+use crate::telemetry::LogRate;
 use crate::telemetry::{continue_trace, link_payload_context, span_traceparent, TraceParent};
 
 /// Table 0357 codes the handler itself decides on.
@@ -747,40 +748,6 @@ fn short(value: &str) -> &str {
     }
 }
 
-/// At most `per_second` lines a second of one kind.
-struct LogRate {
-    per_second: u64,
-    /// (the second, lines logged in it, lines not logged since the last one logged)
-    state: std::sync::Mutex<(u64, u64, u64)>,
-}
-
-impl LogRate {
-    const fn new(per_second: u64) -> LogRate {
-        LogRate {
-            per_second,
-            state: std::sync::Mutex::new((0, 0, 0)),
-        }
-    }
-
-    /// `Some(lines not logged since the last)` when this one may be logged.
-    fn admit(&self) -> Option<u64> {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, logged, unlogged) = &mut *state;
-        if *at != second {
-            (*at, *logged) = (second, 0);
-        }
-        if *logged >= self.per_second {
-            *unlogged += 1;
-            return None;
-        }
-        *logged += 1;
-        Some(std::mem::take(unlogged))
-    }
-}
-
 /// MessageAnswered: the span's ACK code, the refusal log line, a debug line and the metrics,
 /// together.
 fn finish(
@@ -857,6 +824,8 @@ fn hl7_now() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn logged_header_values_are_cut_at_64_characters() {
         assert_eq!(super::short("LAB"), "LAB");
@@ -872,24 +841,6 @@ mod tests {
         let ordinary = "MSH|^~\\&|LAB|FAC|EHR|HOSP|20240630||ADT^A01|C1|P|2.5\rPID|1||M1\r";
         assert!(super::MessageCost::kib(ordinary) < 256);
     }
-
-    #[test]
-    fn refusals_past_the_rate_are_counted_not_logged() {
-        let rate = super::LogRate::new(3);
-        let admitted: Vec<Option<u64>> = (0..5).map(|_| rate.admit()).collect();
-        // Unless the second turned meanwhile, the last two are held back.
-        if admitted.iter().filter(|a| a.is_some()).count() == 3 {
-            assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
-            std::thread::sleep(std::time::Duration::from_millis(1100));
-            assert_eq!(
-                rate.admit(),
-                Some(2),
-                "the next line says two went unlogged"
-            );
-        }
-    }
-
-    use super::*;
 
     #[test]
     fn an_oversized_prefix_is_cut_at_its_last_complete_field() {

@@ -15,6 +15,7 @@
 //! operator must act on. No patient data at any level.
 
 mod log_format;
+mod log_rate;
 pub mod metrics;
 pub mod trace_context;
 
@@ -30,6 +31,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub use log_rate::LogRate;
 pub use trace_context::{format_span_context, TraceParent};
 
 const SERVICE_NAME: &str = "hl7bridge";
