@@ -512,6 +512,8 @@ struct Answers {
     acks: Vec<(String, String, String)>,
     /// (Patient id, status) of each PUT answered.
     puts: Vec<(String, u16)>,
+    /// When each PUT was sent and answered, since the load began.
+    put_times: Vec<(Duration, Duration)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -556,6 +558,7 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
             }
         })
     };
+    let began = Instant::now();
     let http = {
         let (stop, answers, base) = (stop.clone(), answers.clone(), app.base.clone());
         tokio::spawn(async move {
@@ -564,6 +567,7 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let id = format!("pgr-{n}");
+                let sent = began.elapsed();
                 let status = client
                     .put(format!("{base}/Patient/{id}"))
                     .header("content-type", "application/fhir+json")
@@ -574,13 +578,32 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
                     .expect("every request is answered")
                     .status()
                     .as_u16();
-                answers.lock().unwrap().puts.push((id, status));
+                let mut answers = answers.lock().unwrap();
+                answers.puts.push((id, status));
+                answers.put_times.push((sent, began.elapsed()));
             }
         })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopping = began.elapsed();
     pair.pg_ctl(&pair.primary, "stop");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopped = began.elapsed();
+    // A write sent while the primary is down is answered 503 at once. (The load's own PUTs
+    // may send none meanwhile: a PUT committed just before the stop is answered only once its
+    // audit record is stored, after the restart.)
+    let probe = app
+        .client
+        .put(format!("{}/Patient/pgr-probe", app.base))
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "id": "pgr-probe"}).to_string())
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("a PUT during the outage is answered");
+    let probe_status = probe.status().as_u16();
+    let probe_answered = began.elapsed();
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(probe_answered - stopped)).await;
+    let starting = began.elapsed();
     pair.pg_ctl(&pair.primary, "start");
     // Until both doors have been answered with success again after the restart.
     let restarted_at = {
@@ -622,9 +645,26 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
         "the outage was answered AE: {codes:?}"
     );
     assert!(codes.iter().all(|c| ["AA", "AE"].contains(c)), "{codes:?}");
-    assert!(
-        statuses.contains(&503),
-        "the outage was answered 503: {statuses:?}"
+    // The PUTs around the outage, for a failure's message: (sent, answered, status).
+    let around: Vec<_> = answers
+        .put_times
+        .iter()
+        .zip(&answers.puts)
+        .filter(|((sent, answered), _)| {
+            *answered >= stopping && *sent <= starting + Duration::from_secs(1)
+        })
+        .map(|((sent, answered), (_, status))| (sent.as_millis(), answered.as_millis(), *status))
+        .collect();
+    assert_eq!(
+        probe_status,
+        503,
+        "the outage ({} ms stopping, {} ms stopped, the probe answered at {} ms, {} ms \
+         starting) was answered 503; the load's PUTs around it (sent, answered, status): \
+         {around:?}",
+        stopping.as_millis(),
+        stopped.as_millis(),
+        probe_answered.as_millis(),
+        starting.as_millis()
     );
     assert!(
         statuses.iter().all(|s| [201, 503].contains(s)),
@@ -652,6 +692,8 @@ async fn a_primary_restarted_under_load_costs_ae_and_503_answers_but_no_acknowle
             checked += 1;
         }
     }
+    let (probe_read, _) = app.get_json("/Patient/pgr-probe").await;
+    assert_eq!(probe_read, 404, "the PUT answered 503 wrote nothing");
     eprintln!(
         "restart under load: {} messages ({} AA), {} PUTs ({} created); {checked} acknowledged writes found",
         answers.acks.len(),
