@@ -983,18 +983,45 @@ pub async fn post_bundle(
     let limits = &state.bundle_limits;
     let trace = trace(&state);
     let gate = &state.conditional_gate;
-    let response = transaction::process(
+    let returns = transaction::Return::preferred(req.headers()).unwrap_or_default();
+    let mut response = transaction::process(
         &state.store,
         gate,
         limits,
         bundle,
-        trace.as_ref(),
-        &transaction::NewIds::Random,
-        &access_of(&req),
+        transaction::Caller {
+            access: &access_of(&req),
+            new_ids: &transaction::NewIds::Random,
+            trace: trace.as_ref(),
+            returns,
+        },
     )
     .await?;
     access::note_written(&req, &response);
+    if returns == transaction::Return::Representation {
+        with_full_urls(&mut response, &base_url(&state, &req));
+    }
     Ok(bundle_response(response.to_string()))
+}
+
+/// Each response entry that carries its resource is given the resource's `fullUrl`.
+fn with_full_urls(response: &mut Value, base: &str) {
+    let Some(entries) = response.get_mut("entry").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for entry in entries {
+        let Some(resource) = entry.get("resource") else {
+            continue;
+        };
+        let (Some(t), Some(id)) = (resource["resourceType"].as_str(), resource["id"].as_str())
+        else {
+            continue;
+        };
+        let full_url = format!("{base}/{t}/{id}");
+        if let Some(map) = entry.as_object_mut() {
+            map.insert("fullUrl".into(), Value::String(full_url));
+        }
+    }
 }
 
 /// A request body, read, with its share of the memory budget, held until it is dropped: keep

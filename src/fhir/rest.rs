@@ -13,7 +13,8 @@ use super::handlers::{
     base_url, http_date, live_resource, read_patch_body, read_resource_body, Answer,
 };
 use super::id::{is_resource_type, is_valid_id};
-use super::{transaction, FhirState};
+use super::transaction::{self, Return};
+use super::FhirState;
 use crate::auth::{Permission, Reach};
 
 pub async fn create(
@@ -199,18 +200,25 @@ async fn run(
         gate,
         &state.bundle_limits,
         bundle,
-        None,
-        &transaction::NewIds::Random,
-        &super::access::access_of(req),
+        transaction::Caller {
+            access: &super::access::access_of(req),
+            new_ids: &transaction::NewIds::Random,
+            trace: None,
+            // The answer is the resource unless the client prefers otherwise; it comes from
+            // the write itself, not from a read after it.
+            returns: Return::Representation,
+        },
     )
     .await
     .map_err(|e| without_entry(e, resource_type))?;
     super::access::note_written(req, &response);
-    let outcome = &response["entry"][0]["response"];
-    answer(state, req, outcome).await
+    let mut response = response;
+    answer(state, req, response["entry"][0].take())
 }
 
-async fn answer(state: &FhirState, req: &HttpRequest, outcome: &Value) -> Answer {
+/// The single interaction's answer to its one entry's `response` (and stored `resource`).
+fn answer(state: &FhirState, req: &HttpRequest, mut entry: Value) -> Answer {
+    let outcome = &entry["response"];
     let status_text = outcome["status"].as_str().unwrap_or("500");
     let code: u16 = status_text
         .split(' ')
@@ -236,26 +244,20 @@ async fn answer(state: &FhirState, req: &HttpRequest, outcome: &Value) -> Answer
         let us = at.timestamp_micros();
         response.insert_header((header::LAST_MODIFIED, http_date(us)));
     }
-    let mut parts = location.split('/');
-    let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {
-        return Ok(response.finish());
-    };
-    match preferred_return(req) {
+    match Return::preferred(req.headers()) {
         Some(Return::Minimal) => return Ok(response.finish()),
-        Some(Return::Outcome) => {
+        Some(Return::OperationOutcome) => {
             let status = outcome["status"].as_str().unwrap_or("");
             let body = json!({"resourceType": "OperationOutcome", "issue": [{
                 "severity": "information", "code": "informational",
                 "diagnostics": format!("{status}: {location}")}]});
             return Ok(response.content_type(FHIR_JSON).body(body.to_string()));
         }
-        None => {}
+        Some(Return::Representation) | None => {}
     }
-    match state.store.read(resource_type, id).await? {
-        Some(stored) if !stored.deleted => {
-            Ok(response.content_type(FHIR_JSON).body(stored.content))
-        }
-        _ => Ok(response.finish()),
+    match entry.get_mut("resource").map(Value::take) {
+        Some(stored) => Ok(response.content_type(FHIR_JSON).body(stored.to_string())),
+        None => Ok(response.finish()),
     }
 }
 
@@ -321,26 +323,4 @@ fn header_text(req: &HttpRequest, name: &str) -> Result<Option<String>, FhirErro
         .to_str()
         .map_err(|_| FhirError::invalid(format!("the {name} header is not visible ASCII")))?;
     Ok(Some(text.to_string()))
-}
-
-enum Return {
-    Minimal,
-    Outcome,
-}
-
-/// `Prefer: return=minimal` (no body) or `return=OperationOutcome` (an outcome instead of the
-/// resource); `return=representation` is the default.
-fn preferred_return(req: &HttpRequest) -> Option<Return> {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|p| p.split(';').next())
-        .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("return"))
-        .find_map(|(_, v)| match v.trim() {
-            v if v.eq_ignore_ascii_case("minimal") => Some(Return::Minimal),
-            v if v.eq_ignore_ascii_case("OperationOutcome") => Some(Return::Outcome),
-            _ => None,
-        })
 }

@@ -418,6 +418,51 @@ async fn answer(
     Ok(())
 }
 
+/// What each entry of a response Bundle carries besides its `response`: what the client's
+/// `Prefer: return=` asks of every entry. A single-resource interaction is answered from the
+/// same entry, so it shares the choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Return {
+    /// The `response` alone: status, location, etag and time. A transaction's default, as
+    /// most servers answer a Bundle of thousands of entries; a single resource's default is
+    /// the resource.
+    #[default]
+    Minimal,
+    /// The resource as stored, in `entry.resource`.
+    Representation,
+    /// An OperationOutcome in `entry.response.outcome`, for successes too.
+    OperationOutcome,
+}
+
+impl Return {
+    /// The `return` preference of a request's `Prefer` headers, if it names a known one.
+    pub fn preferred(headers: &actix_web::http::header::HeaderMap) -> Option<Return> {
+        headers
+            .get_all("prefer")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|p| p.split(';').next())
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("return"))
+            .find_map(|(_, v)| match v.trim().trim_matches('"') {
+                v if v.eq_ignore_ascii_case("minimal") => Some(Return::Minimal),
+                v if v.eq_ignore_ascii_case("representation") => Some(Return::Representation),
+                v if v.eq_ignore_ascii_case("OperationOutcome") => Some(Return::OperationOutcome),
+                _ => None,
+            })
+    }
+}
+
+/// Who submits a Bundle, and how the answer is to be written.
+pub struct Caller<'a> {
+    pub access: &'a Access,
+    /// How entries' new ids are made.
+    pub new_ids: &'a NewIds,
+    /// The trace the response Bundle carries in its `meta`.
+    pub trace: Option<&'a BundleTrace>,
+    pub returns: Return,
+}
+
 /// Limits on what one Bundle may ask for.
 pub struct BundleLimits {
     pub max_entries: usize,
@@ -435,10 +480,14 @@ pub async fn process(
     conditional_gate: &tokio::sync::Mutex<()>,
     limits: &BundleLimits,
     bundle: Value,
-    trace: Option<&BundleTrace>,
-    new_ids: &NewIds,
-    access: &Access,
+    caller: Caller<'_>,
 ) -> Result<Value, FhirError> {
+    let Caller {
+        trace,
+        new_ids,
+        access,
+        returns,
+    } = caller;
     let kind = bundle_kind(&bundle)?;
     let raw_entries = entries_of(bundle, limits)?;
     let mut results: Vec<Option<Result<Value, FhirError>>> =
@@ -509,7 +558,7 @@ pub async fn process(
         match store.write(round.batch).await {
             Ok(written) => {
                 for (index, w) in round.positions.into_iter().zip(written) {
-                    results[index] = Some(Ok(write_response(&w)));
+                    results[index] = Some(Ok(write_response(&w, returns)));
                 }
             }
             Err(err) if kind == Kind::Transaction => {
@@ -1380,13 +1429,29 @@ fn op_key(op: &WriteOp) -> String {
     }
 }
 
-fn write_response(w: &Written) -> Value {
+fn write_response(w: &Written, returns: Return) -> Value {
     let status = match w.outcome {
         Outcome::Created => "201 Created",
         Outcome::Updated | Outcome::Unchanged => "200 OK",
         Outcome::Deleted | Outcome::NothingToDelete => "204 No Content",
     };
     let mut response = json!({"status": status});
+    if returns == Return::OperationOutcome {
+        let what = match w.outcome {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged: the content is the current version's",
+            Outcome::Deleted => "deleted",
+            Outcome::NothingToDelete => "nothing to delete",
+        };
+        response["outcome"] = json!({"resourceType": "OperationOutcome", "issue": [{
+            "severity": "information", "code": "informational",
+            "diagnostics": format!("{}/{} {what}", w.resource_type, w.id)}]});
+    }
+    let stored = match (returns, &w.content) {
+        (Return::Representation, Some(content)) => serde_json::from_str::<Value>(content).ok(),
+        _ => None,
+    };
     if matches!(
         w.outcome,
         Outcome::Created | Outcome::Updated | Outcome::Unchanged
@@ -1398,7 +1463,10 @@ fn write_response(w: &Written) -> Value {
         response["etag"] = json!(format!("W/\"{}\"", w.version_id));
         response["lastModified"] = json!(instant_text(w.last_updated_us));
     }
-    json!({"response": response})
+    match stored {
+        Some(resource) => json!({"resource": resource, "response": response}),
+        None => json!({"response": response}),
+    }
 }
 
 fn error_response(err: &FhirError) -> Value {

@@ -58,9 +58,12 @@ async fn stored_entries(importer: &Importer, input: &Input) -> Result<u64, Faile
         &importer.conditional_gate,
         &importer.bundle_limits,
         bundle,
-        None,
-        &ids,
-        &crate::auth::Access::System,
+        transaction::Caller {
+            access: &crate::auth::Access::System,
+            new_ids: &ids,
+            trace: None,
+            returns: transaction::Return::Minimal,
+        },
     )
     .await;
     match result {

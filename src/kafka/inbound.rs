@@ -273,9 +273,12 @@ impl Inbound {
             &fhir.conditional_gate,
             &fhir.bundle_limits,
             bundle,
-            None,
-            &ids,
-            &crate::auth::Access::System,
+            transaction::Caller {
+                access: &crate::auth::Access::System,
+                new_ids: &ids,
+                trace: None,
+                returns: transaction::Return::Minimal,
+            },
         )
         .instrument(span)
         .await;

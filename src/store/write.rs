@@ -96,7 +96,7 @@ pub struct Written {
     pub version_id: i64,
     pub last_updated_us: i64,
     pub outcome: Outcome,
-    /// The stored JSON, for creates and updates.
+    /// The stored JSON, for creates, updates and writes that changed nothing.
     pub content: Option<String>,
 }
 
@@ -410,12 +410,14 @@ fn plan_upsert(
     let hash = sha256_hex(body.to_string().as_bytes());
     let live = existing.filter(|c| !c.deleted);
     if let Some(c) = live.filter(|c| c.content_hash == hash) {
+        // What the database holds, for an answer that returns the resource.
+        let stored = with_version_meta(body, c.version_id, &instant_text(c.last_updated_us));
         plan.written.push(written(
             w,
             c.version_id,
             c.last_updated_us,
             Outcome::Unchanged,
-            None,
+            Some(stored.to_string()),
         ));
         return;
     }

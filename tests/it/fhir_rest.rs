@@ -447,3 +447,86 @@ async fn instance_history_honours_since() {
         .await;
     assert_eq!(status, 400);
 }
+
+/// A transaction answers each entry's `response` alone by default; `Prefer:
+/// return=representation` adds each resource as stored, and `return=OperationOutcome` an
+/// outcome per entry, for an unchanged resource too.
+#[tokio::test]
+async fn a_transaction_returns_each_stored_resource_or_outcome_when_the_client_prefers() {
+    let app = spawn_app().await;
+    let bundle = |family: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:7c0f6b8e-1111-4000-8000-00000000000a",
+             "resource": {"resourceType": "Patient", "id": "pref-1", "name": [{"family": family}]},
+             "request": {"method": "PUT", "url": "Patient/pref-1"}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                          "code": {"text": "Heart rate"},
+                          "subject": {"reference": "urn:uuid:7c0f6b8e-1111-4000-8000-00000000000a"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"request": {"method": "DELETE", "url": "Patient/pref-none"}}
+        ]})
+    };
+    let post = |prefer: Option<&'static str>, body: Value| {
+        let mut request = app
+            .client
+            .post(format!("{}/", app.base))
+            .header("content-type", "application/fhir+json");
+        if let Some(prefer) = prefer {
+            request = request.header("prefer", prefer);
+        }
+        async move {
+            let response = request.body(body.to_string()).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+
+    let plain = post(None, bundle("Quill")).await;
+    for entry in plain["entry"].as_array().unwrap() {
+        assert!(entry.get("resource").is_none(), "{entry}");
+        assert!(entry["response"].get("outcome").is_none(), "{entry}");
+    }
+
+    let full = post(Some("return=representation"), bundle("Quillon")).await;
+    let entries = full["entry"].as_array().unwrap();
+    assert_eq!(entries[0]["response"]["status"], "200 OK");
+    assert_eq!(entries[0]["resource"]["name"][0]["family"], "Quillon");
+    assert_eq!(entries[0]["resource"]["meta"]["versionId"], "2");
+    assert_eq!(
+        entries[0]["fullUrl"],
+        format!("{}/Patient/pref-1", app.base)
+    );
+    let observation = &entries[1]["resource"];
+    assert_eq!(entries[1]["response"]["status"], "201 Created");
+    assert_eq!(observation["subject"]["reference"], "Patient/pref-1");
+    let (status, read) = app
+        .get_json(&format!(
+            "/Observation/{}",
+            observation["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        &read, observation,
+        "the returned resource is the stored one"
+    );
+    assert!(entries[2].get("resource").is_none(), "a delete has none");
+
+    // Sent again unchanged: the stored version is returned, not a new one.
+    let again = post(Some("return=representation"), bundle("Quillon")).await;
+    assert_eq!(again["entry"][0]["resource"], entries[0]["resource"]);
+
+    let outcomes = post(Some("return=OperationOutcome"), bundle("Quillon")).await;
+    let entries = outcomes["entry"].as_array().unwrap();
+    for entry in entries {
+        let outcome = &entry["response"]["outcome"];
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{entry}");
+        assert_eq!(outcome["issue"][0]["severity"], "information");
+        assert!(entry.get("resource").is_none());
+    }
+    let unchanged = entries[0]["response"]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
+    assert!(unchanged.contains("unchanged"), "{unchanged}");
+    app.stop().await;
+}
