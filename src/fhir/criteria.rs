@@ -15,7 +15,7 @@
 
 use super::error::FhirError;
 use super::id::is_resource_type;
-use super::search::{match_criteria, split_alternatives};
+use super::search::{match_criteria, split_alternatives, token_alternatives};
 use crate::store::{Criterion, IdentifierLookup};
 
 /// A match URL as read: its type and its (name, value) pairs, percent-decoded, in order.
@@ -106,15 +106,15 @@ impl MatchUrl {
             }
             let resolved = split_alternatives(value)
                 .into_iter()
-                .map(|v| Ok(placeholders(&v)?.unwrap_or(v)))
+                .map(|v| Ok(escaped(&placeholders(&v)?.unwrap_or(v))))
                 .collect::<Result<Vec<_>, FhirError>>()?;
             pairs.push((name.clone(), resolved.join(",")));
         }
         if self.is_identifier_only() {
-            let token = split_alternatives(&pairs[0].1).remove(0);
+            let token = token_alternatives(&pairs[0].1).remove(0);
             return Ok(Match::Identifier(identifier_lookup(
                 &self.resource_type,
-                &token,
+                token,
             )?));
         }
         let criteria = match_criteria(&self.resource_type, &pairs)?;
@@ -170,18 +170,30 @@ pub fn parse_conditional_reference(reference: &str) -> Option<Result<MatchUrl, F
 }
 
 /// `identifier=[system|]value` for one type.
-fn identifier_lookup(resource_type: &str, token: &str) -> Result<IdentifierLookup, FhirError> {
-    let (system, value) = match token.split_once('|') {
-        Some((system, value)) => (Some(system.to_string()), value),
-        None => (None, token),
-    };
-    if value.is_empty() {
-        return Err(FhirError::invalid("identifier criteria without a value"));
+/// `value` written as one search value: the characters search syntax gives a meaning
+/// escaped, so that splitting it again yields `value`.
+fn escaped(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '\\' | ',' | '|' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
     }
+    out
+}
+
+fn identifier_lookup(
+    resource_type: &str,
+    (system, value): (Option<String>, Option<String>),
+) -> Result<IdentifierLookup, FhirError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Err(FhirError::invalid("identifier criteria without a value"));
+    };
     Ok(IdentifierLookup {
         resource_type: resource_type.to_string(),
         system,
-        value: value.to_string(),
+        value,
     })
 }
 

@@ -283,27 +283,62 @@ fn parse_cursor(text: &str) -> Result<(i64, String), FhirError> {
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
 }
 
-/// A parameter's comma-separated values; `\,` is a comma within a value, and `\\` a
-/// backslash (R4 search, "Escaping Search Parameters").
+/// A parameter's comma-separated values; `\,`, `\|`, `\$` and `\\` stand for the character
+/// itself (R4 search, "Escaping Search Parameters"); any other backslash is kept.
 pub fn split_alternatives(value: &str) -> Vec<String> {
-    let mut list = vec![String::new()];
+    token_alternatives(value)
+        .into_iter()
+        .map(|(system, code)| match system {
+            // Outside a token, an unescaped `|` is an ordinary character.
+            Some(system) => format!("{system}|{}", code.unwrap_or_default()),
+            None => code.unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// A token parameter's comma-separated values, each `[system]|[code]` or `code`, split at
+/// the first unescaped `|` and unescaped as [`split_alternatives`] says: `a\|b` is the code
+/// `a|b` in no particular system.
+pub fn token_alternatives(value: &str) -> Vec<(Option<String>, Option<String>)> {
+    let finish = |system: Option<String>, text: String| match system {
+        Some(system) => (Some(system), Some(text).filter(|c| !c.is_empty())),
+        None => (None, Some(text)),
+    };
+    let mut list = Vec::new();
+    let (mut system, mut text) = (None::<String>, String::new());
     let mut chars = value.chars();
     while let Some(c) = chars.next() {
         match c {
             '\\' => match chars.next() {
-                Some(next @ (',' | '\\')) => list.last_mut().unwrap().push(next),
+                Some(next @ (',' | '|' | '$' | '\\')) => text.push(next),
                 Some(other) => {
-                    let current = list.last_mut().unwrap();
-                    current.push('\\');
-                    current.push(other);
+                    text.push('\\');
+                    text.push(other);
                 }
-                None => list.last_mut().unwrap().push('\\'),
+                None => text.push('\\'),
             },
-            ',' => list.push(String::new()),
-            other => list.last_mut().unwrap().push(other),
+            ',' => list.push(finish(system.take(), std::mem::take(&mut text))),
+            '|' if system.is_none() => system = Some(std::mem::take(&mut text)),
+            other => text.push(other),
         }
     }
+    list.push(finish(system, text));
     list
+}
+
+/// A token criterion's alternatives. A parameter on a `code` element has one system, implied
+/// by the element's required binding and not written in the resource (`gender`: the
+/// administrative-gender system); its codes are indexed without a system, so naming that
+/// system matches them, as naming no system does.
+fn token_criterion(t: &str, param: &str, value: &str) -> Vec<(Option<String>, Option<String>)> {
+    let implied = crate::store::search_params::implied_system(t, param);
+    token_alternatives(value)
+        .into_iter()
+        .map(|(system, code)| match (system, implied) {
+            (Some(system), Some(implied)) if system == implied => (Some(String::new()), code),
+            (system, _) => (system, code),
+        })
+        .collect()
 }
 
 fn alternatives(value: &str) -> Result<Vec<String>, FhirError> {
@@ -344,7 +379,7 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
         ("_lastUpdated", None) => Criterion::LastUpdated(dates(&values).map_err(|e| invalid(&e))?),
         ("identifier", None) => Criterion::Token {
             param: "identifier".into(),
-            alternatives: values.iter().map(|v| token(v)).collect(),
+            alternatives: token_alternatives(value),
         },
         _ => {
             let Some(param) = find(t, base) else {
@@ -356,7 +391,7 @@ fn criterion(t: &str, name: &str, value: &str) -> Result<Option<Criterion>, Fhir
             match (param.kind, modifier) {
                 (Kind::Token, None) => Criterion::Token {
                     param: param.name.into(),
-                    alternatives: values.iter().map(|v| token(v)).collect(),
+                    alternatives: token_criterion(t, param.name, value),
                 },
                 (Kind::Date, None) => Criterion::Date {
                     param: param.name.into(),
@@ -443,17 +478,6 @@ fn include_target(value: &str) -> Option<(String, Vec<String>, Option<String>)> 
     let target = target.or(fixed.map(str::to_string));
     let paths = param.paths.iter().map(|p| p.to_string()).collect();
     Some((source.to_string(), paths, target))
-}
-
-/// `[system]|[code]` or `code`.
-fn token(value: &str) -> (Option<String>, Option<String>) {
-    match value.split_once('|') {
-        Some((system, code)) => (
-            Some(system.to_string()),
-            Some(code.to_string()).filter(|c| !c.is_empty()),
-        ),
-        None => (None, Some(value.to_string())),
-    }
 }
 
 /// `Type/id`, a full URL ending so, or a bare id (of the parameter's target type if it has one).
@@ -561,7 +585,8 @@ mod tests {
     fn an_escaped_comma_is_part_of_the_value() {
         assert_eq!(split_alternatives(r"a\,b,c"), ["a,b", "c"]);
         assert_eq!(split_alternatives(r"a\\,b"), [r"a\", "b"]);
-        assert_eq!(split_alternatives(r"a\|b"), [r"a\|b"]);
+        assert_eq!(split_alternatives(r"a\|b"), ["a|b"]);
+        assert_eq!(split_alternatives(r"a|b\$c"), ["a|b$c"]);
         let request = read("Patient", &[("identifier", r"urn:s|a\,b")]).unwrap();
         assert!(matches!(
             &request.criteria[0],
@@ -570,11 +595,54 @@ mod tests {
         ));
     }
 
+    fn token(value: &str) -> (Option<String>, Option<String>) {
+        let mut list = token_alternatives(value);
+        assert_eq!(list.len(), 1, "{value}");
+        list.remove(0)
+    }
+
     #[test]
     fn token_forms() {
         assert_eq!(token("a|b"), (Some("a".into()), Some("b".into())));
         assert_eq!(token("|b"), (Some("".into()), Some("b".into())));
         assert_eq!(token("a|"), (Some("a".into()), None));
         assert_eq!(token("b"), (None, Some("b".into())));
+        assert_eq!(token("a|b|c"), (Some("a".into()), Some("b|c".into())));
+    }
+
+    #[test]
+    fn an_escaped_bar_is_part_of_the_system_or_code() {
+        assert_eq!(token(r"a\|b"), (None, Some("a|b".into())));
+        assert_eq!(
+            token(r"urn:x\|y|c\|d"),
+            (Some("urn:x|y".into()), Some("c|d".into()))
+        );
+        // An escaped backslash before a bar leaves the bar a separator.
+        assert_eq!(token(r"a\\|b"), (Some(r"a\".into()), Some("b".into())));
+        assert_eq!(
+            token_alternatives(r"s|a\,b,c"),
+            [
+                (Some("s".into()), Some("a,b".into())),
+                (None, Some("c".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_code_elements_implied_system_matches_its_codes() {
+        let gender = "http://hl7.org/fhir/administrative-gender";
+        assert_eq!(
+            token_criterion("Patient", "gender", &format!("{gender}|male")),
+            [(Some(String::new()), Some("male".into()))]
+        );
+        assert_eq!(
+            token_criterion("Patient", "gender", "urn:other|male"),
+            [(Some("urn:other".into()), Some("male".into()))]
+        );
+        // Observation.code is a CodeableConcept: its systems are written, none implied.
+        assert_eq!(
+            token_criterion("Observation", "code", &format!("{gender}|male")),
+            [(Some(gender.into()), Some("male".into()))]
+        );
     }
 }

@@ -215,6 +215,51 @@ pub fn all() -> impl Iterator<Item = (&'static str, &'static SearchParam)> {
         .flat_map(|(t, params)| params.iter().map(move |p| (*t, p)))
 }
 
+/// The code system of a token parameter on a `code` element, which R4 binds to one value set
+/// of one system (required binding); the resource does not write it.
+const IMPLIED_SYSTEMS: &[(&str, &str, &str)] = &[
+    (
+        "Patient",
+        "gender",
+        "http://hl7.org/fhir/administrative-gender",
+    ),
+    (
+        "Observation",
+        "status",
+        "http://hl7.org/fhir/observation-status",
+    ),
+    (
+        "DiagnosticReport",
+        "status",
+        "http://hl7.org/fhir/diagnostic-report-status",
+    ),
+    (
+        "Encounter",
+        "status",
+        "http://hl7.org/fhir/encounter-status",
+    ),
+    ("Procedure", "status", "http://hl7.org/fhir/event-status"),
+    (
+        "MedicationRequest",
+        "status",
+        "http://hl7.org/fhir/CodeSystem/medicationrequest-status",
+    ),
+    ("Immunization", "status", "http://hl7.org/fhir/event-status"),
+    (
+        "Appointment",
+        "status",
+        "http://hl7.org/fhir/appointmentstatus",
+    ),
+];
+
+/// The system [`IMPLIED_SYSTEMS`] gives a type's token parameter, if any.
+pub fn implied_system(resource_type: &str, name: &str) -> Option<&'static str> {
+    IMPLIED_SYSTEMS
+        .iter()
+        .find(|(t, n, _)| *t == resource_type && *n == name)
+        .map(|(_, _, system)| *system)
+}
+
 pub fn find(resource_type: &str, name: &str) -> Option<&'static SearchParam> {
     params_of(resource_type).iter().find(|p| p.name == name)
 }

@@ -751,3 +751,60 @@ async fn sort_by_a_date_parameter_in_both_directions_pages_in_order() {
     }
     app.stop().await;
 }
+
+/// A token on a plain `code` element (gender, status) matches when the client names the
+/// system its binding implies, as FHIR clients often write it; another system matches
+/// nothing. `\|` is a bar inside a value, in searches and in conditions alike.
+#[tokio::test]
+async fn code_tokens_take_their_bound_system_and_an_escaped_bar_is_part_of_the_value() {
+    let app = spawn_app().await;
+    let p = seed(&app).await;
+    let (a, b) = (&p[0], &p[1]);
+    let gender = "http://hl7.org/fhir/administrative-gender";
+    assert_eq!(
+        ids(&app, &format!("/Patient?gender={gender}|male")).await,
+        BTreeSet::from([b.clone()])
+    );
+    assert_eq!(
+        ids(
+            &app,
+            &format!("/Patient?gender={gender}|female,{gender}|male")
+        )
+        .await,
+        BTreeSet::from([a.clone(), b.clone()])
+    );
+    assert!(ids(&app, "/Patient?gender=urn:other|male").await.is_empty());
+    assert_eq!(
+        subjects(
+            &app,
+            "/Observation?status=http://hl7.org/fhir/observation-status|amended"
+        )
+        .await,
+        vec![b.clone()]
+    );
+
+    let bar = json!({"resourceType": "Patient",
+        "identifier": [{"system": "urn:bars", "value": "A|B"}]});
+    let created = app.put_status("Patient/barred", &bar).await;
+    assert_eq!(created, 201);
+    // `%5C%7C` is `\|`, percent-encoded.
+    assert_eq!(
+        ids(&app, "/Patient?identifier=urn:bars%7CA%5C%7CB").await,
+        BTreeSet::from(["barred".to_string()])
+    );
+    assert!(ids(&app, "/Patient?identifier=urn:bars%7CA")
+        .await
+        .is_empty());
+    // The same as a condition: the conditional create finds the existing patient.
+    let response = app
+        .client
+        .post(format!("{}/Patient", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("if-none-exist", r"identifier=urn:bars|A\|B")
+        .body(bar.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "matched, not created again");
+    app.stop().await;
+}
