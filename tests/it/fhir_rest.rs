@@ -530,3 +530,70 @@ async fn a_transaction_returns_each_stored_resource_or_outcome_when_the_client_p
     assert!(unchanged.contains("unchanged"), "{unchanged}");
     app.stop().await;
 }
+
+/// Narratives are checked against txt-1: a script, an event attribute or a `javascript:` link
+/// is refused with an OperationOutcome naming the element, in JSON and XML alike, and nothing
+/// is stored; a plain-text `div` is stored as the XHTML `div` it stands for.
+#[tokio::test]
+async fn a_narrative_that_could_run_code_is_refused_and_plain_text_is_wrapped() {
+    let app = spawn_app().await;
+    let ns = "http://www.w3.org/1999/xhtml";
+    for div in [
+        format!("<div xmlns=\"{ns}\"><script>alert(1)</script></div>"),
+        format!("<div xmlns=\"{ns}\"><img src=\"x.png\" onerror=\"alert(1)\"/></div>"),
+        format!("<div xmlns=\"{ns}\"><a href=\"javascript:alert(1)\">x</a></div>"),
+        format!("<div xmlns=\"{ns}\">unclosed<br></div>"),
+    ] {
+        let patient = json!({"resourceType": "Patient", "id": "narr-bad",
+            "text": {"status": "generated", "div": div}});
+        let (status, _, body) = send(
+            app.client.put(format!("{}/Patient/narr-bad", app.base)),
+            patient,
+        )
+        .await;
+        assert_eq!(status, 400, "{div}: {body}");
+        let outcome: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+        let said = outcome.to_string();
+        assert!(said.contains("text.div"), "{said}");
+    }
+    let xml = format!(
+        "<Patient xmlns=\"http://hl7.org/fhir\"><id value=\"narr-bad\"/><text>\
+         <status value=\"generated\"/><div xmlns=\"{ns}\"><script>alert(1)</script></div>\
+         </text></Patient>"
+    );
+    let response = app
+        .client
+        .put(format!("{}/Patient/narr-bad", app.base))
+        .header("content-type", "application/fhir+xml")
+        .body(xml)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, _) = app.get_json("/Patient/narr-bad").await;
+    assert_eq!(status, 404, "nothing was stored");
+
+    let plain = json!({"resourceType": "Patient", "id": "narr-plain",
+        "text": {"status": "generated", "div": "Seen for <b> & rest"}});
+    let (status, _, body) = send(
+        app.client.put(format!("{}/Patient/narr-plain", app.base)),
+        plain,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let stored: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        stored["text"]["div"],
+        format!("<div xmlns=\"{ns}\">Seen for &lt;b&gt; &amp; rest</div>")
+    );
+    let xml = app
+        .client
+        .get(format!("{}/Patient/narr-plain", app.base))
+        .header("accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 200, "it can be written as XML too");
+    app.stop().await;
+}

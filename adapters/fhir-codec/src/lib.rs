@@ -14,6 +14,7 @@
 //! - parsing straight into a concrete type fails on real bundles, so input always goes through
 //!   the `Resource` enum.
 
+mod narrative;
 mod xml;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,6 +64,8 @@ pub fn canonicalize(value: Value) -> Result<Value, CodecError> {
         return Err(structure(&root, "more elements than one resource may hold"));
     }
     check_structure(&value, &mut root.clone(), 0)?;
+    let mut value = value;
+    check_narratives(&mut value, &mut root.clone())?;
     let sent = value.clone();
     let parsed = catch_unwind(AssertUnwindSafe(|| parse_strict(value)))
         .map_err(|_| CodecError::Model("the resource could not be read".into()))??;
@@ -73,6 +76,40 @@ pub fn canonicalize(value: Value) -> Result<Value, CodecError> {
     .map_err(|e| CodecError::Model(e.to_string()))?;
     check_nothing_coerced(&sent, &written, &mut root.clone())?;
     Ok(written)
+}
+
+/// Checks every narrative `div` (FHIR names no other element `div`) with
+/// [`narrative::checked_div`], wrapping plain text in XHTML. Called after [`check_structure`],
+/// which bounds the depth.
+fn check_narratives(value: &mut Value, path: &mut String) -> Result<(), CodecError> {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                let len = path.len();
+                push_segment(path, key);
+                match child {
+                    Value::String(div) if key == "div" => match narrative::checked_div(div) {
+                        Ok(Some(wrapped)) => *div = wrapped,
+                        Ok(None) => {}
+                        Err(message) => return Err(structure(path, &message)),
+                    },
+                    _ => check_narratives(child, path)?,
+                }
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{index}]"));
+                check_narratives(item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// fhirbolt reads some JSON that FHIR forbids by coercing it: a number or boolean written as

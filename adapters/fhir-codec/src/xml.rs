@@ -56,7 +56,7 @@ pub fn xml_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     Ok(json)
 }
 
-const XHTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
+pub(crate) const XHTML_NAMESPACE: &str = "http://www.w3.org/1999/xhtml";
 
 /// The byte ranges of the narrative `div` elements of a FHIR XML document (those not inside
 /// another), in document order; `None` when the document cannot be read.
