@@ -10,6 +10,7 @@
 //! MSH-4 its certificate may not send as ([`SenderMap`]) is refused AR before any of that.
 
 pub mod map;
+mod memory;
 mod ownership;
 mod process;
 mod provenance;

@@ -10,6 +10,7 @@ use hl7bridge_mllp::{FrameMeta, MessageHandler, PeerIdentity};
 use tracing::Instrument;
 
 use super::map::MapContext;
+use super::memory::MemoryBudget;
 use super::ownership::{foreign_owner, OwnerLocks};
 use super::provenance::message_provenance;
 use super::rate::PeerRate;
@@ -48,6 +49,17 @@ pub struct Origin {
     /// Who the transport says the sender is (an MLLP client certificate's names). With a
     /// sender map configured, it decides which MSH-3 / MSH-4 the messages may carry.
     pub identity: Option<Arc<PeerIdentity>>,
+}
+
+impl Origin {
+    /// Who shares one part of the memory budget: an MLLP client's address (all its
+    /// connections), or the door (a Kafka topic's consumer, an import).
+    fn sender(&self) -> String {
+        match self.peer.parse::<std::net::SocketAddr>() {
+            Ok(address) => address.ip().to_string(),
+            Err(_) => format!("{:?}", self.door),
+        }
+    }
 }
 
 impl From<FrameMeta> for Origin {
@@ -111,8 +123,9 @@ pub struct Hl7Ingest {
     charsets: CharsetRules,
     /// Base of the extension URL that carries a Provenance's trace id.
     canonical_base: String,
-    /// The memory messages being parsed and mapped at once may take (see [`MessageCost`]).
-    memory: tokio::sync::Semaphore,
+    /// The memory messages being parsed and mapped at once may take (see [`MessageCost`]),
+    /// shared between senders.
+    memory: MemoryBudget,
 }
 
 /// Memory all HL7v2 messages being parsed and mapped at once may take, in KiB: 1 GiB.
@@ -167,7 +180,7 @@ impl Hl7Ingest {
             senders,
             charsets: config.mllp_charsets.clone(),
             canonical_base: config.canonical_base.clone(),
-            memory: tokio::sync::Semaphore::new(MEMORY_BUDGET_KIB as usize),
+            memory: MemoryBudget::new(MEMORY_BUDGET_KIB),
         }
     }
 
@@ -253,9 +266,8 @@ impl Hl7Ingest {
         // Held until the message is answered; a message costing more waits for room.
         let _memory = self
             .memory
-            .acquire_many(MessageCost::kib(raw.text()))
-            .await
-            .expect("the memory budget is never closed");
+            .charge(&origin.sender(), MessageCost::kib(raw.text()))
+            .await;
         let span = message_span(&raw);
         let header = raw.header().cloned();
         let context = self.map_context;

@@ -388,3 +388,80 @@ async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_bud
         peak / 1024
     );
 }
+
+/// One address keeping a dozen connections busy with messages of a quarter of a million
+/// fields (about 280 MB each to parse and map) does not queue ahead of another address's
+/// ordinary message. With one budget for all, first come first served, the other sender
+/// waited behind every one of them (a hostile tester measured 25 s with 64 connections); now
+/// no address holds more than half the budget, so the other one is let in at once and
+/// answered while the hog's messages are still being worked through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_address_sending_huge_messages_on_many_connections_does_not_hold_up_another() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    const HOG_CONNECTIONS: usize = 12;
+    let hog: Vec<_> = (0..HOG_CONNECTIONS)
+        .map(|n| {
+            let (mllp, answered) = (app.mllp, answered.clone());
+            tokio::spawn(async move {
+                let message = format!(
+                    "MSH|^~\\&|HOGLAB|HOG|HL7BRIDGE|HOSP|20260101120000||ADT^A01|HOG{n}|P|2.5\r\
+                     EVN|A01|20260101120000\rPID|1||HOG{n}^^^HOG^MR||Hog^Test||19800101|F\r\
+                     PV1|1|I\rNTE|1||{}\r",
+                    "|".repeat(249_000)
+                );
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let mut stream = socket.connect(mllp).await.unwrap();
+                stream
+                    .write_all(&hl7bridge_mllp::encode(message.as_bytes()))
+                    .await
+                    .unwrap();
+                let ack = tokio::time::timeout(
+                    Duration::from_secs(300),
+                    crate::support::read_frame(&mut stream),
+                )
+                .await
+                .expect("answered");
+                answered.fetch_add(1, Ordering::SeqCst);
+                field(&ack, "MSA", 1)
+            })
+        })
+        .collect();
+    // Let the hog's messages arrive and queue.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = answered.load(Ordering::SeqCst);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(app.mllp).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(&hl7bridge_mllp::encode(&oru("CALM2", "CALM-2", "C-2")))
+        .await
+        .unwrap();
+    let ack = crate::support::read_frame(&mut stream).await;
+    let waited = started.elapsed();
+    let hog_answered_meanwhile = answered.load(Ordering::SeqCst) - before;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let started = Instant::now();
+    for send in hog {
+        assert_eq!(send.await.unwrap(), "AA");
+    }
+    crate::support::report(&format!(
+        "an ordinary message beside {HOG_CONNECTIONS} huge ones from another address: answered in \
+         {} ms, after {hog_answered_meanwhile} of theirs ({before} before it was sent); \
+         theirs took {} ms more",
+        waited.as_millis(),
+        started.elapsed().as_millis()
+    ));
+    // First come first served, it would follow the nine or more still queued.
+    assert!(
+        hog_answered_meanwhile <= 3,
+        "{hog_answered_meanwhile} of the other address's messages went first ({waited:?})"
+    );
+    app.stop().await;
+}

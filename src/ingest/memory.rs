@@ -1,0 +1,161 @@
+//! The memory HL7v2 messages being parsed and mapped at once may take, shared fairly between
+//! senders.
+//!
+//! Each message is charged an estimate ([`super::process`]'s `MessageCost`) while it is
+//! processed. One pool alone is first come, first served: a sender keeping 64 connections busy
+//! with messages of a quarter of a million fields queued ahead of everyone else, and a hostile
+//! tester's other sender waited 25 s for one ordinary message. So no sender (an MLLP client
+//! address, or a Kafka topic's consumer) holds more than half of the budget: what it asks for
+//! beyond that waits on its own share, not in the queue everyone else shares, and at least
+//! half of the budget is always left to the others.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+
+pub struct MemoryBudget {
+    /// The whole budget, in KiB.
+    total: Semaphore,
+    /// The most one sender may hold, in KiB.
+    share: u32,
+    /// Each sender's share while it holds or waits for some of it.
+    senders: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A message's charge, given back when dropped.
+pub struct Held<'a> {
+    _total: SemaphorePermit<'a>,
+    _share: SenderShare<'a>,
+}
+
+impl MemoryBudget {
+    pub fn new(total_kib: u32) -> MemoryBudget {
+        MemoryBudget {
+            total: Semaphore::new(total_kib as usize),
+            share: (total_kib / 2).max(1),
+            senders: Mutex::default(),
+        }
+    }
+
+    /// Charges `kib` (at most the whole budget) to `sender` and to the budget, waiting for
+    /// room in both. A message costing more than a sender's share takes the whole share.
+    pub async fn charge(&self, sender: &str, kib: u32) -> Held<'_> {
+        let semaphore = self
+            .senders
+            .lock()
+            .expect("the senders' shares are never poisoned")
+            .entry(sender.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.share as usize)))
+            .clone();
+        // Dropped on every path, a wait given up too, so that the sender's entry goes.
+        let mut share = SenderShare {
+            budget: self,
+            sender: sender.to_string(),
+            semaphore: Some(semaphore.clone()),
+            permit: None,
+        };
+        share.permit = Some(
+            semaphore
+                .acquire_many_owned(kib.min(self.share))
+                .await
+                .expect("a sender's share is never closed"),
+        );
+        let total = self
+            .total
+            .acquire_many(kib)
+            .await
+            .expect("the memory budget is never closed");
+        Held {
+            _total: total,
+            _share: share,
+        }
+    }
+
+    /// Senders holding or waiting for part of the budget.
+    #[cfg(test)]
+    fn senders(&self) -> usize {
+        self.senders.lock().unwrap().len()
+    }
+}
+
+struct SenderShare<'a> {
+    budget: &'a MemoryBudget,
+    sender: String,
+    semaphore: Option<Arc<Semaphore>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for SenderShare<'_> {
+    fn drop(&mut self) {
+        self.permit.take();
+        self.semaphore.take();
+        let mut senders = self
+            .budget
+            .senders
+            .lock()
+            .expect("the senders' shares are never poisoned");
+        // Only the map holds it: nobody holds or waits for this sender's share any more.
+        if senders
+            .get(&self.sender)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            senders.remove(&self.sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn within<T>(future: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_millis(200), future)
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_sender_at_its_share_waits_while_another_is_charged_at_once() {
+        let budget = MemoryBudget::new(100);
+        let first = budget.charge("10.0.0.1", 30).await;
+        let second = budget.charge("10.0.0.1", 20).await;
+        // Over half: this one waits for the sender's own share.
+        let waiting = budget.charge("10.0.0.1", 30);
+        tokio::pin!(waiting);
+        assert!(within(&mut waiting).await.is_none());
+        // Another sender is charged at once, though the first sender's wait came earlier.
+        let other = within(budget.charge("10.0.0.2", 50)).await;
+        assert!(other.is_some(), "another sender does not queue behind it");
+        drop(first);
+        // 20 + 30 of the first sender's share, 50 of the other's: the whole budget.
+        let third = within(&mut waiting).await;
+        assert!(third.is_some());
+        drop((second, third, other));
+        assert_eq!(budget.senders(), 0, "idle senders are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_message_costing_more_than_a_share_takes_the_whole_share() {
+        let budget = MemoryBudget::new(100);
+        let big = within(budget.charge("a", 90)).await.expect("charged");
+        assert!(within(budget.charge("a", 1)).await.is_none());
+        assert!(within(budget.charge("b", 10)).await.is_some());
+        assert!(
+            within(budget.charge("b", 11)).await.is_none(),
+            "90 are taken"
+        );
+        drop(big);
+        assert!(within(budget.charge("a", 1)).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_forgets_the_sender() {
+        let budget = MemoryBudget::new(10);
+        let held = budget.charge("a", 10).await;
+        assert!(within(budget.charge("b", 10)).await.is_none());
+        drop(held);
+        assert_eq!(budget.senders(), 0);
+    }
+}
