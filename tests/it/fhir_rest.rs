@@ -543,6 +543,11 @@ async fn a_narrative_that_could_run_code_is_refused_and_plain_text_is_wrapped() 
         format!("<div xmlns=\"{ns}\"><img src=\"x.png\" onerror=\"alert(1)\"/></div>"),
         format!("<div xmlns=\"{ns}\"><a href=\"javascript:alert(1)\">x</a></div>"),
         format!("<div xmlns=\"{ns}\">unclosed<br></div>"),
+        // Found by a hostile pass: an HTML parser reads `onerror` past the `/`, and ends the
+        // comment at `<!-->`, leaving the img live.
+        format!("<div xmlns=\"{ns}\"><img src=\"x\"/onerror=\"alert(1)\"/></div>"),
+        format!("<div xmlns=\"{ns}\"><!--><img src=\"x\" onerror=\"alert(1)\"/>--></div>"),
+        format!("<div xmlns=\"{ns}\">&nbsp;<b>x</b></div>"),
     ] {
         let patient = json!({"resourceType": "Patient", "id": "narr-bad",
             "text": {"status": "generated", "div": div}});

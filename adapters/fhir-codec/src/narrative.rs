@@ -72,6 +72,64 @@ const ELEMENTS: &[&str] = &[
     "var",
 ];
 
+/// Attributes a narrative element may carry: HTML 4's core and language attributes, `style`,
+/// and the presentational and structural attributes of the elements above. None runs code by
+/// itself; those holding a URL are checked apart. An allow-list, not a deny-list: an HTML
+/// parser reads `<img src="x"/onerror="…">` as an `onerror` attribute where the XML parser
+/// reads one named `/onerror`.
+const ATTRIBUTES: &[&str] = &[
+    "abbr",
+    "align",
+    "alt",
+    "axis",
+    "border",
+    "cellpadding",
+    "cellspacing",
+    "char",
+    "charoff",
+    "cite",
+    "class",
+    "clear",
+    "colspan",
+    "compact",
+    "coords",
+    "datetime",
+    "dir",
+    "frame",
+    "headers",
+    "height",
+    "href",
+    "hreflang",
+    "id",
+    "lang",
+    "longdesc",
+    "name",
+    "nohref",
+    "noshade",
+    "nowrap",
+    "rel",
+    "rev",
+    "rowspan",
+    "rules",
+    "scope",
+    "shape",
+    "size",
+    "span",
+    "src",
+    "start",
+    "style",
+    "summary",
+    "tabindex",
+    "title",
+    "type",
+    "usemap",
+    "valign",
+    "value",
+    "width",
+    "xml:lang",
+    "xmlns",
+];
+
 /// Attributes holding a URL: none may lead a browser to run code.
 const URL_ATTRIBUTES: &[&str] = &["href", "src", "cite", "longdesc", "usemap"];
 
@@ -93,7 +151,7 @@ pub fn checked_div(div: &str) -> Result<Option<String>, String> {
 
 fn check_markup(div: &str) -> Result<(), String> {
     let mut reader = Reader::from_str(div);
-    reader.check_end_names(true);
+    reader.check_end_names(true).check_comments(true);
     let mut depth = 0usize;
     let mut roots = 0usize;
     loop {
@@ -125,7 +183,12 @@ fn check_markup(div: &str) -> Result<(), String> {
                     return Err("must be one XHTML div element, with nothing outside it".into());
                 }
             }
-            Event::Text(_) | Event::Comment(_) => {}
+            Event::Text(text) => {
+                // Only XML's own entities and character references: `&nbsp;` is HTML's, and
+                // the narrative would be served as XML no reader takes.
+                text.unescape().map_err(|_| UNKNOWN_ENTITY.to_string())?;
+            }
+            Event::Comment(comment) => check_comment(&comment)?,
             Event::CData(_) => return Err("holds a CDATA section".into()),
             Event::DocType(_) | Event::PI(_) | Event::Decl(_) => {
                 return Err("holds a declaration or processing instruction".into())
@@ -136,6 +199,25 @@ fn check_markup(div: &str) -> Result<(), String> {
         return Err("must be one XHTML div element".into());
     }
     Ok(())
+}
+
+const UNKNOWN_ENTITY: &str = "uses an entity XML does not define (write &#160; for &nbsp;)";
+
+/// A comment an HTML parser ends where the XML parser does. HTML ends a comment at `<!-->`,
+/// `<!--->` and `--!>`, so markup an XML reader sees as comment text would be live in a
+/// browser; XML forbids `--` inside a comment anyway.
+fn check_comment(comment: &[u8]) -> Result<(), String> {
+    let safe = !comment.windows(2).any(|w| w == b"--")
+        && !comment.starts_with(b">")
+        && !comment.starts_with(b"->")
+        && !comment.ends_with(b"-")
+        && !comment.contains(&b'<')
+        && !comment.contains(&b'>');
+    if safe {
+        Ok(())
+    } else {
+        Err("holds a comment an HTML reader would end early".into())
+    }
 }
 
 fn check_element(tag: &BytesStart<'_>) -> Result<(), String> {
@@ -159,13 +241,26 @@ fn check_element(tag: &BytesStart<'_>) -> Result<(), String> {
             }
             continue;
         }
-        if key.starts_with("xmlns:") || key.starts_with("xlink:") {
-            return Err(format!("has a {key} attribute, which a narrative may not"));
+        if !ATTRIBUTES.contains(&key.as_str()) {
+            return Err(format!(
+                "has a {key:?} attribute, which a narrative may not (txt-1)"
+            ));
+        }
+        // Raw `<` is not well-formed XML in a value, and a value may name no HTML entity.
+        if attribute.value.contains(&b'<') {
+            return Err(format!("has a {key} holding a raw '<'"));
+        }
+        let value = attribute
+            .unescape_value()
+            .map_err(|_| format!("has a {key} that {}", &UNKNOWN_ENTITY[..]))?;
+        if key == "style" && styles_code(&value) {
+            return Err(
+                "has a style that could load or run code (expression, url with a script, \
+                 behaviour bindings or CSS escapes), which a narrative may not"
+                    .into(),
+            );
         }
         if URL_ATTRIBUTES.contains(&key.as_str()) {
-            let value = attribute
-                .unescape_value()
-                .map_err(|_| format!("has a {key} that is not plain XML text"))?;
             if runs_code(&value, &name, &key) {
                 return Err(format!(
                     "has a {key} that a browser would run as code, which a narrative may not"
@@ -174,6 +269,29 @@ fn check_element(tag: &BytesStart<'_>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether a `style` value could load or run code in some browser: `expression()`, `url()`
+/// with a script scheme, `behavior`/`-moz-binding`, `@import`, or a CSS escape (`\\6a` would
+/// spell any of these).
+fn styles_code(style: &str) -> bool {
+    let style: String = style
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    [
+        "expression(",
+        "javascript:",
+        "vbscript:",
+        "behavior:",
+        "-moz-binding",
+        "@import",
+        "\\",
+        "/*",
+    ]
+    .iter()
+    .any(|bad| style.contains(bad))
 }
 
 /// Whether a URL is a script (`javascript:`, `vbscript:`) or data other than an image shown
@@ -220,6 +338,8 @@ mod tests {
             ),
             format!("<div xmlns=\"{NS}\"/>"),
             "<div><p style=\"color: red\">no namespace declared</p></div>".to_string(),
+            format!("<div xmlns=\"{NS}\"><!-- generated by the lab system --><p>x</p></div>"),
+            format!("<div xmlns=\"{NS}\" xml:lang=\"en\"><p>A &lt; B &amp; &#x2265; C</p></div>"),
         ] {
             assert_eq!(checked_div(&div), Ok(None), "{div}");
         }
@@ -258,6 +378,24 @@ mod tests {
             format!("<div xmlns=\"{NS}\"><img src=\"data:image/svg+xml,&lt;svg/&gt;\"/></div>"),
             format!("<div xmlns=\"{NS}\"><style>p {{}}</style></div>"),
             format!("<div xmlns=\"{NS}\"><a xlink:href=\"x\">x</a></div>"),
+            // An HTML parser skips the `/` and reads `onerror`.
+            format!("<div xmlns=\"{NS}\"><img src=\"x\"/onerror=\"alert(1)\"/></div>"),
+            format!("<div xmlns=\"{NS}\"><p title=\"y\"/onmouseover=\"alert(1)\">x</p></div>"),
+            // Comments an HTML parser ends early, leaving the img live.
+            format!("<div xmlns=\"{NS}\"><!--><img src=\"x\" onerror=\"alert(1)\"/>--></div>"),
+            format!("<div xmlns=\"{NS}\"><!---><img src=\"x\" onerror=\"alert(1)\"/>--></div>"),
+            format!("<div xmlns=\"{NS}\"><!-- --!><img src=\"x\"/> --></div>"),
+            format!("<div xmlns=\"{NS}\"><p style=\"width:expression(alert(1))\">x</p></div>"),
+            format!(
+                "<div xmlns=\"{NS}\"><p style=\"background:url(javascript:alert(1))\">x</p></div>"
+            ),
+            format!(
+                "<div xmlns=\"{NS}\"><p style=\"background:url(\\6a avascript:x)\">x</p></div>"
+            ),
+            format!("<div xmlns=\"{NS}\"><p xml:base=\"javascript:alert(1)//\">x</p></div>"),
+            format!("<div xmlns=\"{NS}\"><img srcset=\"javascript:alert(1)\"/></div>"),
+            format!("<div xmlns=\"{NS}\"><p contenteditable=\"true\">x</p></div>"),
+            format!("<div xmlns=\"{NS}\"><p x:onerror=\"alert(1)\">x</p></div>"),
         ] {
             assert!(checked_div(&div).is_err(), "{div}");
         }
@@ -273,6 +411,9 @@ mod tests {
             format!("<div xmlns=\"{NS}\">a</div> trailing"),
             "<div xmlns=\"urn:other\">a</div>".to_string(),
             format!("<div xmlns=\"{NS}\"><![CDATA[<script>]]></div>"),
+            format!("<div xmlns=\"{NS}\">&nbsp;<b>x</b></div>"),
+            format!("<div xmlns=\"{NS}\"><p title=\"&nbsp;\">x</p></div>"),
+            format!("<div xmlns=\"{NS}\"><p title=\"<script>alert(1)</script>\">x</p></div>"),
         ] {
             assert!(checked_div(&div).is_err(), "{div}");
         }
