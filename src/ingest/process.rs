@@ -10,7 +10,7 @@ use hl7bridge_mllp::{FrameMeta, MessageHandler, PeerIdentity};
 use tracing::Instrument;
 
 use super::map::MapContext;
-use super::memory::MemoryBudget;
+use super::memory::{MemoryBudget, RESERVE_KIB, SMALL_KIB};
 use super::ownership::{foreign_owner, OwnerLocks};
 use super::provenance::message_provenance;
 use super::rate::PeerRate;
@@ -128,7 +128,8 @@ pub struct Hl7Ingest {
     memory: MemoryBudget,
 }
 
-/// Memory all HL7v2 messages being parsed and mapped at once may take, in KiB: 1 GiB.
+/// Memory the large HL7v2 messages being parsed and mapped at once may take, in KiB: 1 GiB
+/// (ordinary ones have a reserve beside it, [`RESERVE_KIB`]).
 const MEMORY_BUDGET_KIB: u32 = 1 << 20;
 
 /// What parsing and mapping one message takes in memory, estimated from its size and its
@@ -180,7 +181,7 @@ impl Hl7Ingest {
             senders,
             charsets: config.mllp_charsets.clone(),
             canonical_base: config.canonical_base.clone(),
-            memory: MemoryBudget::new(MEMORY_BUDGET_KIB),
+            memory: MemoryBudget::new(MEMORY_BUDGET_KIB, RESERVE_KIB, SMALL_KIB),
         }
     }
 

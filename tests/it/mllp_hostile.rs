@@ -389,23 +389,27 @@ async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_bud
     );
 }
 
-/// One address keeping a dozen connections busy with messages of a quarter of a million
-/// fields (about 280 MB each to parse and map) does not queue ahead of another address's
-/// ordinary message. With one budget for all, first come first served, the other sender
-/// waited behind every one of them (a hostile tester measured 25 s with 64 connections); now
-/// no address holds more than half the budget, so the other one is let in at once and
-/// answered while the hog's messages are still being worked through.
+/// Addresses keeping connections busy with messages of a quarter of a million fields (about
+/// 280 MB each to parse and map) do not queue ahead of another address's ordinary message.
+/// With one budget for all, first come first served, the other sender waited behind every
+/// one of them (a hostile tester measured 25 s with 64 connections from one address, and 5 s
+/// from thirteen addresses while each held at most half the budget); now ordinary messages
+/// have a reserve of their own, so the other one is let in at once and answered while the
+/// huge messages are still being worked through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_address_sending_huge_messages_on_many_connections_does_not_hold_up_another() {
+async fn addresses_sending_huge_messages_on_many_connections_do_not_hold_up_another() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
     let app = spawn_app().await;
     let answered = Arc::new(AtomicUsize::new(0));
-    const HOG_CONNECTIONS: usize = 12;
+    // Eight addresses, two connections each: three such messages fit the budget at once, and
+    // five more wait for it in the queue the senders share.
+    const HOG_CONNECTIONS: usize = 16;
     let hog: Vec<_> = (0..HOG_CONNECTIONS)
         .map(|n| {
+            let address = format!("127.0.0.{}:0", 2 + n / 2);
             let (mllp, answered) = (app.mllp, answered.clone());
             tokio::spawn(async move {
                 let message = format!(
@@ -415,7 +419,7 @@ async fn an_address_sending_huge_messages_on_many_connections_does_not_hold_up_a
                     "|".repeat(249_000)
                 );
                 let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                socket.bind(address.parse().unwrap()).unwrap();
                 let mut stream = socket.connect(mllp).await.unwrap();
                 stream
                     .write_all(&hl7bridge_mllp::encode(message.as_bytes()))
@@ -436,7 +440,7 @@ async fn an_address_sending_huge_messages_on_many_connections_does_not_hold_up_a
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = answered.load(Ordering::SeqCst);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    socket.bind("127.0.0.20:0".parse().unwrap()).unwrap();
     let mut stream = socket.connect(app.mllp).await.unwrap();
     let started = Instant::now();
     stream
@@ -452,15 +456,15 @@ async fn an_address_sending_huge_messages_on_many_connections_does_not_hold_up_a
         assert_eq!(send.await.unwrap(), "AA");
     }
     crate::support::report(&format!(
-        "an ordinary message beside {HOG_CONNECTIONS} huge ones from another address: answered in \
+        "an ordinary message beside {HOG_CONNECTIONS} huge ones from eight other addresses: answered in \
          {} ms, after {hog_answered_meanwhile} of theirs ({before} before it was sent); \
          theirs took {} ms more",
         waited.as_millis(),
         started.elapsed().as_millis()
     ));
-    // First come first served, it would follow the nine or more still queued.
+    // First come first served, it would follow the five or more still queued.
     assert!(
-        hog_answered_meanwhile <= 3,
+        hog_answered_meanwhile <= 2,
         "{hog_answered_meanwhile} of the other address's messages went first ({waited:?})"
     );
     app.stop().await;
