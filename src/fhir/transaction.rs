@@ -553,7 +553,15 @@ pub async fn process(
     )
     .await?;
     within_patient_reach(store, access, &permissions, &mut planned).await?;
-    for round in split_writes(kind, planned, &preconditions, &mut results)? {
+    let mut matched_creates = Vec::new();
+    let rounds = split_writes(
+        kind,
+        planned,
+        &preconditions,
+        &mut results,
+        &mut matched_creates,
+    )?;
+    for round in rounds {
         let keys: Vec<String> = round.batch.ops.iter().map(op_key).collect();
         match store.write(round.batch).await {
             Ok(written) => {
@@ -577,6 +585,7 @@ pub async fn process(
             }
         }
     }
+    answer_matched_creates(store, matched_creates, returns, &mut results).await;
     let response_type = match kind {
         Kind::Transaction => "transaction-response",
         Kind::Batch => "batch-response",
@@ -1338,6 +1347,7 @@ fn split_writes(
     planned: Vec<Result<Planned, FhirError>>,
     preconditions: &[Option<Precondition>],
     results: &mut [Option<Result<Value, FhirError>>],
+    matched_creates: &mut Vec<(usize, String, String)>,
 ) -> Result<Vec<Round>, FhirError> {
     if kind == Kind::Transaction {
         deleted_after_a_match(&planned)?;
@@ -1355,6 +1365,7 @@ fn split_writes(
                 let location = format!("{resource_type}/{id}");
                 let response = json!({"response": {"status": "200 OK", "location": location}});
                 results[index] = Some(Ok(response));
+                matched_creates.push((index, resource_type, id));
                 continue;
             }
             Ok(Planned::Write(op)) => op,
@@ -1430,42 +1441,103 @@ fn op_key(op: &WriteOp) -> String {
 }
 
 fn write_response(w: &Written, returns: Return) -> Value {
-    let status = match w.outcome {
-        Outcome::Created => "201 Created",
-        Outcome::Updated | Outcome::Unchanged => "200 OK",
-        Outcome::Deleted | Outcome::NothingToDelete => "204 No Content",
+    let (status, what) = match w.outcome {
+        Outcome::Created => ("201 Created", "created"),
+        Outcome::Updated => ("200 OK", "updated"),
+        Outcome::Unchanged => ("200 OK", "unchanged: the content is the current version's"),
+        Outcome::Deleted => ("204 No Content", "deleted"),
+        Outcome::NothingToDelete => ("204 No Content", "nothing to delete"),
     };
-    let mut response = json!({"status": status});
-    if returns == Return::OperationOutcome {
-        let what = match w.outcome {
-            Outcome::Created => "created",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged: the content is the current version's",
-            Outcome::Deleted => "deleted",
-            Outcome::NothingToDelete => "nothing to delete",
-        };
-        response["outcome"] = json!({"resourceType": "OperationOutcome", "issue": [{
-            "severity": "information", "code": "informational",
-            "diagnostics": format!("{}/{} {what}", w.resource_type, w.id)}]});
-    }
-    let stored = match (returns, &w.content) {
-        (Return::Representation, Some(content)) => serde_json::from_str::<Value>(content).ok(),
-        _ => None,
-    };
-    if matches!(
+    let live = matches!(
         w.outcome,
         Outcome::Created | Outcome::Updated | Outcome::Unchanged
-    ) {
-        response["location"] = json!(format!(
-            "{}/{}/_history/{}",
-            w.resource_type, w.id, w.version_id
-        ));
-        response["etag"] = json!(format!("W/\"{}\"", w.version_id));
-        response["lastModified"] = json!(instant_text(w.last_updated_us));
+    );
+    let answer = Answered {
+        resource_type: &w.resource_type,
+        id: &w.id,
+        version: live.then_some((w.version_id, w.last_updated_us)),
+        status,
+        what,
+        content: w.content.as_deref(),
+    };
+    answer.entry(returns)
+}
+
+/// One response entry: what happened to which resource, and the resource as stored.
+struct Answered<'a> {
+    resource_type: &'a str,
+    id: &'a str,
+    /// The version and its time, for a resource that is live after the entry.
+    version: Option<(i64, i64)>,
+    status: &'a str,
+    /// What happened, in words, for an OperationOutcome.
+    what: &'a str,
+    content: Option<&'a str>,
+}
+
+impl Answered<'_> {
+    fn entry(&self, returns: Return) -> Value {
+        let mut response = json!({"status": self.status});
+        if returns == Return::OperationOutcome {
+            response["outcome"] = json!({"resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "informational",
+                "diagnostics": format!("{}/{} {}", self.resource_type, self.id, self.what)}]});
+        }
+        let stored = match (returns, self.content) {
+            (Return::Representation, Some(content)) => serde_json::from_str::<Value>(content).ok(),
+            _ => None,
+        };
+        if let Some((version_id, last_updated_us)) = self.version {
+            response["location"] = json!(format!(
+                "{}/{}/_history/{version_id}",
+                self.resource_type, self.id
+            ));
+            response["etag"] = json!(format!("W/\"{version_id}\""));
+            response["lastModified"] = json!(instant_text(last_updated_us));
+        }
+        match stored {
+            Some(resource) => json!({"resource": resource, "response": response}),
+            None => json!({"response": response}),
+        }
     }
-    match stored {
-        Some(resource) => json!({"resource": resource, "response": response}),
-        None => json!({"response": response}),
+}
+
+/// Conditional creates that matched (entry index, type, id) are answered as a read of what
+/// they matched once the Bundle's writes are done: its version in `location`, `etag` and
+/// `lastModified`, and the resource or an outcome when the client prefers. A read that fails
+/// leaves the answer it had (status and location), since the Bundle itself succeeded.
+async fn answer_matched_creates(
+    store: &Store,
+    matched: Vec<(usize, String, String)>,
+    returns: Return,
+    results: &mut [Option<Result<Value, FhirError>>],
+) {
+    let mut by_type: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    for (index, resource_type, id) in matched {
+        by_type.entry(resource_type).or_default().push((index, id));
+    }
+    for (resource_type, entries) in by_type {
+        let mut ids: Vec<String> = entries.iter().map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let Ok(found) = store.read_many(&resource_type, &ids).await else {
+            continue;
+        };
+        let found: HashMap<&str, _> = found.iter().map(|r| (r.id.as_str(), r)).collect();
+        for (index, id) in entries {
+            let Some(stored) = found.get(id.as_str()) else {
+                continue;
+            };
+            let answer = Answered {
+                resource_type: &resource_type,
+                id: &id,
+                version: Some((stored.version_id, stored.last_updated_us)),
+                status: "200 OK",
+                what: "matched the conditional create's criteria: nothing was created",
+                content: Some(&stored.content),
+            };
+            results[index] = Some(Ok(answer.entry(returns)));
+        }
     }
 }
 

@@ -44,9 +44,18 @@ async fn a_conditional_create_with_if_none_exist_returns_the_existing_resource()
             .post(format!("{}/Patient", app.base))
             .header("if-none-exist", "identifier=urn:rest|R2")
     };
-    let (first, h1, _) = send(post(), patient.clone()).await;
-    let (second, h2, _) = send(post(), patient).await;
+    let (first, h1, created) = send(post(), patient.clone()).await;
+    let (second, h2, matched) = send(post(), patient).await;
     assert_eq!((first, second), (201, 200));
+    // Answered as a read of what matched: the resource, its version and time.
+    let (created, matched): (Value, Value) = (
+        serde_json::from_str(&created).unwrap(),
+        serde_json::from_str(&matched).unwrap(),
+    );
+    assert_eq!(matched, created);
+    assert_eq!(h2["etag"], "W/\"1\"");
+    assert_eq!(h2["location"], h1["location"]);
+    assert_eq!(h2["last-modified"], h1["last-modified"]);
     let id = |h: &reqwest::header::HeaderMap| {
         h["location"]
             .to_str()
@@ -463,9 +472,13 @@ async fn a_transaction_returns_each_stored_resource_or_outcome_when_the_client_p
                           "code": {"text": "Heart rate"},
                           "subject": {"reference": "urn:uuid:7c0f6b8e-1111-4000-8000-00000000000a"}},
              "request": {"method": "POST", "url": "Observation"}},
-            {"request": {"method": "DELETE", "url": "Patient/pref-none"}}
+            {"request": {"method": "DELETE", "url": "Patient/pref-none"}},
+            {"resource": {"resourceType": "Patient", "id": "pref-2"},
+             "request": {"method": "POST", "url": "Patient", "ifNoneExist": "_id=pref-2"}}
         ]})
     };
+    let existing = json!({"resourceType": "Patient", "id": "pref-2", "gender": "unknown"});
+    assert_eq!(app.put_status("Patient/pref-2", &existing).await, 201);
     let post = |prefer: Option<&'static str>, body: Value| {
         let mut request = app
             .client
@@ -511,6 +524,14 @@ async fn a_transaction_returns_each_stored_resource_or_outcome_when_the_client_p
         "the returned resource is the stored one"
     );
     assert!(entries[2].get("resource").is_none(), "a delete has none");
+    // A conditional create that matched: the resource it matched, with its version.
+    assert_eq!(entries[3]["response"]["status"], "200 OK");
+    assert_eq!(entries[3]["resource"]["gender"], "unknown");
+    assert_eq!(entries[3]["response"]["etag"], "W/\"1\"");
+    assert_eq!(
+        entries[3]["response"]["location"],
+        "Patient/pref-2/_history/1"
+    );
 
     // Sent again unchanged: the stored version is returned, not a new one.
     let again = post(Some("return=representation"), bundle("Quillon")).await;
