@@ -14,6 +14,7 @@
 //! - parsing straight into a concrete type fails on real bundles, so input always goes through
 //!   the `Resource` enum.
 
+mod codes;
 mod narrative;
 mod xml;
 
@@ -585,7 +586,25 @@ fn check_object(
     depth: usize,
 ) -> Result<(), CodecError> {
     check_period_order(map, path)?;
+    let resource_type = map.get("resourceType").and_then(Value::as_str);
+    let parent = codes::parent_element(path).to_string();
     for (key, child) in map {
+        if let (Value::String(code), Some(allowed)) =
+            (child, codes::required(resource_type, &parent, key))
+        {
+            // An empty code is refused as an empty string, below.
+            if !code.is_empty() && !allowed.contains(&code.as_str()) {
+                let mut at = path.clone();
+                push_segment(&mut at, key);
+                return Err(structure(
+                    &at,
+                    &format!(
+                        "{code:?} is not a code of the element's required value set ({})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
         let len = path.len();
         push_segment(path, key);
         if let Some(primitive) = key.strip_prefix('_') {
@@ -987,6 +1006,31 @@ mod tests {
     fn an_unknown_array_element_is_refused_and_returns() {
         let err = canonicalize(json!({"resourceType": "Patient", "foo": ["x"]})).unwrap_err();
         assert!(matches!(err, CodecError::Model(_)));
+    }
+
+    #[test]
+    fn codes_outside_their_required_value_set_are_refused() {
+        let err = canonicalize(json!({"resourceType": "Patient", "gender": "bogus"})).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Structure { path, .. } if path == "Patient.gender"),
+            "{err}"
+        );
+        let name = json!({"resourceType": "Patient", "name": [{"use": "home", "family": "Q"}]});
+        let err = canonicalize(name).unwrap_err();
+        assert!(
+            matches!(&err, CodecError::Structure { path, .. } if path == "Patient.name[0].use"),
+            "{err}"
+        );
+        let contained = json!({"resourceType": "Patient", "contained": [
+            {"resourceType": "Observation", "id": "o", "status": "done",
+             "code": {"text": "x"}}]});
+        assert!(canonicalize(contained).is_err());
+        let fine = json!({"resourceType": "Patient", "gender": "unknown",
+            "name": [{"use": "maiden", "family": "Q"}],
+            "telecom": [{"system": "sms", "value": "1", "use": "mobile"}],
+            "address": [{"use": "billing", "type": "both", "city": "X"}],
+            "identifier": [{"use": "secondary", "value": "1"}]});
+        assert!(canonicalize(fine).is_ok());
     }
 
     #[test]
