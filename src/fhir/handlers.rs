@@ -983,7 +983,8 @@ pub async fn post_bundle(
     let limits = &state.bundle_limits;
     let trace = trace(&state);
     let gate = &state.conditional_gate;
-    let returns = transaction::Return::preferred(req.headers()).unwrap_or_default();
+    let preferred = transaction::Return::preferred(req.headers());
+    let returns = preferred.unwrap_or_default();
     let mut response = transaction::process(
         &state.store,
         gate,
@@ -1001,7 +1002,14 @@ pub async fn post_bundle(
     if returns == transaction::Return::Representation {
         with_full_urls(&mut response, &base_url(&state, &req));
     }
-    Ok(bundle_response(response.to_string()))
+    let mut answer = bundle_response(response.to_string());
+    if let Some(preferred) = preferred {
+        answer.headers_mut().insert(
+            header::HeaderName::from_static("preference-applied"),
+            header::HeaderValue::from_static(preferred.as_header()),
+        );
+    }
+    Ok(answer)
 }
 
 /// Each response entry that carries its resource is given the resource's `fullUrl`.

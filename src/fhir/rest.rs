@@ -204,9 +204,12 @@ async fn run(
             access: &super::access::access_of(req),
             new_ids: &transaction::NewIds::Random,
             trace: None,
-            // The answer is the resource unless the client prefers otherwise; it comes from
-            // the write itself, not from a read after it.
-            returns: Return::Representation,
+            // The answer is the resource unless the client prefers an outcome (or nothing);
+            // either comes from the write itself, not from a read after it.
+            returns: match Return::preferred(req.headers()) {
+                Some(Return::OperationOutcome) => Return::OperationOutcome,
+                _ => Return::Representation,
+            },
         },
     )
     .await
@@ -218,6 +221,7 @@ async fn run(
 
 /// The single interaction's answer to its one entry's `response` (and stored `resource`).
 fn answer(state: &FhirState, req: &HttpRequest, mut entry: Value) -> Answer {
+    let preferred = Return::preferred(req.headers());
     let outcome = &entry["response"];
     let status_text = outcome["status"].as_str().unwrap_or("500");
     let code: u16 = status_text
@@ -225,15 +229,22 @@ fn answer(state: &FhirState, req: &HttpRequest, mut entry: Value) -> Answer {
         .next()
         .and_then(|c| c.parse().ok())
         .unwrap_or(500);
+    // A delete answered with an outcome is 200: a 204 carries no body.
+    let code = match (code, preferred) {
+        (204, Some(Return::OperationOutcome)) => 200,
+        (code, _) => code,
+    };
     let status = StatusCode::from_u16(code).map_err(|_| FhirError::Internal)?;
     let mut response = HttpResponse::build(status);
-    let Some(location) = outcome["location"].as_str() else {
-        return Ok(response.finish());
-    };
-    response.insert_header((
-        header::LOCATION,
-        format!("{}/{location}", base_url(state, req)),
-    ));
+    if let Some(preferred) = preferred {
+        response.insert_header(("Preference-Applied", preferred.as_header()));
+    }
+    if let Some(location) = outcome["location"].as_str() {
+        response.insert_header((
+            header::LOCATION,
+            format!("{}/{location}", base_url(state, req)),
+        ));
+    }
     if let Some(etag) = outcome["etag"].as_str() {
         response.insert_header((header::ETAG, etag.to_string()));
     }
@@ -244,19 +255,13 @@ fn answer(state: &FhirState, req: &HttpRequest, mut entry: Value) -> Answer {
         let us = at.timestamp_micros();
         response.insert_header((header::LAST_MODIFIED, http_date(us)));
     }
-    match Return::preferred(req.headers()) {
-        Some(Return::Minimal) => return Ok(response.finish()),
-        Some(Return::OperationOutcome) => {
-            let status = outcome["status"].as_str().unwrap_or("");
-            let body = json!({"resourceType": "OperationOutcome", "issue": [{
-                "severity": "information", "code": "informational",
-                "diagnostics": format!("{status}: {location}")}]});
-            return Ok(response.content_type(FHIR_JSON).body(body.to_string()));
-        }
-        Some(Return::Representation) | None => {}
-    }
-    match entry.get_mut("resource").map(Value::take) {
-        Some(stored) => Ok(response.content_type(FHIR_JSON).body(stored.to_string())),
+    let body = match preferred {
+        Some(Return::Minimal) => None,
+        Some(Return::OperationOutcome) => entry["response"].get_mut("outcome").map(Value::take),
+        Some(Return::Representation) | None => entry.get_mut("resource").map(Value::take),
+    };
+    match body {
+        Some(body) => Ok(response.content_type(FHIR_JSON).body(body.to_string())),
         None => Ok(response.finish()),
     }
 }

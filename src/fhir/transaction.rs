@@ -435,6 +435,15 @@ pub enum Return {
 }
 
 impl Return {
+    /// The preference as a `Preference-Applied` header states it.
+    pub fn as_header(self) -> &'static str {
+        match self {
+            Return::Minimal => "return=minimal",
+            Return::Representation => "return=representation",
+            Return::OperationOutcome => "return=OperationOutcome",
+        }
+    }
+
     /// The `return` preference of a request's `Prefer` headers, if it names a known one.
     pub fn preferred(headers: &actix_web::http::header::HeaderMap) -> Option<Return> {
         headers

@@ -429,6 +429,28 @@ async fn prefer_return_operation_outcome_answers_with_an_outcome() {
     let outcome: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(outcome["resourceType"], "OperationOutcome");
     assert_eq!(outcome["issue"][0]["severity"], "information");
+    assert_eq!(headers["preference-applied"], "return=OperationOutcome");
+    // A delete too: 200 with the outcome, as a 204 carries no body.
+    let location = headers["location"].to_str().unwrap();
+    let id = location.split('/').nth(4).unwrap();
+    let response = app
+        .client
+        .delete(format!("{}/Patient/{id}", app.base))
+        .header("prefer", "return=OperationOutcome")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let outcome: Value = response.json().await.unwrap();
+    let said = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(said.contains("deleted"), "{said}");
+    let plain = app
+        .client
+        .delete(format!("{}/Patient/{id}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 204, "without the preference, no body");
 }
 
 #[tokio::test]
@@ -500,6 +522,19 @@ async fn a_transaction_returns_each_stored_resource_or_outcome_when_the_client_p
         assert!(entry["response"].get("outcome").is_none(), "{entry}");
     }
 
+    let response = app
+        .client
+        .post(format!("{}/", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=representation")
+        .body(bundle("Quill").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["preference-applied"],
+        "return=representation"
+    );
     let full = post(Some("return=representation"), bundle("Quillon")).await;
     let entries = full["entry"].as_array().unwrap();
     assert_eq!(entries[0]["response"]["status"], "200 OK");
