@@ -252,7 +252,7 @@ fn check_element(tag: &BytesStart<'_>) -> Result<(), String> {
         }
         let value = attribute
             .unescape_value()
-            .map_err(|_| format!("has a {key} that {}", &UNKNOWN_ENTITY[..]))?;
+            .map_err(|_| format!("has a {key} that {UNKNOWN_ENTITY}"))?;
         if key == "style" && styles_code(&value) {
             return Err(
                 "has a style that could load or run code (expression, url with a script, \
@@ -260,12 +260,10 @@ fn check_element(tag: &BytesStart<'_>) -> Result<(), String> {
                     .into(),
             );
         }
-        if URL_ATTRIBUTES.contains(&key.as_str()) {
-            if runs_code(&value, &name, &key) {
-                return Err(format!(
-                    "has a {key} that a browser would run as code, which a narrative may not"
-                ));
-            }
+        if URL_ATTRIBUTES.contains(&key.as_str()) && runs_code(&value, &name, &key) {
+            return Err(format!(
+                "has a {key} that a browser would run as code, which a narrative may not"
+            ));
         }
     }
     Ok(())
