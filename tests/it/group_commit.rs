@@ -83,14 +83,21 @@ async fn hold_database(url: &str, locked_patients: &[String]) -> DatabaseTransac
 
 /// A server with patients MRN-A and MRN-B stored (their rows are the ones the PostgreSQL hold
 /// locks).
-async fn app_with_two_patients() -> (TestApp, String, crate::support::TestDatabase) {
+async fn app_with_two_patients() -> (
+    TestApp,
+    String,
+    crate::support::TestDatabase,
+    tokio::sync::RwLockReadGuard<'static, ()>,
+) {
+    // These tests count on messages reaching the lane within a few hundred milliseconds.
+    let turn = crate::support::timing_sensitive().await;
     let (url, database) = fresh_database().await;
     let app = spawn_app_on(&url, |_| {}).await;
     for (control, mrn) in [("SETUP1", "MRN-A"), ("SETUP2", "MRN-B")] {
         let ack = send(app.mllp, oru(control, mrn, false)).await.0;
         assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     }
-    (app, url, database)
+    (app, url, database, turn)
 }
 
 type Sent = tokio::task::JoinHandle<(String, Instant)>;
@@ -113,7 +120,7 @@ async fn block_routine_lane(app: &TestApp, url: &str) -> (DatabaseTransaction, V
 
 #[tokio::test]
 async fn acks_wait_for_the_commit_and_stat_overtakes_a_queue_of_routine_results() {
-    let (app, url, _database) = app_with_two_patients().await;
+    let (app, url, _database, _turn) = app_with_two_patients().await;
     let sqlite = !url.starts_with("postgres");
 
     // Routine messages in flight (blocked on the held database)...
@@ -211,7 +218,7 @@ async fn assert_queued_committed_together(app: &TestApp) {
 
 #[tokio::test]
 async fn a_failing_write_in_a_group_fails_only_its_own_caller() {
-    let (app, url, _database) = app_with_two_patients().await;
+    let (app, url, _database, _turn) = app_with_two_patients().await;
     let org_url = format!("{}/Organization/org-1", app.base);
     // Queue a routine message behind blocked ones, and a FHIR update whose If-Match fails.
     let (hold, in_flight) = block_routine_lane(&app, &url).await;
@@ -247,7 +254,7 @@ async fn a_failing_write_in_a_group_fails_only_its_own_caller() {
 /// per write (under MLLP load, a few 412s a second cut throughput by two thirds).
 #[tokio::test]
 async fn a_failing_write_does_not_break_up_the_group_it_was_queued_in() {
-    let (app, url, _database) = app_with_two_patients().await;
+    let (app, url, _database, _turn) = app_with_two_patients().await;
     let (hold, in_flight) = block_routine_lane(&app, &url).await;
     let mut queued: Vec<_> = (2..6)
         .map(|n| {
@@ -298,7 +305,7 @@ async fn a_failing_write_does_not_break_up_the_group_it_was_queued_in() {
 /// its turn (the order of writes to one resource is kept). SQLite has one writer.
 #[tokio::test]
 async fn on_postgresql_a_blocked_group_does_not_hold_up_writes_to_other_resources() {
-    let (app, url, _database) = app_with_two_patients().await;
+    let (app, url, _database, _turn) = app_with_two_patients().await;
     if !url.starts_with("postgres") {
         app.stop().await;
         return;

@@ -341,6 +341,7 @@ async fn the_frame_timeout_is_a_setting_and_cuts_a_trickling_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_of_a_quarter_million_fields_at_once_stay_within_the_memory_budget() {
     use tokio::io::AsyncWriteExt;
+    let _heavy = crate::support::cpu_heavy().await;
     let (url, _database) = crate::support::fresh_database().await;
     let server = crate::support::ServerProcess::start(&url);
     let before = server.peak_rss_kib();
@@ -402,6 +403,7 @@ async fn addresses_sending_huge_messages_on_many_connections_do_not_hold_up_anot
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
+    let _heavy = crate::support::cpu_heavy().await;
     let app = spawn_app().await;
     let answered = Arc::new(AtomicUsize::new(0));
     // Eight addresses, two connections each: three such messages fit the budget at once, and

@@ -40,6 +40,21 @@ impl Drop for TestDatabase {
 
 static TELEMETRY: OnceLock<()> = OnceLock::new();
 
+/// Tests that load every core (huge HL7v2 messages) take this exclusively; tests whose
+/// assertions rest on messages arriving within a few hundred milliseconds (group commit) take
+/// it shared, so the two never run at once.
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test that loads every core while it runs.
+pub async fn cpu_heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
+}
+
+/// Held by a test whose timing a core-loading test running beside it would upset.
+pub async fn timing_sensitive() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().await
+}
+
 /// Spans need the OpenTelemetry layer to get ids; nothing is exported in tests.
 fn init_telemetry() {
     TELEMETRY.get_or_init(|| {
