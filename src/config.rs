@@ -101,6 +101,10 @@ pub struct Config {
     pub mllp_frame_timeout_ms: u64,
     /// `HL7BRIDGE_MLLP_MAX_FRAME_BYTES`: the largest MLLP frame. Default 16 MiB.
     pub mllp_max_frame_bytes: usize,
+    /// `HL7BRIDGE_MLLP_MAX_BUFFERED_BYTES`: what all MLLP connections may hold in frames
+    /// beyond 64 KiB each (unfinished frames, frames being answered); a connection needing more
+    /// stops reading until there is room. Default 1 GiB.
+    pub mllp_max_buffered_bytes: usize,
     /// `HL7BRIDGE_DEFAULT_UTC_OFFSET`: the offset given to HL7v2 times sent without one
     /// (`+HH:MM` or `-HH:MM`). Default `+00:00`.
     pub default_utc_offset: UtcOffset,
@@ -232,6 +236,7 @@ impl Default for Config {
             canonical_base: "https://hl7bridge.dev/fhir".into(),
             max_body_bytes: 64 << 20,
             mllp_max_frame_bytes: 16 << 20,
+            mllp_max_buffered_bytes: 1 << 30,
             mllp_max_connections: 1024,
             mllp_max_connections_per_peer: 64,
             mllp_idle_timeout_ms: 600_000,
@@ -294,6 +299,7 @@ impl Config {
         setting!(mllp_addr, "MLLP_ADDR");
         setting!(max_body_bytes, "MAX_BODY_BYTES");
         setting!(mllp_max_frame_bytes, "MLLP_MAX_FRAME_BYTES");
+        setting!(mllp_max_buffered_bytes, "MLLP_MAX_BUFFERED_BYTES");
         setting!(shutdown_timeout_ms, "SHUTDOWN_TIMEOUT_MS");
         setting!(max_bundle_entries, "MAX_BUNDLE_ENTRIES");
         setting!(everything_max_unpaged, "EVERYTHING_MAX_UNPAGED");
@@ -457,6 +463,7 @@ impl Config {
         let limits = [
             self.max_body_bytes,
             self.mllp_max_frame_bytes,
+            self.mllp_max_buffered_bytes,
             self.max_bundle_entries,
             self.everything_max_unpaged as usize,
             self.max_count as usize,

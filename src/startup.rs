@@ -55,6 +55,7 @@ impl Application {
             .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
         let mllp_config = MllpConfig {
             max_frame_bytes: config.mllp_max_frame_bytes,
+            max_buffered_bytes: config.mllp_max_buffered_bytes,
             max_connections: config.mllp_max_connections,
             max_connections_per_peer: config.mllp_max_connections_per_peer,
             idle_timeout_ms: config.mllp_idle_timeout_ms,

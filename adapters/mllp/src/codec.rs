@@ -107,6 +107,11 @@ impl FrameDecoder {
         }
     }
 
+    /// Bytes held: the current frame's so far, and whatever followed it.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Whether a frame has started but not ended (after `next_frame` returned `Ok(None)`).
     pub fn is_mid_frame(&self) -> bool {
         self.state != State::Seeking

@@ -37,6 +37,9 @@ pub struct MllpConfig {
     /// Close a connection whose handshake (see [`Handshake`](crate::Handshake); TLS, say) has
     /// not finished this long after it was accepted. Default 10 s.
     pub handshake_timeout_ms: u64,
+    /// Bytes all connections may hold in frames beyond 64 KiB each (see the `buffers` module):
+    /// a connection needing more stops reading until others give some back. Default 1 GiB.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for MllpConfig {
@@ -51,6 +54,7 @@ impl Default for MllpConfig {
             max_connections_per_peer: 64,
             drain_timeout_ms: 10 * 1000,
             handshake_timeout_ms: 10 * 1000,
+            max_buffered_bytes: 1 << 30,
         }
     }
 }
@@ -78,6 +82,7 @@ impl MllpConfig {
             ),
             ("drain_timeout_ms", self.drain_timeout_ms),
             ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("max_buffered_bytes", self.max_buffered_bytes as u64),
         ];
         let problems: Vec<String> = zero_checks
             .iter()

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{debug, warn};
 
+use crate::buffers::{Charge, FrameBuffers};
 use crate::codec::{encode, FrameDecoder, FrameError};
 use crate::config::MllpConfig;
 use crate::server::{FrameMeta, MessageHandler};
@@ -69,6 +70,8 @@ pub(crate) struct Connection<H, S> {
     frames_answered: u64,
     /// Its place among the server's open connections, when the server keeps count.
     registration: Option<Registration>,
+    /// Its share of the memory all connections may hold in frames, when the server bounds it.
+    buffers: Option<Charge>,
 }
 
 impl<H, S> Connection<H, S>
@@ -95,7 +98,14 @@ where
             write_timeout: config.write_timeout(),
             frames_answered: 0,
             registration: None,
+            buffers: None,
         }
+    }
+
+    /// Charges what the connection holds in frames to the server's budget.
+    pub(crate) fn with_buffers(mut self, buffers: &FrameBuffers) -> Self {
+        self.buffers = Some(buffers.charge());
+        self
     }
 
     /// Reports idleness to the server's slot registry, and closes when chosen to make way.
@@ -123,6 +133,10 @@ where
                 }
                 Err(close) => return close,
             }
+            // The frames answered are no longer held.
+            if let Some(charge) = &mut self.buffers {
+                charge.shrink_to(self.decoder.buffered_bytes());
+            }
             if self.decoder.is_mid_frame() {
                 frame_started.get_or_insert_with(Instant::now);
             } else {
@@ -147,6 +161,15 @@ where
                 Input::Bytes(n) => {
                     if let Some(r) = &self.registration {
                         r.activity.busy();
+                    }
+                    // Held until the budget has room; the frame's deadline still runs.
+                    if let Some(charge) = &mut self.buffers {
+                        let holding = self.decoder.buffered_bytes() + n;
+                        let deadline =
+                            frame_started.unwrap_or_else(Instant::now) + self.frame_timeout;
+                        if timeout_at(deadline, charge.grow_to(holding)).await.is_err() {
+                            return Close::FrameStalled;
+                        }
                     }
                     self.decoder.push(&self.read_buf[..n])
                 }

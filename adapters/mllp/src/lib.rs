@@ -13,6 +13,7 @@
 //! - Keepalive probe timing is the operating system's; tune it there (or set it per socket with
 //!   `socket2` if that is ever needed).
 
+mod buffers;
 pub mod codec;
 mod config;
 mod connection;

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, error, info, warn, Instrument};
 
+use crate::buffers::FrameBuffers;
 use crate::config::MllpConfig;
 use crate::connection::{stop_requested, Connection};
 use crate::handshake::{Handshake, PeerIdentity, PlainTcp};
@@ -142,6 +143,7 @@ impl MllpServer {
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let slow_frame = Duration::from_millis(config.slow_frame_evict_ms);
+        let buffers = Arc::new(FrameBuffers::new(config.max_buffered_bytes));
         let mut acceptor = Acceptor {
             config,
             handler,
@@ -156,6 +158,7 @@ impl MllpServer {
             last_refusal_warning: None,
             refused_since_warning: 0,
             slots: Registry::new(slow_frame),
+            buffers,
             last_eviction_warning: None,
             evicted_since_warning: 0,
         };
@@ -188,6 +191,8 @@ struct Acceptor<H, T> {
     refused_since_warning: u64,
     /// Open connections and how long each has been idle (see [`crate::slots`]).
     slots: Arc<Registry>,
+    /// The memory connections may hold in frames (see [`crate::buffers`]).
+    buffers: Arc<FrameBuffers>,
     last_eviction_warning: Option<std::time::Instant>,
     evicted_since_warning: u64,
 }
@@ -469,6 +474,7 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
         let handshake = Arc::clone(&self.handshake);
         let warnings = Arc::clone(&self.handshake_warnings);
         let handler = Arc::clone(&self.handler);
+        let buffers = Arc::clone(&self.buffers);
         let config = self.config.clone();
         let mut stop = self.stop.clone();
         self.tasks.spawn(
@@ -493,7 +499,8 @@ impl<H: MessageHandler, T: Handshake> Acceptor<H, T> {
                     identity,
                 };
                 let connection = Connection::new(stream, meta, handler, &config, stop)
-                    .with_registration(registration);
+                    .with_registration(registration)
+                    .with_buffers(&buffers);
                 connection.serve().await;
             }
             .instrument(span),
