@@ -570,6 +570,9 @@ pub async fn process(
         &mut results,
         &mut matched_creates,
     )?;
+    // Read before the writes: the answer is the version matched, even when a later entry of
+    // the Bundle changes or deletes it.
+    answer_matched_creates(store, matched_creates, returns, &mut results).await;
     for round in rounds {
         let keys: Vec<String> = round.batch.ops.iter().map(op_key).collect();
         match store.write(round.batch).await {
@@ -594,7 +597,6 @@ pub async fn process(
             }
         }
     }
-    answer_matched_creates(store, matched_creates, returns, &mut results).await;
     let response_type = match kind {
         Kind::Transaction => "transaction-response",
         Kind::Batch => "batch-response",
@@ -1512,9 +1514,9 @@ impl Answered<'_> {
 }
 
 /// Conditional creates that matched (entry index, type, id) are answered as a read of what
-/// they matched once the Bundle's writes are done: its version in `location`, `etag` and
-/// `lastModified`, and the resource or an outcome when the client prefers. A read that fails
-/// leaves the answer it had (status and location), since the Bundle itself succeeded.
+/// they matched: its version in `location`, `etag` and `lastModified`, and the resource or an
+/// outcome when the client prefers. A read that fails leaves the answer they had (status and
+/// location): the match itself stands.
 async fn answer_matched_creates(
     store: &Store,
     matched: Vec<(usize, String, String)>,

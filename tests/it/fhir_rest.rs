@@ -658,3 +658,38 @@ async fn a_narrative_that_could_run_code_is_refused_and_plain_text_is_wrapped() 
     assert_eq!(xml.status(), 200, "it can be written as XML too");
     app.stop().await;
 }
+
+/// Found by a hostile pass: in a batch, a conditional create that matched a resource a later
+/// entry deletes is answered with the version it matched, not a bare location.
+#[tokio::test]
+async fn a_matched_conditional_create_answers_the_version_matched_though_a_later_entry_deletes_it()
+{
+    let app = spawn_app().await;
+    let patient = json!({"resourceType": "Patient", "id": "cc-x",
+        "identifier": [{"system": "urn:cc", "value": "D"}]});
+    assert_eq!(app.put_status("Patient/cc-x", &patient).await, 201);
+    let conditional = json!({"resource": {"resourceType": "Patient",
+            "identifier": [{"system": "urn:cc", "value": "D"}]},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:cc|D"}});
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        conditional,
+        {"request": {"method": "DELETE", "url": "Patient/cc-x"}}
+    ]});
+    let response = app
+        .client
+        .post(format!("{}/", app.base))
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=representation")
+        .body(batch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bundle: Value = response.json().await.unwrap();
+    let matched = &bundle["entry"][0];
+    assert_eq!(matched["response"]["status"], "200 OK", "{bundle}");
+    assert_eq!(matched["response"]["location"], "Patient/cc-x/_history/1");
+    assert_eq!(matched["resource"]["id"], "cc-x");
+    assert_eq!(bundle["entry"][1]["response"]["status"], "204 No Content");
+    app.stop().await;
+}

@@ -17,6 +17,17 @@ const REQUEST_INTENT: &[&str] = &[
     "instance-order",
     "option",
 ];
+/// MedicationRequest's intents: ServiceRequest's without `directive`.
+const MEDICATION_REQUEST_INTENT: &[&str] = &[
+    "proposal",
+    "plan",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
+];
 
 /// (resource type, element, codes) for elements directly on a resource.
 const ON_RESOURCES: &[(&str, &str, &[&str])] = &[
@@ -93,7 +104,7 @@ const ON_RESOURCES: &[(&str, &str, &[&str])] = &[
             "unknown",
         ],
     ),
-    ("MedicationRequest", "intent", REQUEST_INTENT),
+    ("MedicationRequest", "intent", MEDICATION_REQUEST_INTENT),
     (
         "ServiceRequest",
         "status",

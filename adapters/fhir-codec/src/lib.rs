@@ -599,7 +599,8 @@ fn check_object(
                 return Err(structure(
                     &at,
                     &format!(
-                        "{code:?} is not a code of the element's required value set ({})",
+                        "{:?} is not a code of the element's required value set ({})",
+                        code.chars().take(64).collect::<String>(),
                         allowed.join(", ")
                     ),
                 ));

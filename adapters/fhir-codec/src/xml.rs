@@ -131,11 +131,37 @@ fn keep_narratives_from_xml(xml: &[u8], json: &mut Value) {
     if slots.len() != ranges.len() {
         return;
     }
-    for (slot, range) in slots.into_iter().zip(ranges) {
-        if let Ok(text) = std::str::from_utf8(&xml[range]) {
-            if is_own_xhtml_div(text) {
-                *slot = text.to_string();
-            }
+    // Paired in document order, each must be the same narrative but for whitespace: fhirbolt
+    // takes elements out of order (a `contained` before `text`), and its JSON then lists
+    // the narratives in another order than the document (a hostile pass saw a resource's
+    // narrative stored on the resource it contained, and the reverse).
+    let written: Vec<&str> = ranges
+        .iter()
+        .map(|range| std::str::from_utf8(&xml[range.clone()]).unwrap_or(""))
+        .collect();
+    let paired = slots
+        .iter()
+        .zip(&written)
+        .all(|(slot, text)| same_but_whitespace(slot, text));
+    if !paired {
+        return;
+    }
+    for (slot, text) in slots.into_iter().zip(written) {
+        if is_own_xhtml_div(text) {
+            *slot = text.to_string();
+        }
+    }
+}
+
+/// Whether two texts differ at most in whitespace.
+fn same_but_whitespace(a: &str, b: &str) -> bool {
+    let mut a = a.chars().filter(|c| !c.is_whitespace());
+    let mut b = b.chars().filter(|c| !c.is_whitespace());
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (x, y) if x == y => {}
+            _ => return false,
         }
     }
 }
@@ -578,6 +604,27 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("Org &amp; <b>co</b>"), "{out}");
+    }
+
+    /// Found by a hostile pass: with `contained` before `text` (out of FHIR's order, which
+    /// fhirbolt takes), pairing the documents' narratives in order swapped them.
+    #[test]
+    fn narratives_out_of_order_stay_on_their_own_resources() {
+        let xml = concat!(
+            r#"<Patient xmlns="http://hl7.org/fhir"><id value="ord"/>"#,
+            r#"<contained><Patient><id value="c"/><text><status value="generated"/>"#,
+            r#"<div xmlns="http://www.w3.org/1999/xhtml">CONTAINED</div></text></Patient></contained>"#,
+            r#"<text><status value="generated"/>"#,
+            r#"<div xmlns="http://www.w3.org/1999/xhtml">OUTER</div></text></Patient>"#
+        );
+        let json = xml_to_json(xml.as_bytes()).unwrap();
+        let outer = json["text"]["div"].as_str().unwrap();
+        let contained = json["contained"][0]["text"]["div"].as_str().unwrap();
+        assert!(
+            outer.contains("OUTER") && !outer.contains("CONTAINED"),
+            "{outer}"
+        );
+        assert!(contained.contains("CONTAINED"), "{contained}");
     }
 
     #[test]
