@@ -200,7 +200,8 @@ const IN_DATATYPES: &[(&str, &str, &[&str])] = &[
 ];
 
 /// The codes element `key` may hold, in an object that is a resource of `resource_type` (its
-/// own `resourceType`) or that sits under element `parent`.
+/// own `resourceType`) or that sits under element `parent`. The HL7v2 mapping checks its
+/// tables against these too.
 pub fn required(
     resource_type: Option<&str>,
     parent: &str,

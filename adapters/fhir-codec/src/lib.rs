@@ -24,6 +24,7 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::{Map, Value};
 
+pub use codes::required as required_codes;
 pub use xml::{compact_xml, json_to_xml, xml_to_json};
 
 /// Deeper nesting than this is refused before any recursive walk (real resources stay below 20).

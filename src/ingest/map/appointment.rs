@@ -100,18 +100,11 @@ const FILLER_STATUS_0278: &[(&str, Option<&str>)] = &[
     ("Noshow", Some("noshow")),
 ];
 
-const APPOINTMENT_STATUSES: &[&str] = &[
-    "proposed",
-    "pending",
-    "booked",
-    "arrived",
-    "fulfilled",
-    "cancelled",
-    "noshow",
-    "entered-in-error",
-    "checked-in",
-    "waitlist",
-];
+/// Appointment.status's codes (its required value set).
+fn appointment_statuses() -> &'static [&'static str] {
+    hl7bridge_fhir_codec::required_codes(Some("Appointment"), "", "status")
+        .expect("R4 binds Appointment.status")
+}
 
 /// AppointmentStatus to a participant's ParticipationStatus: who was booked accepted; a
 /// pending booking is tentative; a cancelled or deleted one declined.
@@ -278,7 +271,7 @@ fn filler_status(sent: &str) -> Option<Option<&'static str>> {
     if let Some((_, status)) = row {
         return Some(*status);
     }
-    let fhir = APPOINTMENT_STATUSES
+    let fhir = appointment_statuses()
         .iter()
         .find(|s| s.eq_ignore_ascii_case(sent));
     fhir.map(|s| Some(*s))
@@ -585,11 +578,11 @@ mod tests {
         let statuses = STATUS_BY_TRIGGER.iter().map(|(_, s)| *s);
         let mapped = FILLER_STATUS_0278.iter().filter_map(|(_, s)| *s);
         for status in statuses.chain(mapped) {
-            assert!(APPOINTMENT_STATUSES.contains(&status), "{status}");
+            assert!(appointment_statuses().contains(&status), "{status}");
         }
         let participation = ["accepted", "declined", "tentative", "needs-action"];
         for (status, p) in PARTICIPATION_BY_STATUS {
-            assert!(APPOINTMENT_STATUSES.contains(status) && participation.contains(p));
+            assert!(appointment_statuses().contains(status) && participation.contains(p));
         }
         assert!(SIU_EVENTS
             .iter()

@@ -529,15 +529,8 @@ mod tests {
 
     #[test]
     fn status_and_interpretation_tables_use_fhir_codes() {
-        let statuses = [
-            "registered",
-            "preliminary",
-            "final",
-            "amended",
-            "corrected",
-            "cancelled",
-            "entered-in-error",
-        ];
+        let statuses = hl7bridge_fhir_codec::required_codes(Some("Observation"), "", "status")
+            .expect("R4 binds Observation.status");
         assert!(OBSERVATION_STATUS_0085
             .iter()
             .all(|(_, s)| statuses.contains(s)));

@@ -254,17 +254,10 @@ mod tests {
 
     #[test]
     fn every_table_maps_to_fhir_codes() {
-        let genders = ["male", "female", "other", "unknown"];
+        let required = |parent, key| hl7bridge_fhir_codec::required_codes(None, parent, key);
+        let genders = required("", "gender").expect("R4 binds gender");
         assert!(GENDER_0001.iter().all(|(_, g)| genders.contains(g)));
-        let uses = [
-            "usual",
-            "official",
-            "temp",
-            "nickname",
-            "anonymous",
-            "old",
-            "maiden",
-        ];
+        let uses = required("name", "use").expect("R4 binds HumanName.use");
         assert!(NAME_USE_0200.iter().all(|(_, u)| uses.contains(u)));
         assert!(ADDRESS_TYPE_0190
             .iter()
