@@ -6,28 +6,22 @@
 //! ContactPoint and Address datatypes. Other required bindings are not checked yet.
 
 const GENDER: &[&str] = &["male", "female", "other", "unknown"];
+/// ServiceRequest's intents; MedicationRequest's are the same without the last, `directive`.
 const REQUEST_INTENT: &[&str] = &[
     "proposal",
     "plan",
+    "order",
+    "original-order",
+    "reflex-order",
+    "filler-order",
+    "instance-order",
+    "option",
     "directive",
-    "order",
-    "original-order",
-    "reflex-order",
-    "filler-order",
-    "instance-order",
-    "option",
 ];
-/// MedicationRequest's intents: ServiceRequest's without `directive`.
-const MEDICATION_REQUEST_INTENT: &[&str] = &[
-    "proposal",
-    "plan",
-    "order",
-    "original-order",
-    "reflex-order",
-    "filler-order",
-    "instance-order",
-    "option",
-];
+const MEDICATION_REQUEST_INTENT: &[&str] = match REQUEST_INTENT.split_last() {
+    Some((_, without_directive)) => without_directive,
+    None => &[],
+};
 
 /// (resource type, element, codes) for elements directly on a resource.
 const ON_RESOURCES: &[(&str, &str, &[&str])] = &[
@@ -238,6 +232,11 @@ mod tests {
 
     #[test]
     fn codes_are_found_by_resource_or_datatype() {
+        let medication = required(Some("MedicationRequest"), "", "intent").unwrap();
+        assert!(medication.contains(&"order") && !medication.contains(&"directive"));
+        assert!(required(Some("ServiceRequest"), "", "intent")
+            .unwrap()
+            .contains(&"directive"));
         assert_eq!(required(Some("Patient"), "", "gender"), Some(GENDER));
         assert!(required(Some("Observation"), "", "status")
             .unwrap()
