@@ -3,9 +3,10 @@
 //! objects or event attributes), and nothing a browser showing the narrative would run.
 //!
 //! fhirbolt keeps a `div` as an unchecked string, so a `<script>` posted in a narrative was
-//! stored and served to every client that renders narratives. A `div` of plain text (no markup
-//! at all), which FHIR JSON does not allow but some senders write, is wrapped in the XHTML
-//! `div` it stands for, as other servers do; the XML writer could not write it otherwise.
+//! stored and served to every client that renders narratives. A `div` of plain text (one not
+//! starting with markup), which FHIR JSON does not allow but some senders write, is escaped and
+//! wrapped in the XHTML `div` it stands for, as other servers do; the XML writer could not
+//! write it otherwise.
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
