@@ -69,9 +69,10 @@ impl MemoryBudget {
     }
 
     /// Charges `kib` (at most the whole budget) to the reserve when it is ordinary, else to
-    /// `sender` and to the budget, waiting for room. A message costing more than a sender's
-    /// share takes the whole share.
-    pub async fn charge(&self, sender: &str, kib: u32) -> Held<'_> {
+    /// the sender `sender` names and to the budget, waiting for room. A message costing more
+    /// than a sender's share takes the whole share. The sender is named only for a large
+    /// message: ordinary ones, nearly all, skip that work.
+    pub async fn charge(&self, sender: impl FnOnce() -> String, kib: u32) -> Held<'_> {
         if kib <= self.small_kib {
             let permit = self
                 .reserve
@@ -82,6 +83,8 @@ impl MemoryBudget {
                 _charge: Charge::Ordinary { _reserve: permit },
             };
         }
+        let sender = sender();
+        let sender = sender.as_str();
         let semaphore = self
             .senders
             .lock()
@@ -167,14 +170,14 @@ mod tests {
     #[tokio::test]
     async fn a_sender_at_its_share_waits_while_another_is_charged_at_once() {
         let budget = budget();
-        let first = budget.charge("10.0.0.1", 30).await;
-        let second = budget.charge("10.0.0.1", 20).await;
+        let first = budget.charge(|| "10.0.0.1".into(), 30).await;
+        let second = budget.charge(|| "10.0.0.1".into(), 20).await;
         // Over half: this one waits for the sender's own share.
-        let waiting = budget.charge("10.0.0.1", 30);
+        let waiting = budget.charge(|| "10.0.0.1".into(), 30);
         tokio::pin!(waiting);
         assert!(within(&mut waiting).await.is_none());
         // Another sender is charged at once, though the first sender's wait came earlier.
-        let other = within(budget.charge("10.0.0.2", 50)).await;
+        let other = within(budget.charge(|| "10.0.0.2".into(), 50)).await;
         assert!(other.is_some(), "another sender does not queue behind it");
         drop(first);
         // 20 + 30 of the first sender's share, 50 of the other's: the whole budget.
@@ -187,48 +190,57 @@ mod tests {
     #[tokio::test]
     async fn a_message_costing_more_than_a_share_takes_the_whole_share() {
         let budget = budget();
-        let big = within(budget.charge("a", 90)).await.expect("charged");
-        assert!(within(budget.charge("a", 6)).await.is_none());
-        assert!(within(budget.charge("b", 10)).await.is_some());
+        let big = within(budget.charge(|| "a".into(), 90))
+            .await
+            .expect("charged");
+        assert!(within(budget.charge(|| "a".into(), 6)).await.is_none());
+        assert!(within(budget.charge(|| "b".into(), 10)).await.is_some());
         assert!(
-            within(budget.charge("b", 11)).await.is_none(),
+            within(budget.charge(|| "b".into(), 11)).await.is_none(),
             "90 are taken"
         );
         drop(big);
-        assert!(within(budget.charge("a", 6)).await.is_some());
+        assert!(within(budget.charge(|| "a".into(), 6)).await.is_some());
     }
 
     #[tokio::test]
     async fn ordinary_messages_do_not_queue_behind_large_ones_of_many_senders() {
         let budget = budget();
         // Two senders fill the budget; three more wait for it, in the queue they share.
-        let held = [budget.charge("a", 50).await, budget.charge("b", 50).await];
+        let held = [
+            budget.charge(|| "a".into(), 50).await,
+            budget.charge(|| "b".into(), 50).await,
+        ];
         let mut waiting: Vec<_> = ["c", "d", "e"]
             .into_iter()
-            .map(|sender| Box::pin(budget.charge(sender, 40)))
+            .map(|sender| Box::pin(budget.charge(|| sender.to_string(), 40)))
             .collect();
         for wait in &mut waiting {
             assert!(within(wait).await.is_none());
         }
         // Ordinary charges go in at once, up to the reserve.
         let ordinary = [
-            within(budget.charge("f", 5)).await.expect("not queued"),
-            within(budget.charge("c", 5)).await.expect("not queued"),
+            within(budget.charge(|| "f".into(), 5))
+                .await
+                .expect("not queued"),
+            within(budget.charge(|| "c".into(), 5))
+                .await
+                .expect("not queued"),
         ];
         assert!(
-            within(budget.charge("g", 1)).await.is_none(),
+            within(budget.charge(|| "g".into(), 1)).await.is_none(),
             "the reserve is full"
         );
         drop(ordinary);
-        assert!(within(budget.charge("g", 1)).await.is_some());
+        assert!(within(budget.charge(|| "g".into(), 1)).await.is_some());
         drop(held);
     }
 
     #[tokio::test]
     async fn a_wait_given_up_forgets_the_sender() {
         let budget = MemoryBudget::new(10, 1, 0);
-        let held = budget.charge("a", 10).await;
-        assert!(within(budget.charge("b", 10)).await.is_none());
+        let held = budget.charge(|| "a".into(), 10).await;
+        assert!(within(budget.charge(|| "b".into(), 10)).await.is_none());
         drop(held);
         assert_eq!(budget.senders(), 0);
     }

@@ -267,7 +267,7 @@ impl Hl7Ingest {
         // Held until the message is answered; a message costing more waits for room.
         let _memory = self
             .memory
-            .charge(&origin.sender(), MessageCost::kib(raw.text()))
+            .charge(|| origin.sender(), MessageCost::kib(raw.text()))
             .await;
         let span = message_span(&raw);
         let header = raw.header().cloned();
